@@ -1,0 +1,153 @@
+// Package rules is pasvgate's seam to the kernel: one interface, Backend,
+// that installs and removes the forwarding state for a single data
+// connection, with implementations for iptables (rules/iptables) and a
+// validating in-memory fake for tests (rules/fake).
+//
+// rules knows nothing of FTP. Its caller is package nat, which decides what
+// to map and when; a Backend only turns a Mapping into kernel state and back.
+package rules
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Mapping is one data connection admitted through the gateway: a TCP
+// connection from Source to Public is DNATed to Target, and, when SNAT is
+// valid, its source is rewritten to SNAT on the way out.
+//
+// The names are neutral on purpose. In passive mode Source is the FTP client
+// and Target the server's data port; in active mode Source is the server and
+// Target the client's data port.
+type Mapping struct {
+	// ID names the mapping in logs and in the rules' comments. It is made by
+	// package nat and matches IDPattern, so it is safe in an argument list.
+	ID string
+	// Source is the only address allowed to open the data connection.
+	Source netip.Addr
+	// Public is the gateway address and port the data connection is made to.
+	Public netip.AddrPort
+	// Target is where the kernel forwards the data connection.
+	Target netip.AddrPort
+	// SNAT, when valid, is the source address the forwarded connection is
+	// given towards Target: the address the proxy itself uses towards it,
+	// so that servers with a same-IP data check accept it.
+	SNAT netip.Addr
+	// Created is when the mapping was made; backends that can store it
+	// report it back from List so that `pasvgate rules list` shows an age.
+	Created time.Time
+}
+
+// Is6 reports whether the mapping is IPv6. Validate guarantees that every
+// address in a valid mapping has the same family.
+func (m Mapping) Is6() bool { return m.Public.Addr().Is6() }
+
+// String formats a mapping for logs.
+func (m Mapping) String() string {
+	s := fmt.Sprintf("%s %s->%s=>%s", m.ID, m.Source, m.Public, m.Target)
+	if m.SNAT.IsValid() {
+		s += " snat " + m.SNAT.String()
+	}
+	return s
+}
+
+// Errors every backend reports, so that callers can tell them apart with
+// errors.Is whatever the backend.
+var (
+	// ErrInvalid: the mapping failed Validate; nothing was touched.
+	ErrInvalid = errors.New("invalid mapping")
+	// ErrExists: a mapping with that ID, or for the same Source and Public,
+	// is already installed.
+	ErrExists = errors.New("mapping already installed")
+	// ErrNotInstalled: Remove was asked for a mapping that is not installed.
+	ErrNotInstalled = errors.New("mapping not installed")
+)
+
+// idMaxLen bounds mapping IDs so that they fit an iptables comment (256
+// bytes) and an nftables element comfortably, together with a prefix.
+const idMaxLen = 32
+
+// ValidID reports whether id is a usable mapping ID: 1 to 32 characters of
+// lower-case letters, digits and '-'. IDs end up inside kernel rule
+// comments, so they are restricted here, once, for every backend.
+func ValidID(id string) bool {
+	if len(id) == 0 || len(id) > idMaxLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks a mapping before any backend acts on it: a usable ID,
+// valid unzoned addresses all of one family (an IPv4-mapped IPv6 address
+// counts as IPv6 and is refused, so that a 227 can never produce an ip6tables
+// rule or the reverse), and non-zero ports.
+func (m Mapping) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w %q: %s", ErrInvalid, m.ID, fmt.Sprintf(format, a...))
+	}
+	if !ValidID(m.ID) {
+		return bad("id must be 1-%d of [a-z0-9-]", idMaxLen)
+	}
+	addrs := []struct {
+		name string
+		a    netip.Addr
+	}{{"source", m.Source}, {"public", m.Public.Addr()}, {"target", m.Target.Addr()}}
+	if m.SNAT.IsValid() {
+		addrs = append(addrs, struct {
+			name string
+			a    netip.Addr
+		}{"snat", m.SNAT})
+	}
+	is4 := m.Public.Addr().Is4()
+	for _, x := range addrs {
+		switch {
+		case !x.a.IsValid():
+			return bad("%s address missing", x.name)
+		case x.a.Zone() != "":
+			return bad("%s address %s has a zone", x.name, x.a)
+		case x.a.Is4In6():
+			return bad("%s address %s is IPv4-mapped", x.name, x.a)
+		case x.a.IsUnspecified():
+			return bad("%s address %s is unspecified", x.name, x.a)
+		case x.a.Is4() != is4:
+			return bad("%s address %s is not the family of public %s", x.name, x.a, m.Public.Addr())
+		}
+	}
+	if m.Public.Port() == 0 || m.Target.Port() == 0 {
+		return bad("port 0")
+	}
+	return nil
+}
+
+// Backend turns mappings into kernel state. Implementations are safe for
+// concurrent use. Every method takes a context so that a stuck kernel call
+// (a held xtables lock, a slow netlink socket) can be bounded by the caller.
+type Backend interface {
+	// Setup prepares the backend's own chains or tables and the hooks that
+	// lead to them, and removes every mapping left by an earlier process.
+	// It is idempotent and is called once before the first client is
+	// accepted.
+	Setup(ctx context.Context) error
+	// Install makes m live, all or nothing: on error nothing of m is left
+	// in the kernel. It returns ErrInvalid for a mapping that fails
+	// Validate and ErrExists for a duplicate.
+	Install(ctx context.Context, m Mapping) error
+	// Remove takes m out of the kernel. Connections it already admitted
+	// keep flowing. It returns ErrNotInstalled if m is not installed.
+	Remove(ctx context.Context, m Mapping) error
+	// List returns the installed mappings.
+	List(ctx context.Context) ([]Mapping, error)
+	// Flush removes every mapping and the backend's own chains or tables,
+	// and nothing that belongs to anyone else. Flushing a clean system is
+	// not an error.
+	Flush(ctx context.Context) error
+}
