@@ -1,0 +1,422 @@
+// Package nat owns the lifetime of pasvgate's data-connection mappings: it
+// draws the public port at random from the data range, asks a rules.Backend
+// to install the mapping, arms the connect timeout, and removes the mapping
+// again off the critical path, returning the port to the pool only once its
+// rules are gone.
+//
+// Its caller is package proxy, which decides what to map and when. nat knows
+// nothing of FTP, and nothing of the kernel beyond the rules.Backend seam.
+package nat
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pasvgate/pasvgate/rules"
+)
+
+// ErrExhausted is returned by Open when every port of the data range is
+// mapped (or still being removed).
+var ErrExhausted = errors.New("data port range exhausted")
+
+// ErrClosed is returned by Open after Close has begun.
+var ErrClosed = errors.New("mapping table closed")
+
+// Reasons a mapping is released. They appear in logs and, later, in metric
+// labels, so they are a small fixed set.
+const (
+	ReasonTransferDone   = "transfer-done"   // the final reply of its transfer arrived
+	ReasonReplaced       = "replaced"        // the client asked for another data port
+	ReasonConnectTimeout = "connect-timeout" // no transfer command within the connect timeout
+	ReasonSessionEnd     = "session-end"     // the control session ended
+	ReasonShutdown       = "shutdown"        // the table was closed with the mapping still open
+)
+
+// PortRange is an inclusive range of TCP ports.
+type PortRange struct{ Low, High uint16 }
+
+// ParsePortRange parses "LOW-HIGH" (or a single port). Port 0 and a range
+// whose low end is above its high end are refused.
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, found := strings.Cut(strings.TrimSpace(s), "-")
+	if !found {
+		hi = lo
+	}
+	l, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	h, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	switch {
+	case err1 != nil || err2 != nil:
+		return PortRange{}, fmt.Errorf("port range %q: want LOW-HIGH with ports 1-65535", s)
+	case l == 0:
+		return PortRange{}, fmt.Errorf("port range %q: port 0 is not a port", s)
+	case l > h:
+		return PortRange{}, fmt.Errorf("port range %q: low end above high end", s)
+	}
+	return PortRange{uint16(l), uint16(h)}, nil
+}
+
+// Size is the number of ports in the range.
+func (r PortRange) Size() int { return int(r.High) - int(r.Low) + 1 }
+
+// String formats the range as ParsePortRange reads it.
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Low, r.High) }
+
+// Config configures a Table.
+type Config struct {
+	// Ports is the data range public ports are drawn from. Required.
+	Ports PortRange
+	// ConnectTimeout is how long an opened mapping waits for the transfer
+	// it was made for to be claimed before it is released. Default 30 s.
+	ConnectTimeout time.Duration
+	// InstallTimeout bounds one Install call, on the client's critical
+	// path. Default 10 s.
+	InstallTimeout time.Duration
+	// RemoveTimeout bounds one Remove call. Default 10 s.
+	RemoveTimeout time.Duration
+	// Logger receives one line per mapping opened or closed. Default: discard.
+	Logger *slog.Logger
+}
+
+// Request is what a caller wants mapped. Public carries only the address:
+// the port is drawn by Open.
+type Request struct {
+	// Session names the control session that owns the mapping, for logs.
+	Session string
+	// Source is the only address allowed to make the data connection.
+	Source netip.Addr
+	// Public is the gateway address the data connection will be made to.
+	Public netip.Addr
+	// Target is where the data connection is forwarded.
+	Target netip.AddrPort
+	// SNAT, if valid, is the source address given to the forwarded connection.
+	SNAT netip.Addr
+}
+
+// Stats are the table's counters since New.
+type Stats struct {
+	Active        int
+	Opened        uint64
+	InstallFailed uint64
+	Exhausted     uint64
+	RemoveFailed  uint64
+	Closed        map[string]uint64 // by reason
+}
+
+// Table hands out mappings. It is safe for concurrent use.
+type Table struct {
+	backend rules.Backend
+	cfg     Config
+	log     *slog.Logger
+	rnd     *rand.Rand // guarded by mu
+
+	mu       sync.Mutex
+	busy     map[uint16]bool // mapped, or being removed
+	open     map[string]*Mapping
+	queue    []*Mapping // awaiting removal
+	wake     chan struct{}
+	closing  bool
+	closed   map[string]uint64
+	opened   uint64
+	failed   uint64
+	exhaust  uint64
+	rmFailed uint64
+	// installing counts Opens between allocate and the end of Install, so
+	// that Close waits for a mapping that is being installed as it begins.
+	installing int
+	ids        uint32
+
+	worker sync.WaitGroup
+}
+
+// New returns a table that installs through b. The caller must call Close.
+func New(b rules.Backend, cfg Config) (*Table, error) {
+	if cfg.Ports.Low == 0 || cfg.Ports.Low > cfg.Ports.High {
+		return nil, fmt.Errorf("nat: invalid port range %v", cfg.Ports)
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 30 * time.Second
+	}
+	if cfg.InstallTimeout <= 0 {
+		cfg.InstallTimeout = 10 * time.Second
+	}
+	if cfg.RemoveTimeout <= 0 {
+		cfg.RemoveTimeout = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	// The public port must not be predictable by a third party who would
+	// race the client to it, so the generator is seeded from crypto/rand.
+	var seed [32]byte
+	if _, err := crand.Read(seed[:]); err != nil {
+		return nil, fmt.Errorf("nat: seeding port generator: %w", err)
+	}
+	t := &Table{
+		backend: b,
+		cfg:     cfg,
+		log:     log,
+		rnd:     rand.New(rand.NewChaCha8(seed)),
+		busy:    map[uint16]bool{},
+		open:    map[string]*Mapping{},
+		wake:    make(chan struct{}, 1),
+		closed:  map[string]uint64{},
+	}
+	t.worker.Add(1)
+	go t.removeLoop()
+	return t, nil
+}
+
+// Mapping is one installed data mapping. Its rules.Mapping is read-only.
+type Mapping struct {
+	rules.Mapping
+	// Session is the owning control session, from the Request.
+	Session string
+
+	t     *Table
+	timer *time.Timer
+	// state is guarded by t.mu.
+	claimed  bool
+	released bool
+	reason   string
+}
+
+// Open allocates a public port, installs the mapping and arms its connect
+// timeout. Only when Open returns without error is the mapping in the
+// kernel; on error nothing of it is. ctx bounds the install (together with
+// Config.InstallTimeout).
+func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
+	port, err := t.allocate()
+	if err != nil {
+		t.log.Warn("mapping refused", "session", req.Session, "client", req.Source,
+			"backend", req.Target, "reason", err.Error())
+		return nil, err
+	}
+	m := &Mapping{
+		Mapping: rules.Mapping{
+			ID:      t.newID(),
+			Source:  req.Source,
+			Public:  netip.AddrPortFrom(req.Public, port),
+			Target:  req.Target,
+			SNAT:    req.SNAT,
+			Created: time.Now().Truncate(time.Second),
+		},
+		Session: req.Session,
+		t:       t,
+	}
+	ictx, cancel := context.WithTimeout(ctx, t.cfg.InstallTimeout)
+	start := time.Now()
+	err = t.backend.Install(ictx, m.Mapping)
+	cancel()
+	if err != nil {
+		t.mu.Lock()
+		delete(t.busy, port)
+		t.failed++
+		t.installing--
+		t.mu.Unlock()
+		t.poke()
+		t.log.Error("mapping install failed", "session", req.Session, "id", m.ID,
+			"client", req.Source, "backend", req.Target, "public", m.Public, "err", err)
+		return nil, fmt.Errorf("installing mapping: %w", err)
+	}
+	t.mu.Lock()
+	t.installing--
+	if t.closing {
+		// Close began while we installed: the mapping goes straight to the
+		// removal queue so that Close's wait covers it.
+		t.open[m.ID] = m
+		t.releaseLocked(m, ReasonShutdown)
+		t.mu.Unlock()
+		return nil, ErrClosed
+	}
+	t.open[m.ID] = m
+	t.opened++
+	m.timer = time.AfterFunc(t.cfg.ConnectTimeout, func() { m.release(ReasonConnectTimeout, true) })
+	t.mu.Unlock()
+	t.log.Info("mapping opened", "session", req.Session, "id", m.ID, "client", req.Source,
+		"public", m.Public, "backend", req.Target, "snat", req.SNAT,
+		"install_ms", float64(time.Since(start).Microseconds())/1000)
+	return m, nil
+}
+
+// Claim records that the transfer the mapping was made for has been asked
+// for, which stops its connect timeout. It returns false if the mapping was
+// already released (for example by that timeout): the transfer cannot work.
+func (m *Mapping) Claim() bool {
+	m.t.mu.Lock()
+	defer m.t.mu.Unlock()
+	if m.released {
+		return false
+	}
+	m.claimed = true
+	m.timer.Stop()
+	return true
+}
+
+// Release queues the mapping for removal and returns at once: removal is
+// never on a client's critical path. Releasing twice is harmless; the first
+// reason is the one logged.
+func (m *Mapping) Release(reason string) { m.release(reason, false) }
+
+func (m *Mapping) release(reason string, fromTimer bool) {
+	m.t.mu.Lock()
+	defer m.t.mu.Unlock()
+	if fromTimer && m.claimed {
+		return
+	}
+	m.t.releaseLocked(m, reason)
+}
+
+func (t *Table) releaseLocked(m *Mapping, reason string) {
+	if m.released {
+		return
+	}
+	m.released = true
+	m.reason = reason
+	if m.timer != nil {
+		m.timer.Stop()
+	}
+	t.queue = append(t.queue, m)
+	t.poke()
+}
+
+// poke wakes the removal worker without blocking.
+func (t *Table) poke() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// allocate draws a free port at random from the range and marks it busy.
+func (t *Table) allocate() (uint16, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closing {
+		return 0, ErrClosed
+	}
+	size := t.cfg.Ports.Size()
+	if len(t.busy) >= size {
+		t.exhaust++
+		return 0, ErrExhausted
+	}
+	// Probe from a random start: with the range mostly free the first try
+	// wins; when it is nearly full the scan is bounded by its size.
+	start := t.rnd.IntN(size)
+	for i := 0; i < size; i++ {
+		p := t.cfg.Ports.Low + uint16((start+i)%size)
+		if !t.busy[p] {
+			t.busy[p] = true
+			t.installing++
+			return p, nil
+		}
+	}
+	t.exhaust++
+	return 0, ErrExhausted
+}
+
+// removeLoop removes released mappings one at a time, in release order. A
+// single worker keeps removals from competing with installs for the xtables
+// lock more than one at a time.
+func (t *Table) removeLoop() {
+	defer t.worker.Done()
+	for {
+		t.mu.Lock()
+		for len(t.queue) == 0 {
+			if t.closing && len(t.open) == 0 && t.installing == 0 {
+				t.mu.Unlock()
+				return
+			}
+			t.mu.Unlock()
+			<-t.wake
+			t.mu.Lock()
+		}
+		m := t.queue[0]
+		t.queue[0] = nil
+		t.queue = t.queue[1:]
+		t.mu.Unlock()
+		t.remove(m)
+	}
+}
+
+func (t *Table) remove(m *Mapping) {
+	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.RemoveTimeout)
+	err := t.backend.Remove(ctx, m.Mapping)
+	cancel()
+	t.mu.Lock()
+	delete(t.open, m.ID)
+	if err != nil && !errors.Is(err, rules.ErrNotInstalled) {
+		// The rules may still be in the kernel, so the port stays out of
+		// the pool: handing it out again could collide with them. The next
+		// start's sweep (or `pasvgate rules flush`) removes them.
+		t.rmFailed++
+	} else {
+		delete(t.busy, m.Public.Port())
+	}
+	t.closed[m.reason]++
+	t.mu.Unlock()
+	if err != nil {
+		t.log.Error("mapping removal failed", "session", m.Session, "id", m.ID,
+			"client", m.Source, "public", m.Public, "backend", m.Target, "reason", m.reason, "err", err)
+		return
+	}
+	t.log.Info("mapping closed", "session", m.Session, "id", m.ID, "client", m.Source,
+		"public", m.Public, "backend", m.Target, "reason", m.reason,
+		"age_ms", time.Since(m.Created).Milliseconds())
+}
+
+// Close refuses new mappings, releases every open one, and waits until all
+// removals are done or ctx ends.
+func (t *Table) Close(ctx context.Context) error {
+	t.mu.Lock()
+	t.closing = true
+	for _, m := range t.open {
+		t.releaseLocked(m, ReasonShutdown)
+	}
+	t.mu.Unlock()
+	t.poke()
+	done := make(chan struct{})
+	go func() { t.worker.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("nat: waiting for removals: %w", ctx.Err())
+	}
+}
+
+// Stats returns a snapshot of the counters.
+func (t *Table) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := Stats{
+		Active: len(t.open), Opened: t.opened, InstallFailed: t.failed,
+		Exhausted: t.exhaust, RemoveFailed: t.rmFailed, Closed: map[string]uint64{},
+	}
+	for k, v := range t.closed {
+		s.Closed[k] = v
+	}
+	return s
+}
+
+// newID makes a mapping id: a counter makes it unique within the process
+// even if the random part repeats, the random part across restarts.
+func (t *Table) newID() string {
+	var b [4]byte
+	_, _ = crand.Read(b[:])
+	t.mu.Lock()
+	t.ids++
+	n := t.ids
+	t.mu.Unlock()
+	return hex.EncodeToString(b[:]) + "-" + strconv.FormatUint(uint64(n), 36)
+}

@@ -1,0 +1,237 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/fake"
+)
+
+func req() Request {
+	return Request{
+		Session: "s1",
+		Source:  netip.MustParseAddr("203.0.113.10"),
+		Public:  netip.MustParseAddr("203.0.113.2"),
+		Target:  netip.MustParseAddrPort("192.0.2.10:30000"),
+		SNAT:    netip.MustParseAddr("192.0.2.1"),
+	}
+}
+
+func newTable(t *testing.T, ports string, timeout time.Duration) (*Table, *fake.Backend) {
+	t.Helper()
+	var b fake.Backend
+	if err := b.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	pr, err := ParsePortRange(ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := New(&b, Config{Ports: pr, ConnectTimeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tb.Close(context.Background()) })
+	return tb, &b
+}
+
+// waitLen waits for the fake to hold n mappings, without polling.
+func waitLen(t *testing.T, b *fake.Backend, n int) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		ch := b.Changed()
+		if b.Len() == n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("backend holds %d mappings, want %d", b.Len(), n)
+		}
+	}
+}
+
+func TestParsePortRange(t *testing.T) {
+	good := map[string]PortRange{"40000-40999": {40000, 40999}, "21": {21, 21}, " 1 - 65535 ": {1, 65535}}
+	for in, want := range good {
+		if got, err := ParsePortRange(in); err != nil || got != want {
+			t.Errorf("ParsePortRange(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0-10", "10-5", "1-65536", "a-b", "-5", "5-", "1--2", "40000-40999-1"} {
+		if got, err := ParsePortRange(in); err == nil {
+			t.Errorf("ParsePortRange(%q) = %v, want an error", in, got)
+		}
+	}
+}
+
+func TestOpenInstallsAndReleaseRemoves(t *testing.T) {
+	tb, b := newTable(t, "40000-40009", time.Minute)
+	m, err := tb.Open(context.Background(), req())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := m.Public.Port(); p < 40000 || p > 40009 {
+		t.Fatalf("public port %d outside the range", p)
+	}
+	if b.Len() != 1 {
+		t.Fatalf("after Open the backend holds %d mappings, want 1", b.Len())
+	}
+	if !m.Claim() {
+		t.Fatal("Claim of a fresh mapping failed")
+	}
+	m.Release(ReasonTransferDone)
+	m.Release(ReasonSessionEnd) // harmless
+	waitLen(t, b, 0)
+	if got := b.Count("remove"); got != 1 {
+		t.Fatalf("removals = %d, want exactly 1", got)
+	}
+	if st := tb.Stats(); st.Closed[ReasonTransferDone] != 1 || st.Closed[ReasonSessionEnd] != 0 {
+		t.Fatalf("stats = %+v, want one transfer-done close", st)
+	}
+}
+
+func TestPortsNeverDoubleMappedAndExhaustion(t *testing.T) {
+	tb, b := newTable(t, "40000-40015", time.Minute)
+	seen := map[uint16]bool{}
+	var ms []*Mapping
+	for i := 0; i < 16; i++ {
+		m, err := tb.Open(context.Background(), req())
+		if err != nil {
+			t.Fatalf("Open %d: %v", i, err)
+		}
+		if seen[m.Public.Port()] {
+			t.Fatalf("port %d handed out twice", m.Public.Port())
+		}
+		seen[m.Public.Port()] = true
+		ms = append(ms, m)
+	}
+	if _, err := tb.Open(context.Background(), req()); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("Open on a full range = %v, want ErrExhausted", err)
+	}
+	if tb.Stats().Exhausted != 1 {
+		t.Fatalf("exhaustion not counted: %+v", tb.Stats())
+	}
+	ms[3].Release(ReasonReplaced)
+	waitLen(t, b, 15)
+	m, err := tb.Open(context.Background(), req())
+	if err != nil {
+		t.Fatalf("Open after a release: %v", err)
+	}
+	if m.Public.Port() != ms[3].Public.Port() {
+		t.Fatalf("got port %d, want the only free one %d", m.Public.Port(), ms[3].Public.Port())
+	}
+}
+
+func TestPortsAreRandom(t *testing.T) {
+	tb, _ := newTable(t, "40000-49999", time.Minute)
+	first := map[uint16]bool{}
+	for i := 0; i < 8; i++ {
+		m, err := tb.Open(context.Background(), req())
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[m.Public.Port()] = true
+	}
+	// Sequential allocation would give 40000..40007.
+	seq := 0
+	for p := uint16(40000); p < 40008; p++ {
+		if first[p] {
+			seq++
+		}
+	}
+	if seq == 8 {
+		t.Fatal("ports were allocated sequentially from the bottom of the range")
+	}
+}
+
+func TestInstallFailureLeavesNothing(t *testing.T) {
+	tb, b := newTable(t, "40000-40000", time.Minute)
+	b.FailInstall(func(rules.Mapping) error { return fake.ErrInjected })
+	if _, err := tb.Open(context.Background(), req()); !errors.Is(err, fake.ErrInjected) {
+		t.Fatalf("Open = %v, want the backend's error", err)
+	}
+	b.FailInstall(nil)
+	if b.Len() != 0 {
+		t.Fatal("a failed install left a mapping")
+	}
+	// The single port is free again.
+	if _, err := tb.Open(context.Background(), req()); err != nil {
+		t.Fatalf("Open after a failed install: %v", err)
+	}
+}
+
+func TestConnectTimeout(t *testing.T) {
+	tb, b := newTable(t, "40000-40009", 50*time.Millisecond)
+	m, err := tb.Open(context.Background(), req())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLen(t, b, 0)
+	if m.Claim() {
+		t.Fatal("Claim succeeded after the connect timeout released the mapping")
+	}
+	if tb.Stats().Closed[ReasonConnectTimeout] != 1 {
+		t.Fatalf("stats = %+v, want a connect-timeout close", tb.Stats())
+	}
+	// A claimed mapping outlives the timeout.
+	m2, err := tb.Open(context.Background(), req())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m2.Claim() {
+		t.Fatal("Claim failed")
+	}
+	time.Sleep(150 * time.Millisecond)
+	if b.Len() != 1 {
+		t.Fatal("the connect timeout released a claimed mapping")
+	}
+}
+
+func TestRemoveFailureKeepsPortOut(t *testing.T) {
+	tb, b := newTable(t, "40000-40000", time.Minute)
+	m, err := tb.Open(context.Background(), req())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.FailRemove(func(rules.Mapping) error { return fake.ErrInjected })
+	m.Release(ReasonTransferDone)
+	// The worker's attempt is recorded by the fake; wait for it (bounded).
+	for i := 0; i < 500 && tb.Stats().RemoveFailed == 0; i++ {
+		time.Sleep(2 * time.Millisecond)
+	}
+	if st := tb.Stats(); st.RemoveFailed != 1 {
+		t.Fatalf("stats = %+v, want one failed removal", st)
+	}
+	if _, err := tb.Open(context.Background(), req()); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("Open = %v: the port of a mapping whose removal failed was handed out again", err)
+	}
+}
+
+func TestCloseRemovesEverything(t *testing.T) {
+	var b fake.Backend
+	_ = b.Setup(context.Background())
+	tb, err := New(&b, Config{Ports: PortRange{40000, 40099}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		if _, err := tb.Open(context.Background(), req()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tb.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if b.Len() != 0 {
+		t.Fatalf("%d mappings left after Close", b.Len())
+	}
+	if _, err := tb.Open(context.Background(), req()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Open after Close = %v, want ErrClosed", err)
+	}
+}
