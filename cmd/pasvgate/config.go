@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pasvgate/pasvgate/nat"
+	"github.com/pasvgate/pasvgate/proxy/ftp"
+	yaml "go.yaml.in/yaml/v3"
+)
+
+// Config is everything `pasvgate run` can be told. Each field has one YAML
+// key and one flag of the same name; a flag given on the command line
+// overrides the file. README.md documents every key.
+type Config struct {
+	Config             string        `yaml:"-"`
+	Listen             []string      `yaml:"listen"`
+	Upstream           string        `yaml:"upstream"`
+	PublicAddr         string        `yaml:"public-addr"`
+	DataPorts          string        `yaml:"data-ports"`
+	DataConnectTimeout time.Duration `yaml:"data-connect-timeout"`
+	IdleTimeout        time.Duration `yaml:"idle-timeout"`
+	DialTimeout        time.Duration `yaml:"dial-timeout"`
+	MaxLine            int           `yaml:"max-line"`
+	LogFormat          string        `yaml:"log-format"`
+	LogLevel           string        `yaml:"log-level"`
+	Backend            string        `yaml:"backend"`
+	IptablesPath       string        `yaml:"iptables-path"`
+	RuleTimeout        time.Duration `yaml:"rule-timeout"`
+	SNAT               bool          `yaml:"snat"`
+}
+
+// defaults are the values README.md promises.
+func defaults() Config {
+	return Config{
+		Listen:             []string{":21"},
+		DataPorts:          "40000-40999",
+		DataConnectTimeout: 30 * time.Second,
+		IdleTimeout:        10 * time.Minute,
+		DialTimeout:        10 * time.Second,
+		MaxLine:            ftp.DefaultMaxLine,
+		LogFormat:          "text",
+		LogLevel:           "info",
+		Backend:            "iptables",
+		IptablesPath:       "iptables",
+		RuleTimeout:        5 * time.Second,
+		SNAT:               true,
+	}
+}
+
+// listFlag is a repeatable flag. The first use on the command line replaces
+// the list from the config file instead of adding to it.
+type listFlag struct {
+	list *[]string
+	set  bool
+}
+
+func (l *listFlag) String() string {
+	if l.list == nil {
+		return ""
+	}
+	return strings.Join(*l.list, ",")
+}
+
+func (l *listFlag) Set(v string) error {
+	if !l.set {
+		*l.list = nil
+		l.set = true
+	}
+	*l.list = append(*l.list, v)
+	return nil
+}
+
+// runFlags binds the flags of `pasvgate run` to c.
+func runFlags(c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.StringVar(&c.Config, "config", c.Config, "YAML config `file`; flags override its keys")
+	fs.Var(&listFlag{list: &c.Listen}, "listen", "`ADDR:PORT` to accept FTP control connections on (repeatable)")
+	fs.StringVar(&c.Upstream, "upstream", c.Upstream, "the FTP server's control `ADDR:PORT`")
+	fs.StringVar(&c.PublicAddr, "public-addr", c.PublicAddr, "`IP` written into 227 replies (default: the address the client connected to)")
+	fs.StringVar(&c.DataPorts, "data-ports", c.DataPorts, "public data port range `LOW-HIGH`")
+	fs.DurationVar(&c.DataConnectTimeout, "data-connect-timeout", c.DataConnectTimeout, "how long a data mapping waits for its transfer command")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "end a control session idle this long (not during a transfer)")
+	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "bound on connecting to the upstream server")
+	fs.IntVar(&c.MaxLine, "max-line", c.MaxLine, "longest control line accepted, in `bytes`")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&c.Backend, "backend", c.Backend, "kernel backend: iptables")
+	fs.StringVar(&c.IptablesPath, "iptables-path", c.IptablesPath, "iptables `binary`: iptables, iptables-nft, iptables-legacy or a path")
+	fs.DurationVar(&c.RuleTimeout, "rule-timeout", c.RuleTimeout, "bound on one rule operation, xtables lock wait included")
+	fs.BoolVar(&c.SNAT, "snat", c.SNAT, "give data connections the gateway's address towards the server as source")
+	return fs
+}
+
+// usageError is a configuration error: exit status 2.
+type usageError struct{ error }
+
+// loadConfig parses args for `pasvgate run`: defaults, then the config file,
+// then the flags given, then validation.
+func loadConfig(args []string) (Config, error) {
+	first := defaults()
+	fs := runFlags(&first)
+	fs.SetOutput(os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return Config{}, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if first.Config == "" {
+		return first, first.validate()
+	}
+	c := defaults()
+	data, err := os.ReadFile(first.Config)
+	if err != nil {
+		return Config{}, usageError{fmt.Errorf("--config: %w", err)}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	// An empty file (io.EOF) is a valid config that sets nothing.
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, usageError{fmt.Errorf("--config %s: %w", first.Config, err)}
+	}
+	// The flags again, over the file's values: a flag always wins.
+	fs = runFlags(&c)
+	fs.SetOutput(new(bytes.Buffer))
+	if err := fs.Parse(args); err != nil {
+		return Config{}, usageError{err}
+	}
+	return c, c.validate()
+}
+
+// validate checks every value, naming the flag of the first bad one.
+func (c Config) validate() error {
+	bad := func(flag string, format string, a ...any) error {
+		return usageError{fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...))}
+	}
+	if len(c.Listen) == 0 {
+		return bad("listen", "at least one address is needed")
+	}
+	var listenFamilies []netip.Addr
+	for _, l := range c.Listen {
+		host, port, err := net.SplitHostPort(l)
+		if err != nil {
+			return bad("listen", "%q: %v", l, err)
+		}
+		if p, err := strconv.ParseUint(port, 10, 16); err != nil || (p == 0 && port != "0") {
+			return bad("listen", "%q: bad port", l)
+		}
+		if host != "" {
+			a, err := netip.ParseAddr(host)
+			if err != nil {
+				return bad("listen", "%q: host must be an IP address", l)
+			}
+			listenFamilies = append(listenFamilies, a)
+		}
+	}
+	if c.Upstream == "" {
+		return bad("upstream", "required: the FTP server's ADDR:PORT")
+	}
+	if _, _, err := net.SplitHostPort(c.Upstream); err != nil {
+		return bad("upstream", "%q: %v", c.Upstream, err)
+	}
+	if c.PublicAddr != "" {
+		a, err := netip.ParseAddr(c.PublicAddr)
+		if err != nil {
+			return bad("public-addr", "%q is not an IP address", c.PublicAddr)
+		}
+		if !a.Is4() {
+			// 227 can carry only IPv4 (RFC 959); EPSV clients use the
+			// address they dialed, whatever this says.
+			return bad("public-addr", "%s: 227 replies carry IPv4 only", a)
+		}
+		if len(listenFamilies) == len(c.Listen) {
+			v4 := false
+			for _, l := range listenFamilies {
+				v4 = v4 || l.Unmap().Is4() || l.IsUnspecified()
+			}
+			if !v4 {
+				return bad("public-addr", "%s is IPv4 but every --listen address is IPv6", a)
+			}
+		}
+	}
+	pr, err := nat.ParsePortRange(c.DataPorts)
+	if err != nil {
+		return bad("data-ports", "%v", err)
+	}
+	if pr.Low < 1024 {
+		return bad("data-ports", "%v reaches below 1024: data ports must be unprivileged", pr)
+	}
+	for name, d := range map[string]time.Duration{
+		"data-connect-timeout": c.DataConnectTimeout, "idle-timeout": c.IdleTimeout,
+		"dial-timeout": c.DialTimeout, "rule-timeout": c.RuleTimeout,
+	} {
+		if d <= 0 {
+			return bad(name, "must be positive, got %v", d)
+		}
+	}
+	if c.MaxLine < 512 || c.MaxLine > 1<<20 {
+		// RFC 959 replies and commands fit in far less, but RFC 1123
+		// asks for at least 512 bytes of tolerance.
+		return bad("max-line", "%d is outside 512-1048576", c.MaxLine)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return bad("log-format", "%q: want text or json", c.LogFormat)
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		return bad("log-level", "%v", err)
+	}
+	if c.Backend != "iptables" {
+		return bad("backend", "%q: want iptables", c.Backend)
+	}
+	if c.IptablesPath == "" {
+		return bad("iptables-path", "must not be empty")
+	}
+	return nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// newLogger makes the process logger from the config.
+func newLogger(c Config) *slog.Logger {
+	level, _ := parseLevel(c.LogLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}

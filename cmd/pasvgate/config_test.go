@@ -1,0 +1,109 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pasvgate.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFlagsOverrideFile(t *testing.T) {
+	p := writeConfig(t, `
+listen: ["203.0.113.1:21", "203.0.113.1:2121"]
+upstream: 192.0.2.10:21
+public-addr: 203.0.113.2
+data-ports: 50000-50099
+data-connect-timeout: 15s
+snat: false
+log-format: json
+`)
+	c, err := loadConfig([]string{"--config", p, "--data-ports", "41000-41999", "--listen", "203.0.113.1:2100"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DataPorts != "41000-41999" {
+		t.Errorf("data-ports = %q: the flag must win over the file", c.DataPorts)
+	}
+	if !reflect.DeepEqual(c.Listen, []string{"203.0.113.1:2100"}) {
+		t.Errorf("listen = %v: a --listen flag replaces the file's list", c.Listen)
+	}
+	if c.Upstream != "192.0.2.10:21" || c.PublicAddr != "203.0.113.2" || c.DataConnectTimeout != 15*time.Second ||
+		c.SNAT || c.LogFormat != "json" {
+		t.Errorf("file values lost: %+v", c)
+	}
+	if c.IdleTimeout != 10*time.Minute || c.MaxLine != 4096 {
+		t.Errorf("defaults lost: %+v", c)
+	}
+}
+
+func TestEmptyConfigFile(t *testing.T) {
+	p := writeConfig(t, "")
+	if _, err := loadConfig([]string{"--config", p, "--upstream", "192.0.2.10:21"}); err != nil {
+		t.Fatalf("an empty config file: %v", err)
+	}
+}
+
+func TestBadConfigNamesTheFlag(t *testing.T) {
+	up := []string{"--upstream", "192.0.2.10:21"}
+	cases := []struct {
+		args []string
+		flag string
+	}{
+		{[]string{}, "--upstream"},
+		{append([]string{"--data-ports", "5000-4000"}, up...), "--data-ports"},
+		{append([]string{"--data-ports", "0-100"}, up...), "--data-ports"},
+		{append([]string{"--data-ports", "100-2000"}, up...), "--data-ports"},
+		{append([]string{"--data-ports", "40000-70000"}, up...), "--data-ports"},
+		{append([]string{"--public-addr", "2001:db8::1"}, up...), "--public-addr"},
+		{append([]string{"--public-addr", "gateway"}, up...), "--public-addr"},
+		{append([]string{"--listen", "[2001:db8::1]:21", "--public-addr", "203.0.113.2"}, up...), "--public-addr"},
+		{append([]string{"--listen", "localhost:21"}, up...), "--listen"},
+		{append([]string{"--listen", "203.0.113.1"}, up...), "--listen"},
+		{append([]string{"--max-line", "10"}, up...), "--max-line"},
+		{append([]string{"--log-format", "xml"}, up...), "--log-format"},
+		{append([]string{"--log-level", "loud"}, up...), "--log-level"},
+		{append([]string{"--idle-timeout", "0s"}, up...), "--idle-timeout"},
+		{append([]string{"--backend", "pf"}, up...), "--backend"},
+		{[]string{"--upstream", "192.0.2.10"}, "--upstream"},
+	}
+	for _, tc := range cases {
+		_, err := loadConfig(tc.args)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.flag) {
+			t.Errorf("loadConfig(%v) = %v, want a usage error naming %s", tc.args, err, tc.flag)
+		}
+	}
+}
+
+func TestUnknownConfigKeyRefused(t *testing.T) {
+	p := writeConfig(t, "upstream: 192.0.2.10:21\npublic-adress: 203.0.113.2\n")
+	_, err := loadConfig([]string{"--config", p})
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "public-adress") {
+		t.Fatalf("a misspelt key = %v, want a usage error naming it", err)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	if got := realMain([]string{"run", "--data-ports", "x"}); got != 2 {
+		t.Errorf("bad config exit = %d, want 2", got)
+	}
+	if got := realMain([]string{"nonsense"}); got != 2 {
+		t.Errorf("unknown command exit = %d, want 2", got)
+	}
+	if got := realMain([]string{"version"}); got != 0 {
+		t.Errorf("version exit = %d, want 0", got)
+	}
+}

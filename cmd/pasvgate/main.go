@@ -1,0 +1,68 @@
+// Command pasvgate is a transparent FTP control-channel proxy for Linux
+// gateways: it rewrites the data addresses in 227/229 replies and installs
+// a kernel DNAT entry for each data connection, so FTP works through NAT.
+//
+// Subcommands: run, rules, demo, version. README.md documents them all.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: pasvgate <command> [flags]
+
+commands:
+  run       run the proxy (see pasvgate run -h)
+  rules     list or flush pasvgate's kernel rules: pasvgate rules list|flush
+  demo      run the built-in demonstration
+  version   print the version
+`
+
+func main() {
+	os.Exit(realMain(os.Args[1:]))
+}
+
+// realMain returns the exit status: 0 ok, 1 failure, 2 bad usage or config.
+func realMain(args []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = cmdRun(args[1:])
+	case "rules":
+		err = cmdRules(args[1:])
+	case "demo":
+		err = cmdDemo(args[1:])
+	case "version", "-version", "--version":
+		fmt.Println("pasvgate", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return 0
+	default:
+		fmt.Fprintf(os.Stderr, "pasvgate: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintln(os.Stderr, "pasvgate:", err)
+		return 2
+	default:
+		fmt.Fprintln(os.Stderr, "pasvgate:", err)
+		return 1
+	}
+}

@@ -1,0 +1,535 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pasvgate/pasvgate/nat"
+	"github.com/pasvgate/pasvgate/proxy/ftp"
+)
+
+// maxPending bounds the commands a client may have outstanding at the server.
+// Real clients pipeline a handful at most; a client that sends thousands
+// without reading replies is refused rather than allowed to grow the queue.
+const maxPending = 64
+
+// pending is one expected reply, in the order the server (or pasvgate) will
+// give it.
+type pending struct {
+	verb ftp.Verb
+	// mapping is the data mapping a transfer command is using; it is
+	// released when the transfer's final reply has been forwarded.
+	mapping *nat.Mapping
+	// local, if not nil, is a reply pasvgate made itself. It is queued
+	// behind server replies still to come so that the client sees replies
+	// in the order of its commands, and never inside a multi-line reply.
+	local []byte
+}
+
+// session is one client's control connection and its connection to the
+// server. Two goroutines run it: commands (client to server) and replies
+// (server to client); mu guards the state they share and every write to
+// the client, so that replies from both never interleave.
+type session struct {
+	srv    *Server
+	id     string
+	log    *slog.Logger
+	client net.Conn
+	server net.Conn
+	peer   netip.Addr // the client's address: the only source a data mapping admits
+
+	mu        sync.Mutex
+	queue     []pending
+	midReply  bool         // a multi-line reply is half forwarded
+	current   *nat.Mapping // the data mapping from the latest PASV/EPSV
+	epsvAll   bool         // RFC 2428 EPSV ALL was sent
+	transfers int          // transfer commands whose final reply is still due
+	ended     bool
+	reason    string
+}
+
+// Reasons a session ends, for its log line.
+const (
+	endClientClosed = "client closed"
+	endServerClosed = "server closed"
+	endIdle         = "idle timeout"
+	endShutdown     = "shutdown"
+	endTooMany      = "too many pipelined commands"
+)
+
+func (s *session) maxLine() int {
+	if s.srv.MaxLine > 0 {
+		return s.srv.MaxLine
+	}
+	return ftp.DefaultMaxLine
+}
+
+// run relays until either side ends, then closes both, releases the
+// session's mappings, and returns why it ended.
+func (s *session) run(ctx context.Context) string {
+	setOOBInline(s.client)
+	setOOBInline(s.server)
+	s.queue = append(make([]pending, 0, 8), pending{}) // the server's greeting
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		if !s.midReply {
+			s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service closing: pasvgate is shutting down."))
+		}
+		s.mu.Unlock()
+		s.end(endShutdown)
+	})
+	defer stop()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.end(s.replies(ctx))
+	}()
+	s.end(s.commands())
+	<-done
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.current != nil {
+		s.current.Release(nat.ReasonSessionEnd)
+		s.current = nil
+	}
+	for _, p := range s.queue {
+		if p.mapping != nil {
+			p.mapping.Release(nat.ReasonSessionEnd)
+		}
+	}
+	s.queue = nil
+	return s.reason
+}
+
+// end records the first reason the session ends and closes both
+// connections, which unblocks both relay goroutines.
+func (s *session) end(reason string) {
+	s.mu.Lock()
+	if !s.ended {
+		s.ended = true
+		s.reason = reason
+	}
+	s.mu.Unlock()
+	s.client.Close()
+	s.server.Close()
+}
+
+// commands relays the client's commands to the server until the client
+// goes away, and returns why.
+func (s *session) commands() string {
+	r := ftp.NewReader(s.client, s.maxLine())
+	idle := durationOr(s.srv.IdleTimeout, 10*time.Minute)
+	for {
+		_ = s.client.SetReadDeadline(time.Now().Add(idle))
+		raw, text, err := r.ReadLine()
+		switch {
+		case err == nil:
+		case errors.Is(err, ftp.ErrLineTooLong):
+			s.log.Warn("client line too long, dropped", "max", s.maxLine())
+			s.reply(ftp.CodeSyntaxError, "Command line too long.")
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.mu.Lock()
+			busy := s.transfers > 0
+			s.mu.Unlock()
+			if busy {
+				// A long transfer keeps the control channel quiet; that is
+				// not idleness.
+				continue
+			}
+			s.reply(ftp.CodeServiceUnavailable, "Idle timeout: closing control connection.")
+			return endIdle
+		default:
+			return endClientClosed
+		}
+		if reason := s.command(raw, text); reason != "" {
+			return reason
+		}
+	}
+}
+
+// command handles one client command: refuse it with a reply of pasvgate's
+// own, or forward it (unchanged) with the bookkeeping its reply needs. It
+// returns a reason to end the session, or "".
+func (s *session) command(raw, text []byte) string {
+	verb, arg := ftp.ParseCommand(text)
+	p := pending{verb: verb}
+	switch verb {
+	case ftp.VerbPASV, ftp.VerbEPSV:
+		if verb == ftp.VerbEPSV && bytes.EqualFold(bytes.TrimSpace(arg), []byte("ALL")) {
+			s.mu.Lock()
+			s.epsvAll = true
+			s.mu.Unlock()
+			break
+		}
+		if verb == ftp.VerbPASV {
+			if s.isEPSVAll() {
+				s.refuse(verb, ftp.CodeBadSequence, "EPSV ALL in effect: only EPSV may open a data connection.", "epsv-all")
+				return ""
+			}
+			if !s.peer.Is4() {
+				s.refuse(verb, ftp.CodeCantOpenData, "PASV cannot carry an IPv6 address: use EPSV.", "pasv-on-ipv6")
+				return ""
+			}
+		}
+		s.replaceMapping(nil)
+	case ftp.VerbPORT, ftp.VerbEPRT:
+		if s.isEPSVAll() {
+			s.refuse(verb, ftp.CodeBadSequence, "EPSV ALL in effect: only EPSV may open a data connection.", "epsv-all")
+			return ""
+		}
+		if code, msg, why := s.checkActive(verb, arg); code != 0 {
+			s.refuse(verb, code, msg, why)
+			return ""
+		}
+		s.replaceMapping(nil)
+	case ftp.VerbLPRT, ftp.VerbLPSV:
+		s.refuse(verb, ftp.CodeNotImplemented, "Long address commands are not supported: use EPRT/EPSV.", "long-address")
+		return ""
+	case ftp.VerbAUTH:
+		// Once the channel is encrypted pasvgate cannot see the 227 it must
+		// rewrite, so TLS is refused rather than let through blind.
+		s.refuse(verb, ftp.CodePolicyRefused, "AUTH is not supported through this gateway: FTPS is not available.", "auth-tls")
+		return ""
+	case ftp.VerbREIN:
+		s.mu.Lock()
+		s.epsvAll = false
+		s.mu.Unlock()
+	default:
+		if verb.IsTransfer() {
+			s.mu.Lock()
+			m := s.current
+			s.current = nil
+			s.mu.Unlock()
+			if m != nil && !m.Claim() {
+				s.refuse(verb, ftp.CodeCantOpenData, "Data connection timed out: send PASV or EPSV again.", "data-connect-timeout")
+				return ""
+			}
+			p.mapping = m
+		}
+	}
+	s.mu.Lock()
+	if len(s.queue) >= maxPending {
+		s.mu.Unlock()
+		s.log.Warn("session refused: too many pipelined commands", "max", maxPending)
+		s.reply(ftp.CodeServiceUnavailable, "Too many commands without reading replies.")
+		return endTooMany
+	}
+	if p.verb.IsTransfer() {
+		s.transfers++
+	}
+	s.queue = append(s.queue, p)
+	s.mu.Unlock()
+	if err := s.writeServer(raw); err != nil {
+		return endServerClosed
+	}
+	return ""
+}
+
+// checkActive applies the no-bounce rule to PORT/EPRT: the address must be
+// the client's own and the port unprivileged. It returns 0 when the command
+// may pass.
+func (s *session) checkActive(verb ftp.Verb, arg []byte) (code int, msg, why string) {
+	var ap netip.AddrPort
+	var err error
+	if verb == ftp.VerbPORT {
+		ap, err = ftp.ParsePORT(arg)
+	} else {
+		ap, err = ftp.ParseEPRT(arg)
+	}
+	switch {
+	case err != nil:
+		return ftp.CodeArgSyntaxError, "Syntax error in " + verb.String() + " address.", "malformed"
+	case ap.Addr().Is4() != s.peer.Is4():
+		if s.peer.Is4() {
+			return ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (1)", "wrong-family"
+		}
+		return ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (2)", "wrong-family"
+	case ap.Addr() != s.peer:
+		return ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: address is not yours.", "bounce-address"
+	case ap.Port() < 1024:
+		return ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: privileged port.", "bounce-port"
+	}
+	return 0, "", ""
+}
+
+// refuse answers a command with pasvgate's own reply and logs why. The
+// command never reaches the server.
+func (s *session) refuse(verb ftp.Verb, code int, msg, why string) {
+	s.log.Warn("command refused", "command", verb.String(), "code", code, "reason", why)
+	s.reply(code, msg)
+}
+
+func (s *session) isEPSVAll() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epsvAll
+}
+
+// replaceMapping makes m the session's current data mapping and releases
+// the one it replaces: a client that asks for a new data port is done with
+// the old one.
+func (s *session) replaceMapping(m *nat.Mapping) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replaceMappingLocked(m)
+}
+
+func (s *session) replaceMappingLocked(m *nat.Mapping) {
+	if s.current != nil {
+		s.current.Release(nat.ReasonReplaced)
+	}
+	s.current = m
+}
+
+// reply sends the client a reply of pasvgate's own, in order.
+func (s *session) reply(code int, text string) {
+	line := ftp.AppendReply(nil, code, text)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.midReply || len(s.queue) > 0 {
+		s.queue = append(s.queue, pending{local: line})
+		return
+	}
+	s.writeClientLocked(line)
+}
+
+// replies relays the server's replies to the client until the server goes
+// away, and returns why.
+func (s *session) replies(ctx context.Context) string {
+	r := ftp.NewReader(s.server, s.maxLine())
+	var st ftp.ReplyState
+	var held []byte // text of a 227/229 reply being collected
+	for {
+		raw, text, err := r.ReadLine()
+		switch {
+		case err == nil:
+		case errors.Is(err, ftp.ErrLineTooLong):
+			s.log.Warn("server line too long, dropped", "max", s.maxLine())
+			continue
+		default:
+			s.mu.Lock()
+			if !s.midReply && !s.ended {
+				s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service not available: the FTP server closed the connection."))
+			}
+			s.mu.Unlock()
+			return endServerClosed
+		}
+		code, last, err := st.Feed(text)
+		if err != nil {
+			s.log.Warn("malformed reply line from server, dropped", "err", err)
+			continue
+		}
+		if code == ftp.CodeEnteringPassive || code == ftp.CodeEnteringExtPassive {
+			// The address is rewritten on the whole reply: hold every line
+			// back until the last, so no line of it reaches the client
+			// with the server's address in it.
+			held = append(held, text...)
+			held = append(held, '\n')
+			if !last {
+				continue
+			}
+			s.passive(ctx, code, held)
+			held = held[:0]
+			continue
+		}
+		if code == ftp.CodeSystemStatus && !last && s.headVerb() == ftp.VerbFEAT && isTLSFeature(text) {
+			// Hide TLS from clients that would try it and fail: pasvgate
+			// refuses AUTH.
+			continue
+		}
+		s.mu.Lock()
+		s.writeClientLocked(raw)
+		if last {
+			s.midReply = false
+			if code >= 200 {
+				s.popLocked()
+			}
+		} else {
+			s.midReply = true
+		}
+		s.mu.Unlock()
+	}
+}
+
+// headVerb is the command whose reply is due next.
+func (s *session) headVerb() ftp.Verb {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.queue) == 0 {
+		return ftp.VerbOther
+	}
+	return s.queue[0].verb
+}
+
+// popLocked retires the command a final reply answered, releases its
+// transfer's mapping (after the reply is on its way: removal is not on the
+// critical path), and sends any replies of pasvgate's own queued behind it.
+func (s *session) popLocked() {
+	if len(s.queue) == 0 {
+		return // an unsolicited reply, such as a server's 421
+	}
+	p := s.queue[0]
+	s.queue = s.queue[:copy(s.queue, s.queue[1:])]
+	if p.verb.IsTransfer() {
+		s.transfers--
+		if p.mapping != nil {
+			p.mapping.Release(nat.ReasonTransferDone)
+		}
+	}
+	for len(s.queue) > 0 && s.queue[0].local != nil {
+		s.writeClientLocked(s.queue[0].local)
+		s.queue = s.queue[:copy(s.queue, s.queue[1:])]
+	}
+}
+
+// passive handles a complete 227 or 229 reply: check the address, open the
+// mapping, and only then send the client the rewritten reply. Any failure
+// gives the client 425 and leaves nothing installed.
+func (s *session) passive(ctx context.Context, code int, text []byte) {
+	want := ftp.VerbPASV
+	if code == ftp.CodeEnteringExtPassive {
+		want = ftp.VerbEPSV
+	}
+	line, m := s.openPassive(ctx, code, want, text)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m != nil {
+		if s.ended {
+			m.Release(nat.ReasonSessionEnd)
+		} else {
+			s.replaceMappingLocked(m)
+		}
+	}
+	s.writeClientLocked(line)
+	s.midReply = false
+	s.popLocked()
+}
+
+// openPassive returns the line to send the client for a 227/229 reply, and
+// the mapping it opened, if any.
+func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text []byte) ([]byte, *nat.Mapping) {
+	cant := func() []byte {
+		return ftp.AppendReply(nil, ftp.CodeCantOpenData, "Can't open data connection.")
+	}
+	if got := s.headVerb(); got != want {
+		s.log.Warn("passive reply refused: no matching command", "code", code, "pending", got.String())
+		return cant(), nil
+	}
+	server := addrPortOf(s.server.RemoteAddr())
+	local := addrPortOf(s.client.LocalAddr())
+	var backend netip.AddrPort
+	if code == ftp.CodeEnteringPassive {
+		ap, err := ftp.ParsePASV(text)
+		if err != nil {
+			s.log.Warn("passive reply refused: unparseable 227", "server", server, "err", err)
+			return cant(), nil
+		}
+		switch a := ap.Addr(); {
+		case a.IsUnspecified():
+			// RFC 1123 and common practice: 0.0.0.0 means "the address of
+			// this control connection".
+			backend = netip.AddrPortFrom(server.Addr(), ap.Port())
+		case a != server.Addr():
+			// A backend must never make the gateway forward to another host.
+			s.log.Warn("passive reply refused: server advertised another host",
+				"server", server.Addr(), "advertised", a, "port", ap.Port())
+			return cant(), nil
+		default:
+			backend = ap
+		}
+	} else {
+		port, err := ftp.ParseEPSV(text)
+		if err != nil {
+			s.log.Warn("passive reply refused: unparseable 229", "server", server, "err", err)
+			return cant(), nil
+		}
+		backend = netip.AddrPortFrom(server.Addr(), port)
+	}
+
+	// What the client is told, and what the kernel entry matches. EPSV
+	// clients connect back to the address they dialed; PASV clients to the
+	// public address, which arrives as the local address when the gateway
+	// is itself behind a 1:1 NAT.
+	public := local.Addr()
+	match := local.Addr()
+	if code == ftp.CodeEnteringPassive && s.srv.PublicAddr.IsValid() {
+		public = s.srv.PublicAddr
+		if s.srv.IsLocal == nil || s.srv.IsLocal(public) {
+			match = public
+		}
+	}
+	if code == ftp.CodeEnteringPassive && !public.Is4() {
+		s.log.Warn("passive reply refused: no IPv4 public address for 227", "public", public)
+		return cant(), nil
+	}
+	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Target: backend}
+	if s.srv.SNAT {
+		req.SNAT = addrPortOf(s.server.LocalAddr()).Addr()
+	}
+	m, err := s.srv.NAT.Open(ctx, req)
+	if err != nil {
+		return cant(), nil
+	}
+	if code == ftp.CodeEnteringPassive {
+		return ftp.AppendPASV(nil, netip.AddrPortFrom(public, m.Public.Port())), m
+	}
+	return ftp.AppendEPSV(nil, m.Public.Port()), m
+}
+
+// isTLSFeature reports whether a FEAT continuation line advertises a TLS
+// feature (RFC 4217): AUTH, PBSZ, PROT or CCC.
+func isTLSFeature(text []byte) bool {
+	t := bytes.TrimSpace(text)
+	for _, f := range []string{"AUTH", "PBSZ", "PROT", "CCC"} {
+		if len(t) >= len(f) && bytes.EqualFold(t[:len(f)], []byte(f)) && (len(t) == len(f) || t[len(f)] == ' ') {
+			return true
+		}
+	}
+	return false
+}
+
+// writeClientLocked writes to the client under s.mu. A failed write ends
+// the session through the read side, which then sees the closed socket.
+func (s *session) writeClientLocked(b []byte) {
+	_ = s.client.SetWriteDeadline(time.Now().Add(durationOr(s.srv.WriteTimeout, 30*time.Second)))
+	if _, err := s.client.Write(b); err != nil {
+		// Closing both sockets ends both relay loops; the command loop
+		// then reports the client as gone.
+		s.client.Close()
+		s.server.Close()
+	}
+}
+
+func (s *session) writeServer(b []byte) error {
+	_ = s.server.SetWriteDeadline(time.Now().Add(durationOr(s.srv.WriteTimeout, 30*time.Second)))
+	_, err := s.server.Write(b)
+	return err
+}
+
+// setOOBInline keeps TCP urgent data in the byte stream. A client's Telnet
+// Synch before ABOR sends the DM byte as urgent data; without this the
+// kernel would take it out of band and pasvgate would forward a broken
+// sequence.
+func setOOBInline(c net.Conn) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_OOBINLINE, 1)
+	})
+}
