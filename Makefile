@@ -1,0 +1,44 @@
+# pasvgate: the two commands that matter are `make demo` and `make test`.
+# Both do their own set-up on a fresh Debian machine as root.
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BIN     := bin/pasvgate
+# How long each fuzz target runs under `make fuzz`.
+FUZZTIME ?= 5m
+
+.PHONY: all build deps test demo bench fuzz lint clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/pasvgate
+
+# deps installs what the tests need: Debian packages (iptables, FTP servers
+# and clients) and the Go modules.
+deps:
+	bash test/install-deps.sh
+	$(GO) mod download
+
+test: deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 18m ./...
+
+demo: build
+	$(BIN) demo
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 20000x ./proxy/...
+
+# fuzz runs every fuzz target of the wire codec for FUZZTIME each.
+fuzz:
+	for f in $$($(GO) test -list '^Fuzz' ./proxy/ftp | grep ^Fuzz); do \
+		$(GO) test ./proxy/ftp -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
+	done
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest ./...
+
+clean:
+	rm -rf bin
