@@ -162,6 +162,16 @@ func (s *session) commands() string {
 // returns a reason to end the session, or "".
 func (s *session) command(raw, text []byte) string {
 	verb, arg := ftp.ParseCommand(text)
+	if bytes.IndexByte(raw, 0xFF) >= 0 && ftp.HasTelnetNegotiation(raw) {
+		s.refuse(verb, ftp.CodeSyntaxError, "Telnet option negotiation is not supported.", "telnet-negotiation")
+		return ""
+	}
+	if bytes.IndexByte(text, '\r') >= 0 || bytes.IndexByte(text, 0) >= 0 {
+		// A server that ends lines at a bare CR would read a second
+		// command here that pasvgate did not see.
+		s.refuse(verb, ftp.CodeSyntaxError, "Command contains a bare CR or NUL.", "bare-cr-nul")
+		return ""
+	}
 	p := pending{verb: verb}
 	switch verb {
 	case ftp.VerbPASV, ftp.VerbEPSV:

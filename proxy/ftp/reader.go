@@ -252,3 +252,22 @@ func AppendLine(dst, text []byte) []byte {
 	}
 	return append(dst, '\r', '\n')
 }
+
+// HasTelnetNegotiation reports whether raw carries Telnet option
+// negotiation (IAC WILL, WONT, DO, DONT) or subnegotiation (IAC SB). An FTP
+// control connection has no use for either: RFC 959 uses only Telnet's
+// two-byte commands (IP, DM, AYT, ...). Peers skip option bytes in
+// different ways, so such a line could read as one command to the proxy and
+// another to the server; the proxy refuses it instead of guessing.
+func HasTelnetNegotiation(raw []byte) bool {
+	for i := 0; ; {
+		j := bytes.IndexByte(raw[i:], telnetIAC)
+		if j < 0 || i+j+1 >= len(raw) {
+			return false
+		}
+		if c := raw[i+j+1]; c == telnetSB || (c >= telnetWILL && c != telnetIAC) {
+			return true
+		}
+		i += j + 2 // past IAC IAC, or IAC and a two-byte command
+	}
+}

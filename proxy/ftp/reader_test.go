@@ -313,3 +313,21 @@ func BenchmarkReadLine(b *testing.B) {
 		}
 	}
 }
+
+func TestHasTelnetNegotiation(t *testing.T) {
+	for raw, want := range map[string]bool{
+		"NOOP\r\n":                             false,
+		"\xff\xf4\xff\xf2ABOR\r\n":             false, // IP, DM: allowed
+		"\xff\xf6\r\n":                         false, // AYT
+		"RETR a\xff\xffb\r\n":                  false, // escaped 0xFF is data
+		"\xff\xfb\x01NOOP\r\n":                 true,  // WILL ECHO
+		"\xff\xfe\x01NOOP\r\n":                 true,  // DONT
+		"\xff\xfaPORT 1,2,3,4,5,6\xff\xf0\r\n": true,  // subnegotiation hiding a PORT
+		"\xff\xff\xfbX\r\n":                    false, // IAC IAC then plain 0xFB data
+		"ABOR\xff":                             false, // IAC cut off by the end
+	} {
+		if got := HasTelnetNegotiation([]byte(raw)); got != want {
+			t.Errorf("HasTelnetNegotiation(%q) = %v, want %v", raw, got, want)
+		}
+	}
+}
