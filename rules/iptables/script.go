@@ -1,0 +1,394 @@
+package iptables
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/pasvgate/pasvgate/rules"
+)
+
+// pasvgate's own chains. Installed systems know them by name, so once
+// released they are never renamed.
+const (
+	// ChainDNAT (nat table) holds one DNAT rule per mapping. PREROUTING
+	// jumps to it for traffic from outside, OUTPUT for clients on the
+	// gateway itself.
+	ChainDNAT = "PASVGATE-DNAT"
+	// ChainSNAT (nat table) holds one SNAT rule per mapping that has
+	// Mapping.SNAT. POSTROUTING jumps to it.
+	ChainSNAT = "PASVGATE-SNAT"
+	// ChainForward (filter table) holds a static rule that accepts the
+	// established flows pasvgate admitted, then one rule per mapping that
+	// sends the mapping's new connection to ChainAdmit. FORWARD jumps to it.
+	ChainForward = "PASVGATE-FORWARD"
+	// ChainAdmit (filter table) marks a connection as admitted by pasvgate
+	// (Config.ConnMark) and accepts it. Only ChainForward jumps to it.
+	ChainAdmit = "PASVGATE-ADMIT"
+)
+
+// Table names.
+const (
+	tableFilter = "filter"
+	tableNAT    = "nat"
+)
+
+// commentTag starts the comment of every rule pasvgate writes. A mapping's
+// rules add "id=ID" and, when the mapping has one, "created=UNIX-SECONDS",
+// so that List can rebuild the mapping from iptables-save and a restart can
+// find every leftover.
+const commentTag = "pasvgate"
+
+// Comments of the rules that are not per mapping.
+const (
+	commentJump        = commentTag
+	commentEstablished = commentTag + " established"
+	commentAdmit       = commentTag + " admit"
+)
+
+// rule is one iptables rule: the table and chain it lives in and its
+// arguments after "-A CHAIN", in the form iptables-save prints them back,
+// so that generated and saved rules compare equal token for token.
+type rule struct {
+	table string
+	chain string
+	args  []string
+}
+
+// line is the rule as an iptables-restore line with the given command:
+// "-A", "-D" or "-C".
+func (r rule) line(cmd string) string {
+	return cmd + " " + r.chain + r.argText()
+}
+
+// insertFirst is the rule as an iptables-restore line that inserts it at
+// the top of its chain.
+func (r rule) insertFirst() string {
+	return "-I " + r.chain + " 1" + r.argText()
+}
+
+func (r rule) argText() string {
+	var b strings.Builder
+	for _, a := range r.args {
+		b.WriteByte(' ')
+		b.WriteString(quote(a))
+	}
+	return b.String()
+}
+
+// quote quotes an argument for iptables-restore the way iptables-save does.
+// Our arguments are built from netip values, numbers and rules.ValidID ids,
+// so the only character that needs it is the space in comments.
+func quote(a string) string {
+	if a == "" || strings.ContainsAny(a, " \t") {
+		return `"` + a + `"`
+	}
+	return a
+}
+
+// jump is a rule in a built-in chain that leads to one of ours.
+type jump struct {
+	table, from, to string
+}
+
+// jumps are the four ways into pasvgate's chains, in the order Setup and
+// repair write them.
+var jumps = []jump{
+	{tableFilter, "FORWARD", ChainForward},
+	{tableNAT, "PREROUTING", ChainDNAT},
+	{tableNAT, "OUTPUT", ChainDNAT},
+	{tableNAT, "POSTROUTING", ChainSNAT},
+}
+
+// ownChains are pasvgate's chains per table, in an order in which each
+// chain's references come before the chain (so -X can follow it).
+var ownChains = map[string][]string{
+	tableFilter: {ChainForward, ChainAdmit},
+	tableNAT:    {ChainDNAT, ChainSNAT},
+}
+
+// tables is the order tables are written in: filter first, so that a
+// mapping's FORWARD accept is live before its DNAT.
+var tables = []string{tableFilter, tableNAT}
+
+func isOwnChain(c string) bool {
+	switch c {
+	case ChainDNAT, ChainSNAT, ChainForward, ChainAdmit:
+		return true
+	}
+	return false
+}
+
+func (j jump) rule() rule {
+	return rule{j.table, j.from, []string{"-m", "comment", "--comment", commentJump, "-j", j.to}}
+}
+
+// markArg formats a connmark value/mask as iptables-save prints it.
+func markArg(mark uint32) string {
+	return fmt.Sprintf("0x%x/0x%x", mark, mark)
+}
+
+// staticRules are the rules of pasvgate's chains that do not belong to a
+// mapping, in chain order.
+//
+// The established rule is what keeps a data connection flowing after its
+// mapping is removed, under a FORWARD policy of DROP and without relying on
+// an ESTABLISHED rule of the machine's own firewall: it accepts both
+// directions of every flow that ChainAdmit marked, and nothing else.
+func staticRules(mark uint32) []rule {
+	return []rule{
+		{tableFilter, ChainForward, []string{
+			"-m", "connmark", "--mark", markArg(mark),
+			"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+			"-m", "comment", "--comment", commentEstablished,
+			"-j", "ACCEPT"}},
+		{tableFilter, ChainAdmit, []string{
+			"-m", "comment", "--comment", commentAdmit,
+			"-j", "CONNMARK", "--set-xmark", markArg(mark)}},
+		{tableFilter, ChainAdmit, []string{
+			"-m", "comment", "--comment", commentAdmit,
+			"-j", "ACCEPT"}},
+	}
+}
+
+// mappingComment is the comment on each of m's rules.
+func mappingComment(m rules.Mapping) string {
+	c := commentTag + " id=" + m.ID
+	if !m.Created.IsZero() {
+		c += " created=" + strconv.FormatInt(m.Created.Unix(), 10)
+	}
+	return c
+}
+
+// host formats a as a host prefix, as iptables-save prints -s and -d.
+func host(a netip.Addr) string {
+	return netip.PrefixFrom(a, a.BitLen()).String()
+}
+
+// mappingRules are m's rules in install order: the FORWARD accept, then the
+// SNAT if any, the DNAT last. m must be valid.
+//
+// The FORWARD and SNAT rules match the connection's original destination
+// (conntrack --ctorigdst/--ctorigdstport, that is Public), not just Target:
+// they admit and rewrite exactly the connection the DNAT rule made, and
+// never a connection made straight to Target.
+func mappingRules(m rules.Mapping) []rule {
+	comment := []string{"-m", "comment", "--comment", mappingComment(m)}
+	src, tgt := host(m.Source), host(m.Target.Addr())
+	pub, pubPort := m.Public.Addr().String(), strconv.Itoa(int(m.Public.Port()))
+	tport := strconv.Itoa(int(m.Target.Port()))
+
+	fwd := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
+		"-m", "conntrack", "--ctstate", "NEW", "--ctorigdst", pub, "--ctorigdstport", pubPort}
+	fwd = append(append(fwd, comment...), "-j", ChainAdmit)
+	out := []rule{{tableFilter, ChainForward, fwd}}
+
+	if m.SNAT.IsValid() {
+		snat := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
+			"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
+		snat = append(append(snat, comment...), "-j", "SNAT", "--to-source", m.SNAT.String())
+		out = append(out, rule{tableNAT, ChainSNAT, snat})
+	}
+
+	dnat := []string{"-s", src, "-d", host(m.Public.Addr()), "-p", "tcp", "-m", "tcp", "--dport", pubPort}
+	dnat = append(append(dnat, comment...), "-j", "DNAT", "--to-destination", m.Target.String())
+	return append(out, rule{tableNAT, ChainDNAT, dnat})
+}
+
+// script is iptables-restore input built one table section at a time.
+type script struct {
+	b       strings.Builder
+	current string
+}
+
+// add appends a line to the section of table, opening it (and committing
+// the previous one) as needed. Sections must be added table by table.
+func (s *script) add(table, line string) {
+	if s.current != table {
+		s.commit()
+		s.b.WriteString("*" + table + "\n")
+		s.current = table
+	}
+	s.b.WriteString(line)
+	s.b.WriteByte('\n')
+}
+
+func (s *script) commit() {
+	if s.current != "" {
+		s.b.WriteString("COMMIT\n")
+		s.current = ""
+	}
+}
+
+// String returns the script with its last section committed.
+func (s *script) String() string {
+	s.commit()
+	return s.b.String()
+}
+
+// installScript is the one iptables-restore batch that installs m.
+//
+// iptables-legacy-restore and iptables-nft-restore alike commit each table
+// at its COMMIT line (nft: one transaction per table) and stop at the first
+// line that fails, so a failed batch may leave the filter table committed
+// and the nat table not; Install then rolls back. Filter goes first so
+// that the DNAT is never live without its FORWARD accept.
+//
+// With check, each table section first checks (-C) that the jumps into
+// pasvgate's chains and ChainAdmit's rules are still there: if someone
+// flushed a built-in chain or reloaded the firewall, the check fails the
+// batch before that table is touched, and Install repairs and retries. The
+// checks cost no extra exec. They do not cover ChainForward's established
+// rule, which only a targeted flush of pasvgate's own chain removes.
+func installScript(m rules.Mapping, mark uint32, check bool) string {
+	var s script
+	rs := mappingRules(m)
+	for _, t := range tables {
+		if check {
+			for _, j := range jumps {
+				if j.table == t {
+					s.add(t, j.rule().line("-C"))
+				}
+			}
+			for _, r := range staticRules(mark) {
+				if r.table == t && r.chain == ChainAdmit {
+					s.add(t, r.line("-C"))
+				}
+			}
+		}
+		for _, r := range rs {
+			if r.table == t {
+				s.add(t, r.line("-A"))
+			}
+		}
+	}
+	return s.String()
+}
+
+// removeScript is the one iptables-restore batch that removes m: the nat
+// section first (DNAT, then SNAT), so that no new connection is DNATed once
+// its FORWARD accept is gone.
+func removeScript(m rules.Mapping) string {
+	var s script
+	rs := mappingRules(m)
+	for _, t := range []string{tableNAT, tableFilter} {
+		for i := len(rs) - 1; i >= 0; i-- {
+			if rs[i].table == t {
+				s.add(t, rs[i].line("-D"))
+			}
+		}
+	}
+	return s.String()
+}
+
+// blindRollbackScript deletes m's rules in install order, filter first,
+// for when a failed install cannot be looked at. An install batch commits
+// a prefix of its tables, and this batch stops at the first table whose
+// rules are not there, so it deletes exactly what was committed (and then
+// fails, unless everything was).
+func blindRollbackScript(m rules.Mapping) string {
+	var s script
+	for _, t := range tables {
+		for _, r := range mappingRules(m) {
+			if r.table == t {
+				s.add(t, r.line("-D"))
+			}
+		}
+	}
+	return s.String()
+}
+
+// resetScript is the batch that makes pasvgate's part of one family's
+// rules exactly what it should be, whatever st (that family's
+// iptables-save) shows: every own chain is declared, which creates it or,
+// under --noflush, empties it; each jump is put first in its built-in chain
+// exactly once; the static rules are written; then the rules of ms. Each
+// table is replaced in one commit, so established flows never see a gap.
+//
+// Setup uses it with no mappings to sweep an earlier process's leftovers;
+// Install uses it with every mapping it has installed to repair what was
+// changed from outside.
+func resetScript(st *saved, mark uint32, ms []rules.Mapping) string {
+	var s script
+	static := staticRules(mark)
+	for _, t := range tables {
+		for _, c := range ownChains[t] {
+			s.add(t, ":"+c+" - [0:0]")
+		}
+		for _, j := range jumps {
+			if j.table != t {
+				continue
+			}
+			jr := j.rule()
+			n, first := st.count(jr)
+			if n == 1 && first {
+				continue
+			}
+			for range n {
+				s.add(t, jr.line("-D"))
+			}
+			s.add(t, jr.insertFirst())
+		}
+		for _, r := range static {
+			if r.table == t {
+				s.add(t, r.line("-A"))
+			}
+		}
+		for _, m := range ms {
+			for _, r := range mappingRules(m) {
+				if r.table == t {
+					s.add(t, r.line("-A"))
+				}
+			}
+		}
+	}
+	return s.String()
+}
+
+// flushScript is the batch that takes every pasvgate rule, jump and chain
+// out of one family, as st shows it, and nothing else. Any rule outside
+// pasvgate's chains that jumps to one of them is deleted too (a chain that
+// is still referenced cannot be deleted); the built-in jumps are pasvgate's
+// own, others are someone's mistake. It returns "" when st holds nothing of
+// pasvgate's.
+func flushScript(st *saved) string {
+	var s script
+	for _, t := range tables {
+		tab := st.tables[t]
+		if tab == nil {
+			continue
+		}
+		for _, r := range tab.rules {
+			if !isOwnChain(r.chain) && r.jumpsTo() != "" && isOwnChain(r.jumpsTo()) {
+				s.add(t, "-D "+r.chain+" "+r.raw)
+			}
+		}
+		var own []string
+		for _, c := range ownChains[t] {
+			if tab.chains[c] {
+				own = append(own, c)
+			}
+		}
+		for _, c := range own {
+			s.add(t, "-F "+c)
+		}
+		for _, c := range own {
+			s.add(t, "-X "+c)
+		}
+	}
+	return s.String()
+}
+
+// deleteScript deletes saved rules, as iptables-save printed them.
+func deleteScript(rs []savedRule) string {
+	var s script
+	for _, t := range tables {
+		for _, r := range rs {
+			if r.table == t {
+				s.add(t, "-D "+r.chain+" "+r.raw)
+			}
+		}
+	}
+	return s.String()
+}
