@@ -1,13 +1,24 @@
 package main
 
 import (
-	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/iptables"
 )
 
 // newBackend makes the kernel backend the config names.
 func newBackend(cfg Config, log *slog.Logger) (rules.Backend, error) {
-	return nil, errors.New("iptables backend: not yet wired")
+	b, err := iptables.New(iptables.Config{
+		Path:          cfg.IptablesPath,
+		LockTimeout:   cfg.RuleTimeout,
+		ConnMark:      cfg.ConnMark,
+		CheckInterval: cfg.JumpCheckInterval,
+		Logger:        log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--iptables-path %s: %w", cfg.IptablesPath, err)
+	}
+	return b, nil
 }

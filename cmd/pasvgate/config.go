@@ -16,6 +16,7 @@ import (
 
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy/ftp"
+	"github.com/pasvgate/pasvgate/rules/iptables"
 	yaml "go.yaml.in/yaml/v3"
 )
 
@@ -38,6 +39,8 @@ type Config struct {
 	IptablesPath       string        `yaml:"iptables-path"`
 	RuleTimeout        time.Duration `yaml:"rule-timeout"`
 	SNAT               bool          `yaml:"snat"`
+	ConnMark           uint32        `yaml:"connmark"`
+	JumpCheckInterval  time.Duration `yaml:"jump-check-interval"`
 }
 
 // defaults are the values README.md promises.
@@ -55,6 +58,7 @@ func defaults() Config {
 		IptablesPath:       "iptables",
 		RuleTimeout:        5 * time.Second,
 		SNAT:               true,
+		ConnMark:           iptables.DefaultConnMark,
 	}
 }
 
@@ -99,6 +103,15 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.IptablesPath, "iptables-path", c.IptablesPath, "iptables `binary`: iptables, iptables-nft, iptables-legacy or a path")
 	fs.DurationVar(&c.RuleTimeout, "rule-timeout", c.RuleTimeout, "bound on one rule operation, xtables lock wait included")
 	fs.BoolVar(&c.SNAT, "snat", c.SNAT, "give data connections the gateway's address towards the server as source")
+	fs.Func("connmark", "conntrack mark `bit` that tags data flows pasvgate admitted (default 0x10000000)", func(v string) error {
+		m, err := strconv.ParseUint(v, 0, 32)
+		if err != nil {
+			return fmt.Errorf("want a 32-bit mask such as 0x10000000")
+		}
+		c.ConnMark = uint32(m)
+		return nil
+	})
+	fs.DurationVar(&c.JumpCheckInterval, "jump-check-interval", c.JumpCheckInterval, "how often an install re-checks the jumps into pasvgate's chains (0: every install)")
 	return fs
 }
 
@@ -222,6 +235,12 @@ func (c Config) validate() error {
 	}
 	if c.IptablesPath == "" {
 		return bad("iptables-path", "must not be empty")
+	}
+	if c.ConnMark == 0 {
+		return bad("connmark", "must have at least one bit set")
+	}
+	if c.JumpCheckInterval < 0 {
+		return bad("jump-check-interval", "must not be negative")
 	}
 	return nil
 }

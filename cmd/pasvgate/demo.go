@@ -47,6 +47,7 @@ func cmdDemo(args []string) error {
 		SNAT: true, Logger: slog.New(slog.DiscardHandler)}
 	served := make(chan error, 1)
 	sctx, stop := context.WithCancel(ctx)
+	defer stop()
 	go func() { served <- p.Serve(sctx, ln) }()
 
 	fmt.Printf("built-in FTP server on %s, advertising its private address\n", srv.Addr())
