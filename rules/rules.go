@@ -151,3 +151,70 @@ type Backend interface {
 	// not an error.
 	Flush(ctx context.Context) error
 }
+
+// Interception methods.
+const (
+	// Redirect rewrites the destination to the local listener (nat REDIRECT);
+	// the listener reads the original destination with SO_ORIGINAL_DST.
+	Redirect = "redirect"
+	// TProxy delivers the connection unchanged to a listener with
+	// IP_TRANSPARENT (mangle TPROXY plus a policy route); the accepted
+	// socket's local address is the original destination.
+	TProxy = "tproxy"
+)
+
+// Interception asks the kernel to hand TCP connections that arrive on a
+// LAN interface for a given destination port to pasvgate's own listener,
+// for the transparent (router sidecar) mode.
+type Interception struct {
+	// Iface is the interface the intercepted connections arrive on.
+	Iface string
+	// Port is the destination port intercepted (21 for FTP).
+	Port uint16
+	// ListenPort is the port of pasvgate's listener that receives them.
+	ListenPort uint16
+	// Method is Redirect or TProxy.
+	Method string
+}
+
+// ValidIface reports whether name is a usable Linux interface name: 1 to 15
+// bytes, none of them '/', whitespace, ':' or a control character, and
+// not "." or "..". Names reach iptables argument lists, so they are
+// checked here, once.
+func ValidIface(name string) bool {
+	if len(name) == 0 || len(name) > 15 || name == "." || name == ".." {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c <= ' ' || c == '/' || c == ':' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks an interception before any backend acts on it.
+func (ic Interception) Validate() error {
+	switch {
+	case !ValidIface(ic.Iface):
+		return fmt.Errorf("%w: interface name %q", ErrInvalid, ic.Iface)
+	case ic.Port == 0 || ic.ListenPort == 0:
+		return fmt.Errorf("%w: port 0", ErrInvalid)
+	case ic.Method != Redirect && ic.Method != TProxy:
+		return fmt.Errorf("%w: method %q (want %s or %s)", ErrInvalid, ic.Method, Redirect, TProxy)
+	}
+	return nil
+}
+
+// Interceptor is implemented by backends that can install interception for
+// transparent mode. Interception state lives in the backend's own chains,
+// so that Setup sweeps a dead process's interception, and Flush removes it.
+type Interceptor interface {
+	// Intercept installs ic for IPv4 and, where the backend has it, IPv6.
+	// It is idempotent and all or nothing.
+	Intercept(ctx context.Context, ic Interception) error
+	// StopIntercept removes ic. Removing what is not installed is not an
+	// error.
+	StopIntercept(ctx context.Context, ic Interception) error
+}
