@@ -198,8 +198,8 @@ type Mapping struct {
 func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 	port, err := t.allocate()
 	if err != nil {
-		t.log.Warn("mapping refused", "session", req.Session, "client", req.Source,
-			"backend", req.Target, "reason", err.Error())
+		t.log.Warn("mapping refused", "session", req.Session, "source", req.Source,
+			"target", req.Target, "reason", err.Error())
 		return nil, err
 	}
 	m := &Mapping{
@@ -226,7 +226,7 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 		t.mu.Unlock()
 		t.poke()
 		t.log.Error("mapping install failed", "session", req.Session, "id", m.ID,
-			"client", req.Source, "backend", req.Target, "public", m.Public, "err", err)
+			"source", req.Source, "target", req.Target, "public", m.Public, "err", err)
 		return nil, fmt.Errorf("installing mapping: %w", err)
 	}
 	t.mu.Lock()
@@ -243,8 +243,8 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 	t.opened++
 	m.timer = time.AfterFunc(t.cfg.ConnectTimeout, func() { m.release(ReasonConnectTimeout, true) })
 	t.mu.Unlock()
-	t.log.Info("mapping opened", "session", req.Session, "id", m.ID, "client", req.Source,
-		"public", m.Public, "backend", req.Target, "snat", req.SNAT,
+	t.log.Info("mapping opened", "session", req.Session, "id", m.ID, "source", req.Source,
+		"public", m.Public, "target", req.Target, "snat", req.SNAT,
 		"install_ms", float64(time.Since(start).Microseconds())/1000)
 	return m, nil
 }
@@ -367,11 +367,11 @@ func (t *Table) remove(m *Mapping) {
 	t.mu.Unlock()
 	if err != nil {
 		t.log.Error("mapping removal failed", "session", m.Session, "id", m.ID,
-			"client", m.Source, "public", m.Public, "backend", m.Target, "reason", m.reason, "err", err)
+			"source", m.Source, "public", m.Public, "target", m.Target, "reason", m.reason, "err", err)
 		return
 	}
-	t.log.Info("mapping closed", "session", m.Session, "id", m.ID, "client", m.Source,
-		"public", m.Public, "backend", m.Target, "reason", m.reason,
+	t.log.Info("mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
+		"public", m.Public, "target", m.Target, "reason", m.reason,
 		"age_ms", time.Since(m.Created).Milliseconds())
 }
 

@@ -72,7 +72,11 @@ func (r *relayBackend) Install(ctx context.Context, m rules.Mapping) error {
 			r.mu.Lock()
 			r.seen = append(r.seen, m.Public)
 			r.mu.Unlock()
-			u, err := net.Dial("tcp", m.Target.String())
+			d := net.Dialer{Timeout: 5 * time.Second}
+			if m.SNAT.IsValid() {
+				d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(m.SNAT, 0))
+			}
+			u, err := d.Dial("tcp", m.Target.String())
 			if err != nil {
 				c.Close()
 				continue
@@ -179,7 +183,7 @@ func (s *syncBuffer) String() string {
 type options struct {
 	advertise      string // the server's 227 address; default serverAddr
 	connectTimeout time.Duration
-	upstream       string // override: pasvgate's upstream
+	upstream       string // override: the upstream pasvgate connects to
 	maxLine        int
 	idle           time.Duration
 }

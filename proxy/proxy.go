@@ -28,12 +28,33 @@ type Mapper interface {
 	Open(ctx context.Context, req nat.Request) (*nat.Mapping, error)
 }
 
-// Server proxies FTP control sessions in reverse mode: every session goes to
-// one fixed upstream server. The zero value is not usable: Upstream and NAT
-// are required. Fields must not change after the first Serve.
+// Intercept methods of a transparent Server: how the listener receives the
+// connections the kernel intercepted, and so how it finds where each was
+// going.
+const (
+	// InterceptRedirect: nat REDIRECT; the original destination is read
+	// with SO_ORIGINAL_DST.
+	InterceptRedirect = "redirect"
+	// InterceptTProxy: TPROXY to an IP_TRANSPARENT listener; the accepted
+	// socket's local address is the original destination.
+	InterceptTProxy = "tproxy"
+)
+
+// Server proxies FTP control sessions. In reverse mode (Upstream set) every
+// session goes to one fixed server; in transparent mode (Upstream empty,
+// Intercept set) each goes to the server the intercepted connection was
+// addressed to. NAT is required. Fields must not change after the first
+// Serve.
 type Server struct {
-	// Upstream is the FTP server's control address, "host:port".
+	// Upstream is the FTP server's control address, "host:port". Empty
+	// means transparent mode.
 	Upstream string
+	// Upstream6, if set, is used instead of Upstream for IPv6 clients, so
+	// that their data connections can be mapped within one family.
+	Upstream6 string
+	// Intercept is InterceptRedirect or InterceptTProxy in transparent
+	// mode, and ignored in reverse mode.
+	Intercept string
 	// PublicAddr is the address written into 227 replies. If invalid, the
 	// local address the client connected to is used.
 	PublicAddr netip.Addr
@@ -69,8 +90,11 @@ type Server struct {
 // Serve accepts sessions on ln until ctx is cancelled or ln fails, then
 // closes ln, ends its own sessions and waits for them.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	if s.NAT == nil || s.Upstream == "" {
-		return errors.New("proxy: Server needs Upstream and NAT")
+	if s.NAT == nil {
+		return errors.New("proxy: Server needs NAT")
+	}
+	if s.Upstream == "" && s.Intercept != InterceptRedirect && s.Intercept != InterceptTProxy {
+		return errors.New("proxy: Server needs Upstream, or Intercept for transparent mode")
 	}
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
@@ -125,19 +149,57 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		client: c,
 		peer:   client.Addr(),
 	}
-	d := net.Dialer{Timeout: durationOr(s.DialTimeout, 10*time.Second)}
-	u, err := d.DialContext(ctx, "tcp", s.Upstream)
+	upstream, err := s.upstreamFor(c, client)
 	if err != nil {
-		log.Warn("session refused: upstream unreachable", "upstream", s.Upstream, "err", err)
-		_ = c.SetWriteDeadline(time.Now().Add(durationOr(s.WriteTimeout, 30*time.Second)))
-		_, _ = c.Write(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service not available: the FTP server cannot be reached."))
-		c.Close()
+		log.Warn("session refused", "reason", err.Error())
+		s.sayAndClose(c, "Service not available: "+err.Error()+".")
+		return
+	}
+	d := net.Dialer{Timeout: durationOr(s.DialTimeout, 10*time.Second)}
+	u, err := d.DialContext(ctx, "tcp", upstream)
+	if err != nil {
+		log.Warn("session refused: upstream unreachable", "upstream", upstream, "err", err)
+		s.sayAndClose(c, "Service not available: the FTP server cannot be reached.")
 		return
 	}
 	sess.server = u
 	log.Info("session started", "backend", u.RemoteAddr().String(), "local", c.LocalAddr().String())
 	reason := sess.run(ctx)
 	log.Info("session ended", "backend", u.RemoteAddr().String(), "reason", reason)
+}
+
+// sayAndClose sends a 421 with text and closes c.
+func (s *Server) sayAndClose(c net.Conn, text string) {
+	_ = c.SetWriteDeadline(time.Now().Add(durationOr(s.WriteTimeout, 30*time.Second)))
+	_, _ = c.Write(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, text))
+	c.Close()
+}
+
+func (s *Server) transparent() bool { return s.Upstream == "" }
+
+// upstreamFor returns the server a new session goes to: the fixed upstream
+// of the client's family in reverse mode, or the intercepted connection's
+// original destination in transparent mode. A destination that is this
+// host itself is refused: it would loop back into pasvgate.
+func (s *Server) upstreamFor(c net.Conn, client netip.AddrPort) (string, error) {
+	if !s.transparent() {
+		if client.Addr().Is6() && s.Upstream6 != "" {
+			return s.Upstream6, nil
+		}
+		return s.Upstream, nil
+	}
+	local := addrPortOf(c.LocalAddr())
+	dst := local
+	if s.Intercept == InterceptRedirect {
+		var err error
+		if dst, err = originalDst(c); err != nil {
+			return "", fmt.Errorf("no original destination (%v)", err)
+		}
+	}
+	if dst == local || (s.IsLocal != nil && s.IsLocal(dst.Addr())) || dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
+		return "", fmt.Errorf("original destination %s is this gateway", dst)
+	}
+	return dst.String(), nil
 }
 
 // addrPortOf turns a TCP net.Addr into a netip.AddrPort with any

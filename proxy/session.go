@@ -92,7 +92,7 @@ func (s *session) run(ctx context.Context) string {
 		defer close(done)
 		s.end(s.replies(ctx))
 	}()
-	s.end(s.commands())
+	s.end(s.commands(ctx))
 	<-done
 
 	s.mu.Lock()
@@ -125,7 +125,7 @@ func (s *session) end(reason string) {
 
 // commands relays the client's commands to the server until the client
 // goes away, and returns why.
-func (s *session) commands() string {
+func (s *session) commands(ctx context.Context) string {
 	r := ftp.NewReader(s.client, s.maxLine())
 	idle := durationOr(s.srv.IdleTimeout, 10*time.Minute)
 	for {
@@ -151,7 +151,7 @@ func (s *session) commands() string {
 		default:
 			return endClientClosed
 		}
-		if reason := s.command(raw, text); reason != "" {
+		if reason := s.command(ctx, raw, text); reason != "" {
 			return reason
 		}
 	}
@@ -160,7 +160,7 @@ func (s *session) commands() string {
 // command handles one client command: refuse it with a reply of pasvgate's
 // own, or forward it (unchanged) with the bookkeeping its reply needs. It
 // returns a reason to end the session, or "".
-func (s *session) command(raw, text []byte) string {
+func (s *session) command(ctx context.Context, raw, text []byte) string {
 	verb, arg := ftp.ParseCommand(text)
 	if bytes.IndexByte(raw, 0xFF) >= 0 && ftp.HasTelnetNegotiation(raw) {
 		s.refuse(verb, ftp.CodeSyntaxError, "Telnet option negotiation is not supported.", "telnet-negotiation")
@@ -187,7 +187,8 @@ func (s *session) command(raw, text []byte) string {
 				return ""
 			}
 			if !s.peer.Is4() {
-				s.refuse(verb, ftp.CodeCantOpenData, "PASV cannot carry an IPv6 address: use EPSV.", "pasv-on-ipv6")
+				// RFC 2428: PASV cannot express an IPv6 address.
+				s.refuse(verb, ftp.CodeNetProtoNotSupported, "Network protocol not supported, use EPSV.", "pasv-on-ipv6")
 				return ""
 			}
 		}
@@ -197,11 +198,22 @@ func (s *session) command(raw, text []byte) string {
 			s.refuse(verb, ftp.CodeBadSequence, "EPSV ALL in effect: only EPSV may open a data connection.", "epsv-all")
 			return ""
 		}
-		if code, msg, why := s.checkActive(verb, arg); code != 0 {
+		client, code, msg, why := s.checkActive(verb, arg)
+		if code != 0 {
 			s.refuse(verb, code, msg, why)
 			return ""
 		}
 		s.replaceMapping(nil)
+		line, m := s.openActive(ctx, verb, client)
+		if m == nil {
+			s.reply(ftp.CodeCantOpenData, "Can't open data connection.")
+			return ""
+		}
+		s.replaceMapping(m)
+		// The server is told the gateway's address: it may only connect to
+		// the address the control connection comes from (vsftpd's
+		// port_promiscuous=NO), and must never learn the client's.
+		raw = line
 	case ftp.VerbLPRT, ftp.VerbLPSV:
 		s.refuse(verb, ftp.CodeNotImplemented, "Long address commands are not supported: use EPRT/EPSV.", "long-address")
 		return ""
@@ -246,10 +258,9 @@ func (s *session) command(raw, text []byte) string {
 }
 
 // checkActive applies the no-bounce rule to PORT/EPRT: the address must be
-// the client's own and the port unprivileged. It returns 0 when the command
-// may pass.
-func (s *session) checkActive(verb ftp.Verb, arg []byte) (code int, msg, why string) {
-	var ap netip.AddrPort
+// the client's own and the port unprivileged. It returns the client's data
+// address, and code 0 when the command may pass.
+func (s *session) checkActive(verb ftp.Verb, arg []byte) (ap netip.AddrPort, code int, msg, why string) {
 	var err error
 	if verb == ftp.VerbPORT {
 		ap, err = ftp.ParsePORT(arg)
@@ -258,18 +269,59 @@ func (s *session) checkActive(verb ftp.Verb, arg []byte) (code int, msg, why str
 	}
 	switch {
 	case err != nil:
-		return ftp.CodeArgSyntaxError, "Syntax error in " + verb.String() + " address.", "malformed"
+		return ap, ftp.CodeArgSyntaxError, "Syntax error in " + verb.String() + " address.", "malformed"
 	case ap.Addr().Is4() != s.peer.Is4():
 		if s.peer.Is4() {
-			return ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (1)", "wrong-family"
+			return ap, ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (1)", "wrong-family"
 		}
-		return ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (2)", "wrong-family"
+		return ap, ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (2)", "wrong-family"
 	case ap.Addr() != s.peer:
-		return ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: address is not yours.", "bounce-address"
+		return ap, ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: address is not yours.", "bounce-address"
 	case ap.Port() < 1024:
-		return ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: privileged port.", "bounce-port"
+		return ap, ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: privileged port.", "bounce-port"
 	}
-	return 0, "", ""
+	return ap, 0, "", ""
+}
+
+// openActive maps the server's data connection back to the client's
+// PORT/EPRT address and returns the rewritten command: the gateway's
+// address towards the server and a public port Q. A mapping admits only the
+// server, to the client's address and port. It returns a nil mapping when
+// nothing could be installed.
+func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.AddrPort) ([]byte, *nat.Mapping) {
+	server := addrPortOf(s.server.RemoteAddr())
+	gw := addrPortOf(s.server.LocalAddr()).Addr()
+	if verb == ftp.VerbPORT && !gw.Is4() {
+		s.log.Warn("PORT refused: the server is reached over IPv6", "server", server)
+		return nil, nil
+	}
+	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client}
+	if !s.srv.transparent() {
+		// Reverse mode: the client sees the data connection come from the
+		// gateway's public side, the address it dialed.
+		req.SNAT = s.clientSideAddr()
+	}
+	m, err := s.srv.NAT.Open(ctx, req)
+	if err != nil {
+		return nil, nil
+	}
+	ap := netip.AddrPortFrom(gw, m.Public.Port())
+	if verb == ftp.VerbPORT {
+		return ftp.AppendPORT(nil, ap), m
+	}
+	return ftp.AppendEPRT(nil, ap), m
+}
+
+// clientSideAddr is the gateway's address as the client sees it: the
+// public address if it is set, local and of the client's family, otherwise
+// the address the client's control connection arrived at.
+func (s *session) clientSideAddr() netip.Addr {
+	local := addrPortOf(s.client.LocalAddr()).Addr()
+	pub := s.srv.PublicAddr
+	if pub.IsValid() && pub.Is4() == local.Is4() && (s.srv.IsLocal == nil || s.srv.IsLocal(pub)) {
+		return pub
+	}
+	return local
 }
 
 // refuse answers a command with pasvgate's own reply and logs why. The
@@ -318,7 +370,9 @@ func (s *session) reply(code int, text string) {
 func (s *session) replies(ctx context.Context) string {
 	r := ftp.NewReader(s.server, s.maxLine())
 	var st ftp.ReplyState
-	var held []byte // text of a 227/229 reply being collected
+	// A 227/229 reply is collected whole, as text to parse and as the raw
+	// bytes to forward when it needs no change.
+	var held, heldRaw []byte
 	for {
 		raw, text, err := r.ReadLine()
 		switch {
@@ -345,11 +399,12 @@ func (s *session) replies(ctx context.Context) string {
 			// with the server's address in it.
 			held = append(held, text...)
 			held = append(held, '\n')
+			heldRaw = append(heldRaw, raw...)
 			if !last {
 				continue
 			}
-			s.passive(ctx, code, held)
-			held = held[:0]
+			s.passive(ctx, code, held, heldRaw)
+			held, heldRaw = held[:0], heldRaw[:0]
 			continue
 		}
 		if code == ftp.CodeSystemStatus && !last && s.headVerb() == ftp.VerbFEAT && isTLSFeature(text) {
@@ -405,12 +460,18 @@ func (s *session) popLocked() {
 // passive handles a complete 227 or 229 reply: check the address, open the
 // mapping, and only then send the client the rewritten reply. Any failure
 // gives the client 425 and leaves nothing installed.
-func (s *session) passive(ctx context.Context, code int, text []byte) {
+func (s *session) passive(ctx context.Context, code int, text, raw []byte) {
 	want := ftp.VerbPASV
 	if code == ftp.CodeEnteringExtPassive {
 		want = ftp.VerbEPSV
 	}
-	line, m := s.openPassive(ctx, code, want, text)
+	var line []byte
+	var m *nat.Mapping
+	if s.srv.transparent() {
+		line = s.fixPassive(code, text, raw)
+	} else {
+		line, m = s.openPassive(ctx, code, want, text)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if m != nil {
@@ -494,6 +555,34 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 		return ftp.AppendPASV(nil, netip.AddrPortFrom(public, m.Public.Port())), m
 	}
 	return ftp.AppendEPSV(nil, m.Public.Port()), m
+}
+
+// fixPassive handles a 227/229 in transparent mode, where the client
+// connects out to the server itself through the router's masquerade. A
+// 229, and a 227 that names the server's own address, pass unchanged. A 227
+// that names anything else (a private or loopback address, another host) is
+// rewritten to the server's address the client dialed: the fix for a
+// server that advertises the wrong passive address.
+func (s *session) fixPassive(code int, text, raw []byte) []byte {
+	if code != ftp.CodeEnteringPassive {
+		return raw
+	}
+	server := addrPortOf(s.server.RemoteAddr())
+	ap, err := ftp.ParsePASV(text)
+	if err != nil {
+		s.log.Warn("passive reply refused: unparseable 227", "server", server, "err", err)
+		return ftp.AppendReply(nil, ftp.CodeCantOpenData, "Can't open data connection.")
+	}
+	if ap.Addr() == server.Addr() {
+		return raw
+	}
+	if !server.Addr().Is4() {
+		return ftp.AppendReply(nil, ftp.CodeCantOpenData, "Can't open data connection.")
+	}
+	fixed := netip.AddrPortFrom(server.Addr(), ap.Port())
+	s.log.Info("227 rewritten: server advertised an address its clients cannot use",
+		"server", server.Addr(), "advertised", ap.Addr(), "port", ap.Port(), "rewritten", fixed)
+	return ftp.AppendPASV(nil, fixed)
 }
 
 // isTLSFeature reports whether a FEAT continuation line advertises a TLS

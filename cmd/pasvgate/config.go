@@ -16,6 +16,7 @@ import (
 
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy/ftp"
+	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/iptables"
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -26,7 +27,9 @@ import (
 type Config struct {
 	Config             string        `yaml:"-"`
 	Listen             []string      `yaml:"listen"`
-	Upstream           string        `yaml:"upstream"`
+	Upstream           stringList    `yaml:"upstream"`
+	Intercept          string        `yaml:"intercept"`
+	InterceptMethod    string        `yaml:"intercept-method"`
 	PublicAddr         string        `yaml:"public-addr"`
 	DataPorts          string        `yaml:"data-ports"`
 	DataConnectTimeout time.Duration `yaml:"data-connect-timeout"`
@@ -47,6 +50,7 @@ type Config struct {
 func defaults() Config {
 	return Config{
 		Listen:             []string{":21"},
+		InterceptMethod:    rules.Redirect,
 		DataPorts:          "40000-40999",
 		DataConnectTimeout: 30 * time.Second,
 		IdleTimeout:        10 * time.Minute,
@@ -60,6 +64,23 @@ func defaults() Config {
 		SNAT:               true,
 		ConnMark:           iptables.DefaultConnMark,
 	}
+}
+
+// stringList is a YAML value that may be one string or a list of them.
+type stringList []string
+
+// UnmarshalYAML accepts `key: value` as well as `key: [a, b]`.
+func (l *stringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*l = stringList{n.Value}
+		return nil
+	}
+	var v []string
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*l = v
+	return nil
 }
 
 // listFlag is a repeatable flag. The first use on the command line replaces
@@ -90,7 +111,9 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.StringVar(&c.Config, "config", c.Config, "YAML config `file`; flags override its keys")
 	fs.Var(&listFlag{list: &c.Listen}, "listen", "`ADDR:PORT` to accept FTP control connections on (repeatable)")
-	fs.StringVar(&c.Upstream, "upstream", c.Upstream, "the FTP server's control `ADDR:PORT`")
+	fs.Var(&listFlag{list: (*[]string)(&c.Upstream)}, "upstream", "the FTP server's control `ADDR:PORT` (reverse mode); give it twice, once per family, for IPv4 and IPv6 clients")
+	fs.StringVar(&c.Intercept, "intercept", c.Intercept, "transparent mode: install interception of FTP arriving on this LAN `interface`")
+	fs.StringVar(&c.InterceptMethod, "intercept-method", c.InterceptMethod, "transparent mode: how connections are intercepted: redirect or tproxy")
 	fs.StringVar(&c.PublicAddr, "public-addr", c.PublicAddr, "`IP` written into 227 replies (default: the address the client connected to)")
 	fs.StringVar(&c.DataPorts, "data-ports", c.DataPorts, "public data port range `LOW-HIGH`")
 	fs.DurationVar(&c.DataConnectTimeout, "data-connect-timeout", c.DataConnectTimeout, "how long a data mapping waits for its transfer command")
@@ -178,11 +201,8 @@ func (c Config) validate() error {
 			listenFamilies = append(listenFamilies, a)
 		}
 	}
-	if c.Upstream == "" {
-		return bad("upstream", "required: the FTP server's ADDR:PORT")
-	}
-	if _, _, err := net.SplitHostPort(c.Upstream); err != nil {
-		return bad("upstream", "%q: %v", c.Upstream, err)
+	if err := c.validateUpstream(); err != nil {
+		return err
 	}
 	if c.PublicAddr != "" {
 		a, err := netip.ParseAddr(c.PublicAddr)
@@ -243,6 +263,70 @@ func (c Config) validate() error {
 		return bad("jump-check-interval", "must not be negative")
 	}
 	return nil
+}
+
+// validateUpstream checks the mode: reverse (one upstream, or one per
+// family) or transparent (none, with an interception method).
+func (c Config) validateUpstream() error {
+	bad := func(flag string, format string, a ...any) error {
+		return usageError{fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...))}
+	}
+	if c.InterceptMethod != rules.Redirect && c.InterceptMethod != rules.TProxy {
+		return bad("intercept-method", "%q: want redirect or tproxy", c.InterceptMethod)
+	}
+	if len(c.Upstream) == 0 {
+		// Transparent mode: each session's server is where the intercepted
+		// connection was going.
+		if c.Intercept != "" && !rules.ValidIface(c.Intercept) {
+			return bad("intercept", "%q is not an interface name", c.Intercept)
+		}
+		return nil
+	}
+	if c.Intercept != "" {
+		return bad("intercept", "transparent mode takes no --upstream")
+	}
+	if len(c.Upstream) > 2 {
+		return bad("upstream", "at most two: one IPv4 and one IPv6 server")
+	}
+	var fams []bool
+	for _, u := range c.Upstream {
+		host, port, err := net.SplitHostPort(u)
+		if err != nil {
+			return bad("upstream", "%q: %v", u, err)
+		}
+		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+			return bad("upstream", "%q: bad port", u)
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil {
+			if len(c.Upstream) > 1 {
+				return bad("upstream", "%q: with two upstreams each must be an IP address", u)
+			}
+			continue
+		}
+		fams = append(fams, a.Unmap().Is4())
+	}
+	if len(fams) == 2 && fams[0] == fams[1] {
+		return bad("upstream", "two upstreams of one family: give one IPv4 and one IPv6")
+	}
+	return nil
+}
+
+// upstreams splits the configured upstreams into the IPv4 one (or the only
+// one) and the IPv6 one.
+func (c Config) upstreams() (main, v6 string) {
+	for _, u := range c.Upstream {
+		host, _, _ := net.SplitHostPort(u)
+		if a, err := netip.ParseAddr(host); err == nil && a.Is6() && !a.Is4In6() && len(c.Upstream) == 2 {
+			v6 = u
+		} else {
+			main = u
+		}
+	}
+	if main == "" {
+		main = v6
+	}
+	return main, v6
 }
 
 func parseLevel(s string) (slog.Level, error) {

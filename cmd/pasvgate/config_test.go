@@ -39,7 +39,7 @@ log-format: json
 	if !reflect.DeepEqual(c.Listen, []string{"203.0.113.1:2100"}) {
 		t.Errorf("listen = %v: a --listen flag replaces the file's list", c.Listen)
 	}
-	if c.Upstream != "192.0.2.10:21" || c.PublicAddr != "203.0.113.2" || c.DataConnectTimeout != 15*time.Second ||
+	if len(c.Upstream) != 1 || c.Upstream[0] != "192.0.2.10:21" || c.PublicAddr != "203.0.113.2" || c.DataConnectTimeout != 15*time.Second ||
 		c.SNAT || c.LogFormat != "json" {
 		t.Errorf("file values lost: %+v", c)
 	}
@@ -61,7 +61,11 @@ func TestBadConfigNamesTheFlag(t *testing.T) {
 		args []string
 		flag string
 	}{
-		{[]string{}, "--upstream"},
+		{[]string{"--intercept", "bad/name"}, "--intercept"},
+		{[]string{"--intercept-method", "magic"}, "--intercept-method"},
+		{append([]string{"--intercept", "eth1"}, up...), "--intercept"},
+		{[]string{"--upstream", "192.0.2.10:21", "--upstream", "192.0.2.11:21"}, "--upstream"},
+		{[]string{"--upstream", "ftp.example:21", "--upstream", "[2001:db8::10]:21"}, "--upstream"},
 		{append([]string{"--data-ports", "5000-4000"}, up...), "--data-ports"},
 		{append([]string{"--data-ports", "0-100"}, up...), "--data-ports"},
 		{append([]string{"--data-ports", "100-2000"}, up...), "--data-ports"},
@@ -84,6 +88,24 @@ func TestBadConfigNamesTheFlag(t *testing.T) {
 		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.flag) {
 			t.Errorf("loadConfig(%v) = %v, want a usage error naming %s", tc.args, err, tc.flag)
 		}
+	}
+}
+
+func TestUpstreamsPerFamily(t *testing.T) {
+	c, err := loadConfig([]string{"--upstream", "[2001:db8:2::10]:21", "--upstream", "192.0.2.10:21"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, v6 := c.upstreams(); m != "192.0.2.10:21" || v6 != "[2001:db8:2::10]:21" {
+		t.Fatalf("upstreams() = %q, %q", m, v6)
+	}
+	p := writeConfig(t, "upstream: 192.0.2.10:21\n")
+	if c, err := loadConfig([]string{"--config", p}); err != nil || len(c.Upstream) != 1 {
+		t.Fatalf("a scalar upstream in YAML: %v, %v", c.Upstream, err)
+	}
+	// No upstream is transparent mode.
+	if c, err := loadConfig([]string{"--intercept", "eth1", "--intercept-method", "tproxy"}); err != nil || c.Intercept != "eth1" {
+		t.Fatalf("transparent mode: %+v, %v", c, err)
 	}
 }
 

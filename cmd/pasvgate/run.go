@@ -15,6 +15,7 @@ import (
 
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy"
+	"github.com/pasvgate/pasvgate/rules"
 )
 
 // shutdownTimeout bounds how long a stop waits for rule removals.
@@ -56,8 +57,11 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	upstream, upstream6 := cfg.upstreams()
 	srv := &proxy.Server{
-		Upstream:    cfg.Upstream,
+		Upstream:    upstream,
+		Upstream6:   upstream6,
+		Intercept:   cfg.InterceptMethod,
 		NAT:         table,
 		SNAT:        cfg.SNAT,
 		DialTimeout: cfg.DialTimeout,
@@ -70,19 +74,45 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		srv.PublicAddr = netip.MustParseAddr(cfg.PublicAddr) // validated
 	}
 
+	transparent := len(cfg.Upstream) == 0
 	var lns []net.Listener
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
+		_ = table.Close(context.Background())
+	}
 	for _, addr := range cfg.Listen {
-		ln, err := net.Listen("tcp", addr)
+		ln, err := listen(ctx, addr, transparent && cfg.InterceptMethod == rules.TProxy)
 		if err != nil {
-			for _, l := range lns {
-				l.Close()
-			}
-			_ = table.Close(context.Background())
+			closeAll()
 			return fmt.Errorf("--listen %s: %w", addr, err)
 		}
 		lns = append(lns, ln)
 	}
-	log.Info("pasvgate started", "version", version, "listen", cfg.Listen, "upstream", cfg.Upstream,
+	var ic *rules.Interception
+	if cfg.Intercept != "" {
+		icpt, ok := backend.(rules.Interceptor)
+		if !ok {
+			closeAll()
+			return fmt.Errorf("--intercept: the %s backend cannot intercept", cfg.Backend)
+		}
+		ic = &rules.Interception{Iface: cfg.Intercept, Port: 21, Method: cfg.InterceptMethod,
+			ListenPort: uint16(lns[0].Addr().(*net.TCPAddr).Port)}
+		ictx, cancel := context.WithTimeout(ctx, 4*cfg.RuleTimeout)
+		err := icpt.Intercept(ictx, *ic)
+		cancel()
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("--intercept %s: %w", cfg.Intercept, err)
+		}
+		log.Info("intercepting FTP", "iface", ic.Iface, "method", ic.Method, "listen_port", ic.ListenPort)
+	}
+	mode := "reverse"
+	if transparent {
+		mode = "transparent"
+	}
+	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.Listen, "upstream", []string(cfg.Upstream),
 		"public_addr", cfg.PublicAddr, "data_ports", cfg.DataPorts, "backend", cfg.Backend, "snat", cfg.SNAT)
 
 	var wg sync.WaitGroup
@@ -105,7 +135,12 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	log.Info("stopping: removing rules")
 	closeCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	err = table.Close(closeCtx)
+	if ic != nil {
+		if e := backend.(rules.Interceptor).StopIntercept(closeCtx, *ic); e != nil {
+			err = errors.Join(err, fmt.Errorf("removing interception: %w", e))
+		}
+	}
+	err = errors.Join(err, table.Close(closeCtx))
 	for e := range errs {
 		err = errors.Join(err, e)
 	}
@@ -113,6 +148,32 @@ func run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("stopped cleanly")
 	}
 	return err
+}
+
+// listen opens a control listener. A TPROXY listener needs IP_TRANSPARENT
+// to accept connections addressed to other hosts.
+func listen(ctx context.Context, addr string, transparent bool) (net.Listener, error) {
+	var lc net.ListenConfig
+	if transparent {
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				level, opt := syscall.SOL_IP, syscall.IP_TRANSPARENT
+				if network == "tcp6" {
+					level, opt = syscall.SOL_IPV6, 75 // IPV6_TRANSPARENT
+				}
+				serr = syscall.SetsockoptInt(int(fd), level, opt, 1)
+			})
+			if err != nil {
+				return err
+			}
+			if serr != nil {
+				return fmt.Errorf("setting IP_TRANSPARENT: %w", serr)
+			}
+			return nil
+		}
+	}
+	return lc.Listen(ctx, "tcp", addr)
 }
 
 // isLocalAddr reports whether a is assigned to an interface of this host
