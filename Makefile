@@ -23,8 +23,10 @@ test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 18m ./...
 
-demo: build
-	$(BIN) demo
+# demo runs the main job on a built-in netns lab (root); `pasvgate demo`
+# is the rootless loopback version.
+demo:
+	bash test/demo.sh
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./proxy/...

@@ -551,10 +551,15 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 	if err != nil {
 		return cant(), nil
 	}
+	var line []byte
 	if code == ftp.CodeEnteringPassive {
-		return ftp.AppendPASV(nil, netip.AddrPortFrom(public, m.Public.Port())), m
+		line = ftp.AppendPASV(nil, netip.AddrPortFrom(public, m.Public.Port()))
+	} else {
+		line = ftp.AppendEPSV(nil, m.Public.Port())
 	}
-	return ftp.AppendEPSV(nil, m.Public.Port()), m
+	s.log.Debug("passive reply rewritten", "server_reply", string(bytes.TrimSpace(text)),
+		"client_reply", string(bytes.TrimSpace(line)), "mapping", m.ID)
+	return line, m
 }
 
 // fixPassive handles a 227/229 in transparent mode, where the client
