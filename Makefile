@@ -21,7 +21,11 @@ deps:
 
 test: deps build
 	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test -count=1 -timeout 18m ./...
+	# The pasvgate cells of the interop matrix again, on iptables-legacy.
+	PASVGATE_INTEROP_MODES=pasvgate PASVGATE_INTEROP_IPTABLES=/usr/sbin/iptables-legacy \
+		$(GO) test -count=1 -timeout 10m ./test/interop
 
 # demo runs the main job on a built-in netns lab (root); `pasvgate demo`
 # is the rootless loopback version.

@@ -1,0 +1,302 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Op is what a client does in one run.
+type Op string
+
+// Operations every client driver supports.
+const (
+	Get  Op = "get"  // download Remote to Local
+	Put  Op = "put"  // upload Local to Remote
+	List Op = "list" // LIST the login directory; the listing is Result.Output
+)
+
+// Ops lists every operation, in the order reports use.
+var Ops = []Op{Get, Put, List}
+
+// Transfer is one client run.
+type Transfer struct {
+	// NS is the namespace the client runs in.
+	NS string
+	// Host is the IP address the client dials on port 21.
+	Host string
+	// User and Password log in.
+	User, Password string
+	// EPSV selects extended passive mode (229); false selects PASV (227).
+	// Some clients fall back from a refused EPSV to PASV on their own, so
+	// a caller that cares which mode ran reads the control channel (see
+	// Stream).
+	EPSV bool
+	// Op is the operation.
+	Op Op
+	// Remote is the path on the server, relative to the login directory
+	// (Get, Put).
+	Remote string
+	// Local is the file on the client's side (Get: written, Put: read).
+	Local string
+	// Timeout bounds the whole run; 0 means 60 s.
+	Timeout time.Duration
+}
+
+// Result is what a client run printed.
+type Result struct {
+	// Output is the client's standard output (the listing, for List).
+	Output string
+	// Log is the client's diagnostics (standard error).
+	Log string
+}
+
+// Client drives one FTP client program. Every driver makes its client trust
+// the address in a 227 reply (see shared/FACTS.md): a client that
+// substitutes the control connection's address would make a test of 227
+// rewriting pass without proving anything.
+type Client interface {
+	// Name is a short name for reports.
+	Name() string
+	// Available returns nil, or an error wrapping ErrMissing that says
+	// what is not installed.
+	Available() error
+	// Run performs tr inside the lab and returns what the client printed.
+	// A client failure (non-zero exit) is an error.
+	Run(ctx context.Context, l *Lab, tr Transfer) (Result, error)
+}
+
+func (tr Transfer) timeout() time.Duration {
+	if tr.Timeout > 0 {
+		return tr.Timeout
+	}
+	return 60 * time.Second
+}
+
+// run executes a client program inside tr.NS, bounded by tr's timeout.
+func run(ctx context.Context, l *Lab, tr Transfer, name string, args ...string) (Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, tr.timeout())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", tr.NS, name}, args...)...)
+	var stdout, stderr lockedBuffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = 2 * time.Second
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	err := cmd.Run()
+	res := Result{Output: stdout.String(), Log: stderr.String()}
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (timeout %v)", err, tr.timeout())
+		}
+		return res, fmt.Errorf("%s %s: %w: %s", name, tr.Op, err, tail(res.Log, 1500))
+	}
+	return res, nil
+}
+
+func lookPath(name string) error {
+	if _, err := exec.LookPath(name); err != nil {
+		return fmt.Errorf("%s: %w (run test/install-deps.sh)", name, ErrMissing)
+	}
+	return nil
+}
+
+// Curl drives curl. PASV: --disable-epsv --no-ftp-skip-pasv-ip (curl
+// ignores the 227 address by default since 7.74). EPSV: curl's default
+// passive mode, EPSV first. curl falls back from a refused EPSV to PASV by
+// itself; the caller sees that in the control channel.
+type Curl struct{}
+
+// Name implements Client.
+func (Curl) Name() string { return "curl" }
+
+// Available implements Client.
+func (Curl) Available() error { return lookPath("curl") }
+
+// Run implements Client.
+func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+	args := []string{
+		"--silent", "--show-error",
+		"--max-time", strconv.Itoa(int(tr.timeout().Seconds())),
+		"--connect-timeout", "5",
+		"--user", tr.User + ":" + tr.Password,
+		"--ftp-pasv", "--no-ftp-skip-pasv-ip",
+	}
+	if !tr.EPSV {
+		args = append(args, "--disable-epsv")
+	}
+	url := "ftp://" + tr.Host + "/"
+	switch tr.Op {
+	case Get:
+		args = append(args, "--output", tr.Local, url+tr.Remote)
+	case Put:
+		args = append(args, "--upload-file", tr.Local, url+tr.Remote)
+	case List:
+		// A URL ending in "/" makes curl send LIST.
+		args = append(args, url)
+	default:
+		return Result{}, fmt.Errorf("curl: unknown op %q", tr.Op)
+	}
+	return run(ctx, l, tr, "curl", args...)
+}
+
+// Lftp drives lftp with ftp:fix-pasv-address and ftp:ignore-pasv-address
+// off (by default lftp swaps a private 227 address for the control
+// connection's) and ftp:prefer-epsv chosen by the mode. TLS is off: the
+// servers in the lab speak plain FTP, and lftp would otherwise try AUTH TLS.
+type Lftp struct{}
+
+// Name implements Client.
+func (Lftp) Name() string { return "lftp" }
+
+// Available implements Client.
+func (Lftp) Available() error { return lookPath("lftp") }
+
+// Run implements Client.
+func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+	epsv := "no"
+	if tr.EPSV {
+		epsv = "yes"
+	}
+	settings := []string{
+		"set cmd:fail-exit yes",
+		// One attempt, short waits: a failing cell must fail, not retry
+		// until the timeout.
+		"set net:max-retries 1",
+		"set net:timeout 10",
+		"set net:reconnect-interval-base 1",
+		"set ftp:ssl-allow no",
+		"set ftp:passive-mode yes",
+		"set ftp:fix-pasv-address no",
+		"set ftp:ignore-pasv-address no",
+		"set ftp:prefer-epsv " + epsv,
+		"set xfer:clobber yes",
+	}
+	settings = append(settings, fmt.Sprintf("open -u %s,%s ftp://%s", tr.User, tr.Password, tr.Host))
+	switch tr.Op {
+	case Get:
+		settings = append(settings, fmt.Sprintf("get %s -o %s", tr.Remote, tr.Local))
+	case Put:
+		settings = append(settings, fmt.Sprintf("put %s -o %s", tr.Local, tr.Remote))
+	case List:
+		settings = append(settings, "ls")
+	default:
+		return Result{}, fmt.Errorf("lftp: unknown op %q", tr.Op)
+	}
+	// -n would skip ~/.lftprc but not /etc/lftp.conf; settings here come
+	// after both, so they win either way.
+	return run(ctx, l, tr, "lftp", "-c", strings.Join(settings, "; "))
+}
+
+// Ftplib drives Python's ftplib, with trust_server_pasv_ipv4_address set.
+// ftplib sends EPSV only on IPv6 control connections; for EPSV mode the
+// script overrides makepasv to send EPSV and parse the 229 with ftplib's own
+// parse229, so the rest of ftplib's data path is unchanged.
+type Ftplib struct {
+	// Python is the interpreter; empty means Debian's /usr/bin/python3,
+	// so a pyenv or venv on PATH cannot change which ftplib runs.
+	Python string
+}
+
+// Name implements Client.
+func (Ftplib) Name() string { return "ftplib" }
+
+func (f Ftplib) python() string {
+	if f.Python != "" {
+		return f.Python
+	}
+	return "/usr/bin/python3"
+}
+
+// Available implements Client.
+func (f Ftplib) Available() error {
+	if _, err := os.Stat(f.python()); err != nil {
+		return fmt.Errorf("%s: %w (run test/install-deps.sh)", f.python(), ErrMissing)
+	}
+	return nil
+}
+
+// ftplibScript is the client program. Arguments: host user password
+// pasv|epsv get|put|list remote local timeout.
+const ftplibScript = `
+import ftplib, sys
+host, user, password, mode, op, remote, local, timeout = sys.argv[1:]
+
+class FTP(ftplib.FTP):
+    # By default ftplib connects to the control peer, not to the 227 address.
+    trust_server_pasv_ipv4_address = True
+
+    def makepasv(self):
+        if mode == "epsv":
+            return ftplib.parse229(self.sendcmd("EPSV"), self.sock.getpeername())
+        return super().makepasv()
+
+ftp = FTP(timeout=float(timeout))
+ftp.connect(host, 21)
+ftp.login(user, password)
+ftp.set_pasv(True)
+if op == "get":
+    with open(local, "wb") as f:
+        ftp.retrbinary("RETR " + remote, f.write)
+elif op == "put":
+    with open(local, "rb") as f:
+        ftp.storbinary("STOR " + remote, f)
+elif op == "list":
+    ftp.retrlines("LIST", print)
+else:
+    sys.exit("unknown op " + op)
+ftp.quit()
+`
+
+// Run implements Client.
+func (f Ftplib) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+	mode := "pasv"
+	if tr.EPSV {
+		mode = "epsv"
+	}
+	return run(ctx, l, tr, f.python(), "-c", ftplibScript,
+		tr.Host, tr.User, tr.Password, mode, string(tr.Op), tr.Remote, tr.Local,
+		strconv.Itoa(int(tr.timeout().Seconds())))
+}
+
+// JLFTP drives test/interop/cmd/jlclient, a small program on
+// github.com/jlaffaye/ftp with DialWithTrustPasvIP(true). It prints every
+// address it dials on standard error ("dial control ADDR", "dial data
+// ADDR"), which ends up in Result.Log and in failure messages; the interop
+// matrix checks the same thing for every client from the capture.
+type JLFTP struct {
+	// Bin is the built jlclient (see BuildGo).
+	Bin string
+}
+
+// Name implements Client.
+func (JLFTP) Name() string { return "jlaffaye" }
+
+// Available implements Client.
+func (j JLFTP) Available() error {
+	if j.Bin == "" {
+		return fmt.Errorf("jlclient not built: %w", ErrMissing)
+	}
+	if _, err := os.Stat(j.Bin); err != nil {
+		return fmt.Errorf("%s: %w", j.Bin, ErrMissing)
+	}
+	return nil
+}
+
+// Run implements Client.
+func (j JLFTP) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+	return run(ctx, l, tr, j.Bin,
+		"--addr", tr.Host+":21",
+		"--user", tr.User,
+		"--password", tr.Password,
+		"--epsv="+strconv.FormatBool(tr.EPSV),
+		"--op", string(tr.Op),
+		"--remote", tr.Remote,
+		"--local", tr.Local,
+		"--timeout", tr.timeout().String())
+}

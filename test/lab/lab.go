@@ -1,0 +1,567 @@
+// Package lab builds a throw-away three-namespace network for end-to-end
+// tests of pasvgate against real FTP servers and clients, and drives those
+// servers, clients and packet captures inside it.
+//
+// Tests in test/interop (and any later kernel-level test) call New once per
+// topology they need. The topology is
+//
+//	client ns                 gw ns                          server ns
+//	eth0 203.0.113.10/24 ---- pub0  203.0.113.1/24
+//	     203.0.113.11/24            203.0.113.2/24
+//	     (the intruder)       priv0 192.0.2.1/24  ---------- eth0 192.0.2.10/24
+//
+// The client's default route and the server's default route point at the gw,
+// which forwards IPv4 but has FORWARD policy DROP: the client reaches the
+// server's network only through a DNAT that pasvgate installs (or by talking
+// to a proxy on the gw). Only documentation address ranges are used, so no
+// packet of a lab can mean anything outside it.
+//
+// Every namespace is named pglab-<pid>-<n>-<role>, so a later run can tell a
+// namespace left behind by a crashed run (its pid is gone) from one that a
+// concurrently running test still uses, and Sweep removes only the former.
+// Nothing here touches the host's own network, addresses, routes or firewall:
+// every command runs inside one of the lab's namespaces.
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// Addresses and interface names of the topology. They are fixed so that
+// tests, configs and expectations can name them; namespaces differ per lab.
+const (
+	ClientAddr     = "203.0.113.10" // the FTP client's own address
+	IntruderAddr   = "203.0.113.11" // a second host on the client's network
+	GWPublicAddr   = "203.0.113.1"  // where clients reach the proxy's port 21
+	GWPublicAddr2  = "203.0.113.2"  // a second public address, for 227 rewrites
+	GWPrivateAddr  = "192.0.2.1"    // the gateway on the server's network
+	ServerAddr     = "192.0.2.10"   // the FTP server
+	PrivatePrefix  = "192.0.2."     // what must never reach the client
+	ClientIface    = "eth0"
+	GWPublicIface  = "pub0"
+	GWPrivateIface = "priv0"
+	ServerIface    = "eth0"
+)
+
+// Namespace name prefix. Sweep relies on the whole format
+// pglab-<pid>-<n>-<role>.
+const nsPrefix = "pglab-"
+
+// DefaultIPTables is the iptables binary used in the gw namespace when
+// Options.IPTables is empty: the nft backend, Debian 12's default.
+const DefaultIPTables = "/usr/sbin/iptables-nft"
+
+// Options select variants of the topology.
+type Options struct {
+	// IPTables is the iptables binary the gw namespace uses (for its FORWARD
+	// policy, and for whatever the test installs there). The nft and legacy
+	// backends must never both program one namespace: rules of one are
+	// invisible to the other and both get evaluated, so pick one per lab.
+	// Empty means DefaultIPTables.
+	IPTables string
+	// ClientLinkRate, if not zero, makes the client's link slow: both
+	// ends of the client-gw veth are shaped (tc tbf) to this many bytes
+	// per second, and TCP buffers in the client and server namespaces are
+	// capped at 64 KiB (tcp_rmem and tcp_wmem are per namespace). Both
+	// are needed to make a transfer last: with Linux's default buffers of
+	// several MiB a 1 MiB file fits in them, the server's last write
+	// returns at once and its final reply (and with it the end of a data
+	// mapping) comes long before the data has crossed the slow link.
+	// Shaping in the kernel paces every client the same way, where the
+	// clients' own limiters differ (curl's overshoots by far).
+	ClientLinkRate int
+}
+
+// Lab is one instance of the topology. Its methods are safe for concurrent
+// use. Close (registered with t.Cleanup by New) stops every process and
+// capture it started and deletes its namespaces and directory.
+type Lab struct {
+	// Client, GW and Server are the names of the three network namespaces.
+	Client, GW, Server string
+	// Dir is a scratch directory, world-traversable so that servers that
+	// drop privileges (to nobody) can reach files below it.
+	Dir string
+	// IPTables is the iptables binary in use in the gw namespace.
+	IPTables string
+
+	linkRate int
+	seq      atomic.Int64 // numbers server directories
+
+	mu       sync.Mutex
+	procs    []*Proc
+	captures []*Capture
+	closed   bool
+}
+
+var nsSeq atomic.Int64
+
+// sweepOnce makes the first New of a test binary remove namespaces left
+// behind by earlier, crashed runs.
+var sweepOnce sync.Once
+
+// RequireRoot skips tb unless the test runs as root with the tools the lab
+// needs. Kernel-level tests call it (New does) so that an ordinary `go test
+// ./...` as a user skips them with a reason instead of failing.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("lab: needs root (network namespaces, veth, iptables)")
+	}
+	if runtime.GOOS != "linux" {
+		tb.Skip("lab: needs Linux")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		tb.Skip("lab: needs the ip command (iproute2); run test/install-deps.sh")
+	}
+}
+
+// New builds a fresh topology for tb and registers its teardown with
+// tb.Cleanup. It fails tb if the topology cannot be built.
+func New(tb testing.TB, opt Options) *Lab {
+	tb.Helper()
+	RequireRoot(tb)
+	sweepOnce.Do(func() {
+		if err := Sweep(); err != nil {
+			tb.Logf("lab: sweeping stale namespaces: %v", err)
+		}
+	})
+	ipt := opt.IPTables
+	if ipt == "" {
+		ipt = DefaultIPTables
+	}
+	if _, err := os.Stat(ipt); err != nil {
+		tb.Skipf("lab: iptables binary %s: %v", ipt, err)
+	}
+	base := fmt.Sprintf("%s%d-%d-", nsPrefix, os.Getpid(), nsSeq.Add(1))
+	dir, err := os.MkdirTemp("", "pglab-")
+	if err != nil {
+		tb.Fatalf("lab: %v", err)
+	}
+	l := &Lab{
+		Client:   base + "c",
+		GW:       base + "g",
+		Server:   base + "s",
+		Dir:      dir,
+		IPTables: ipt,
+		linkRate: opt.ClientLinkRate,
+	}
+	tb.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			tb.Errorf("lab: close: %v", err)
+		}
+	})
+	if err := os.Chmod(dir, 0o755); err != nil {
+		tb.Fatalf("lab: %v", err)
+	}
+	if err := l.build(); err != nil {
+		tb.Fatalf("lab: building topology: %v", err)
+	}
+	return l
+}
+
+// build creates the namespaces, veth pairs, addresses, routes and the gw's
+// forwarding policy. Veth pairs are created inside the namespaces (ip -n),
+// so no interface ever appears in the host's namespace, even for a moment.
+func (l *Lab) build() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run := func(args ...string) error {
+		out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+		}
+		return nil
+	}
+	for _, ns := range []string{l.Client, l.GW, l.Server} {
+		if err := run("netns", "add", ns); err != nil {
+			return err
+		}
+	}
+	steps := [][]string{
+		{"-n", l.GW, "link", "add", GWPublicIface, "type", "veth", "peer", "name", ClientIface, "netns", l.Client},
+		{"-n", l.GW, "link", "add", GWPrivateIface, "type", "veth", "peer", "name", ServerIface, "netns", l.Server},
+
+		{"-n", l.Client, "addr", "add", ClientAddr + "/24", "dev", ClientIface},
+		{"-n", l.Client, "addr", "add", IntruderAddr + "/24", "dev", ClientIface},
+		{"-n", l.Client, "link", "set", "lo", "up"},
+		{"-n", l.Client, "link", "set", ClientIface, "up"},
+		{"-n", l.Client, "route", "add", "default", "via", GWPublicAddr},
+
+		{"-n", l.GW, "addr", "add", GWPublicAddr + "/24", "dev", GWPublicIface},
+		{"-n", l.GW, "addr", "add", GWPublicAddr2 + "/24", "dev", GWPublicIface},
+		{"-n", l.GW, "addr", "add", GWPrivateAddr + "/24", "dev", GWPrivateIface},
+		{"-n", l.GW, "link", "set", "lo", "up"},
+		{"-n", l.GW, "link", "set", GWPublicIface, "up"},
+		{"-n", l.GW, "link", "set", GWPrivateIface, "up"},
+
+		{"-n", l.Server, "addr", "add", ServerAddr + "/24", "dev", ServerIface},
+		{"-n", l.Server, "link", "set", "lo", "up"},
+		{"-n", l.Server, "link", "set", ServerIface, "up"},
+		{"-n", l.Server, "route", "add", "default", "via", GWPrivateAddr},
+	}
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			return err
+		}
+	}
+	// Forwarding on, but nothing forwarded unless a rule accepts it: a
+	// client that ignores the proxy's 227 address must fail, not slip
+	// through a routing gateway.
+	if _, err := l.Exec(ctx, l.GW, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+		return err
+	}
+	if _, err := l.Exec(ctx, l.GW, l.IPTables, "-w", "5", "-P", "FORWARD", "DROP"); err != nil {
+		return err
+	}
+	if l.linkRate > 0 {
+		for _, ns := range []string{l.Client, l.Server} {
+			for _, key := range []string{"net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"} {
+				if _, err := l.Exec(ctx, ns, "sysctl", "-qw", key+"=4096 16384 65536"); err != nil {
+					return err
+				}
+			}
+		}
+		rate := strconv.Itoa(l.linkRate * 8)
+		for _, link := range [][2]string{{l.Client, ClientIface}, {l.GW, GWPublicIface}} {
+			// A burst of 32 KiB lets control replies through at once;
+			// latency bounds the queue, so TCP, not tbf, sets the pace.
+			out, err := exec.CommandContext(ctx, "tc", "-n", link[0], "qdisc", "add", "dev", link[1], "root",
+				"tbf", "rate", rate+"bit", "burst", "32kb", "latency", "100ms").CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("tc qdisc add in %s: %w: %s", link[0], err, bytes.TrimSpace(out))
+			}
+		}
+	}
+	return nil
+}
+
+// Exec runs name with args inside the namespace ns and returns its standard
+// output. A non-zero exit is an error that carries the standard error. The
+// command is killed when ctx ends, and after two minutes in any case.
+func (l *Lab) Exec(ctx context.Context, ns, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 2 * time.Second
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("in %s: %s %s: %w: %s", ns, name, strings.Join(args, " "), err, tail(stderr.String(), 2000))
+	}
+	return stdout.String(), nil
+}
+
+// Proc is a long-running process started by Lab.Start.
+type Proc struct {
+	// Name is the program's name, for messages.
+	Name string
+
+	cmd    *exec.Cmd
+	out    lockedBuffer
+	done   chan struct{}
+	err    error // set before done closes
+	stopMu sync.Mutex
+}
+
+// Start runs name with args inside namespace ns in the background. The lab
+// stops it (SIGTERM, then SIGKILL) at Close; Stop does so earlier. Standard
+// output and standard error are collected together for Output.
+func (l *Lab) Start(ns, name string, args ...string) (*Proc, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, errors.New("lab: start after close")
+	}
+	// ip netns exec execs the program in place after setns, so the pid we
+	// get is the program's own: Stop signals the server, not a wrapper.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	p := &Proc{Name: filepath.Base(name), cmd: cmd, done: make(chan struct{})}
+	cmd.Stdout = &p.out
+	cmd.Stderr = &p.out
+	// Pdeathsig is a safety net: if the test binary dies without running
+	// its clean-ups, the kernel kills the server with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("lab: starting %s in %s: %w", name, ns, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	l.procs = append(l.procs, p)
+	return p, nil
+}
+
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Output is what the process printed so far (stdout and stderr).
+func (p *Proc) Output() string { return p.out.String() }
+
+// Exited reports whether the process has ended, and how.
+func (p *Proc) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// Done is closed when the process has ended.
+func (p *Proc) Done() <-chan struct{} { return p.done }
+
+// Stop sends SIGTERM, waits up to two seconds, then sends SIGKILL and waits
+// for the process to be reaped. It is safe to call more than once.
+func (p *Proc) Stop() {
+	p.stopMu.Lock()
+	defer p.stopMu.Unlock()
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(2 * time.Second):
+	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+// Do runs fn on an OS thread that has entered namespace ns. Sockets that fn
+// creates stay in ns for their whole life, so fn may return them (this is
+// how Dial and Capture work). The thread is returned to the Go scheduler
+// only if switching back succeeded; otherwise it dies with its goroutine.
+func (l *Lab) Do(ns string, fn func() error) error {
+	return doInNS(ns, fn)
+}
+
+func doInNS(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("lab: current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("lab: netns %s: %w", ns, err)
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("lab: entering netns %s: %w", ns, err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: the goroutine exits, and the
+			// runtime terminates a thread whose goroutine ends locked, so
+			// no other goroutine ever runs inside ns by accident.
+			errc <- errors.Join(ferr, fmt.Errorf("lab: leaving netns %s: %w", ns, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Dial opens a TCP connection from inside namespace ns, from local (an IP
+// address, or "" for the kernel's choice) to remote ("ip:port"). Binding
+// local is how a test speaks as the intruder address.
+func (l *Lab) Dial(ctx context.Context, ns, local, remote string) (net.Conn, error) {
+	d := net.Dialer{}
+	if local != "" {
+		ip := net.ParseIP(local)
+		if ip == nil {
+			return nil, fmt.Errorf("lab: bad local address %q", local)
+		}
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
+	var c net.Conn
+	err := l.Do(ns, func() error {
+		var err error
+		// The socket is created on this thread, so it belongs to ns; the
+		// connect itself may complete on any thread.
+		c, err = d.DialContext(ctx, "tcp", remote)
+		return err
+	})
+	return c, err
+}
+
+// Close stops every process and capture the lab started, kills whatever
+// else still runs inside its namespaces (session children of servers), and
+// deletes the namespaces and the scratch directory. It is idempotent.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	procs, caps := l.procs, l.captures
+	l.mu.Unlock()
+
+	var errs []error
+	for _, c := range caps {
+		c.Stop()
+	}
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Go(p.Stop)
+	}
+	wg.Wait()
+	for _, ns := range []string{l.Client, l.GW, l.Server} {
+		if err := removeNS(ns); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if l.Dir != "" {
+		if err := os.RemoveAll(l.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeNS kills, by pid, every process still inside ns (a namespace the
+// lab made, so they are the lab's), then deletes ns. A missing ns is fine.
+func removeNS(ns string) error {
+	if _, err := os.Stat(filepath.Join("/run/netns", ns)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	for range 20 {
+		pids := nsPids(ns)
+		if len(pids) == 0 {
+			break
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("lab: deleting netns %s: %w: %s", ns, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func nsPids(ns string) []int {
+	out, err := exec.Command("ip", "netns", "pids", ns).Output()
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 && pid != os.Getpid() {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+var labNSName = regexp.MustCompile(`^pglab-(\d+)-\d+-[cgs]$`)
+
+// Sweep deletes lab namespaces whose creating process no longer exists:
+// leftovers of a run that was killed before its clean-up ran. Namespaces of
+// live test processes (a concurrent run) and any name not in the lab's own
+// format are left alone.
+func Sweep() error {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return fmt.Errorf("lab: listing namespaces: %w", err)
+	}
+	var errs []error
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		m := labNSName.FindStringSubmatch(f[0])
+		if m == nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(m[1])
+		if pid == os.Getpid() || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		if err := removeNS(f[0]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// track registers a capture for Close.
+func (l *Lab) track(c *Capture) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("lab: capture after close")
+	}
+	l.captures = append(l.captures, c)
+	return nil
+}
+
+// lockedBuffer is a bytes.Buffer safe for a process's writes and a test's
+// reads at the same time.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// tail keeps the last n bytes of s, so error messages stay readable.
+func tail(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
