@@ -66,11 +66,16 @@ func replyCode(text []byte) (code int, sep byte) {
 // AppendReply appends the single-line reply "code text\r\n". CR and LF in
 // text become spaces and 0xFF is doubled (RFC 854), because text may quote
 // a peer: whatever it holds, the result is one line that reads back as
-// text. code should be 100-599; it is written as given.
+// text. The line is cut to DefaultMaxLine bytes, so that a peer reading
+// with that limit never drops it. code should be 100-599; it is written as
+// given.
 func AppendReply(dst []byte, code int, text string) []byte {
+	start := len(dst)
 	dst = strconv.AppendInt(dst, int64(code), 10)
 	dst = append(dst, ' ')
-	for i := 0; i < len(text); i++ {
+	// Room for the worst case of one more byte (a doubled 0xFF) and CRLF.
+	limit := start + DefaultMaxLine - 4
+	for i := 0; i < len(text) && len(dst) <= limit; i++ {
 		switch c := text[i]; c {
 		case '\r', '\n':
 			dst = append(dst, ' ')

@@ -1,6 +1,7 @@
 package ftp
 
 import (
+	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -88,6 +89,18 @@ func TestAppendReply(t *testing.T) {
 		var s ReplyState
 		if code, last, err := s.Feed(text); code != tt.code || !last || err != nil {
 			t.Errorf("reading back %q: Feed = %d, %v, %v", got[1:], code, last, err)
+		}
+	}
+}
+
+func TestAppendReplyFitsTheLineLimit(t *testing.T) {
+	for _, text := range []string{strings.Repeat("x", 10000), strings.Repeat("\xff", 10000)} {
+		line := AppendReply(nil, 500, text)
+		if len(line) > DefaultMaxLine {
+			t.Fatalf("reply of %d bytes exceeds the %d-byte line limit", len(line), DefaultMaxLine)
+		}
+		if _, _, err := NewReader(bytes.NewReader(line), 0).ReadLine(); err != nil {
+			t.Fatalf("a long reply does not read back: %v", err)
 		}
 	}
 }
