@@ -23,6 +23,13 @@
 // first rule of ChainForward accepts every established or related packet of
 // a connection with that mark, in both directions. So pasvgate needs no
 // ESTABLISHED rule from the machine's own firewall.
+//
+// For transparent mode the Backend is also a rules.Interceptor: Intercept
+// hands the LAN's FTP control connections to pasvgate's listener, with a
+// REDIRECT rule in ChainIntercept (nat) or a TPROXY rule in ChainTProxy
+// (mangle) plus policy routing made over netlink. Those chains exist only
+// while an interception is installed; Setup removes an earlier process's,
+// and Flush removes them with everything else.
 package iptables
 
 import (
@@ -52,10 +59,27 @@ import (
 // firewall uses this one.
 const DefaultConnMark uint32 = 0x10000000
 
+// DefaultTProxyMark is the default Config.TProxyMark: bit 29 of the packet
+// mark. It is a bit of its own, next to DefaultConnMark, so that a rule
+// that copies conntrack marks into packet marks (CONNMARK --restore-mark)
+// cannot make a packet look intercepted, and it stays clear of the same
+// neighbours' bits as DefaultConnMark.
+const DefaultTProxyMark uint32 = 0x20000000
+
 // Defaults of the Config fields.
 const (
 	DefaultPath        = "iptables"
 	DefaultLockTimeout = 5 * time.Second
+	// DefaultTProxyTable is the default Config.TProxyTable: a routing
+	// table number that iproute2 does not name and that the common
+	// neighbours do not use (Tailscale 52, Cilium 2004 and 2005,
+	// wg-quick 51820).
+	DefaultTProxyTable = 2121
+	// DefaultTProxyPriority is the default Config.TProxyPriority: before
+	// the main table (32766) and before the rules that Tailscale (5210 and
+	// up) and most VPN clients add, so that an intercepted packet is
+	// delivered locally whatever they route.
+	DefaultTProxyPriority = 2121
 )
 
 // Config configures a Backend. The zero value is usable.
@@ -97,6 +121,22 @@ type Config struct {
 	// ErrNoIPv6. On a kernel without IPv6 the binaries run but Setup fails:
 	// set DisableIPv6 there.
 	DisableIPv6 bool
+	// TProxyMark is the packet mark bit (or bits) that TPROXY interception
+	// (see Intercept) sets on the packets it hands to pasvgate's listener,
+	// and that the policy routing rule matches to deliver them locally.
+	// Only these bits are ever set or matched. Default DefaultTProxyMark.
+	TProxyMark uint32
+	// TProxyTable is the routing table that holds the "local" default
+	// routes of TPROXY interception. Those routes (type local, default
+	// destination, on lo) are pasvgate's: Setup and Flush remove them.
+	// Anything else in the table is left alone. Default
+	// DefaultTProxyTable.
+	TProxyTable int
+	// TProxyPriority is the priority of the policy routing rule ("ip rule")
+	// that sends TProxyMark to TProxyTable. Every rule at this priority
+	// that looks up TProxyTable is pasvgate's: Setup and Flush remove
+	// them. Default DefaultTProxyPriority.
+	TProxyPriority int
 	// Logger receives repairs, sweeps and (at debug level) every exec.
 	// Default slog.Default().
 	Logger *slog.Logger
@@ -127,6 +167,10 @@ type Backend struct {
 	// checks need no exec, and a repair can put every mapping back.
 	idx  map[string]rules.Mapping
 	bySP map[srcPub]string
+	// ics holds the interceptions this process installed since Setup:
+	// Intercept and StopIntercept make the kernel's interception state
+	// exactly this set, and a repair puts it back.
+	ics map[rules.Interception]bool
 
 	// execs counts runs of a binary, for tests of the exec budget.
 	execs atomic.Int64
@@ -137,7 +181,10 @@ type srcPub struct {
 	pub netip.AddrPort
 }
 
-var _ rules.Backend = (*Backend)(nil)
+var (
+	_ rules.Backend     = (*Backend)(nil)
+	_ rules.Interceptor = (*Backend)(nil)
+)
 
 // family is one address family's binaries.
 type family struct {
@@ -189,8 +236,20 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.TProxyMark == 0 {
+		cfg.TProxyMark = DefaultTProxyMark
+	}
+	if cfg.TProxyTable == 0 {
+		cfg.TProxyTable = DefaultTProxyTable
+	}
+	if cfg.TProxyPriority == 0 {
+		cfg.TProxyPriority = DefaultTProxyPriority
+	}
 	if n := bits.OnesCount32(cfg.ConnMark); n != 1 {
 		cfg.Logger.Warn("iptables backend: ConnMark has more than one bit; all of them mark admitted connections", "connmark", fmt.Sprintf("0x%x", cfg.ConnMark))
+	}
+	if err := checkTProxyConfig(cfg); err != nil {
+		return nil, err
 	}
 	v4, v6, err := deriveBinaries(cfg.Path)
 	if err != nil {
@@ -277,6 +336,11 @@ func (b *Backend) familyOf(m rules.Mapping) (*family, error) {
 // iptables-save and writes it back with one iptables-restore that empties
 // pasvgate's chains and rewrites their static rules, each table in one
 // commit.
+//
+// It also removes an earlier process's interception (see Intercept): the
+// interception chains and their jumps, with one more iptables-restore only
+// when there are some, and the TPROXY policy routing, found over netlink
+// by Config.TProxyPriority and Config.TProxyTable.
 func (b *Backend) Setup(ctx context.Context) error {
 	if err := b.lock(ctx); err != nil {
 		return fmt.Errorf("setting up: %w", err)
@@ -286,9 +350,20 @@ func (b *Backend) Setup(ctx context.Context) error {
 		if err := b.setupFamily(ctx, f); err != nil {
 			return fmt.Errorf("setting up %s: %w", f.name, err)
 		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("setting up %s: %w", f.name, err)
+		}
+		n, err := b.syncPolicy(f.v6, false)
+		if err != nil {
+			return fmt.Errorf("setting up %s: removing TPROXY policy routing left by an earlier process: %w", f.name, err)
+		}
+		if n > 0 {
+			b.log.Info("removed TPROXY policy routing left by an earlier process", "family", f.name, "rules_and_routes", n)
+		}
 	}
 	b.idx = map[string]rules.Mapping{}
 	b.bySP = map[srcPub]string{}
+	b.ics = map[rules.Interception]bool{}
 	b.setUp = true
 	return nil
 }
@@ -330,6 +405,11 @@ func (b *Backend) setupFamily(ctx context.Context, f *family) error {
 	}
 	if err := b.restore(ctx, f, resetScript(st, b.cfg.ConnMark, nil)); err != nil {
 		return fmt.Errorf("emptying chains: %w", err)
+	}
+	// resetScript leaves the interception chains alone: they exist only
+	// while this process intercepts, so an earlier process's are removed.
+	if err := b.sweepIntercept(ctx, f, st); err != nil {
+		return fmt.Errorf("removing interception chains: %w", err)
 	}
 	f.checked = time.Now()
 	b.log.Info("set up", "family", f.name, "restore", f.restorePath)
@@ -411,6 +491,7 @@ func (b *Backend) recoverInstall(ctx context.Context, f *family, m rules.Mapping
 		if err == nil {
 			f.checked = time.Now()
 			b.add(m)
+			b.repairIntercept(ctx, f, st)
 			return nil
 		}
 		cause = fmt.Errorf("%w; then repairing: %w", cause, err)
@@ -501,15 +582,17 @@ func (b *Backend) List(ctx context.Context) ([]rules.Mapping, error) {
 }
 
 // Flush removes every pasvgate rule, the jumps to pasvgate's chains and the
-// chains, in every enabled family, and nothing else: one iptables-save and,
-// if there is anything to remove, one iptables-restore per family. Flushing
-// a clean system is not an error. Setup must run again before Install.
+// chains, interception included, in every enabled family, and nothing
+// else: one iptables-save and, if there is anything to remove, one
+// iptables-restore per family. Then it removes the TPROXY policy routing
+// (see Intercept). Flushing a clean system is not an error. Setup must run
+// again before Install or Intercept.
 func (b *Backend) Flush(ctx context.Context) error {
 	if err := b.lock(ctx); err != nil {
 		return fmt.Errorf("flushing: %w", err)
 	}
 	defer b.unlock()
-	b.setUp, b.idx, b.bySP = false, nil, nil
+	b.setUp, b.idx, b.bySP, b.ics = false, nil, nil, nil
 	var errs []error
 	for _, f := range b.families() {
 		st, err := b.save(ctx, f)
@@ -523,6 +606,13 @@ func (b *Backend) Flush(ctx context.Context) error {
 		}
 		if err := b.restore(ctx, f, text); err != nil {
 			errs = append(errs, fmt.Errorf("flushing %s: %w", f.name, err))
+		}
+	}
+	// After the rules, so that no packet is marked for a route that is
+	// gone.
+	for _, f := range b.families() {
+		if _, err := b.syncPolicy(f.v6, false); err != nil {
+			errs = append(errs, fmt.Errorf("flushing %s TPROXY policy routing: %w", f.name, err))
 		}
 	}
 	return errors.Join(errs...)

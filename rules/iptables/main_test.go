@@ -21,8 +21,10 @@ func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 {
 		// Namespaces of an earlier run that was killed before its
 		// cleanups ran.
-		if err := netns.Sweep(nsPrefix); err != nil {
-			fmt.Fprintln(os.Stderr, "sweeping stale namespaces:", err)
+		for _, p := range []string{nsPrefix, icPrefix} {
+			if err := netns.Sweep(p); err != nil {
+				fmt.Fprintln(os.Stderr, "sweeping stale namespaces:", err)
+			}
 		}
 		// The legacy binaries' lock file is one for all namespaces: give
 		// this test binary its own, so that it never waits for, or holds

@@ -3,6 +3,7 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -112,12 +113,30 @@ var ownChains = map[string][]string{
 // mapping's FORWARD accept is live before its DNAT.
 var tables = []string{tableFilter, tableNAT}
 
+// isOwnChain reports whether c is one of pasvgate's chains, the
+// interception chains included.
 func isOwnChain(c string) bool {
 	switch c {
-	case ChainDNAT, ChainSNAT, ChainForward, ChainAdmit:
+	case ChainDNAT, ChainSNAT, ChainForward, ChainAdmit, ChainIntercept, ChainTProxy:
 		return true
 	}
 	return false
+}
+
+// flushTables are the tables Flush looks at: the mapping tables and the
+// interception chains' mangle table.
+var flushTables = []string{tableFilter, tableNAT, tableMangle}
+
+// flushChains are every chain of pasvgate's in table t, in an order in
+// which each chain's references come before the chain.
+func flushChains(t string) []string {
+	out := slices.Clone(ownChains[t])
+	for _, h := range interceptHooks {
+		if h.table == t {
+			out = append(out, h.chain)
+		}
+	}
+	return out
 }
 
 func (j jump) rule() rule {
@@ -347,14 +366,14 @@ func resetScript(st *saved, mark uint32, ms []rules.Mapping) string {
 }
 
 // flushScript is the batch that takes every pasvgate rule, jump and chain
-// out of one family, as st shows it, and nothing else. Any rule outside
-// pasvgate's chains that jumps to one of them is deleted too (a chain that
-// is still referenced cannot be deleted); the built-in jumps are pasvgate's
-// own, others are someone's mistake. It returns "" when st holds nothing of
-// pasvgate's.
+// out of one family, as st shows it, interception chains included, and
+// nothing else. Any rule outside pasvgate's chains that jumps to one of
+// them is deleted too (a chain that is still referenced cannot be
+// deleted); the built-in jumps are pasvgate's own, others are someone's
+// mistake. It returns "" when st holds nothing of pasvgate's.
 func flushScript(st *saved) string {
 	var s script
-	for _, t := range tables {
+	for _, t := range flushTables {
 		tab := st.tables[t]
 		if tab == nil {
 			continue
@@ -365,7 +384,7 @@ func flushScript(st *saved) string {
 			}
 		}
 		var own []string
-		for _, c := range ownChains[t] {
+		for _, c := range flushChains(t) {
 			if tab.chains[c] {
 				own = append(own, c)
 			}
