@@ -85,6 +85,27 @@ type Config struct {
 	RemoveTimeout time.Duration
 	// Logger receives one line per mapping opened or closed. Default: discard.
 	Logger *slog.Logger
+	// Flows, if set, deletes the conntrack entries of a mapping's data
+	// connections after its rules are gone, when the mapping ended
+	// abnormally (its session died, timed out or was shut down), so that
+	// no half-open data flow stays pinned through the gateway.
+	Flows FlowFlusher
+	// ObserveInstall, if set, is told how long each install took and how
+	// it ended (for the install latency histogram).
+	ObserveInstall func(d time.Duration, err error)
+}
+
+// FlowFlusher deletes the kernel's connection-tracking entries of a
+// mapping's data connections. rules/conntrack implements it.
+type FlowFlusher interface {
+	FlushFlows(ctx context.Context, m rules.Mapping) (int, error)
+}
+
+// abnormal reports whether a mapping released for reason may have left a
+// data flow whose peers are gone: everything but a finished transfer and a
+// data port the client itself replaced.
+func abnormal(reason string) bool {
+	return reason != ReasonTransferDone && reason != ReasonReplaced
 }
 
 // Request is what a caller wants mapped. Public carries only the address:
@@ -110,6 +131,11 @@ type Stats struct {
 	Exhausted     uint64
 	RemoveFailed  uint64
 	Closed        map[string]uint64 // by reason
+	// PortsBusy are the ports mapped or being removed; PortsTotal the
+	// size of the range.
+	PortsBusy, PortsTotal int
+	// FlowsFlushed counts conntrack entries deleted after abnormal ends.
+	FlowsFlushed uint64
 }
 
 // Table hands out mappings. It is safe for concurrent use.
@@ -134,6 +160,7 @@ type Table struct {
 	// that Close waits for a mapping that is being installed as it begins.
 	installing int
 	ids        uint32
+	flushed    uint64
 
 	worker sync.WaitGroup
 }
@@ -218,6 +245,9 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 	start := time.Now()
 	err = t.backend.Install(ictx, m.Mapping)
 	cancel()
+	if t.cfg.ObserveInstall != nil {
+		t.cfg.ObserveInstall(time.Since(start), err)
+	}
 	if err != nil {
 		t.mu.Lock()
 		delete(t.busy, port)
@@ -370,6 +400,21 @@ func (t *Table) remove(m *Mapping) {
 			"source", m.Source, "public", m.Public, "target", m.Target, "reason", m.reason, "err", err)
 		return
 	}
+	if t.cfg.Flows != nil && abnormal(m.reason) {
+		// Only now that no rule admits a new flow can the old one be
+		// forgotten for good.
+		ctx, cancel := context.WithTimeout(context.Background(), t.cfg.RemoveTimeout)
+		n, err := t.cfg.Flows.FlushFlows(ctx, m.Mapping)
+		cancel()
+		if err != nil {
+			t.log.Warn("flushing data flows failed", "id", m.ID, "err", err)
+		} else if n > 0 {
+			t.mu.Lock()
+			t.flushed += uint64(n)
+			t.mu.Unlock()
+			t.log.Info("data flows flushed", "session", m.Session, "id", m.ID, "flows", n, "reason", m.reason)
+		}
+	}
 	t.log.Info("mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
 		"public", m.Public, "target", m.Target, "reason", m.reason,
 		"age_ms", time.Since(m.Created).Milliseconds())
@@ -402,6 +447,7 @@ func (t *Table) Stats() Stats {
 	s := Stats{
 		Active: len(t.open), Opened: t.opened, InstallFailed: t.failed,
 		Exhausted: t.exhaust, RemoveFailed: t.rmFailed, Closed: map[string]uint64{},
+		PortsBusy: len(t.busy), PortsTotal: t.cfg.Ports.Size(), FlowsFlushed: t.flushed,
 	}
 	for k, v := range t.closed {
 		s.Closed[k] = v

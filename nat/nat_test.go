@@ -3,6 +3,8 @@ package nat
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
 	"net/netip"
 	"testing"
 	"time"
@@ -233,5 +235,53 @@ func TestCloseRemovesEverything(t *testing.T) {
 	}
 	if _, err := tb.Open(context.Background(), req()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Open after Close = %v, want ErrClosed", err)
+	}
+}
+
+// flowRecorder records FlushFlows calls.
+type flowRecorder struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (f *flowRecorder) FlushFlows(_ context.Context, m rules.Mapping) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids = append(f.ids, m.ID)
+	return 1, nil
+}
+
+func TestFlowsFlushedOnlyAfterAbnormalEnds(t *testing.T) {
+	var b fake.Backend
+	_ = b.Setup(context.Background())
+	rec := &flowRecorder{}
+	var observed int
+	tb, err := New(&b, Config{Ports: PortRange{40000, 40099}, Flows: rec,
+		ObserveInstall: func(time.Duration, error) { observed++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := []string{ReasonTransferDone, ReasonReplaced, ReasonSessionEnd, ReasonConnectTimeout}
+	var abnormalIDs []string
+	for _, r := range reasons {
+		m, err := tb.Open(context.Background(), req())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if abnormal(r) {
+			abnormalIDs = append(abnormalIDs, m.ID)
+		}
+		m.Release(r)
+	}
+	if err := tb.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if !slices.Equal(rec.ids, abnormalIDs) {
+		t.Fatalf("flows flushed for %v, want exactly the abnormal ends %v", rec.ids, abnormalIDs)
+	}
+	if observed != 4 || tb.Stats().FlowsFlushed != 2 {
+		t.Fatalf("observed %d installs, stats %+v", observed, tb.Stats())
 	}
 }

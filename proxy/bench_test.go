@@ -51,7 +51,7 @@ func noopServer(tb testing.TB) string {
 func startProxy(tb testing.TB, upstream string) string {
 	var b fake.Backend
 	_ = b.Setup(context.Background())
-	table, err := nat.New(&b, nat.Config{Ports: nat.PortRange{Low: 45000, High: 45999}})
+	table, err := nat.New(&b, nat.Config{Ports: nat.PortRange{Low: 20000, High: 20999}})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func startProxy(tb testing.TB, upstream string) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	srv := &proxy.Server{Upstream: upstream, NAT: table}
+	srv := &proxy.Server{Settings: proxy.Settings{Upstream: upstream}, NAT: table}
 	go func() { defer close(done); _ = srv.Serve(ctx, ln) }()
 	tb.Cleanup(func() { cancel(); <-done; _ = table.Close(context.Background()) })
 	return ln.Addr().String()

@@ -20,7 +20,11 @@ import (
 	"github.com/pasvgate/pasvgate/test/ftpd"
 )
 
-// Loopback stands in for the lab's networks, so these tests need no root:
+// Loopback stands in for the lab's networks, so these tests need no root.
+// Data ports (20000-20999 public, 21000-21999 on the server) stay below the
+// kernel's ephemeral range, where the test relay's listeners could collide
+// with other connections' local ports.
+//
 // the server's "private" address is 127.0.0.2, the client dials pasvgate on
 // 127.0.0.1, and pasvgate advertises 127.0.0.3. A client that ignored the
 // 227 address would dial 127.0.0.1:Q, where nothing listens, and fail.
@@ -110,7 +114,9 @@ func (r *relayBackend) admitted() []netip.AddrPort {
 }
 
 // tap sits between pasvgate and the server and records every byte pasvgate
-// sends upstream, to prove what reached the server and what did not.
+// sends upstream, to prove what reached the server and what did not. It
+// records before it forwards, so whatever the server has answered is
+// already recorded.
 type tap struct {
 	ln  net.Listener
 	mu  sync.Mutex
@@ -140,7 +146,7 @@ func newTap(t *testing.T, upstream string) *tap {
 			tp.wg.Add(2)
 			go func() {
 				defer tp.wg.Done()
-				_, _ = io.Copy(io.MultiWriter(u, tp), c)
+				_, _ = io.Copy(io.MultiWriter(tp, u), c)
 				u.Close()
 			}()
 			go func() { defer tp.wg.Done(); _, _ = io.Copy(c, u); c.Close() }()
@@ -186,6 +192,9 @@ type options struct {
 	upstream       string // override: the upstream pasvgate connects to
 	maxLine        int
 	idle           time.Duration
+	login          time.Duration
+	maxSessions    int
+	maxPerIP       int
 }
 
 type harness struct {
@@ -195,6 +204,7 @@ type harness struct {
 	tap     *tap
 	addr    string // pasvgate's listener
 	log     *syncBuffer
+	proxy   *proxy.Server
 }
 
 func newHarness(t *testing.T, o options) *harness {
@@ -206,7 +216,7 @@ func newHarness(t *testing.T, o options) *harness {
 	srv, err := ftpd.Start(ctx, ftpd.Config{
 		Listen:       serverAddr + ":0",
 		PublicHost:   o.advertise,
-		PassivePorts: [2]int{46000, 46999},
+		PassivePorts: [2]int{21000, 21999},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +228,7 @@ func newHarness(t *testing.T, o options) *harness {
 	h.tap = newTap(t, srv.Addr().String())
 	log := slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.table, err = nat.New(h.backend, nat.Config{
-		Ports:          nat.PortRange{Low: 45000, High: 45999},
+		Ports:          nat.PortRange{Low: 20000, High: 20999},
 		ConnectTimeout: o.connectTimeout,
 		Logger:         log,
 	})
@@ -230,14 +240,20 @@ func newHarness(t *testing.T, o options) *harness {
 		upstream = o.upstream
 	}
 	p := &proxy.Server{
-		Upstream:    upstream,
-		PublicAddr:  publicAddr,
-		NAT:         h.table,
-		SNAT:        true,
-		MaxLine:     o.maxLine,
-		IdleTimeout: o.idle,
-		Logger:      log,
+		Settings: proxy.Settings{
+			Upstream:         upstream,
+			PublicAddr:       publicAddr,
+			SNAT:             true,
+			MaxLine:          o.maxLine,
+			IdleTimeout:      o.idle,
+			LoginTimeout:     o.login,
+			MaxSessions:      o.maxSessions,
+			MaxSessionsPerIP: o.maxPerIP,
+		},
+		NAT:    h.table,
+		Logger: log,
 	}
+	h.proxy = p
 	ln, err := net.Listen("tcp", clientDial+":0")
 	if err != nil {
 		t.Fatal(err)

@@ -40,32 +40,24 @@ const (
 	InterceptTProxy = "tproxy"
 )
 
-// Server proxies FTP control sessions. In reverse mode (Upstream set) every
-// session goes to one fixed server; in transparent mode (Upstream empty,
-// Intercept set) each goes to the server the intercepted connection was
-// addressed to. NAT is required. Fields must not change after the first
-// Serve.
-type Server struct {
+// Settings are the parts of a Server's configuration that may change while
+// it runs (Reload, on SIGHUP). Sessions read them when they need them, so a
+// change applies to the next PASV, the next login and the next session,
+// without dropping anything established.
+type Settings struct {
 	// Upstream is the FTP server's control address, "host:port". Empty
-	// means transparent mode.
+	// means transparent mode (which cannot be switched by Reload).
 	Upstream string
 	// Upstream6, if set, is used instead of Upstream for IPv6 clients, so
 	// that their data connections can be mapped within one family.
 	Upstream6 string
-	// Intercept is InterceptRedirect or InterceptTProxy in transparent
-	// mode, and ignored in reverse mode.
-	Intercept string
 	// PublicAddr is the address written into 227 replies. If invalid, the
 	// local address the client connected to is used.
 	PublicAddr netip.Addr
-	// IsLocal reports whether an address is assigned to this host. When
-	// PublicAddr is not local (the gateway sits behind a 1:1 NAT), data
-	// connections arrive at the address the client's control connection
-	// arrived at, so that address is what the kernel entry matches. nil
-	// means every address is local.
-	IsLocal func(netip.Addr) bool
-	// NAT opens the kernel mappings.
-	NAT Mapper
+	// PublicAddrFunc, if set, overrides PublicAddr: it gives the address
+	// to advertise now (an interface's, followed live). While it returns
+	// an invalid address, PASV and EPSV get 425.
+	PublicAddrFunc func() netip.Addr
 	// SNAT gives data connections the proxy's own address towards the
 	// server as their source, for servers that check the data connection
 	// comes from the control connection's address. Default false here;
@@ -76,26 +68,116 @@ type Server struct {
 	// IdleTimeout ends a session whose client sends nothing for this long,
 	// unless a transfer is in progress. Default 10 min.
 	IdleTimeout time.Duration
+	// LoginTimeout ends a session that has not logged in (no 230 reply)
+	// this long after it started. Default 0: no limit.
+	LoginTimeout time.Duration
 	// WriteTimeout bounds a single write to either peer, so that a peer
 	// that stops reading cannot pin a session. Default 30 s.
 	WriteTimeout time.Duration
+	// Keepalive is the TCP keepalive period on both legs of a session.
+	// 0 keeps Go's default (15 s); negative turns keepalive off.
+	Keepalive time.Duration
 	// MaxLine bounds a control line in bytes. Default ftp.DefaultMaxLine.
 	MaxLine int
+	// MaxSessions bounds concurrent sessions; 0 means no limit.
+	MaxSessions int
+	// MaxSessionsPerIP bounds concurrent sessions from one client
+	// address; 0 means no limit.
+	MaxSessionsPerIP int
+}
+
+// Server proxies FTP control sessions. In reverse mode (Upstream set) every
+// session goes to one fixed server; in transparent mode (Upstream empty,
+// Intercept set) each goes to the server the intercepted connection was
+// addressed to. NAT is required. The embedded Settings are the initial
+// ones; change them with Reload. Other fields must not change after the
+// first Serve.
+type Server struct {
+	Settings
+	// Intercept is InterceptRedirect or InterceptTProxy in transparent
+	// mode, and ignored in reverse mode.
+	Intercept string
+	// IsLocal reports whether an address is assigned to this host. When
+	// the public address is not local (the gateway sits behind a 1:1 NAT),
+	// data connections arrive at the address the client's control
+	// connection arrived at, so that address is what the kernel entry
+	// matches. nil means every address is local.
+	IsLocal func(netip.Addr) bool
+	// NAT opens the kernel mappings.
+	NAT Mapper
 	// Logger receives session and refusal events. Default: discard.
 	Logger *slog.Logger
 
-	sessions atomic.Uint64 // session ids
+	ids   atomic.Uint64 // session ids
+	cur   atomic.Pointer[Settings]
+	once  sync.Once
+	stats counters
+
+	mu       sync.Mutex
+	lns      map[net.Listener]struct{}
+	active   map[*session]struct{}
+	perIP    map[netip.Addr]int
+	draining bool
+	idle     chan struct{} // closed when active becomes empty while draining
 }
 
-// Serve accepts sessions on ln until ctx is cancelled or ln fails, then
-// closes ln, ends its own sessions and waits for them.
+// settings returns the settings in force.
+func (s *Server) settings() *Settings {
+	s.once.Do(func() {
+		st := s.Settings
+		s.cur.CompareAndSwap(nil, &st)
+	})
+	return s.cur.Load()
+}
+
+// Reload replaces the settings for everything that reads them from now on.
+// Established sessions keep their connections and mappings.
+func (s *Server) Reload(st Settings) {
+	s.once.Do(func() {}) // the initial settings must not overwrite these
+	s.cur.Store(&st)
+}
+
+// publicAddr is the address to advertise in 227 replies now: the
+// followed interface's, or the static one (either may be invalid).
+func (s *Server) publicAddr() netip.Addr {
+	st := s.settings()
+	if st.PublicAddrFunc != nil {
+		return st.PublicAddrFunc()
+	}
+	return st.PublicAddr
+}
+
+// transparent reports whether the Server runs in transparent mode. The mode
+// is fixed by the initial settings.
+func (s *Server) transparent() bool { return s.Settings.Upstream == "" }
+
+// Serve accepts sessions on ln until ctx is cancelled, Shutdown is called,
+// or ln fails; then it ends its own sessions (at once if ctx was
+// cancelled, after draining under Shutdown) and waits for them.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.NAT == nil {
 		return errors.New("proxy: Server needs NAT")
 	}
-	if s.Upstream == "" && s.Intercept != InterceptRedirect && s.Intercept != InterceptTProxy {
+	if s.transparent() && s.Intercept != InterceptRedirect && s.Intercept != InterceptTProxy {
 		return errors.New("proxy: Server needs Upstream, or Intercept for transparent mode")
 	}
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	if s.lns == nil {
+		s.lns = map[net.Listener]struct{}{}
+	}
+	s.lns[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, ln)
+		s.mu.Unlock()
+	}()
+
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -117,10 +199,95 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}()
 	}
 	wg.Wait()
-	if ctx.Err() != nil {
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if ctx.Err() != nil || draining || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return fmt.Errorf("proxy: accepting on %s: %w", ln.Addr(), err)
+}
+
+// Shutdown stops accepting on every listener and drains: sessions without
+// a transfer in progress are told 421 and closed at once, the others as
+// soon as their transfer's final reply has been forwarded. When ctx ends
+// first, the remaining sessions are closed too. Shutdown returns when no
+// session is left; Serve then returns.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.mu.Lock()
+	s.draining = true
+	for ln := range s.lns {
+		ln.Close()
+	}
+	sessions := make([]*session, 0, len(s.active))
+	for ss := range s.active {
+		sessions = append(sessions, ss)
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+		if len(s.active) == 0 {
+			close(s.idle)
+		}
+	}
+	idle := s.idle
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.drain()
+	}
+	select {
+	case <-idle:
+		return
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	sessions = sessions[:0]
+	for ss := range s.active {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.say421AndEnd("Service closing: drain timeout.", endShutdown)
+	}
+	<-idle
+}
+
+// admit registers a new session, or returns why it is refused.
+func (s *Server) admit(ss *session) string {
+	st := s.settings()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.draining:
+		return "shutting down"
+	case st.MaxSessions > 0 && len(s.active) >= st.MaxSessions:
+		return "max-sessions"
+	case st.MaxSessionsPerIP > 0 && s.perIP[ss.peer] >= st.MaxSessionsPerIP:
+		return "max-sessions-per-ip"
+	}
+	if s.active == nil {
+		s.active = map[*session]struct{}{}
+		s.perIP = map[netip.Addr]int{}
+	}
+	s.active[ss] = struct{}{}
+	s.perIP[ss.peer]++
+	return ""
+}
+
+// release unregisters a session.
+func (s *Server) release(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.active, ss)
+	if s.perIP[ss.peer]--; s.perIP[ss.peer] <= 0 {
+		delete(s.perIP, ss.peer)
+	}
+	if s.draining && len(s.active) == 0 && s.idle != nil {
+		select {
+		case <-s.idle:
+		default:
+			close(s.idle)
+		}
+	}
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -139,7 +306,7 @@ func durationOr(d, def time.Duration) time.Duration {
 
 // serveConn runs one session to its end.
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
-	id := fmt.Sprintf("s%d", s.sessions.Add(1))
+	id := fmt.Sprintf("s%d", s.ids.Add(1))
 	log := s.logger().With("session", id, "client", c.RemoteAddr().String())
 	client := addrPortOf(c.RemoteAddr())
 	sess := &session{
@@ -148,45 +315,73 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		log:    log,
 		client: c,
 		peer:   client.Addr(),
+		start:  time.Now(),
 	}
-	upstream, err := s.upstreamFor(c, client)
+	if why := s.admit(sess); why != "" {
+		s.stats.refuseSession(why)
+		log.Warn("session refused", "reason", why)
+		s.sayAndClose(c, "Too many connections ("+why+"), try again later.")
+		return
+	}
+	defer s.release(sess)
+	s.stats.sessionStarted()
+	defer s.stats.sessionEnded()
+
+	st := s.settings()
+	upstream, err := s.upstreamFor(st, c, client)
 	if err != nil {
+		s.stats.refuseSession("loop")
 		log.Warn("session refused", "reason", err.Error())
 		s.sayAndClose(c, "Service not available: "+err.Error()+".")
 		return
 	}
-	d := net.Dialer{Timeout: durationOr(s.DialTimeout, 10*time.Second)}
+	d := net.Dialer{Timeout: durationOr(st.DialTimeout, 10*time.Second), KeepAlive: st.Keepalive}
 	u, err := d.DialContext(ctx, "tcp", upstream)
 	if err != nil {
+		s.stats.refuseSession("upstream-unreachable")
 		log.Warn("session refused: upstream unreachable", "upstream", upstream, "err", err)
 		s.sayAndClose(c, "Service not available: the FTP server cannot be reached.")
 		return
 	}
+	setKeepalive(c, st.Keepalive)
 	sess.server = u
 	log.Info("session started", "backend", u.RemoteAddr().String(), "local", c.LocalAddr().String())
 	reason := sess.run(ctx)
-	log.Info("session ended", "backend", u.RemoteAddr().String(), "reason", reason)
+	log.Info("session ended", "backend", u.RemoteAddr().String(), "reason", reason,
+		"duration_ms", time.Since(sess.start).Milliseconds())
+}
+
+// setKeepalive applies the keepalive setting to an accepted connection
+// (the upstream leg gets it from its Dialer).
+func setKeepalive(c net.Conn, period time.Duration) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || period == 0 {
+		return
+	}
+	if period < 0 {
+		_ = tc.SetKeepAlive(false)
+		return
+	}
+	_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: period, Interval: period})
 }
 
 // sayAndClose sends a 421 with text and closes c.
 func (s *Server) sayAndClose(c net.Conn, text string) {
-	_ = c.SetWriteDeadline(time.Now().Add(durationOr(s.WriteTimeout, 30*time.Second)))
+	_ = c.SetWriteDeadline(time.Now().Add(durationOr(s.settings().WriteTimeout, 30*time.Second)))
 	_, _ = c.Write(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, text))
 	c.Close()
 }
-
-func (s *Server) transparent() bool { return s.Upstream == "" }
 
 // upstreamFor returns the server a new session goes to: the fixed upstream
 // of the client's family in reverse mode, or the intercepted connection's
 // original destination in transparent mode. A destination that is this
 // host itself is refused: it would loop back into pasvgate.
-func (s *Server) upstreamFor(c net.Conn, client netip.AddrPort) (string, error) {
+func (s *Server) upstreamFor(st *Settings, c net.Conn, client netip.AddrPort) (string, error) {
 	if !s.transparent() {
-		if client.Addr().Is6() && s.Upstream6 != "" {
-			return s.Upstream6, nil
+		if client.Addr().Is6() && st.Upstream6 != "" {
+			return st.Upstream6, nil
 		}
-		return s.Upstream, nil
+		return st.Upstream, nil
 	}
 	local := addrPortOf(c.LocalAddr())
 	dst := local

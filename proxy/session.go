@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -28,6 +29,10 @@ type pending struct {
 	// mapping is the data mapping a transfer command is using; it is
 	// released when the transfer's final reply has been forwarded.
 	mapping *nat.Mapping
+	// arg and sent are a transfer command's argument and time, for its
+	// transfer log line.
+	arg  string
+	sent time.Time
 	// local, if not nil, is a reply pasvgate made itself. It is queued
 	// behind server replies still to come so that the client sees replies
 	// in the order of its commands, and never inside a multi-line reply.
@@ -45,6 +50,7 @@ type session struct {
 	client net.Conn
 	server net.Conn
 	peer   netip.Addr // the client's address: the only source a data mapping admits
+	start  time.Time
 
 	mu        sync.Mutex
 	queue     []pending
@@ -54,6 +60,9 @@ type session struct {
 	transfers int          // transfer commands whose final reply is still due
 	ended     bool
 	reason    string
+	user      string // the last USER argument, for transfer logs
+	loggedIn  bool   // a 230 reply has been forwarded
+	draining  bool   // the server is shutting down: end after the transfer
 }
 
 // Reasons a session ends, for its log line.
@@ -63,11 +72,12 @@ const (
 	endIdle         = "idle timeout"
 	endShutdown     = "shutdown"
 	endTooMany      = "too many pipelined commands"
+	endLogin        = "login timeout"
 )
 
 func (s *session) maxLine() int {
-	if s.srv.MaxLine > 0 {
-		return s.srv.MaxLine
+	if m := s.srv.settings().MaxLine; m > 0 {
+		return m
 	}
 	return ftp.DefaultMaxLine
 }
@@ -79,12 +89,7 @@ func (s *session) run(ctx context.Context) string {
 	setOOBInline(s.server)
 	s.queue = append(make([]pending, 0, 8), pending{}) // the server's greeting
 	stop := context.AfterFunc(ctx, func() {
-		s.mu.Lock()
-		if !s.midReply {
-			s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service closing: pasvgate is shutting down."))
-		}
-		s.mu.Unlock()
-		s.end(endShutdown)
+		s.say421AndEnd("Service closing: pasvgate is shutting down.", endShutdown)
 	})
 	defer stop()
 	done := make(chan struct{})
@@ -107,18 +112,46 @@ func (s *session) run(ctx context.Context) string {
 		}
 	}
 	s.queue = nil
+	s.srv.stats.endSession(s.reason)
 	return s.reason
+}
+
+// say421AndEnd tells the client the service is closing (unless that would
+// land inside a multi-line reply) and ends the session.
+func (s *session) say421AndEnd(text, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.midReply && !s.ended {
+		s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, text))
+	}
+	s.endLocked(reason)
+}
+
+// drain ends the session now if no transfer is in progress, or else as
+// soon as its final reply has been forwarded (see popLocked).
+func (s *session) drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining = true
+	if s.transfers == 0 && !s.midReply && !s.ended {
+		s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service closing: pasvgate is shutting down."))
+		s.endLocked(endShutdown)
+	}
 }
 
 // end records the first reason the session ends and closes both
 // connections, which unblocks both relay goroutines.
 func (s *session) end(reason string) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.endLocked(reason)
+}
+
+func (s *session) endLocked(reason string) {
 	if !s.ended {
 		s.ended = true
 		s.reason = reason
 	}
-	s.mu.Unlock()
 	s.client.Close()
 	s.server.Close()
 }
@@ -127,9 +160,19 @@ func (s *session) end(reason string) {
 // goes away, and returns why.
 func (s *session) commands(ctx context.Context) string {
 	r := ftp.NewReader(s.client, s.maxLine())
-	idle := durationOr(s.srv.IdleTimeout, 10*time.Minute)
+	lastLine := time.Now()
 	for {
-		_ = s.client.SetReadDeadline(time.Now().Add(idle))
+		st := s.srv.settings()
+		idle := durationOr(st.IdleTimeout, 10*time.Minute)
+		deadline := lastLine.Add(idle)
+		s.mu.Lock()
+		loggedIn := s.loggedIn
+		s.mu.Unlock()
+		loginBy := s.start.Add(st.LoginTimeout)
+		if !loggedIn && st.LoginTimeout > 0 && loginBy.Before(deadline) {
+			deadline = loginBy
+		}
+		_ = s.client.SetReadDeadline(deadline)
 		raw, text, err := r.ReadLine()
 		switch {
 		case err == nil:
@@ -139,18 +182,32 @@ func (s *session) commands(ctx context.Context) string {
 			continue
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			s.mu.Lock()
-			busy := s.transfers > 0
+			busy, loggedIn := s.transfers > 0, s.loggedIn
 			s.mu.Unlock()
+			if !loggedIn && st.LoginTimeout > 0 && !time.Now().Before(loginBy) {
+				s.srv.stats.refuse("login-timeout")
+				s.log.Warn("session closed: no login in time", "login_timeout", st.LoginTimeout)
+				s.reply(ftp.CodeServiceUnavailable, "Login timeout: closing control connection.")
+				return endLogin
+			}
 			if busy {
 				// A long transfer keeps the control channel quiet; that is
-				// not idleness.
+				// not idleness: it counts as activity.
+				lastLine = time.Now()
 				continue
 			}
+			if time.Since(lastLine) < idle {
+				// The login deadline passed after the client logged in.
+				continue
+			}
+			s.srv.stats.refuse("idle-timeout")
 			s.reply(ftp.CodeServiceUnavailable, "Idle timeout: closing control connection.")
 			return endIdle
 		default:
 			return endClientClosed
 		}
+		lastLine = time.Now()
+		s.srv.stats.fromClient.Add(uint64(len(raw)))
 		if reason := s.command(ctx, raw, text); reason != "" {
 			return reason
 		}
@@ -225,6 +282,11 @@ func (s *session) command(ctx context.Context, raw, text []byte) string {
 	case ftp.VerbREIN:
 		s.mu.Lock()
 		s.epsvAll = false
+		s.loggedIn = false
+		s.mu.Unlock()
+	case ftp.VerbUSER:
+		s.mu.Lock()
+		s.user = string(bytes.TrimSpace(arg))
 		s.mu.Unlock()
 	default:
 		if verb.IsTransfer() {
@@ -237,6 +299,8 @@ func (s *session) command(ctx context.Context, raw, text []byte) string {
 				return ""
 			}
 			p.mapping = m
+			p.arg = string(arg)
+			p.sent = time.Now()
 		}
 	}
 	s.mu.Lock()
@@ -303,8 +367,10 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 	}
 	m, err := s.srv.NAT.Open(ctx, req)
 	if err != nil {
+		s.srv.stats.refuse("mapping-failed")
 		return nil, nil
 	}
+	s.srv.stats.rewrite(verb.String())
 	ap := netip.AddrPortFrom(gw, m.Public.Port())
 	if verb == ftp.VerbPORT {
 		return ftp.AppendPORT(nil, ap), m
@@ -317,7 +383,7 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 // the address the client's control connection arrived at.
 func (s *session) clientSideAddr() netip.Addr {
 	local := addrPortOf(s.client.LocalAddr()).Addr()
-	pub := s.srv.PublicAddr
+	pub := s.srv.publicAddr()
 	if pub.IsValid() && pub.Is4() == local.Is4() && (s.srv.IsLocal == nil || s.srv.IsLocal(pub)) {
 		return pub
 	}
@@ -327,6 +393,7 @@ func (s *session) clientSideAddr() netip.Addr {
 // refuse answers a command with pasvgate's own reply and logs why. The
 // command never reaches the server.
 func (s *session) refuse(verb ftp.Verb, code int, msg, why string) {
+	s.srv.stats.refuse(why)
 	s.log.Warn("command refused", "command", verb.String(), "code", code, "reason", why)
 	s.reply(code, msg)
 }
@@ -388,6 +455,7 @@ func (s *session) replies(ctx context.Context) string {
 			s.mu.Unlock()
 			return endServerClosed
 		}
+		s.srv.stats.fromServer.Add(uint64(len(raw)))
 		code, last, err := st.Feed(text)
 		if err != nil {
 			s.log.Warn("malformed reply line from server, dropped", "err", err)
@@ -416,8 +484,11 @@ func (s *session) replies(ctx context.Context) string {
 		s.writeClientLocked(raw)
 		if last {
 			s.midReply = false
+			if code == ftp.CodeLoggedIn {
+				s.loggedIn = true
+			}
 			if code >= 200 {
-				s.popLocked()
+				s.popLocked(code)
 			}
 		} else {
 			s.midReply = true
@@ -439,7 +510,7 @@ func (s *session) headVerb() ftp.Verb {
 // popLocked retires the command a final reply answered, releases its
 // transfer's mapping (after the reply is on its way: removal is not on the
 // critical path), and sends any replies of pasvgate's own queued behind it.
-func (s *session) popLocked() {
+func (s *session) popLocked(code int) {
 	if len(s.queue) == 0 {
 		return // an unsolicited reply, such as a server's 421
 	}
@@ -447,13 +518,25 @@ func (s *session) popLocked() {
 	s.queue = s.queue[:copy(s.queue, s.queue[1:])]
 	if p.verb.IsTransfer() {
 		s.transfers--
+		id := ""
 		if p.mapping != nil {
 			p.mapping.Release(nat.ReasonTransferDone)
+			id = p.mapping.ID
 		}
+		result := "ok"
+		if code >= 400 {
+			result = "failed"
+		}
+		s.log.Info("transfer", "user", s.user, "command", p.verb.String(), "file", p.arg,
+			"mapping", id, "duration_ms", time.Since(p.sent).Milliseconds(), "code", code, "result", result)
 	}
 	for len(s.queue) > 0 && s.queue[0].local != nil {
 		s.writeClientLocked(s.queue[0].local)
 		s.queue = s.queue[:copy(s.queue, s.queue[1:])]
+	}
+	if s.draining && s.transfers == 0 && !s.ended {
+		s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service closing: pasvgate is shutting down."))
+		s.endLocked(endShutdown)
 	}
 }
 
@@ -483,7 +566,7 @@ func (s *session) passive(ctx context.Context, code int, text, raw []byte) {
 	}
 	s.writeClientLocked(line)
 	s.midReply = false
-	s.popLocked()
+	s.popLocked(code)
 }
 
 // openPassive returns the line to send the client for a 227/229 reply, and
@@ -531,10 +614,18 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 	// clients connect back to the address they dialed; PASV clients to the
 	// public address, which arrives as the local address when the gateway
 	// is itself behind a 1:1 NAT.
+	st := s.srv.settings()
+	if st.PublicAddrFunc != nil && !st.PublicAddrFunc().IsValid() {
+		// Following an interface that has no usable address right now:
+		// nothing to advertise until it has one.
+		s.srv.stats.refuse("no-public-address")
+		s.log.Warn("passive reply refused: the public interface has no usable address")
+		return cant(), nil
+	}
 	public := local.Addr()
 	match := local.Addr()
-	if code == ftp.CodeEnteringPassive && s.srv.PublicAddr.IsValid() {
-		public = s.srv.PublicAddr
+	if pub := s.srv.publicAddr(); code == ftp.CodeEnteringPassive && pub.IsValid() {
+		public = pub
 		if s.srv.IsLocal == nil || s.srv.IsLocal(public) {
 			match = public
 		}
@@ -544,13 +635,15 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 		return cant(), nil
 	}
 	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Target: backend}
-	if s.srv.SNAT {
+	if st.SNAT {
 		req.SNAT = addrPortOf(s.server.LocalAddr()).Addr()
 	}
 	m, err := s.srv.NAT.Open(ctx, req)
 	if err != nil {
+		s.srv.stats.refuse("mapping-failed")
 		return cant(), nil
 	}
+	s.srv.stats.rewrite(strconv.Itoa(code))
 	var line []byte
 	if code == ftp.CodeEnteringPassive {
 		line = ftp.AppendPASV(nil, netip.AddrPortFrom(public, m.Public.Port()))
@@ -585,6 +678,7 @@ func (s *session) fixPassive(code int, text, raw []byte) []byte {
 		return ftp.AppendReply(nil, ftp.CodeCantOpenData, "Can't open data connection.")
 	}
 	fixed := netip.AddrPortFrom(server.Addr(), ap.Port())
+	s.srv.stats.rewrite("227-fixed")
 	s.log.Info("227 rewritten: server advertised an address its clients cannot use",
 		"server", server.Addr(), "advertised", ap.Addr(), "port", ap.Port(), "rewritten", fixed)
 	return ftp.AppendPASV(nil, fixed)
@@ -605,7 +699,7 @@ func isTLSFeature(text []byte) bool {
 // writeClientLocked writes to the client under s.mu. A failed write ends
 // the session through the read side, which then sees the closed socket.
 func (s *session) writeClientLocked(b []byte) {
-	_ = s.client.SetWriteDeadline(time.Now().Add(durationOr(s.srv.WriteTimeout, 30*time.Second)))
+	_ = s.client.SetWriteDeadline(time.Now().Add(durationOr(s.srv.settings().WriteTimeout, 30*time.Second)))
 	if _, err := s.client.Write(b); err != nil {
 		// Closing both sockets ends both relay loops; the command loop
 		// then reports the client as gone.
@@ -615,7 +709,7 @@ func (s *session) writeClientLocked(b []byte) {
 }
 
 func (s *session) writeServer(b []byte) error {
-	_ = s.server.SetWriteDeadline(time.Now().Add(durationOr(s.srv.WriteTimeout, 30*time.Second)))
+	_ = s.server.SetWriteDeadline(time.Now().Add(durationOr(s.srv.settings().WriteTimeout, 30*time.Second)))
 	_, err := s.server.Write(b)
 	return err
 }
