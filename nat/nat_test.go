@@ -3,9 +3,9 @@ package nat
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"slices"
 	"sync"
-	"net/netip"
 	"testing"
 	"time"
 

@@ -230,4 +230,3 @@ func TestShutdownDrains(t *testing.T) {
 		t.Fatal("still accepting after Shutdown")
 	}
 }
-
