@@ -4,8 +4,13 @@
 // again off the critical path, returning the port to the pool only once its
 // rules are gone.
 //
+// It also supplies the public address when it follows an interface: an
+// AddrWatcher tracks the interface's address through netlink, and
+// cmd/pasvgate hands its Current to the proxy as Settings.PublicAddrFunc.
+//
 // Its caller is package proxy, which decides what to map and when. nat knows
-// nothing of FTP, and nothing of the kernel beyond the rules.Backend seam.
+// nothing of FTP; it reaches the kernel's rules only through rules.Backend,
+// and its connection tracking only through a FlowFlusher.
 package nat
 
 import (

@@ -31,9 +31,16 @@ type Config struct {
 	Intercept          string        `yaml:"intercept"`
 	InterceptMethod    string        `yaml:"intercept-method"`
 	PublicAddr         string        `yaml:"public-addr"`
+	PublicIface        string        `yaml:"public-iface"`
 	DataPorts          string        `yaml:"data-ports"`
 	DataConnectTimeout time.Duration `yaml:"data-connect-timeout"`
 	IdleTimeout        time.Duration `yaml:"idle-timeout"`
+	LoginTimeout       time.Duration `yaml:"login-timeout"`
+	MaxSessions        int           `yaml:"max-sessions"`
+	MaxSessionsPerIP   int           `yaml:"max-sessions-per-ip"`
+	Keepalive          time.Duration `yaml:"keepalive"`
+	Metrics            string        `yaml:"metrics"`
+	DrainTimeout       time.Duration `yaml:"drain-timeout"`
 	DialTimeout        time.Duration `yaml:"dial-timeout"`
 	MaxLine            int           `yaml:"max-line"`
 	LogFormat          string        `yaml:"log-format"`
@@ -54,6 +61,9 @@ func defaults() Config {
 		DataPorts:          "40000-40999",
 		DataConnectTimeout: 30 * time.Second,
 		IdleTimeout:        10 * time.Minute,
+		LoginTimeout:       time.Minute,
+		Keepalive:          30 * time.Second,
+		DrainTimeout:       time.Minute,
 		DialTimeout:        10 * time.Second,
 		MaxLine:            ftp.DefaultMaxLine,
 		LogFormat:          "text",
@@ -115,6 +125,13 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.Intercept, "intercept", c.Intercept, "transparent mode: install interception of FTP arriving on this LAN `interface`")
 	fs.StringVar(&c.InterceptMethod, "intercept-method", c.InterceptMethod, "transparent mode: how connections are intercepted: redirect or tproxy")
 	fs.StringVar(&c.PublicAddr, "public-addr", c.PublicAddr, "`IP` written into 227 replies (default: the address the client connected to)")
+	fs.StringVar(&c.PublicIface, "public-iface", c.PublicIface, "take the 227 address from this `interface`, following its changes (instead of --public-addr)")
+	fs.DurationVar(&c.LoginTimeout, "login-timeout", c.LoginTimeout, "end a session not logged in this long after it started (0: no limit)")
+	fs.IntVar(&c.MaxSessions, "max-sessions", c.MaxSessions, "most concurrent sessions (0: no limit)")
+	fs.IntVar(&c.MaxSessionsPerIP, "max-sessions-per-ip", c.MaxSessionsPerIP, "most concurrent sessions from one client address (0: no limit)")
+	fs.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "TCP keepalive period on both legs of a session (negative: off)")
+	fs.StringVar(&c.Metrics, "metrics", c.Metrics, "serve Prometheus /metrics and /healthz on this `ADDR:PORT`")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGTERM, how long transfers in progress may finish before sessions are ended")
 	fs.StringVar(&c.DataPorts, "data-ports", c.DataPorts, "public data port range `LOW-HIGH`")
 	fs.DurationVar(&c.DataConnectTimeout, "data-connect-timeout", c.DataConnectTimeout, "how long a data mapping waits for its transfer command")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "end a control session idle this long (not during a transfer)")
@@ -222,6 +239,28 @@ func (c Config) validate() error {
 			if !v4 {
 				return bad("public-addr", "%s is IPv4 but every --listen address is IPv6", a)
 			}
+		}
+	}
+	if c.PublicIface != "" {
+		if c.PublicAddr != "" {
+			return bad("public-iface", "give --public-addr or --public-iface, not both")
+		}
+		if !rules.ValidIface(c.PublicIface) {
+			return bad("public-iface", "%q is not an interface name", c.PublicIface)
+		}
+	}
+	if c.MaxSessions < 0 || c.MaxSessionsPerIP < 0 {
+		return bad("max-sessions", "limits must not be negative")
+	}
+	if c.LoginTimeout < 0 {
+		return bad("login-timeout", "must not be negative")
+	}
+	if c.DrainTimeout < 0 {
+		return bad("drain-timeout", "must not be negative")
+	}
+	if c.Metrics != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics); err != nil {
+			return bad("metrics", "%q: %v", c.Metrics, err)
 		}
 	}
 	pr, err := nat.ParsePortRange(c.DataPorts)
@@ -337,9 +376,11 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// newLogger makes the process logger from the config.
-func newLogger(c Config) *slog.Logger {
-	level, _ := parseLevel(c.LogLevel)
+// newLogger makes the process logger from the config. Its level can be
+// changed later through level (SIGHUP).
+func newLogger(c Config, level *slog.LevelVar) *slog.Logger {
+	l, _ := parseLevel(c.LogLevel)
+	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	if c.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))

@@ -28,14 +28,14 @@ func cmdDemo(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := ftpd.Start(ctx, ftpd.Config{Listen: "127.0.0.2:0", PublicHost: "127.0.0.2", PassivePorts: [2]int{46000, 46099}})
+	srv, err := ftpd.Start(ctx, ftpd.Config{Listen: "127.0.0.2:0", PublicHost: "127.0.0.2", PassivePorts: [2]int{21000, 21099}})
 	if err != nil {
 		return fmt.Errorf("starting the built-in server: %w", err)
 	}
 	defer srv.Close()
 	backend := &fake.Backend{}
 	_ = backend.Setup(ctx)
-	table, err := nat.New(backend, nat.Config{Ports: nat.PortRange{Low: 45000, High: 45099}})
+	table, err := nat.New(backend, nat.Config{Ports: nat.PortRange{Low: 20000, High: 20099}})
 	if err != nil {
 		return err
 	}
@@ -43,15 +43,18 @@ func cmdDemo(args []string) error {
 	if err != nil {
 		return err
 	}
-	p := &proxy.Server{Upstream: srv.Addr().String(), PublicAddr: netip.MustParseAddr("127.0.0.3"), NAT: table,
-		SNAT: true, Logger: slog.New(slog.DiscardHandler)}
+	p := &proxy.Server{
+		Settings: proxy.Settings{Upstream: srv.Addr().String(), PublicAddr: netip.MustParseAddr("127.0.0.3"), SNAT: true},
+		NAT:      table,
+		Logger:   slog.New(slog.DiscardHandler),
+	}
 	served := make(chan error, 1)
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() { served <- p.Serve(sctx, ln) }()
 
 	fmt.Printf("built-in FTP server on %s, advertising its private address\n", srv.Addr())
-	fmt.Printf("pasvgate on %s, public address 127.0.0.3, data ports 45000-45099\n\n", ln.Addr())
+	fmt.Printf("pasvgate on %s, public address 127.0.0.3, data ports 20000-20099\n\n", ln.Addr())
 	direct, err := askPASV(srv.Addr().String())
 	if err != nil {
 		return err

@@ -13,12 +13,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy"
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/conntrack"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
-// shutdownTimeout bounds how long a stop waits for rule removals.
+// shutdownTimeout bounds how long a stop waits for rule removals, after
+// the drain.
 const shutdownTimeout = 30 * time.Second
 
 func cmdRun(args []string) error {
@@ -26,128 +31,386 @@ func cmdRun(args []string) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg, level)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return run(ctx, cfg, log)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return run(ctx, runEnv{args: args, level: level, hup: hup}, cfg, log)
+}
+
+// runEnv is what run needs besides the config: the arguments to re-read
+// the config from on SIGHUP, the log level to change, and the SIGHUP
+// channel (nil: no reloads).
+type runEnv struct {
+	args  []string
+	level *slog.LevelVar
+	hup   <-chan os.Signal
+}
+
+// settings turns the config into the proxy's reloadable settings. pub, if
+// not nil, follows --public-iface.
+func (c Config) settings(pub func() netip.Addr) proxy.Settings {
+	up, up6 := c.upstreams()
+	st := proxy.Settings{
+		Upstream: up, Upstream6: up6, SNAT: c.SNAT, PublicAddrFunc: pub,
+		DialTimeout: c.DialTimeout, IdleTimeout: c.IdleTimeout, LoginTimeout: c.LoginTimeout,
+		Keepalive: c.Keepalive, MaxLine: c.MaxLine,
+		MaxSessions: c.MaxSessions, MaxSessionsPerIP: c.MaxSessionsPerIP,
+	}
+	if c.PublicAddr != "" {
+		st.PublicAddr = netip.MustParseAddr(c.PublicAddr) // validated
+	}
+	return st
+}
+
+// publicSource follows --public-iface while its context lives.
+type publicSource struct {
+	iface  string
+	w      *nat.AddrWatcher
+	cancel context.CancelFunc
+}
+
+func startPublicSource(ctx context.Context, iface string, log *slog.Logger) (*publicSource, error) {
+	if iface == "" {
+		return nil, nil
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	w, err := nat.WatchInterface(wctx, iface, false, log)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("--public-iface %s: %w", iface, err)
+	}
+	return &publicSource{iface: iface, w: w, cancel: cancel}, nil
+}
+
+func (p *publicSource) current() func() netip.Addr {
+	if p == nil {
+		return nil
+	}
+	return p.w.Current
+}
+
+func (p *publicSource) stop() {
+	if p != nil {
+		p.cancel()
+		p.w.Wait()
+	}
+}
+
+// gateway is a running pasvgate: what run starts and must stop.
+type gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	backend rules.Backend
+	table   *nat.Table
+	srv     *proxy.Server
+	pub     *publicSource
+	ic      *rules.Interception
+
+	serveCtx context.Context // sessions end at once when it is cancelled
+	wg       sync.WaitGroup
+	errs     chan error
+	lns      map[string]net.Listener // by --listen address
 }
 
 // run is pasvgate run after its configuration is valid: set up the kernel
-// backend (sweeping an earlier process's leftovers), listen, serve until ctx
-// ends, then end sessions and remove every mapping.
-func run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	backend, err := newBackend(cfg, log)
-	if err != nil {
+// backend (sweeping an earlier process's leftovers), listen, tell systemd
+// it is ready, then serve until ctx ends (drain) or a listener fails,
+// reloading on SIGHUP, and remove every mapping on the way out.
+func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err error) {
+	g := &gateway{cfg: cfg, log: log, errs: make(chan error, 16), lns: map[string]net.Listener{}}
+	if g.backend, err = newBackend(cfg, log); err != nil {
 		return err
 	}
 	setupCtx, cancel := context.WithTimeout(ctx, 4*cfg.RuleTimeout)
-	err = backend.Setup(setupCtx)
+	err = g.backend.Setup(setupCtx)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("setting up kernel rules: %w", err)
 	}
+
+	// Watchers and the metrics server live until the very end, after
+	// the drain: runCtx, not ctx.
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	var flows nat.FlowFlusher
+	if f, ferr := conntrack.New(); ferr != nil {
+		log.Warn("conntrack clean-up is off", "err", ferr)
+	} else {
+		defer f.Close()
+		flows = f
+	}
+	hist := installLatency()
 	ports, _ := nat.ParsePortRange(cfg.DataPorts) // validated
-	table, err := nat.New(backend, nat.Config{
+	g.table, err = nat.New(g.backend, nat.Config{
 		Ports:          ports,
 		ConnectTimeout: cfg.DataConnectTimeout,
 		InstallTimeout: cfg.RuleTimeout,
 		RemoveTimeout:  cfg.RuleTimeout,
 		Logger:         log,
+		Flows:          flows,
+		ObserveInstall: func(d time.Duration, err error) {
+			result := "ok"
+			if err != nil {
+				result = "failed"
+			}
+			hist.WithLabelValues(result).Observe(d.Seconds())
+		},
 	})
 	if err != nil {
 		return err
 	}
-	upstream, upstream6 := cfg.upstreams()
-	srv := &proxy.Server{
-		Upstream:    upstream,
-		Upstream6:   upstream6,
-		Intercept:   cfg.InterceptMethod,
-		NAT:         table,
-		SNAT:        cfg.SNAT,
-		DialTimeout: cfg.DialTimeout,
-		IdleTimeout: cfg.IdleTimeout,
-		MaxLine:     cfg.MaxLine,
-		IsLocal:     isLocalAddr,
-		Logger:      log,
+	// From here on every exit path removes what was installed.
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		if g.ic != nil {
+			if e := g.backend.(rules.Interceptor).StopIntercept(closeCtx, *g.ic); e != nil {
+				err = errors.Join(err, fmt.Errorf("removing interception: %w", e))
+			}
+		}
+		err = errors.Join(err, g.table.Close(closeCtx))
+		g.pub.stop()
+		if err == nil {
+			log.Info("stopped cleanly")
+		}
+	}()
+
+	if g.pub, err = startPublicSource(runCtx, cfg.PublicIface, log); err != nil {
+		return err
 	}
-	if cfg.PublicAddr != "" {
-		srv.PublicAddr = netip.MustParseAddr(cfg.PublicAddr) // validated
+	g.srv = &proxy.Server{
+		Settings:  cfg.settings(g.pub.current()),
+		Intercept: cfg.InterceptMethod,
+		NAT:       g.table,
+		IsLocal:   isLocalAddr,
+		Logger:    log,
+	}
+	serveCtx, cancelServe := context.WithCancel(context.Background())
+	defer cancelServe()
+	g.serveCtx = serveCtx
+	for _, addr := range cfg.Listen {
+		if err := g.listen(ctx, addr); err != nil {
+			g.srv.Shutdown(canceled())
+			g.wg.Wait()
+			return err
+		}
+	}
+	if err := g.intercept(ctx); err != nil {
+		g.srv.Shutdown(canceled())
+		g.wg.Wait()
+		return err
+	}
+	var stopMetrics func()
+	if cfg.Metrics != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(newCollector(g.srv, g.table), hist)
+		healthy := func() error {
+			if ctx.Err() != nil {
+				return errors.New("draining")
+			}
+			if f := g.pub.current(); f != nil && !f().IsValid() {
+				return errors.New("no public address")
+			}
+			return nil
+		}
+		if stopMetrics, err = serveMetrics(cfg.Metrics, reg, healthy, log); err != nil {
+			g.srv.Shutdown(canceled())
+			g.wg.Wait()
+			return err
+		}
+		defer stopMetrics()
 	}
 
-	transparent := len(cfg.Upstream) == 0
-	var lns []net.Listener
-	closeAll := func() {
-		for _, l := range lns {
-			l.Close()
-		}
-		_ = table.Close(context.Background())
-	}
-	for _, addr := range cfg.Listen {
-		ln, err := listen(ctx, addr, transparent && cfg.InterceptMethod == rules.TProxy)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("--listen %s: %w", addr, err)
-		}
-		lns = append(lns, ln)
-	}
-	var ic *rules.Interception
-	if cfg.Intercept != "" {
-		icpt, ok := backend.(rules.Interceptor)
-		if !ok {
-			closeAll()
-			return fmt.Errorf("--intercept: the %s backend cannot intercept", cfg.Backend)
-		}
-		ic = &rules.Interception{Iface: cfg.Intercept, Port: 21, Method: cfg.InterceptMethod,
-			ListenPort: uint16(lns[0].Addr().(*net.TCPAddr).Port)}
-		ictx, cancel := context.WithTimeout(ctx, 4*cfg.RuleTimeout)
-		err := icpt.Intercept(ictx, *ic)
-		cancel()
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("--intercept %s: %w", cfg.Intercept, err)
-		}
-		log.Info("intercepting FTP", "iface", ic.Iface, "method", ic.Method, "listen_port", ic.ListenPort)
-	}
 	mode := "reverse"
-	if transparent {
+	if len(cfg.Upstream) == 0 {
 		mode = "transparent"
 	}
 	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.Listen, "upstream", []string(cfg.Upstream),
-		"public_addr", cfg.PublicAddr, "data_ports", cfg.DataPorts, "backend", cfg.Backend, "snat", cfg.SNAT)
+		"public_addr", cfg.PublicAddr, "public_iface", cfg.PublicIface, "data_ports", cfg.DataPorts,
+		"backend", cfg.Backend, "snat", cfg.SNAT, "metrics", cfg.Metrics)
+	notify(log, daemon.SdNotifyReady)
 
-	var wg sync.WaitGroup
-	errs := make(chan error, len(lns))
-	serveCtx, cancelServe := context.WithCancel(ctx)
-	for _, ln := range lns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(serveCtx, ln); err != nil {
-				errs <- err
-				cancelServe() // one broken listener stops the process
-			}
-		}()
-	}
-	wg.Wait()
-	cancelServe()
-	close(errs)
-
-	log.Info("stopping: removing rules")
-	closeCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if ic != nil {
-		if e := backend.(rules.Interceptor).StopIntercept(closeCtx, *ic); e != nil {
-			err = errors.Join(err, fmt.Errorf("removing interception: %w", e))
+	var serveErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case serveErr = <-g.errs:
+			log.Error("a listener failed: stopping", "err", serveErr)
+			break loop
+		case <-env.hup:
+			g.reload(ctx, env, log)
 		}
 	}
-	err = errors.Join(err, table.Close(closeCtx))
-	for e := range errs {
-		err = errors.Join(err, e)
+
+	notify(log, daemon.SdNotifyStopping)
+	log.Info("stopping: draining sessions", "drain_timeout", g.cfg.DrainTimeout)
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
+	g.srv.Shutdown(drainCtx)
+	cancelDrain()
+	cancelServe()
+	g.wg.Wait()
+	log.Info("stopping: removing rules")
+	return serveErr
+}
+
+// canceled is an already-ended context, for a Shutdown without drain.
+func canceled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// listen opens one --listen address and serves it.
+func (g *gateway) listen(ctx context.Context, addr string) error {
+	ln, err := listen(ctx, addr, len(g.cfg.Upstream) == 0 && g.cfg.InterceptMethod == rules.TProxy)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", addr, err)
 	}
-	if err == nil {
-		log.Info("stopped cleanly")
+	g.lns[addr] = ln
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := g.srv.Serve(g.serveCtx, ln); err != nil {
+			select {
+			case g.errs <- err:
+			default:
+			}
+		}
+	}()
+	return nil
+}
+
+// intercept installs --intercept, if given.
+func (g *gateway) intercept(ctx context.Context) error {
+	if g.cfg.Intercept == "" {
+		return nil
 	}
-	return err
+	icpt, ok := g.backend.(rules.Interceptor)
+	if !ok {
+		return fmt.Errorf("--intercept: the %s backend cannot intercept", g.cfg.Backend)
+	}
+	var port uint16
+	for _, ln := range g.lns {
+		port = uint16(ln.Addr().(*net.TCPAddr).Port)
+		break
+	}
+	ic := rules.Interception{Iface: g.cfg.Intercept, Port: 21, Method: g.cfg.InterceptMethod, ListenPort: port}
+	ictx, cancel := context.WithTimeout(ctx, 4*g.cfg.RuleTimeout)
+	defer cancel()
+	if err := icpt.Intercept(ictx, ic); err != nil {
+		return fmt.Errorf("--intercept %s: %w", g.cfg.Intercept, err)
+	}
+	g.ic = &ic
+	g.log.Info("intercepting FTP", "iface", ic.Iface, "method", ic.Method, "listen_port", ic.ListenPort)
+	return nil
+}
+
+// restartOnly are the settings a reload cannot change: they shape kernel
+// state or the process itself. A reload that changes one keeps the old
+// value and says so.
+func restartOnly(old, new Config) []string {
+	var keys []string
+	add := func(changed bool, key string) {
+		if changed {
+			keys = append(keys, key)
+		}
+	}
+	add((len(old.Upstream) == 0) != (len(new.Upstream) == 0), "upstream (reverse vs transparent mode)")
+	add(old.DataPorts != new.DataPorts, "data-ports")
+	add(old.DataConnectTimeout != new.DataConnectTimeout, "data-connect-timeout")
+	add(old.Backend != new.Backend, "backend")
+	add(old.IptablesPath != new.IptablesPath, "iptables-path")
+	add(old.RuleTimeout != new.RuleTimeout, "rule-timeout")
+	add(old.ConnMark != new.ConnMark, "connmark")
+	add(old.JumpCheckInterval != new.JumpCheckInterval, "jump-check-interval")
+	add(old.Intercept != new.Intercept, "intercept")
+	add(old.InterceptMethod != new.InterceptMethod, "intercept-method")
+	add(old.Metrics != new.Metrics, "metrics")
+	add(old.LogFormat != new.LogFormat, "log-format")
+	return keys
+}
+
+// reload re-reads the config file (SIGHUP). Limits, log level, public
+// address and upstream change in place for what reads them next; new
+// listen addresses open and removed ones close, with their sessions left
+// to finish. Nothing established is dropped. An invalid file changes
+// nothing.
+func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
+	notifyReloading(log)
+	defer notify(log, daemon.SdNotifyReady)
+	cfg, err := loadConfig(env.args)
+	if err != nil {
+		log.Error("reload refused: the configuration is invalid; keeping the running one", "err", err)
+		return
+	}
+	if keys := restartOnly(g.cfg, cfg); len(keys) > 0 {
+		log.Warn("reload: these settings need a restart and keep their running values", "keys", keys)
+		old := g.cfg
+		cfg.Upstream, cfg.DataPorts, cfg.DataConnectTimeout = old.Upstream, old.DataPorts, old.DataConnectTimeout
+		cfg.Backend, cfg.IptablesPath, cfg.RuleTimeout, cfg.ConnMark = old.Backend, old.IptablesPath, old.RuleTimeout, old.ConnMark
+		cfg.JumpCheckInterval, cfg.Intercept, cfg.InterceptMethod = old.JumpCheckInterval, old.Intercept, old.InterceptMethod
+		cfg.Metrics, cfg.LogFormat = old.Metrics, old.LogFormat
+	}
+	if l, err := parseLevel(cfg.LogLevel); err == nil {
+		env.level.Set(l)
+	}
+	pub := g.pub
+	if cfg.PublicIface != g.cfg.PublicIface {
+		np, err := startPublicSource(context.Background(), cfg.PublicIface, log)
+		if err != nil {
+			log.Error("reload: keeping the running public address", "err", err)
+			cfg.PublicIface, cfg.PublicAddr = g.cfg.PublicIface, g.cfg.PublicAddr
+		} else {
+			pub = np
+		}
+	}
+	g.srv.Reload(cfg.settings(pub.current()))
+	if pub != g.pub {
+		g.pub.stop()
+		g.pub = pub
+	}
+	want := map[string]bool{}
+	for _, addr := range cfg.Listen {
+		want[addr] = true
+		if _, ok := g.lns[addr]; !ok {
+			if err := g.listen(ctx, addr); err != nil {
+				log.Error("reload: cannot open a new listener", "err", err)
+				continue
+			}
+			log.Info("reload: listening", "addr", addr)
+		}
+	}
+	for addr, ln := range g.lns {
+		if !want[addr] {
+			ln.Close() // its sessions go on until they end
+			delete(g.lns, addr)
+			log.Info("reload: stopped listening", "addr", addr)
+		}
+	}
+	g.cfg = cfg
+	log.Info("reloaded", "config", cfg.Config)
+}
+
+// notify tells systemd about the service state; outside systemd it does
+// nothing.
+func notify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("sd_notify failed", "state", state, "err", err)
+	}
+}
+
+// notifyReloading sends RELOADING=1 with the monotonic timestamp that
+// systemd's Type=notify-reload asks for.
+func notifyReloading(log *slog.Logger) {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	notify(log, fmt.Sprintf("%s\nMONOTONIC_USEC=%d", daemon.SdNotifyReloading, ts.Nano()/1000))
 }
 
 // listen opens a control listener. A TPROXY listener needs IP_TRANSPARENT
@@ -204,7 +467,7 @@ func cmdRules(args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err}
 	}
-	log := newLogger(cfg)
+	log := newLogger(cfg, new(slog.LevelVar))
 	backend, err := newBackend(cfg, log)
 	if err != nil {
 		return err

@@ -115,6 +115,18 @@ func (p *proc) output() string {
 	return p.out.String()
 }
 
+// waitOutput waits (bounded) until the process has printed substr; its
+// output arrives through a pipe, after whatever it caused.
+func (p *proc) waitOutput(substr string) bool {
+	for i := 0; i < 250; i++ {
+		if strings.Contains(p.output(), substr) {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
 func (p *proc) wait(t *testing.T) error {
 	t.Helper()
 	select {

@@ -1,0 +1,235 @@
+package lifecycle
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pasvgate/pasvgate/test/netns"
+)
+
+// session is a raw control connection made inside a namespace.
+type session struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialSession(t *testing.T, ns *netns.NS) *session {
+	t.Helper()
+	c, err := ns.Dial(context.Background(), "tcp", "", "203.0.113.1:21")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	return &session{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+func (s *session) reply() string {
+	s.t.Helper()
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			s.t.Fatalf("reading a reply: %v", err)
+		}
+		if len(line) > 3 && line[3] == '-' {
+			continue
+		}
+		return strings.TrimRight(line, "\r\n")
+	}
+}
+
+func (s *session) cmd(line string) string {
+	s.t.Helper()
+	fmt.Fprintf(s.c, "%s\r\n", line)
+	return s.reply()
+}
+
+func (s *session) login() {
+	s.t.Helper()
+	if r := s.reply(); !strings.HasPrefix(r, "220") {
+		s.t.Fatalf("greeting %q", r)
+	}
+	s.cmd("USER anonymous")
+	if r := s.cmd("PASS x"); !strings.HasPrefix(r, "230") {
+		s.t.Fatalf("login %q", r)
+	}
+}
+
+var addr227 = regexp.MustCompile(`^227 Entering Passive Mode \((\d+,\d+,\d+,\d+),`)
+
+func pasvAddr(t *testing.T, reply string) string {
+	t.Helper()
+	m := addr227.FindStringSubmatch(reply)
+	if m == nil {
+		t.Fatalf("not a 227: %q", reply)
+	}
+	return strings.ReplaceAll(m[1], ",", ".")
+}
+
+// scrape fetches /metrics (or another path) from inside the namespace.
+func scrape(t *testing.T, ns *netns.NS, path string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return ns.Dial(ctx, network, "", addr)
+		},
+	}}
+	resp, err := client.Get("http://127.0.0.1:9121" + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func metric(t *testing.T, body, name string) string {
+	t.Helper()
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, name+" ") {
+			return strings.TrimPrefix(l, name+" ")
+		}
+	}
+	return ""
+}
+
+// TestReloadMetricsAndPublicIface runs the binary with a config file, a
+// metrics listener and --public-iface: the metrics move with a session, a
+// renumbered interface shows in the next 227 of the same session, and a
+// SIGHUP with a new limit applies to new sessions without dropping the
+// established one.
+func TestReloadMetricsAndPublicIface(t *testing.T) {
+	netns.RequireRoot(t)
+	pasvgate, ftpd := build(t)
+	ns := gateway(t)
+	// The "WAN" interface whose address pasvgate follows: a veth pair
+	// inside the namespace (this kernel has no dummy links).
+	ns.MustRun(t, "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan0p")
+	ns.MustRun(t, "ip", "link", "set", "wan0", "up")
+	ns.MustRun(t, "ip", "link", "set", "wan0p", "up")
+	ns.MustRun(t, "ip", "addr", "add", "203.0.113.50/24", "dev", "wan0")
+	// Renumbering adds the new address before removing the old; without
+	// promotion the kernel would drop the new one (a secondary in the same
+	// subnet) along with the old primary.
+	if err := ns.Sysctl("net.ipv4.conf.wan0.promote_secondaries", "1"); err != nil {
+		t.Fatal(err)
+	}
+
+	start(t, ns, "listening on", ftpd, "--listen", "192.0.2.10:21", "--public-host", "192.0.2.10",
+		"--passive-ports", "30000-30099")
+	conf := filepath.Join(t.TempDir(), "pasvgate.yaml")
+	write := func(body string) {
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("listen: [203.0.113.1:21]\nupstream: 192.0.2.10:21\npublic-iface: wan0\ndata-ports: 41000-41099\n" +
+		"metrics: 127.0.0.1:9121\niptables-path: iptables-nft\n")
+	p := start(t, ns, "pasvgate started", pasvgate, "run", "--config", conf)
+
+	if code, body := scrape(t, ns, "/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
+		t.Fatalf("/healthz = %d %q", code, body)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("pasvgate output:\n%s", p.output())
+		}
+	})
+	s1 := dialSession(t, ns)
+	s1.login()
+	if got := pasvAddr(t, s1.cmd("PASV")); got != "203.0.113.50" {
+		t.Fatalf("227 carries %s, want the interface's 203.0.113.50", got)
+	}
+	_, body := scrape(t, ns, "/metrics")
+	for name, want := range map[string]string{
+		"pasvgate_sessions_active":                            "1",
+		"pasvgate_mappings_active":                            "1",
+		`pasvgate_rewrites_total{kind="227"}`:                 "1",
+		`pasvgate_mapping_install_seconds_count{result="ok"}`: "1",
+		"pasvgate_data_ports":                                 "100",
+	} {
+		if got := metric(t, body, name); got != want {
+			t.Errorf("%s = %q, want %s", name, got, want)
+		}
+	}
+
+	// Renumbering: the next 227 of the same session carries the new
+	// address; with no address at all, PASV gets 425 and /healthz says so.
+	ns.MustRun(t, "ip", "addr", "add", "203.0.113.51/24", "dev", "wan0")
+	ns.MustRun(t, "ip", "addr", "del", "203.0.113.50/24", "dev", "wan0")
+	var got string
+	for i := 0; i < 50; i++ {
+		if r := s1.cmd("PASV"); strings.HasPrefix(r, "227 ") {
+			if got = pasvAddr(t, r); got == "203.0.113.51" {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got != "203.0.113.51" {
+		t.Fatalf("after renumbering the 227 carries %s, want 203.0.113.51", got)
+	}
+	ns.MustRun(t, "ip", "addr", "del", "203.0.113.51/24", "dev", "wan0")
+	var r string
+	for i := 0; i < 50; i++ {
+		if r = s1.cmd("PASV"); strings.HasPrefix(r, "425 ") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.HasPrefix(r, "425 ") {
+		t.Fatalf("PASV with no public address: %q, want 425", r)
+	}
+	if code, _ := scrape(t, ns, "/healthz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz with no public address = %d, want 503", code)
+	}
+	ns.MustRun(t, "ip", "addr", "add", "203.0.113.52/24", "dev", "wan0")
+
+	// SIGHUP: a session limit applies to new sessions; the open one stays.
+	write("listen: [203.0.113.1:21]\nupstream: 192.0.2.10:21\npublic-iface: wan0\ndata-ports: 41000-41099\n" +
+		"metrics: 127.0.0.1:9121\niptables-path: iptables-nft\nmax-sessions: 1\nlog-level: debug\n")
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	if !p.waitOutput("reloaded") {
+		t.Fatalf("no reload logged:\n%s", p.output())
+	}
+	s2 := dialSession(t, ns)
+	if r := s2.reply(); !strings.HasPrefix(r, "421 ") {
+		t.Fatalf("a second session over the reloaded limit got %q, want 421", r)
+	}
+	if r := s1.cmd("NOOP"); !strings.HasPrefix(r, "200") {
+		t.Fatalf("the established session after the reload: %q", r)
+	}
+	if got := pasvAddr(t, s1.cmd("PASV")); got != "203.0.113.52" {
+		t.Fatalf("227 after the reload carries %s", got)
+	}
+	if !p.waitOutput("passive reply rewritten") {
+		t.Error("the reloaded log level (debug) did not take effect")
+	}
+	_, body = scrape(t, ns, "/metrics")
+	if got := metric(t, body, `pasvgate_sessions_refused_total{reason="max-sessions"}`); got != "1" {
+		t.Errorf("max-sessions refusals = %q, want 1", got)
+	}
+	// A bad config on SIGHUP changes nothing.
+	write("listen: [203.0.113.1:21]\nupstream: 192.0.2.10:21\ndata-ports: 9-1\n")
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	refused := p.waitOutput("reload refused")
+	if r := s1.cmd("NOOP"); !strings.HasPrefix(r, "200") || !refused {
+		t.Fatalf("after a bad reload: %q\n%s", r, p.output())
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+}
