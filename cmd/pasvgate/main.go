@@ -20,6 +20,8 @@ const usage = `usage: pasvgate <command> [flags]
 commands:
   run       run the proxy (see pasvgate run -h)
   rules     list or flush pasvgate's kernel rules: pasvgate rules list|flush
+  probe     check an FTP server's passive set-up: pasvgate probe ftp://[user[:pass]@]host[:port]
+  audit     report FTP control sessions in a capture: pasvgate audit FILE.pcap | --iface IFACE --duration D
   demo      run the built-in demonstration
   version   print the version
 `
@@ -42,6 +44,10 @@ func realMain(args []string) int {
 		err = cmdRules(args[1:])
 	case "demo":
 		err = cmdDemo(args[1:])
+	case "probe":
+		err = cmdProbe(args[1:])
+	case "audit":
+		err = cmdAudit(args[1:])
 	case "version", "-version", "--version":
 		fmt.Println("pasvgate", version)
 		return 0
