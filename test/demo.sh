@@ -67,6 +67,15 @@ ip netns exec "$G" iptables-nft -P FORWARD DROP
 ip -n "$S" addr add 192.0.2.10/24 dev eth0
 ip -n "$S" link set eth0 up
 ip -n "$S" route add default via 192.0.2.1
+# A slow client link and small TCP buffers (both per namespace) make the
+# transfer last, so that the server's final reply, and with it the end of
+# the mapping, comes when the data has really crossed: otherwise the server
+# hands 1 MiB to its socket buffers and says 226 at once.
+ip netns exec "$C" tc qdisc add dev eth0 root tbf rate 2mbit burst 32kbit latency 400ms
+ip netns exec "$G" tc qdisc add dev pub0 root tbf rate 2mbit burst 32kbit latency 400ms
+for ns in "$C" "$S"; do
+	ip netns exec "$ns" sysctl -qw net.ipv4.tcp_rmem="4096 16384 65536" net.ipv4.tcp_wmem="4096 16384 65536"
+done
 
 mkdir -p "$work/root"
 head -c 1048576 /dev/urandom >"$work/root/demo.bin"
@@ -87,16 +96,18 @@ for _ in $(seq 100); do
 done
 grep -q "pasvgate started" "$work/pasvgate.log" || { cat "$work/pasvgate.log"; exit 1; }
 
-step "the client downloads 1 MiB over PASV, trusting the 227 address (rate-limited, so the rule can be seen)"
-ip netns exec "$C" curl -sS -v --disable-epsv --no-ftp-skip-pasv-ip --limit-rate 256k --max-time 30 \
+step "the client downloads 1 MiB over PASV, trusting the 227 address (over a 2 Mbit/s link, so the rule can be seen)"
+ip netns exec "$C" curl -sS -v --disable-epsv --no-ftp-skip-pasv-ip --max-time 40 \
 	-o "$work/got.bin" ftp://anonymous:demo@203.0.113.1/demo.bin 2>"$work/curl.log" &
 curl_pid=$!
 pids+=($curl_pid)
 rule=""
-for _ in $(seq 100); do
-	rule=$(ip netns exec "$G" iptables-nft-save -t nat | grep -- '-A PASVGATE-DNAT' || true)
+# Listing one chain is cheaper than a whole iptables-save, so the poll keeps
+# up even on a busy machine.
+for _ in $(seq 500); do
+	rule=$(ip netns exec "$G" iptables-nft -t nat -S PASVGATE-DNAT 2>/dev/null | grep -- '-A PASVGATE-DNAT' || true)
 	[ -n "$rule" ] && break
-	sleep 0.05
+	sleep 0.02
 done
 wait "$curl_pid"
 
