@@ -32,8 +32,12 @@ test: deps build
 demo:
 	bash test/demo.sh
 
+# bench compares pasvgate (iptables-nft and -legacy), the kernel's FTP helper
+# and plain routing in one netns lab, rounds interleaved (root; ~3 minutes),
+# after the proxy's NOOP micro-benchmark.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./proxy/...
+	$(GO) run ./test/bench -pasvgate $(BIN)
 
 # fuzz runs every fuzz target of the wire codec for FUZZTIME each.
 fuzz:

@@ -152,8 +152,10 @@ func (s *Server) publicAddr() netip.Addr {
 func (s *Server) transparent() bool { return s.Settings.Upstream == "" }
 
 // Serve accepts sessions on ln until ctx is cancelled, Shutdown is called,
-// or ln fails; then it ends its own sessions (at once if ctx was
-// cancelled, after draining under Shutdown) and waits for them.
+// or ln is closed; then it ends its own sessions (at once if ctx was
+// cancelled, after draining under Shutdown) and waits for them. Other
+// accept errors are retried with a backoff. It returns an error only for a
+// Server that is not usable.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if s.NAT == nil {
 		return errors.New("proxy: Server needs NAT")
@@ -182,16 +184,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var err error
+	var backoff time.Duration
 	for {
 		var c net.Conn
 		c, err = ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				break
 			}
-			break
+			// Out of file descriptors, a connection reset before accept,
+			// and the like pass: refusing to serve for good because of
+			// one would turn a load spike into an outage.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.logger().Warn("accept failed; retrying", "listener", ln.Addr().String(), "err", err, "backoff", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			continue
 		}
+		backoff = 0
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -199,13 +211,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}()
 	}
 	wg.Wait()
-	s.mu.Lock()
-	draining := s.draining
-	s.mu.Unlock()
-	if ctx.Err() != nil || draining || errors.Is(err, net.ErrClosed) {
-		return nil
-	}
-	return fmt.Errorf("proxy: accepting on %s: %w", ln.Addr(), err)
+	return nil
 }
 
 // Shutdown stops accepting on every listener and drains: sessions without

@@ -1,0 +1,73 @@
+// Command ftpload is the benchmark's FTP client. The orchestrator in
+// test/bench runs it inside the client namespace (ip netns exec) against
+// each gateway in turn; it runs the workload its flags name (see
+// test/bench/load) and prints one JSON object (load.Result) on stdout.
+// Errors go to stderr with exit status 1; a run that exceeds -deadline
+// exits with status 3, so a hung transfer can never hang the benchmark.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/pasvgate/pasvgate/test/bench/load"
+)
+
+func main() {
+	var (
+		cfg      load.Config
+		addr     string
+		deadline time.Duration
+	)
+	flag.StringVar(&addr, "addr", "", "control `address:port` to dial")
+	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "bound on each step (connect, reply, transfer)")
+	flag.DurationVar(&deadline, "deadline", 5*time.Minute, "bound on the whole run")
+	flag.IntVar(&cfg.Noops, "noops", 0, "NOOP round trips in one session")
+	flag.IntVar(&cfg.Gets, "gets", 0, "sequential small downloads in one session, with PASV and again with EPSV")
+	flag.IntVar(&cfg.Sessions, "sessions", 0, "whole sessions (connect, login, one small download, QUIT)")
+	flag.IntVar(&cfg.Bulk, "bulk", 0, "big downloads and uploads")
+	flag.IntVar(&cfg.Profile, "profile", 0, "single small downloads to time phase by phase")
+	flag.DurationVar(&cfg.ProfileGap, "profile-gap", 200*time.Millisecond, "pause after each profiled download")
+	flag.StringVar(&cfg.SmallFile, "small", "small.bin", "small file to download")
+	flag.Int64Var(&cfg.SmallSize, "small-size", 1024, "its size in bytes")
+	flag.StringVar(&cfg.BigFile, "big", "big.bin", "big file to download")
+	flag.Int64Var(&cfg.BigSize, "big-size", 256<<20, "its size in bytes")
+	flag.StringVar(&cfg.UploadFile, "upload", "up/upload.bin", "where to upload")
+	flag.Int64Var(&cfg.UploadSize, "upload-size", 256<<20, "upload size in bytes")
+	flag.Parse()
+
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "ftpload: need -addr IP:PORT and no arguments")
+		os.Exit(2)
+	}
+	cfg.Addr = ap
+
+	ctx, cancel := context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	// Steps are bounded by socket deadlines; this is the backstop for
+	// anything that is not.
+	time.AfterFunc(deadline+5*time.Second, func() {
+		fmt.Fprintf(os.Stderr, "ftpload: still running after %v\n", deadline)
+		os.Exit(3)
+	})
+	res, err := load.Run(ctx, cfg)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			fmt.Fprintf(os.Stderr, "ftpload: deadline %v exceeded: %v\n", deadline, err)
+			os.Exit(3)
+		}
+		fmt.Fprintln(os.Stderr, "ftpload:", err)
+		os.Exit(1)
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+		fmt.Fprintln(os.Stderr, "ftpload:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,287 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Config is one run of the client. A zero count skips that part, so the
+// same program serves the full suite, a bulk-only run and a profile.
+type Config struct {
+	// Addr is the control address to dial.
+	Addr netip.AddrPort
+	// Timeout bounds every single step: a connect, a reply, a transfer.
+	Timeout time.Duration
+
+	// Noops is the number of NOOP round trips in one session.
+	Noops int
+	// Gets is the number of sequential small downloads in one session,
+	// done once with PASV and once with EPSV.
+	Gets int
+	// Sessions is the number of whole sessions: connect, log in, one
+	// small download, QUIT.
+	Sessions int
+	// Bulk is the number of big downloads and big uploads.
+	Bulk int
+	// Profile is the number of single small downloads to time phase by
+	// phase, ProfileGap apart so that the gateway's off-path work for one
+	// (rule removal) is over before the next begins.
+	Profile    int
+	ProfileGap time.Duration
+
+	// SmallFile is what Gets, Sessions and Profile download; it must be
+	// SmallSize bytes long.
+	SmallFile string
+	SmallSize int64
+	// BigFile is what Bulk downloads; it must be BigSize bytes long.
+	BigFile string
+	BigSize int64
+	// UploadFile is where Bulk uploads UploadSize bytes; it is deleted
+	// after each upload has been checked.
+	UploadFile string
+	UploadSize int64
+}
+
+// Result is what a run measured. Rates use MB = 10^6 bytes.
+type Result struct {
+	// PASVAddr and EPSVAddr are where the first PASV and EPSV data
+	// connections went: the orchestrator checks them against the gateway
+	// under test.
+	PASVAddr string `json:"pasv_addr,omitempty"`
+	EPSVAddr string `json:"epsv_addr,omitempty"`
+
+	// NoopUS is the mean NOOP round trip in microseconds; P50 and P99 are
+	// over the individual round trips of the same session.
+	NoopUS    float64 `json:"noop_us,omitempty"`
+	NoopP50US float64 `json:"noop_p50_us,omitempty"`
+	NoopP99US float64 `json:"noop_p99_us,omitempty"`
+
+	// PASVPerSec and EPSVPerSec are small downloads per second in one
+	// session, everything from PASV/EPSV to 226 included.
+	PASVPerSec float64 `json:"pasv_per_sec,omitempty"`
+	EPSVPerSec float64 `json:"epsv_per_sec,omitempty"`
+
+	// SessionsPerSec counts whole sessions per second.
+	SessionsPerSec float64 `json:"sessions_per_sec,omitempty"`
+
+	// DownMBps and UpMBps hold one rate per bulk transfer, from RETR/STOR
+	// sent until 226: the data path. DownSetupMBps and UpSetupMBps are the
+	// same transfers from PASV sent, so they include the data port set-up.
+	DownMBps      []float64 `json:"down_mbps,omitempty"`
+	UpMBps        []float64 `json:"up_mbps,omitempty"`
+	DownSetupMBps []float64 `json:"down_setup_mbps,omitempty"`
+	UpSetupMBps   []float64 `json:"up_setup_mbps,omitempty"`
+
+	// Profile holds one entry per profiled transfer.
+	Profile []Sample `json:"profile,omitempty"`
+}
+
+// Sample is one profiled transfer, in milliseconds.
+type Sample struct {
+	PassiveMS float64 `json:"passive_ms"`
+	ConnectMS float64 `json:"connect_ms"`
+	OpenMS    float64 `json:"open_ms"`
+	DataMS    float64 `json:"data_ms"`
+	FinalMS   float64 `json:"final_ms"`
+	TotalMS   float64 `json:"total_ms"`
+	// DoneUnixNano is when the 226 arrived (wall clock).
+	DoneUnixNano int64 `json:"done_unix_nano"`
+}
+
+// Run runs cfg's workload and returns what it measured. Any failure (a
+// refused command, a short transfer) ends the run with an error: a number
+// measured over a broken path would be a lie.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	var res Result
+	if cfg.Noops > 0 || cfg.Gets > 0 || cfg.Bulk > 0 {
+		if err := oneSession(ctx, cfg, &res); err != nil {
+			return res, err
+		}
+	}
+	if cfg.Sessions > 0 {
+		if err := sessions(ctx, cfg, &res); err != nil {
+			return res, err
+		}
+	}
+	if cfg.Profile > 0 {
+		if err := profile(ctx, cfg, &res); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// oneSession runs the NOOPs, the sequential small downloads and the bulk
+// transfers, in that order, in one control session.
+func oneSession(ctx context.Context, cfg Config, res *Result) error {
+	c, err := Dial(ctx, cfg.Addr, cfg.Timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Login(); err != nil {
+		return err
+	}
+
+	if cfg.Noops > 0 {
+		rtt := make([]time.Duration, cfg.Noops)
+		start := time.Now()
+		for i := range rtt {
+			t := time.Now()
+			if err := c.Noop(); err != nil {
+				return err
+			}
+			rtt[i] = time.Since(t)
+		}
+		res.NoopUS = us(time.Since(start)) / float64(cfg.Noops)
+		slices.Sort(rtt)
+		res.NoopP50US = us(rtt[len(rtt)/2])
+		res.NoopP99US = us(rtt[len(rtt)*99/100])
+	}
+
+	if cfg.Gets > 0 {
+		buf := make([]byte, 64<<10)
+		for _, epsv := range []bool{false, true} {
+			start := time.Now()
+			for i := range cfg.Gets {
+				n, t, err := c.Retr(ctx, cfg.SmallFile, epsv, buf)
+				if err != nil {
+					return err
+				}
+				if n != cfg.SmallSize {
+					return fmt.Errorf("download %d of %s: got %d bytes, want %d", i, cfg.SmallFile, n, cfg.SmallSize)
+				}
+				if i == 0 {
+					if epsv {
+						res.EPSVAddr = t.Addr.String()
+					} else {
+						res.PASVAddr = t.Addr.String()
+					}
+				}
+			}
+			rate := float64(cfg.Gets) / time.Since(start).Seconds()
+			if epsv {
+				res.EPSVPerSec = rate
+			} else {
+				res.PASVPerSec = rate
+			}
+		}
+	}
+
+	if cfg.Bulk > 0 {
+		buf := make([]byte, 256<<10)
+		chunk := make([]byte, 1<<20)
+		for i := range chunk {
+			chunk[i] = byte(i * 7)
+		}
+		for range cfg.Bulk {
+			n, t, err := c.Retr(ctx, cfg.BigFile, false, buf)
+			if err != nil {
+				return err
+			}
+			if n != cfg.BigSize {
+				return fmt.Errorf("download of %s: got %d bytes, want %d", cfg.BigFile, n, cfg.BigSize)
+			}
+			if res.PASVAddr == "" {
+				res.PASVAddr = t.Addr.String()
+			}
+			res.DownMBps = append(res.DownMBps, mbps(n, t.Open+t.Data+t.Final))
+			res.DownSetupMBps = append(res.DownSetupMBps, mbps(n, t.Total()))
+
+			t, err = c.Stor(ctx, cfg.UploadFile, false, cfg.UploadSize, chunk)
+			if err != nil {
+				return err
+			}
+			// Checked and removed outside the timing: the server must
+			// have every byte, and the next upload starts from nothing.
+			got, err := c.Size(cfg.UploadFile)
+			if err != nil {
+				return err
+			}
+			if got != cfg.UploadSize {
+				return fmt.Errorf("upload of %s: server has %d bytes, want %d", cfg.UploadFile, got, cfg.UploadSize)
+			}
+			if err := c.Delete(cfg.UploadFile); err != nil {
+				return err
+			}
+			res.UpMBps = append(res.UpMBps, mbps(cfg.UploadSize, t.Open+t.Data+t.Final))
+			res.UpSetupMBps = append(res.UpSetupMBps, mbps(cfg.UploadSize, t.Total()))
+		}
+	}
+	return c.Quit()
+}
+
+// sessions times whole short sessions: what a batch job fetching one file
+// per connection costs.
+func sessions(ctx context.Context, cfg Config, res *Result) error {
+	buf := make([]byte, 64<<10)
+	start := time.Now()
+	for i := range cfg.Sessions {
+		c, err := Dial(ctx, cfg.Addr, cfg.Timeout)
+		if err != nil {
+			return fmt.Errorf("session %d: %w", i, err)
+		}
+		err = c.Login()
+		if err == nil {
+			var n int64
+			n, _, err = c.Retr(ctx, cfg.SmallFile, false, buf)
+			if err == nil && n != cfg.SmallSize {
+				err = fmt.Errorf("got %d bytes of %s, want %d", n, cfg.SmallFile, cfg.SmallSize)
+			}
+		}
+		if err == nil {
+			err = c.Quit()
+		} else {
+			c.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("session %d: %w", i, err)
+		}
+	}
+	res.SessionsPerSec = float64(cfg.Sessions) / time.Since(start).Seconds()
+	return nil
+}
+
+// profile times single small downloads phase by phase, spaced apart.
+func profile(ctx context.Context, cfg Config, res *Result) error {
+	c, err := Dial(ctx, cfg.Addr, cfg.Timeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Login(); err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	for i := range cfg.Profile {
+		n, t, err := c.Retr(ctx, cfg.SmallFile, false, buf)
+		if err != nil {
+			return err
+		}
+		if n != cfg.SmallSize {
+			return fmt.Errorf("profiled download %d: got %d bytes, want %d", i, n, cfg.SmallSize)
+		}
+		if i == 0 {
+			res.PASVAddr = t.Addr.String()
+		}
+		res.Profile = append(res.Profile, Sample{
+			PassiveMS: ms(t.Passive), ConnectMS: ms(t.Connect), OpenMS: ms(t.Open),
+			DataMS: ms(t.Data), FinalMS: ms(t.Final), TotalMS: ms(t.Total()),
+			DoneUnixNano: t.Done.UnixNano(),
+		})
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(cfg.ProfileGap):
+		}
+	}
+	return c.Quit()
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
+
+func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Seconds() }

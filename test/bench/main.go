@@ -1,0 +1,353 @@
+// Command bench measures pasvgate against the kernel's own FTP NAT helper
+// and against plain routing, on one lab, in one run (issue 4, item 6;
+// `make bench`).
+//
+// It builds three network namespaces (client 203.0.113.10, gw with public
+// 203.0.113.1 and .2 and private 192.0.2.1 under a FORWARD policy of DROP,
+// server 192.0.2.10), runs one FTP server in the server namespace, and
+// measures the same client program (cmd/ftpload, run inside the client
+// namespace) through each gateway in turn:
+//
+//	A   pasvgate in the gw, iptables-nft
+//	A2  the same with iptables-legacy (-legacy, on by default)
+//	B   the kernel helper: static DNAT of port 21, CT --helper ftp
+//	C   plain routing without NAT
+//	R   a plain Go TCP relay of the control channel, NOOPs only: the
+//	    floor for any userspace proxy's round trip
+//
+// Rounds are interleaved (A, A2, B, C, R; A, A2, B, C, R; ...) and the
+// table shows medians over rounds, so that drift on the machine hits every
+// gateway alike. Between two gateways the gw's rules must be back at the
+// baseline and its conntrack table is flushed.
+//
+// The server is vsftpd (-server testftpd for the built-in one), with its
+// same-IP data check left on: every gateway passes it the same way,
+// because pasvgate SNATs each data connection to the address its control
+// connection comes from, while the kernel helper and routing leave the
+// client's address on both. vsftpd sends files with sendfile from tmpfs,
+// so downloads are not limited by the server's copying.
+//
+// It needs root and skips (exit 0) without it. It touches nothing outside
+// the namespaces and directories it creates (pgbench-*), and deletes them
+// on exit, on failure and on SIGINT/SIGTERM. It is a program, not a test,
+// so that `go test ./...` never runs it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// options are the command-line flags.
+type options struct {
+	rounds     int
+	legacy     bool
+	server     string
+	pasvgate   string
+	noops      int
+	gets       int
+	sessions   int
+	bulk       int
+	bulkMiB    int64
+	profile    int
+	profileGap time.Duration
+	timeout    time.Duration
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.rounds, "rounds", 5, "measured rounds; each runs every gateway once")
+	flag.BoolVar(&o.legacy, "legacy", true, "also measure pasvgate with iptables-legacy (column A2)")
+	flag.StringVar(&o.server, "server", "vsftpd", "FTP server: vsftpd or testftpd (the built-in one)")
+	flag.StringVar(&o.pasvgate, "pasvgate", "", "pasvgate binary to measure (default: build ./cmd/pasvgate)")
+	flag.IntVar(&o.noops, "noops", 1000, "NOOP round trips per round")
+	flag.IntVar(&o.gets, "gets", 200, "sequential 1 KiB downloads per round, with PASV and with EPSV")
+	flag.IntVar(&o.sessions, "sessions", 100, "whole sessions per round")
+	flag.IntVar(&o.bulk, "bulk", 3, "bulk downloads and uploads per round (the round's value is their median)")
+	flag.Int64Var(&o.bulkMiB, "bulk-mib", 256, "bulk transfer size in MiB")
+	flag.IntVar(&o.profile, "profile", 20, "single small downloads timed phase by phase, per gateway")
+	flag.DurationVar(&o.profileGap, "profile-gap", 200*time.Millisecond, "pause between profiled downloads (0: back to back)")
+	flag.DurationVar(&o.timeout, "timeout", 12*time.Minute, "bound on the whole bench")
+	relayListen := flag.String("relay", "", "internal: run as column R's relay, listening on `ADDR:PORT`")
+	relayUpstream := flag.String("relay-upstream", "", "internal: the relay's upstream `ADDR:PORT`")
+	flag.Parse()
+	if *relayListen != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		if err := relay(ctx, *relayListen, *relayUpstream); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if flag.NArg() > 0 || o.rounds < 1 || o.rounds > 50 || o.bulkMiB < 1 || o.bulkMiB > 4096 {
+		fmt.Fprintln(os.Stderr, "bench: bad arguments; see -h")
+		os.Exit(2)
+	}
+	if os.Geteuid() != 0 {
+		fmt.Println("bench: skipped: needs root (network namespaces, iptables)")
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := bench(ctx, o, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: FAILED:", err)
+		cancel()
+		stop()
+		os.Exit(1)
+	}
+}
+
+// bench is the whole bench; everything it starts or creates is gone when
+// it returns.
+func bench(ctx context.Context, o options, out, progress io.Writer) (retErr error) {
+	start := time.Now()
+	for _, tool := range []string{"ip", iptNFT, iptNFT + "-save", iptNFT + "-restore", "ip6tables-nft", "ip6tables-nft-save",
+		iptLegacy + "-save", "ip6tables-legacy-save"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("needs %s: %w", tool, err)
+		}
+	}
+	if o.legacy {
+		for _, tool := range []string{iptLegacy, "ip6tables-legacy"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				fmt.Fprintf(progress, "bench: no %s: column A2 left out\n", tool)
+				o.legacy = false
+			}
+		}
+	}
+
+	binDir, err := os.MkdirTemp("", "pgbench-bin-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(binDir)
+	bins, err := build(ctx, binDir, o)
+	if err != nil {
+		return err
+	}
+
+	// Served from tmpfs (the server's files live in memory either way) so
+	// the disk never limits a transfer.
+	dataDir, err := os.MkdirTemp("/dev/shm", "pgbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
+	smallSize, bigSize := int64(1024), o.bulkMiB<<20
+	root, err := serverFiles(dataDir, smallSize, bigSize)
+	if err != nil {
+		return fmt.Errorf("writing the server's files: %w", err)
+	}
+
+	l, err := newLab(ctx, o.legacy)
+	if err != nil {
+		return err
+	}
+	defer func() { retErr = errors.Join(retErr, l.close()) }()
+
+	srv, err := startServer(ctx, l, o.server, bins.testftpd, dataDir, root)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// vsftpd ends with SIGTERM's status; only a hang is an error here.
+		if err := srv.stop(10 * time.Second); err != nil && !isSignalled(err) {
+			retErr = errors.Join(retErr, fmt.Errorf("server: %w", err))
+		}
+	}()
+
+	a := &pasvgateGW{k: "A", ipt: iptNFT, l: l, bin: bins.pasvgate}
+	gws := []gateway{a}
+	var a2 *pasvgateGW
+	if o.legacy {
+		a2 = &pasvgateGW{k: "A2", ipt: iptLegacy, l: l, bin: bins.pasvgate}
+		gws = append(gws, a2)
+	}
+	b := &staticGW{k: "B", name: "kernel helper", l: l, rules: helperRules,
+		dial: a.target(), wantData: gwPublic, helper: true}
+	c := &staticGW{k: "C", name: "routed, no NAT", l: l, rules: routedRules,
+		dial: mustAddrPort(serverAddr + ":21"), wantData: serverAddr}
+	gws = append(gws, b, c)
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	gws = append(gws, &relayGW{l: l, self: self})
+
+	files := []string{"-small", smallFile, "-small-size", fmt.Sprint(smallSize),
+		"-big", bigFile, "-big-size", fmt.Sprint(bigSize), "-upload", uploadFile, "-upload-size", fmt.Sprint(bigSize)}
+	r := &runner{l: l, ftpload: bins.ftpload, files: files, progress: progress}
+
+	// The check round: a few of everything through each gateway, with the
+	// path checks every round has, before anything counts. It also warms up
+	// caches and the servers.
+	fmt.Fprintf(progress, "bench: lab up after %.1fs; check round\n", time.Since(start).Seconds())
+	for _, g := range gws {
+		args := []string{"-noops", "10", "-gets", "3", "-sessions", "3", "-bulk", "1"}
+		if isNoopsOnly(g) {
+			args = args[:2]
+		}
+		if _, err := r.once(ctx, g, false, args...); err != nil {
+			return fmt.Errorf("check round, %s (%s): %w", g.key(), g.title(), err)
+		}
+	}
+	// Memory is reported for the measured rounds only.
+	for _, pg := range []*pasvgateGW{a, a2} {
+		if pg != nil {
+			pg.rssKB, pg.hwmKB = nil, nil
+		}
+	}
+
+	rep := newReport(o, gws)
+	if v, err := exec.CommandContext(ctx, bins.pasvgate, "version").Output(); err == nil {
+		rep.version = strings.TrimSpace(string(v))
+	}
+	rep.loadStart = loadAvg()
+	suite := []string{"-noops", fmt.Sprint(o.noops), "-gets", fmt.Sprint(o.gets),
+		"-sessions", fmt.Sprint(o.sessions), "-bulk", fmt.Sprint(o.bulk)}
+	// Rounds stop early rather than let the bench overrun its bound on a
+	// busy machine: what comes after them (profile, server-only run,
+	// clean-up) needs about a minute, kept in reserve with room to spare.
+	deadline, _ := ctx.Deadline()
+	roundsStart := time.Now()
+	for round := 1; round <= o.rounds; round++ {
+		if done := round - 1; done > 0 {
+			per := time.Since(roundsStart) / time.Duration(done)
+			if time.Until(deadline) < per+2*time.Minute {
+				rep.note = fmt.Sprintf("stopped after %d of %d rounds to stay within -timeout %v (%.0fs per round)",
+					done, o.rounds, o.timeout, per.Seconds())
+				fmt.Fprintln(progress, "bench:", rep.note)
+				break
+			}
+		}
+		for _, g := range gws {
+			t := time.Now()
+			args := suite
+			if isNoopsOnly(g) {
+				args = suite[:2]
+			}
+			res, err := r.once(ctx, g, false, args...)
+			if err != nil {
+				return fmt.Errorf("round %d, %s (%s): %w", round, g.key(), g.title(), err)
+			}
+			rep.add(g.key(), res)
+			fmt.Fprintf(progress, "bench: round %d/%d %-2s %5.1fs%s\n", round, o.rounds, g.key(),
+				time.Since(t).Seconds(), roundLine(res))
+		}
+	}
+
+	// The profile: single small downloads with pasvgate at info level
+	// (its log has install_ms), not part of the rounds because logging
+	// costs. Once spaced out, so that each mapping's removal is over before
+	// the next install (the cost of one transfer alone), and once back to
+	// back, as the downloads/s rows run them.
+	gaps := []time.Duration{o.profileGap}
+	if o.profileGap > 0 {
+		gaps = append(gaps, 0)
+	}
+	for _, gap := range gaps {
+		fmt.Fprintf(progress, "bench: profile, %v apart\n", gap)
+		p := newProfile(gap)
+		for _, g := range gws {
+			if isNoopsOnly(g) {
+				continue
+			}
+			res, err := r.once(ctx, g, true, "-profile", fmt.Sprint(o.profile), "-profile-gap", gap.String())
+			if err != nil {
+				return fmt.Errorf("profile, %s (%s): %w", g.key(), g.title(), err)
+			}
+			p.samples[g.key()] = res.Profile
+			if pg, ok := g.(*pasvgateGW); ok {
+				inst, closed, err := pg.profileLog()
+				if err != nil {
+					return err
+				}
+				if err := p.addRuleTimes(pg.key(), inst, closed); err != nil {
+					return err
+				}
+			}
+		}
+		rep.profiles = append(rep.profiles, p)
+	}
+	for _, pg := range []*pasvgateGW{a, a2} {
+		if pg != nil {
+			rep.memory[pg.key()] = [2][]int64{pg.rssKB, pg.hwmKB}
+		}
+	}
+
+	// The server on its own, client in the server namespace: the ceiling
+	// the server sets for bulk transfers without any gateway in between.
+	res, err := r.load(ctx, l.server, mustAddrPort(serverAddr+":21"), "-bulk", "3")
+	if err != nil {
+		return fmt.Errorf("server-only bulk run: %w", err)
+	}
+	rep.serverOnly = res
+
+	rep.loadEnd = loadAvg()
+	rep.elapsed = time.Since(start)
+	rep.write(out)
+	return nil
+}
+
+// binaries are the programs the bench runs.
+type binaries struct {
+	pasvgate, ftpload, testftpd string
+}
+
+// build compiles what the bench runs, from this module's source, unless a
+// pasvgate binary is given (make bench passes the one `make build` made).
+func build(ctx context.Context, dir string, o options) (binaries, error) {
+	var b binaries
+	b.ftpload = filepath.Join(dir, "ftpload")
+	pkgs := map[string]string{b.ftpload: "github.com/pasvgate/pasvgate/test/bench/cmd/ftpload"}
+	if o.pasvgate != "" {
+		abs, err := filepath.Abs(o.pasvgate)
+		if err != nil {
+			return b, err
+		}
+		b.pasvgate = abs
+	} else {
+		b.pasvgate = filepath.Join(dir, "pasvgate")
+		pkgs[b.pasvgate] = "github.com/pasvgate/pasvgate/cmd/pasvgate"
+	}
+	if o.server == "testftpd" {
+		b.testftpd = filepath.Join(dir, "testftpd")
+		pkgs[b.testftpd] = "github.com/pasvgate/pasvgate/test/ftpd/cmd/testftpd"
+	}
+	// Stamped like `make build` does, so the report says what was measured.
+	ldflags := "-X main.version=dev"
+	if v, err := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty").Output(); err == nil {
+		ldflags = "-X main.version=" + strings.TrimSpace(string(v))
+	}
+	for outPath, pkg := range pkgs {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", outPath, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return b, fmt.Errorf("building %s: %w\n%s", pkg, err, msg)
+		}
+	}
+	return b, nil
+}
+
+func isSignalled(err error) bool {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
+			return ws.Signaled()
+		}
+	}
+	return false
+}

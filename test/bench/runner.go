@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/pasvgate/pasvgate/test/bench/load"
+	"github.com/pasvgate/pasvgate/test/netns"
+)
+
+// runner runs one workload through one gateway at a time.
+type runner struct {
+	l        *lab
+	ftpload  string
+	files    []string // ftpload's file flags
+	progress io.Writer
+}
+
+// once installs g, runs ftpload with args in the client namespace, checks
+// the path, and removes g again, leaving the gw as it found it: rules at
+// the baseline, conntrack empty. The removal and the checks run even when
+// the workload failed or ctx ended.
+func (r *runner) once(ctx context.Context, g gateway, verbose bool, args ...string) (load.Result, error) {
+	var res load.Result
+	err := g.up(ctx, verbose)
+	if err == nil {
+		res, err = r.load(ctx, r.l.client, g.target(), args...)
+	}
+	if err == nil {
+		err = g.check(ctx, res)
+	}
+	if err != nil {
+		if lg, ok := g.(interface{ logTail() string }); ok {
+			err = fmt.Errorf("%w\n%s's output:\n%s", err, g.key(), lg.logTail())
+		}
+	}
+	return res, errors.Join(err, r.finish(ctx, g))
+}
+
+// finish takes g down and checks that it left nothing behind.
+func (r *runner) finish(ctx context.Context, g gateway) error {
+	// Clean-up must happen even after a Ctrl-C ended ctx.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	err := g.down(ctx)
+	if err == nil {
+		err = r.l.checkClean(ctx, g.key()+" ("+g.title()+")")
+	}
+	return errors.Join(err, r.l.flushConntrack())
+}
+
+// load runs ftpload in ns against target and decodes its result.
+func (r *runner) load(ctx context.Context, ns *netns.NS, target netip.AddrPort, args ...string) (load.Result, error) {
+	var res load.Result
+	a := append([]string{"-addr", target.String(), "-deadline", "5m"}, r.files...)
+	out, err := runLimit(ctx, 6*time.Minute, ns, "", r.ftpload, append(a, args...)...)
+	if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		return res, fmt.Errorf("reading ftpload's result %q: %w", tail(out, 500), err)
+	}
+	return res, nil
+}
+
+func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// roundLine is the progress line's tail for one round: what was measured.
+func roundLine(res load.Result) string {
+	var b strings.Builder
+	add := func(format string, v float64) {
+		if v != 0 {
+			fmt.Fprintf(&b, format, v)
+		}
+	}
+	add("  noop %.1fµs", res.NoopUS)
+	add("  pasv %.0f/s", res.PASVPerSec)
+	add("  epsv %.0f/s", res.EPSVPerSec)
+	add("  sessions %.0f/s", res.SessionsPerSec)
+	add("  down %.0f MB/s", median(res.DownMBps))
+	add("  up %.0f MB/s", median(res.UpMBps))
+	return b.String()
+}
