@@ -107,7 +107,7 @@ func watchInterface(ctx context.Context, iface string, v6 bool, log *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("watching interface %s: opening the current network namespace: %w", iface, err)
 	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE) // no setns: see nsOption
 	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("watching interface %s: opening a netlink socket: %w", iface, err)
@@ -247,7 +247,7 @@ func (w *AddrWatcher) follow(ctx context.Context) (subscribed bool, err error) {
 	// needed, because that replay carries no end marker and cannot say
 	// that the interface has no address.
 	err = netlink.AddrSubscribeWithOptions(addrCh, done, netlink.AddrSubscribeOptions{
-		Namespace:     &w.ns,
+		Namespace:     w.nsOption(),
 		ErrorCallback: onError,
 		ListExisting:  true,
 	})
@@ -258,7 +258,7 @@ func (w *AddrWatcher) follow(ctx context.Context) (subscribed bool, err error) {
 	// Renames and deletions of the interface itself come only as link
 	// events.
 	err = netlink.LinkSubscribeWithOptions(linkCh, done, netlink.LinkSubscribeOptions{
-		Namespace:     &w.ns,
+		Namespace:     w.nsOption(),
 		ErrorCallback: onError,
 	})
 	if err != nil {
@@ -484,4 +484,18 @@ func pickAddr(addrs []netlink.Addr, cur netip.Addr, v6 bool) netip.Addr {
 		return cur
 	}
 	return slices.MinFunc(cands, netip.Addr.Compare)
+}
+
+// nsOption is the Namespace for a netlink subscription made on the calling
+// thread: nil when the thread is in w.ns already (always, outside tests),
+// since setns(2) needs CAP_SYS_ADMIN even to enter the namespace one is
+// in; &w.ns otherwise.
+func (w *AddrWatcher) nsOption() *netns.NsHandle {
+	if cur, err := netns.Get(); err == nil {
+		defer cur.Close()
+		if cur.Equal(w.ns) {
+			return nil
+		}
+	}
+	return &w.ns
 }

@@ -158,9 +158,22 @@ func runFlags(c *Config) *flag.FlagSet {
 // usageError is a configuration error: exit status 2.
 type usageError struct{ error }
 
+// Unwrap lets errors.Is see flag.ErrHelp through it (-h exits 0).
+func (e usageError) Unwrap() error { return e.error }
+
 // loadConfig parses args for `pasvgate run`: defaults, then the config file,
 // then the flags given, then validation.
 func loadConfig(args []string) (Config, error) {
+	c, err := readConfig(args)
+	if err != nil {
+		return Config{}, err
+	}
+	return c, c.validate()
+}
+
+// readConfig is loadConfig without the validation, for `pasvgate rules`,
+// which needs only the backend's settings from the same file.
+func readConfig(args []string) (Config, error) {
 	first := defaults()
 	fs := runFlags(&first)
 	fs.SetOutput(os.Stderr)
@@ -171,7 +184,7 @@ func loadConfig(args []string) (Config, error) {
 		return Config{}, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
 	if first.Config == "" {
-		return first, first.validate()
+		return first, nil
 	}
 	c := defaults()
 	data, err := os.ReadFile(first.Config)
@@ -190,7 +203,7 @@ func loadConfig(args []string) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		return Config{}, usageError{err}
 	}
-	return c, c.validate()
+	return c, nil
 }
 
 // validate checks every value, naming the flag of the first bad one.

@@ -125,6 +125,9 @@ func TestExitCodes(t *testing.T) {
 	if got := realMain([]string{"nonsense"}); got != 2 {
 		t.Errorf("unknown command exit = %d, want 2", got)
 	}
+	if got := realMain([]string{"run", "-h"}); got != 0 {
+		t.Errorf("run -h exit = %d, want 0", got)
+	}
 	if got := realMain([]string{"version"}); got != 0 {
 		t.Errorf("version exit = %d, want 0", got)
 	}

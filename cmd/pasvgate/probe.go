@@ -1,6 +1,182 @@
 package main
 
-import "errors"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
 
-// cmdProbe is being written (issue 7); this placeholder keeps the build whole.
-func cmdProbe(args []string) error { return errors.New("probe: not implemented yet") }
+	"github.com/pasvgate/pasvgate/proxy/probe"
+)
+
+// Exit statuses of `pasvgate probe`. 0, 1 and 2 mean what they mean for
+// every command; 3 separates "the server is not there or will not let us
+// in" from "the server is there and passive FTP is broken", which is what
+// a monitoring check needs to tell apart.
+const (
+	probeExitWorks     = 0 // passive FTP works for clients that trust the server's address
+	probeExitFails     = 1 // logged in, but that data connection or listing failed
+	probeExitUsage     = 2 // bad flags or URL
+	probeExitNoSession = 3 // no control connection, no greeting, or login refused
+)
+
+const probeUsage = `usage: pasvgate probe [flags] ftp://[user[:pass]@]host[:port]
+
+Logs in (anonymously unless the URL names a user), asks for PASV and EPSV
+(and PORT and EPRT with --active), opens each data connection, lists the
+root directory, and reports what it found, with fixes.
+
+Exit status: 0 passive FTP works for clients that trust the server's
+address; 1 it does not; 2 bad usage; 3 no connection, or login refused.
+
+flags:
+`
+
+// probeArgs is what the command line says.
+type probeArgs struct {
+	opt  probe.Options
+	json bool
+}
+
+// cmdProbe runs `pasvgate probe`. The report goes to standard output, as
+// text or (--json) JSON, whatever the outcome.
+func cmdProbe(args []string) error {
+	code, err := runProbe(context.Background(), args, os.Stdout, os.Stderr)
+	if code == probeExitNoSession {
+		// realMain knows only 0, 1 and 2, so this status is set here.
+		// Nothing is left to clean up: the report is written and every
+		// connection is closed.
+		fmt.Fprintln(os.Stderr, "pasvgate:", err)
+		os.Exit(code)
+	}
+	return err
+}
+
+// runProbe is cmdProbe with its streams and exit status exposed for
+// tests. The error goes with every status but 0: a usageError for 2,
+// flag.ErrHelp for -h.
+func runProbe(ctx context.Context, args []string, stdout, stderr io.Writer) (int, error) {
+	pa, err := parseProbeArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return probeExitWorks, err
+	}
+	if err != nil {
+		return probeExitUsage, err
+	}
+	rep, err := probe.Run(ctx, pa.opt)
+	if err != nil {
+		return probeExitUsage, usageError{err}
+	}
+	if pa.json {
+		err = probe.WriteJSON(stdout, rep)
+	} else {
+		err = probe.WriteText(stdout, rep)
+	}
+	if err != nil {
+		return probeExitFails, fmt.Errorf("probe: writing the report: %w", err)
+	}
+	switch rep.Verdict {
+	case probe.VerdictWorks:
+		return probeExitWorks, nil
+	case probe.VerdictNoConnect:
+		return probeExitNoSession, errors.New("probe: could not open an FTP control connection")
+	case probe.VerdictNoLogin:
+		return probeExitNoSession, errors.New("probe: could not log in")
+	}
+	return probeExitFails, errors.New("probe: passive FTP fails for clients that trust the server's address")
+}
+
+// parseProbeArgs reads the flags and the one URL, in any order: the flag
+// package stops at the first argument that is not a flag, and
+// "pasvgate probe ftp://host --json" is how people type it.
+func parseProbeArgs(args []string, stderr io.Writer) (probeArgs, error) {
+	var pa probeArgs
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), probeUsage)
+		fs.PrintDefaults()
+	}
+	fs.DurationVar(&pa.opt.Timeout, "timeout", probe.DefaultTimeout, "bound on each step: connecting, each reply, each data connection")
+	fs.BoolVar(&pa.opt.Active, "active", false, "also try active mode (PORT and EPRT): the server connects back to this host")
+	fs.BoolVar(&pa.json, "json", false, "print the report as JSON")
+	var urls []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return pa, err
+			}
+			return pa, usageError{err}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		urls = append(urls, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(urls) != 1 {
+		return pa, usageError{errors.New("probe: give one ftp://[user[:pass]@]host[:port] URL")}
+	}
+	if pa.opt.Timeout <= 0 || pa.opt.Timeout > time.Minute {
+		return pa, usageError{fmt.Errorf("probe: --timeout %s: want more than 0 and at most 1m", pa.opt.Timeout)}
+	}
+	addr, user, pass, err := parseFTPURL(urls[0])
+	if err != nil {
+		return pa, usageError{fmt.Errorf("probe: %w", err)}
+	}
+	pa.opt.Addr, pa.opt.User, pa.opt.Password = addr, user, pass
+	return pa, nil
+}
+
+// parseFTPURL takes ftp://[user[:pass]@]host[:port][/], or the same
+// without "ftp://". It returns the control address host:port (port 21
+// unless given) and the login; an empty user means anonymous. A path
+// other than "/" is refused rather than ignored: the probe lists the
+// root, and should not let anyone believe it checked another directory.
+func parseFTPURL(s string) (addr, user, pass string, err error) {
+	if !strings.Contains(s, "://") {
+		s = "ftp://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", "", "", fmt.Errorf("bad URL: %w", err)
+	}
+	switch {
+	case u.Scheme == "ftps":
+		return "", "", "", fmt.Errorf("bad URL %q: the probe does not speak FTPS; give ftp:// (it reports whether AUTH TLS is offered)", s)
+	case u.Scheme != "ftp":
+		return "", "", "", fmt.Errorf("bad URL %q: scheme %q, want ftp", s, u.Scheme)
+	case u.Opaque != "" || u.Hostname() == "":
+		return "", "", "", fmt.Errorf("bad URL %q: no host", s)
+	case u.Path != "" && u.Path != "/":
+		return "", "", "", fmt.Errorf("bad URL %q: a path (%s); the probe lists the root directory only", s, u.Path)
+	case u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return "", "", "", fmt.Errorf("bad URL %q: a query or fragment", s)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "21"
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", "", "", fmt.Errorf("bad URL %q: port %q, want 1-65535", s, port)
+	}
+	if u.User != nil {
+		user = u.User.Username()
+		pass, _ = u.User.Password()
+		if user == "" {
+			return "", "", "", fmt.Errorf("bad URL %q: empty user name", s)
+		}
+		// Percent-encoding can smuggle a line break into the USER or PASS
+		// command, which would make it two commands.
+		if strings.ContainsAny(user+pass, "\r\n\x00") {
+			return "", "", "", fmt.Errorf("bad URL %q: line break or NUL in the user or password", s)
+		}
+	}
+	return net.JoinHostPort(u.Hostname(), port), user, pass, nil
+}

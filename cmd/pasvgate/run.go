@@ -459,13 +459,13 @@ func isLocalAddr(a netip.Addr) bool {
 // cmdRules is `pasvgate rules list|flush`.
 func cmdRules(args []string) error {
 	if len(args) == 0 || (args[0] != "list" && args[0] != "flush") {
-		return usageError{errors.New("usage: pasvgate rules list|flush [--iptables-path P]")}
+		return usageError{errors.New("usage: pasvgate rules list|flush [--config FILE] [--iptables-path P]")}
 	}
-	cfg := defaults()
-	fs := runFlags(&cfg)
-	fs.SetOutput(os.Stderr)
-	if err := fs.Parse(args[1:]); err != nil {
-		return usageError{err}
+	// The same flags and config file as run, so that `rules flush
+	// --config FILE` acts on the iptables the service uses.
+	cfg, err := readConfig(args[1:])
+	if err != nil {
+		return err
 	}
 	log := newLogger(cfg, new(slog.LevelVar))
 	backend, err := newBackend(cfg, log)

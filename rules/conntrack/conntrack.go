@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/pasvgate/pasvgate/rules"
@@ -67,13 +66,10 @@ type Flusher struct {
 // thread: later calls act on that namespace's table whatever thread they
 // run on. The caller must Close it.
 func New() (*Flusher, error) {
-	ns, err := netns.Get()
-	if err != nil {
-		return nil, fmt.Errorf("opening the current network namespace: %w", err)
-	}
-	// The socket keeps the namespace alive; the handle to it is not needed.
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	// NewHandle opens the socket in the calling thread's namespace, as
+	// NewHandleAt would, but without setns(2), which needs CAP_SYS_ADMIN
+	// even to enter the namespace one is in.
+	h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("opening a conntrack netlink socket: %w", err)
 	}
