@@ -26,6 +26,16 @@ commands:
   version   print the version
 `
 
+// exitError carries an exit status other than 0, 1 and 2, for commands
+// whose statuses mean more (probe's 3: no session at all).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
 func main() {
 	os.Exit(realMain(os.Args[1:]))
 }
@@ -59,11 +69,15 @@ func realMain(args []string) int {
 		return 2
 	}
 	var ue usageError
+	var ee exitError
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &ee):
+		fmt.Fprintln(os.Stderr, "pasvgate:", err)
+		return ee.code
 	case errors.As(err, &ue):
 		fmt.Fprintln(os.Stderr, "pasvgate:", err)
 		return 2

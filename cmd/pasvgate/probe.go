@@ -50,11 +50,7 @@ type probeArgs struct {
 func cmdProbe(args []string) error {
 	code, err := runProbe(context.Background(), args, os.Stdout, os.Stderr)
 	if code == probeExitNoSession {
-		// realMain knows only 0, 1 and 2, so this status is set here.
-		// Nothing is left to clean up: the report is written and every
-		// connection is closed.
-		fmt.Fprintln(os.Stderr, "pasvgate:", err)
-		os.Exit(code)
+		return exitError{code: code, err: err}
 	}
 	return err
 }
