@@ -28,11 +28,20 @@ servers advertise bad addresses. FILE is a pcap file (gzip-compressed or
 not) or pcapng; "-" reads standard input. A live capture needs CAP_NET_RAW
 and runs in the network namespace it is started in.
 
-Exit status: 0 when the report was printed, whatever it found; 1 when the
-capture could not be read; 2 for bad usage.
+Exit status: 0 the capture shows no problem; 1 it shows problems (the
+report says which), or it could not be read; 2 bad usage; 3 the capture
+holds no FTP control session.
 
 flags:
 `
+
+// Exit statuses of `pasvgate audit`, in step with probe's: 1 for what is
+// broken, 3 for nothing to judge (a capture on the wrong interface or
+// ports), which a monitoring check needs to tell apart.
+const (
+	auditExitProblems  = 1 // the report lists problems; also: the capture could not be read
+	auditExitNoSession = 3 // no FTP control session in the capture
+)
 
 // maxAuditPorts bounds --ports: each port costs two instructions of the
 // live capture's filter, whose jumps reach 255 instructions.
@@ -112,7 +121,17 @@ func runAudit(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return fmt.Errorf("audit: writing the report: %w", err)
 	}
-	return runErr
+	switch {
+	case runErr != nil:
+		return runErr
+	case len(rep.Sessions)+rep.SessionsOmitted == 0:
+		return exitError{code: auditExitNoSession, err: fmt.Errorf("audit: no FTP control session on ports %s", joinUint16(ports))}
+	case rep.Problems == 1:
+		return exitError{code: auditExitProblems, err: errors.New("audit: 1 problem found")}
+	case rep.Problems > 1:
+		return exitError{code: auditExitProblems, err: fmt.Errorf("audit: %d problems found", rep.Problems)}
+	}
+	return nil
 }
 
 // auditFile reads the capture file name ("-": stdin).
