@@ -39,10 +39,13 @@ bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./proxy/...
 	$(GO) run ./test/bench -pasvgate $(BIN)
 
-# fuzz runs every fuzz target of the wire codec for FUZZTIME each.
+# fuzz runs every fuzz target (the wire codec, the capture extractor) for
+# FUZZTIME each.
 fuzz:
-	for f in $$($(GO) test -list '^Fuzz' ./proxy/ftp | grep ^Fuzz); do \
-		$(GO) test ./proxy/ftp -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
+	for p in ./proxy/ftp ./proxy/sniff; do \
+		for f in $$($(GO) test -list '^Fuzz' $$p | grep ^Fuzz); do \
+			$(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 1 || exit 1; \
+		done; \
 	done
 
 lint:
