@@ -397,7 +397,11 @@ func (s *Server) upstreamFor(st *Settings, c net.Conn, client netip.AddrPort) (s
 			return "", fmt.Errorf("no original destination (%v)", err)
 		}
 	}
-	if dst == local || (s.IsLocal != nil && s.IsLocal(dst.Addr())) || dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
+	// Under REDIRECT a connection that was not redirected reads back its
+	// own local address. Under TPROXY the local address is the original
+	// destination by design, so only IsLocal can tell a loop there.
+	redirectedToSelf := s.Intercept == InterceptRedirect && dst == local
+	if redirectedToSelf || (s.IsLocal != nil && s.IsLocal(dst.Addr())) || dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
 		return "", fmt.Errorf("original destination %s is this gateway", dst)
 	}
 	return dst.String(), nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,6 +67,10 @@ func (s *session) login() {
 		s.t.Fatalf("login %q", r)
 	}
 }
+
+// keepaliveTimer matches ss's timer column for keepalive, e.g.
+// "timer:(keepalive,44sec,0)" or "timer:(keepalive,1min,0)".
+var keepaliveTimer = regexp.MustCompile(`timer:\(keepalive,([0-9.]+)(sec|min)`)
 
 var addr227 = regexp.MustCompile(`^227 Entering Passive Mode \((\d+,\d+,\d+,\d+),`)
 
@@ -136,7 +141,7 @@ func TestReloadMetricsAndPublicIface(t *testing.T) {
 		}
 	}
 	write("listen: [203.0.113.1:21]\nupstream: 192.0.2.10:21\npublic-iface: wan0\ndata-ports: 41000-41099\n" +
-		"metrics: 127.0.0.1:9121\niptables-path: iptables-nft\n")
+		"metrics: 127.0.0.1:9121\niptables-path: iptables-nft\nkeepalive: 45s\n")
 	p := start(t, ns, "pasvgate started", pasvgate, "run", "--config", conf)
 
 	if code, body := scrape(t, ns, "/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
@@ -152,6 +157,38 @@ func TestReloadMetricsAndPublicIface(t *testing.T) {
 	if got := pasvAddr(t, s1.cmd("PASV")); got != "203.0.113.50" {
 		t.Fatalf("227 carries %s, want the interface's 203.0.113.50", got)
 	}
+	// --keepalive (45s here) is on both legs of the session: the client's
+	// connection to pasvgate and pasvgate's to the server. Go's own default
+	// is 15s, so a timer above that can only be pasvgate's setting.
+	// ss shows one timer per socket, and a retransmit timer ("on") hides
+	// keepalive while data is in flight: look again (bounded) until both
+	// legs show it.
+	var ss string
+	for i := 0; i < 50; i++ {
+		ss = ns.MustRun(t, "ss", "-tnoH", "state", "established")
+		legs := 0
+		for _, l := range strings.Split(ss, "\n") {
+			f := strings.Fields(l)
+			m := keepaliveTimer.FindStringSubmatch(l)
+			if len(f) < 4 || m == nil {
+				continue
+			}
+			if secs, _ := strconv.ParseFloat(m[1], 64); m[2] == "sec" && secs <= 16 {
+				continue
+			}
+			if f[2] == "203.0.113.1:21" || (f[3] == "192.0.2.10:21" && f[2] != "192.0.2.10:21") {
+				legs++ // pasvgate's end towards the client, or towards the server
+			}
+		}
+		if legs == 2 {
+			break
+		}
+		if i == 49 {
+			t.Errorf("keepalive not on both legs of the session:\n%s", ss)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
 	_, body := scrape(t, ns, "/metrics")
 	for name, want := range map[string]string{
 		"pasvgate_sessions_active":                            "1",
