@@ -20,11 +20,27 @@
 // client's network could not use the data port and that no mapping is left
 // once the transfer is over.
 //
+// Three more suites run pasvgate cells only (they skip when the pasvgate
+// mode is not selected), each printing a table with every cell's time:
+//
+//   - TestActive: reverse mode, active FTP (PORT, EPRT) against vsftpd's
+//     default same-address check, with a capture on each side of the
+//     gateway and intruders on both networks (active_test.go);
+//   - TestIPv6: reverse mode over IPv6 (EPSV, EPRT) with one pasvgate for
+//     both families (ipv6_test.go);
+//   - TestBounce: PORT/EPRT bounce attempts and wrong-family commands,
+//     refused and never forwarded (bounce_test.go).
+//
+// Their servers and clients are chosen with -interop.active-servers
+// (default vsftpd) and -interop.active-clients. Transparent mode (the
+// router sidecar) is tested in test/sidecar.
+//
 // The tests need root and skip otherwise; install the programs with
 // test/install-deps.sh. Run, for example:
 //
 //	go test ./test/interop -run TestMatrix -v
 //	go test ./test/interop -run TestMatrix -v -args -interop.modes=direct -interop.servers=vsftpd
+//	go test ./test/interop -run 'TestActive|TestIPv6|TestBounce' -v
 //	PASVGATE_INTEROP_MODES=direct,static go test ./...
 //
 // The package has no code besides its tests and the jlclient command.

@@ -121,19 +121,20 @@ func buildTools(t *testing.T) tools {
 	var wg sync.WaitGroup
 	wg.Go(func() { tl.jlclient, tl.jlclientErr = lab.BuildGo(t.Context(), dir, "./test/interop/cmd/jlclient") })
 	wg.Go(func() { tl.testftpd, tl.testftpdErr = lab.BuildGo(t.Context(), dir, "./test/ftpd/cmd/testftpd") })
-	wg.Go(func() {
-		if *flagPasvgate != "" {
-			if _, err := os.Stat(*flagPasvgate); err != nil {
-				tl.pasvgateErr = err
-				return
-			}
-			tl.pasvgate = *flagPasvgate
-			return
-		}
-		tl.pasvgate, tl.pasvgateErr = lab.BuildGo(t.Context(), dir, "./cmd/pasvgate")
-	})
+	wg.Go(func() { tl.pasvgate, tl.pasvgateErr = pasvgateBin(t.Context(), dir) })
 	wg.Wait()
 	return tl
+}
+
+// pasvgateBin returns -interop.pasvgate, or builds ./cmd/pasvgate into dir.
+func pasvgateBin(ctx context.Context, dir string) (string, error) {
+	if *flagPasvgate != "" {
+		if _, err := os.Stat(*flagPasvgate); err != nil {
+			return "", err
+		}
+		return *flagPasvgate, nil
+	}
+	return lab.BuildGo(ctx, dir, "./cmd/pasvgate")
 }
 
 func (tl tools) client(name string) (lab.Client, error) {
@@ -698,11 +699,18 @@ var pasvgateChains = []string{"PASVGATE-DNAT", "PASVGATE-FORWARD", "PASVGATE-SNA
 // mappingRules returns the rules in pasvgate's chains that belong to a
 // mapping: those whose comment carries a mapping id, or that name a port or
 // a NAT target. Static rules (an ESTABLISHED accept, the admit mark) do not
-// count.
+// count. In a lab with IPv6 the ip6tables rules are read too.
 func (p *pasvgate) mappingRules(ctx context.Context) ([]string, error) {
 	out, err := p.l.Exec(ctx, p.l.GW, p.l.IPTables+"-save")
 	if err != nil {
 		return nil, err
+	}
+	if p.l.IPv6 {
+		out6, err := p.l.Exec(ctx, p.l.GW, p.l.IP6Tables+"-save")
+		if err != nil {
+			return nil, err
+		}
+		out += out6
 	}
 	var rules []string
 	for _, line := range strings.Split(out, "\n") {

@@ -285,14 +285,24 @@ func Payloads(pkts []Packet) [][]byte {
 // Leaks returns an excerpt around every place where an address starting
 // with prefix (dotted, such as "192.0.2.") appears in payloads, in dotted
 // form or in the comma form a 227 reply or PORT command uses ("192,0,2,").
-// An empty result means no payload mentions the prefix.
+// An IPv6 prefix (such as "2001:db8:2:") is matched without regard to
+// case, as an EPRT command may write hex digits either way. An empty
+// result means no payload mentions the prefix.
 func Leaks(payloads [][]byte, prefix string) []string {
+	fold := strings.Contains(prefix, ":")
+	if fold {
+		prefix = strings.ToLower(prefix)
+	}
 	forms := [][]byte{[]byte(prefix)}
 	if comma := strings.ReplaceAll(prefix, ".", ","); comma != prefix {
 		forms = append(forms, []byte(comma))
 	}
 	var found []string
-	for _, p := range payloads {
+	for _, orig := range payloads {
+		p := orig
+		if fold {
+			p = asciiLower(orig)
+		}
 		for _, f := range forms {
 			rest, off := p, 0
 			for {
@@ -302,13 +312,26 @@ func Leaks(payloads [][]byte, prefix string) []string {
 				}
 				at := off + i
 				lo, hi := max(0, at-40), min(len(p), at+len(f)+40)
-				found = append(found, fmt.Sprintf("%q", p[lo:hi]))
+				found = append(found, fmt.Sprintf("%q", orig[lo:hi]))
 				off = at + len(f)
 				rest = p[off:]
 			}
 		}
 	}
 	return found
+}
+
+// asciiLower returns a copy of b with ASCII upper-case letters lowered and
+// every other byte (data is binary) left alone, so offsets stay the same.
+func asciiLower(b []byte) []byte {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		out[i] = c
+	}
+	return out
 }
 
 // Stream concatenates, in capture order, the payloads of segments sent from

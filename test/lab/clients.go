@@ -2,7 +2,10 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -28,15 +31,20 @@ var Ops = []Op{Get, Put, List}
 type Transfer struct {
 	// NS is the namespace the client runs in.
 	NS string
-	// Host is the IP address the client dials on port 21.
+	// Host is the IP address (IPv4 or IPv6) the client dials on port 21.
 	Host string
 	// User and Password log in.
 	User, Password string
-	// EPSV selects extended passive mode (229); false selects PASV (227).
-	// Some clients fall back from a refused EPSV to PASV on their own, so
-	// a caller that cares which mode ran reads the control channel (see
-	// Stream).
+	// EPSV selects the extended commands of RFC 2428: in passive mode
+	// EPSV (229) instead of PASV (227), in active mode EPRT instead of
+	// PORT. Some clients fall back from a refused EPSV or EPRT on their
+	// own, so a caller that cares which command ran reads the control
+	// channel (see Stream).
 	EPSV bool
+	// Active selects active mode: the client listens on its control
+	// connection's local address and sends PORT or EPRT, and the server
+	// connects to it. False is passive mode.
+	Active bool
 	// Op is the operation.
 	Op Op
 	// Remote is the path on the server, relative to the login directory
@@ -69,6 +77,50 @@ type Client interface {
 	// Run performs tr inside the lab and returns what the client printed.
 	// A client failure (non-zero exit) is an error.
 	Run(ctx context.Context, l *Lab, tr Transfer) (Result, error)
+}
+
+// ErrUnsupported wraps the error of a client driver asked for something its
+// client cannot do, such as EPRT over IPv4 from lftp (which sends EPRT only
+// for IPv6) or PORT over IPv6 (which cannot carry an IPv6 address), so
+// that a test can skip the cell with the reason instead of failing it.
+var ErrUnsupported = errors.New("not supported by this client")
+
+// is6 reports whether tr dials an IPv6 address.
+func (tr Transfer) is6() bool {
+	a, err := netip.ParseAddr(tr.Host)
+	return err == nil && a.Is6() && !a.Is4In6()
+}
+
+// command is the data-connection command tr asks for: PASV, EPSV, PORT or
+// EPRT.
+func (tr Transfer) command() string {
+	switch {
+	case tr.Active && tr.EPSV:
+		return "EPRT"
+	case tr.Active:
+		return "PORT"
+	case tr.EPSV:
+		return "EPSV"
+	}
+	return "PASV"
+}
+
+// checkFamily refuses what no client can do: PASV and PORT carry only
+// IPv4 addresses (RFC 2428 replaces them with EPSV and EPRT for IPv6).
+func (tr Transfer) checkFamily(client string) error {
+	if tr.is6() && !tr.EPSV {
+		return fmt.Errorf("%s: %s over IPv6: the command carries IPv4 only: %w", client, tr.command(), ErrUnsupported)
+	}
+	return nil
+}
+
+// urlHost is tr.Host as the host part of a URL: an IPv6 address in
+// brackets.
+func (tr Transfer) urlHost() string {
+	if tr.is6() {
+		return "[" + tr.Host + "]"
+	}
+	return tr.Host
 }
 
 func (tr Transfer) timeout() time.Duration {
@@ -108,8 +160,12 @@ func lookPath(name string) error {
 
 // Curl drives curl. PASV: --disable-epsv --no-ftp-skip-pasv-ip (curl
 // ignores the 227 address by default since 7.74). EPSV: curl's default
-// passive mode, EPSV first. curl falls back from a refused EPSV to PASV by
-// itself; the caller sees that in the control channel.
+// passive mode, EPSV first. Active: --ftp-port - (listen on the control
+// connection's local address), EPRT first unless --disable-eprt, which
+// selects PORT. curl falls back from a refused EPSV to PASV, and from a
+// refused EPRT to PORT, by itself; the caller sees that in the control
+// channel. An IPv6 host goes into the URL in brackets, with --globoff so
+// that curl does not read them as a glob.
 type Curl struct{}
 
 // Name implements Client.
@@ -120,17 +176,28 @@ func (Curl) Available() error { return lookPath("curl") }
 
 // Run implements Client.
 func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+	if err := tr.checkFamily("curl"); err != nil {
+		return Result{}, err
+	}
 	args := []string{
-		"--silent", "--show-error",
+		"--silent", "--show-error", "--globoff",
 		"--max-time", strconv.Itoa(int(tr.timeout().Seconds())),
 		"--connect-timeout", "5",
 		"--user", tr.User + ":" + tr.Password,
-		"--ftp-pasv", "--no-ftp-skip-pasv-ip",
 	}
-	if !tr.EPSV {
-		args = append(args, "--disable-epsv")
+	switch {
+	case tr.Active:
+		args = append(args, "--ftp-port", "-")
+		if !tr.EPSV {
+			args = append(args, "--disable-eprt")
+		}
+	default:
+		args = append(args, "--ftp-pasv", "--no-ftp-skip-pasv-ip")
+		if !tr.EPSV {
+			args = append(args, "--disable-epsv")
+		}
 	}
-	url := "ftp://" + tr.Host + "/"
+	url := "ftp://" + tr.urlHost() + "/"
 	switch tr.Op {
 	case Get:
 		args = append(args, "--output", tr.Local, url+tr.Remote)
@@ -149,6 +216,11 @@ func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 // off (by default lftp swaps a private 227 address for the control
 // connection's) and ftp:prefer-epsv chosen by the mode. TLS is off: the
 // servers in the lab speak plain FTP, and lftp would otherwise try AUTH TLS.
+//
+// Active mode is ftp:passive-mode no (and ftp:auto-passive-mode no, so a
+// failed active transfer is not retried passively). lftp has no setting
+// for the active command: it sends PORT for an IPv4 data socket and EPRT
+// for an IPv6 one, so EPRT over IPv4 is ErrUnsupported.
 type Lftp struct{}
 
 // Name implements Client.
@@ -159,9 +231,19 @@ func (Lftp) Available() error { return lookPath("lftp") }
 
 // Run implements Client.
 func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+	if err := tr.checkFamily("lftp"); err != nil {
+		return Result{}, err
+	}
+	if tr.Active && tr.EPSV && !tr.is6() {
+		return Result{}, fmt.Errorf("lftp: EPRT over IPv4: lftp sends EPRT only for IPv6: %w", ErrUnsupported)
+	}
 	epsv := "no"
 	if tr.EPSV {
 		epsv = "yes"
+	}
+	passive := "yes"
+	if tr.Active {
+		passive = "no"
 	}
 	settings := []string{
 		"set cmd:fail-exit yes",
@@ -171,13 +253,14 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		"set net:timeout 10",
 		"set net:reconnect-interval-base 1",
 		"set ftp:ssl-allow no",
-		"set ftp:passive-mode yes",
+		"set ftp:passive-mode " + passive,
+		"set ftp:auto-passive-mode no",
 		"set ftp:fix-pasv-address no",
 		"set ftp:ignore-pasv-address no",
 		"set ftp:prefer-epsv " + epsv,
 		"set xfer:clobber yes",
 	}
-	settings = append(settings, fmt.Sprintf("open -u %s,%s ftp://%s", tr.User, tr.Password, tr.Host))
+	settings = append(settings, fmt.Sprintf("open -u %s,%s ftp://%s", tr.User, tr.Password, tr.urlHost()))
 	switch tr.Op {
 	case Get:
 		settings = append(settings, fmt.Sprintf("get %s -o %s", tr.Remote, tr.Local))
@@ -196,7 +279,10 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 // Ftplib drives Python's ftplib, with trust_server_pasv_ipv4_address set.
 // ftplib sends EPSV only on IPv6 control connections; for EPSV mode the
 // script overrides makepasv to send EPSV and parse the 229 with ftplib's own
-// parse229, so the rest of ftplib's data path is unchanged.
+// parse229, so the rest of ftplib's data path is unchanged. Active mode is
+// set_pasv(False): ftplib listens on the control connection's local
+// address and sends PORT over IPv4 and EPRT over IPv6; for EPRT over IPv4
+// the script sends ftplib's own sendeprt instead of sendport.
 type Ftplib struct {
 	// Python is the interpreter; empty means Debian's /usr/bin/python3,
 	// so a pyenv or venv on PATH cannot change which ftplib runs.
@@ -222,7 +308,7 @@ func (f Ftplib) Available() error {
 }
 
 // ftplibScript is the client program. Arguments: host user password
-// pasv|epsv get|put|list remote local timeout.
+// pasv|epsv|port|eprt get|put|list remote local timeout.
 const ftplibScript = `
 import ftplib, sys
 host, user, password, mode, op, remote, local, timeout = sys.argv[1:]
@@ -236,10 +322,15 @@ class FTP(ftplib.FTP):
             return ftplib.parse229(self.sendcmd("EPSV"), self.sock.getpeername())
         return super().makepasv()
 
+    def sendport(self, host, port):
+        if mode == "eprt":
+            return self.sendeprt(host, port)
+        return super().sendport(host, port)
+
 ftp = FTP(timeout=float(timeout))
 ftp.connect(host, 21)
 ftp.login(user, password)
-ftp.set_pasv(True)
+ftp.set_pasv(mode in ("pasv", "epsv"))
 if op == "get":
     with open(local, "wb") as f:
         ftp.retrbinary("RETR " + remote, f.write)
@@ -255,10 +346,10 @@ ftp.quit()
 
 // Run implements Client.
 func (f Ftplib) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
-	mode := "pasv"
-	if tr.EPSV {
-		mode = "epsv"
+	if err := tr.checkFamily("ftplib"); err != nil {
+		return Result{}, err
 	}
+	mode := strings.ToLower(tr.command())
 	return run(ctx, l, tr, f.python(), "-c", ftplibScript,
 		tr.Host, tr.User, tr.Password, mode, string(tr.Op), tr.Remote, tr.Local,
 		strconv.Itoa(int(tr.timeout().Seconds())))
@@ -288,10 +379,17 @@ func (j JLFTP) Available() error {
 	return nil
 }
 
-// Run implements Client.
+// Run implements Client. jlaffaye/ftp has no active mode, so Active is
+// ErrUnsupported.
 func (j JLFTP) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+	if tr.Active {
+		return Result{}, fmt.Errorf("jlaffaye/ftp has no active mode: %w", ErrUnsupported)
+	}
+	if err := tr.checkFamily("jlaffaye"); err != nil {
+		return Result{}, err
+	}
 	return run(ctx, l, tr, j.Bin,
-		"--addr", tr.Host+":21",
+		"--addr", net.JoinHostPort(tr.Host, "21"),
 		"--user", tr.User,
 		"--password", tr.Password,
 		"--epsv="+strconv.FormatBool(tr.EPSV),

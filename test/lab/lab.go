@@ -3,21 +3,39 @@
 // servers, clients and packet captures inside it.
 //
 // Tests in test/interop (and any later kernel-level test) call New once per
-// topology they need. The topology is
+// gateway lab they need. That topology (reverse mode: a gateway in front of
+// a private server) is
 //
 //	client ns                 gw ns                          server ns
 //	eth0 203.0.113.10/24 ---- pub0  203.0.113.1/24
 //	     203.0.113.11/24            203.0.113.2/24
 //	     (the intruder)       priv0 192.0.2.1/24  ---------- eth0 192.0.2.10/24
+//	                                                              192.0.2.11/24
+//	                                                              (a neighbour)
 //
 // The client's default route and the server's default route point at the gw,
 // which forwards IPv4 but has FORWARD policy DROP: the client reaches the
 // server's network only through a DNAT that pasvgate installs (or by talking
-// to a proxy on the gw). Only documentation address ranges are used, so no
-// packet of a lab can mean anything outside it.
+// to a proxy on the gw). With Options.IPv6 the same links also carry
+// 2001:db8:1::/64 (client side) and 2001:db8:2::/64 (server side), with
+// IPv6 forwarding on and ip6tables FORWARD policy DROP as well.
 //
-// Every namespace is named pglab-<pid>-<n>-<role>, so a later run can tell a
-// namespace left behind by a crashed run (its pid is gone) from one that a
+// NewRouter builds the other topology, a router with a LAN behind it
+// (transparent mode: pasvgate as a router sidecar); see its doc. Only
+// documentation address ranges are used, so no packet of a lab can mean
+// anything outside it.
+//
+// Besides the topologies, the package drives what runs in them: real FTP
+// servers (StartServer) and clients (Client: curl, lftp, ftplib,
+// jlaffaye/ftp, passive or active), a raw Go client that lets a test act
+// between the data command and the data connection (RawPassiveRetr,
+// RawActiveRetr), packet captures (Capture) with parsers of what crossed a
+// link (Stream, Parse227s, ParseActive, Connects, Leaks), and a results
+// table for suites of cells (Grid).
+//
+// Every namespace is named pglab-<pid>-<n>-<role> (gateway labs) or
+// pgsc-<pid>-<n>-<role> (router labs), so a later run can tell a namespace
+// left behind by a crashed run (its pid is gone) from one that a
 // concurrently running test still uses, and Sweep removes only the former.
 // Nothing here touches the host's own network, addresses, routes or firewall:
 // every command runs inside one of the lab's namespaces.
@@ -54,6 +72,7 @@ const (
 	GWPublicAddr2  = "203.0.113.2"  // a second public address, for 227 rewrites
 	GWPrivateAddr  = "192.0.2.1"    // the gateway on the server's network
 	ServerAddr     = "192.0.2.10"   // the FTP server
+	NeighborAddr   = "192.0.2.11"   // a second host on the server's network
 	PrivatePrefix  = "192.0.2."     // what must never reach the client
 	ClientIface    = "eth0"
 	GWPublicIface  = "pub0"
@@ -61,9 +80,26 @@ const (
 	ServerIface    = "eth0"
 )
 
-// Namespace name prefix. Sweep relies on the whole format
-// pglab-<pid>-<n>-<role>.
-const nsPrefix = "pglab-"
+// IPv6 addresses of a gateway lab made with Options.IPv6. Written in the
+// canonical form (RFC 5952) that Go and the FTP clients print, so that a
+// test can look for them in a capture.
+const (
+	ClientAddr6    = "2001:db8:1::10" // the FTP client
+	IntruderAddr6  = "2001:db8:1::11" // a second host on the client's network
+	GWPublicAddr6  = "2001:db8:1::1"  // where clients reach the proxy's port 21
+	GWPublicAddr6b = "2001:db8:1::2"  // a second public address
+	GWPrivateAddr6 = "2001:db8:2::1"  // the gateway on the server's network
+	ServerAddr6    = "2001:db8:2::10" // the FTP server
+	NeighborAddr6  = "2001:db8:2::11" // a second host on the server's network
+	PrivatePrefix6 = "2001:db8:2:"    // what must never reach the client
+)
+
+// Namespace name prefixes. Sweep relies on the whole format
+// <prefix><pid>-<n>-<role>.
+const (
+	nsPrefix       = "pglab-" // gateway labs (New)
+	routerNSPrefix = "pgsc-"  // router labs (NewRouter)
+)
 
 // DefaultIPTables is the iptables binary used in the gw namespace when
 // Options.IPTables is empty: the nft backend, Debian 12's default.
@@ -88,6 +124,12 @@ type Options struct {
 	// Shaping in the kernel paces every client the same way, where the
 	// clients' own limiters differ (curl's overshoots by far).
 	ClientLinkRate int
+	// IPv6 adds the IPv6 addresses (ClientAddr6 and the others) to a
+	// gateway lab, turns on IPv6 forwarding in the gw and sets its
+	// ip6tables FORWARD policy to DROP, with the ip6tables binary of the
+	// same backend as IPTables (Lab.IP6Tables). Servers started in such a
+	// lab listen on IPv6 too, where they can (see StartServer).
+	IPv6 bool
 }
 
 // Lab is one instance of the topology. Its methods are safe for concurrent
@@ -101,7 +143,18 @@ type Lab struct {
 	Dir string
 	// IPTables is the iptables binary in use in the gw namespace.
 	IPTables string
+	// IP6Tables is the ip6tables binary of the same backend as IPTables
+	// (iptables-nft gives ip6tables-nft). The lab uses it only when it has
+	// IPv6.
+	IP6Tables string
+	// IPv6 reports whether the lab has IPv6 addresses (Options.IPv6).
+	IPv6 bool
 
+	// serverAddr and serverAddr6 are where StartServer's servers listen:
+	// they differ between a gateway lab and a router lab.
+	serverAddr, serverAddr6 string
+	// build makes the namespaces' links, addresses, routes and firewall.
+	build    func(ctx context.Context) error
 	linkRate int
 	seq      atomic.Int64 // numbers server directories
 
@@ -133,9 +186,26 @@ func RequireRoot(tb testing.TB) {
 	}
 }
 
-// New builds a fresh topology for tb and registers its teardown with
+// New builds a fresh gateway lab for tb and registers its teardown with
 // tb.Cleanup. It fails tb if the topology cannot be built.
 func New(tb testing.TB, opt Options) *Lab {
+	tb.Helper()
+	l := newLab(tb, nsPrefix, "c", "g", "s", opt.IPTables)
+	l.linkRate = opt.ClientLinkRate
+	l.IPv6 = opt.IPv6
+	l.serverAddr = ServerAddr
+	if opt.IPv6 {
+		l.serverAddr6 = ServerAddr6
+	}
+	l.build = l.buildGateway
+	l.create(tb)
+	return l
+}
+
+// newLab makes the Lab value of a new lab: namespace names with prefix and
+// the three role letters, the scratch directory and the clean-up. It skips
+// tb if the lab cannot run here at all.
+func newLab(tb testing.TB, prefix, client, gw, server, ipt string) *Lab {
 	tb.Helper()
 	RequireRoot(tb)
 	sweepOnce.Do(func() {
@@ -143,26 +213,31 @@ func New(tb testing.TB, opt Options) *Lab {
 			tb.Logf("lab: sweeping stale namespaces: %v", err)
 		}
 	})
-	ipt := opt.IPTables
 	if ipt == "" {
 		ipt = DefaultIPTables
 	}
 	if _, err := os.Stat(ipt); err != nil {
 		tb.Skipf("lab: iptables binary %s: %v", ipt, err)
 	}
-	base := fmt.Sprintf("%s%d-%d-", nsPrefix, os.Getpid(), nsSeq.Add(1))
+	base := fmt.Sprintf("%s%d-%d-", prefix, os.Getpid(), nsSeq.Add(1))
+	return &Lab{
+		Client:    base + client,
+		GW:        base + gw,
+		Server:    base + server,
+		IPTables:  ipt,
+		IP6Tables: ip6tablesFor(ipt),
+	}
+}
+
+// create makes the scratch directory and the namespaces, and runs l.build.
+// The clean-up is registered first, so a half-built lab is removed too.
+func (l *Lab) create(tb testing.TB) {
+	tb.Helper()
 	dir, err := os.MkdirTemp("", "pglab-")
 	if err != nil {
 		tb.Fatalf("lab: %v", err)
 	}
-	l := &Lab{
-		Client:   base + "c",
-		GW:       base + "g",
-		Server:   base + "s",
-		Dir:      dir,
-		IPTables: ipt,
-		linkRate: opt.ClientLinkRate,
-	}
+	l.Dir = dir
 	tb.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			tb.Errorf("lab: close: %v", err)
@@ -171,30 +246,45 @@ func New(tb testing.TB, opt Options) *Lab {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		tb.Fatalf("lab: %v", err)
 	}
-	if err := l.build(); err != nil {
-		tb.Fatalf("lab: building topology: %v", err)
-	}
-	return l
-}
-
-// build creates the namespaces, veth pairs, addresses, routes and the gw's
-// forwarding policy. Veth pairs are created inside the namespaces (ip -n),
-// so no interface ever appears in the host's namespace, even for a moment.
-func (l *Lab) build() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	run := func(args ...string) error {
-		out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
-		}
-		return nil
-	}
 	for _, ns := range []string{l.Client, l.GW, l.Server} {
-		if err := run("netns", "add", ns); err != nil {
-			return err
+		if err := ipCmd(ctx, "netns", "add", ns); err != nil {
+			tb.Fatalf("lab: building topology: %v", err)
 		}
 	}
+	if err := l.build(ctx); err != nil {
+		tb.Fatalf("lab: building topology: %v", err)
+	}
+}
+
+// ip6tablesFor returns the ip6tables binary of the same backend as the
+// iptables binary ipt: /usr/sbin/iptables-nft gives /usr/sbin/ip6tables-nft.
+// The two families of one namespace must use one backend, for the same
+// reason as the two tables of one family (see Options.IPTables).
+func ip6tablesFor(ipt string) string {
+	dir, base := filepath.Split(ipt)
+	if rest, ok := strings.CutPrefix(base, "iptables"); ok {
+		return dir + "ip6tables" + rest
+	}
+	return ""
+}
+
+// ipCmd runs the ip command with args in the host's namespace; every use
+// names a lab namespace (netns add, or -n NS).
+func ipCmd(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// buildGateway creates the gateway lab's veth pairs, addresses, routes and
+// the gw's forwarding policy. Veth pairs are created inside the namespaces
+// (ip -n), so no interface ever appears in the host's namespace, even for
+// a moment.
+func (l *Lab) buildGateway(ctx context.Context) error {
 	steps := [][]string{
 		{"-n", l.GW, "link", "add", GWPublicIface, "type", "veth", "peer", "name", ClientIface, "netns", l.Client},
 		{"-n", l.GW, "link", "add", GWPrivateIface, "type", "veth", "peer", "name", ServerIface, "netns", l.Server},
@@ -213,12 +303,36 @@ func (l *Lab) build() error {
 		{"-n", l.GW, "link", "set", GWPrivateIface, "up"},
 
 		{"-n", l.Server, "addr", "add", ServerAddr + "/24", "dev", ServerIface},
+		// Secondary: the server's own connections keep ServerAddr as
+		// their source.
+		{"-n", l.Server, "addr", "add", NeighborAddr + "/24", "dev", ServerIface},
 		{"-n", l.Server, "link", "set", "lo", "up"},
 		{"-n", l.Server, "link", "set", ServerIface, "up"},
 		{"-n", l.Server, "route", "add", "default", "via", GWPrivateAddr},
 	}
+	if l.IPv6 {
+		// nodad: duplicate address detection would keep each address
+		// unusable for a second or two, and there is nothing on these
+		// links to collide with. The second address of each host is
+		// deprecated (preferred_lft 0): IPv6 has no primary address, and
+		// Linux would pick the newest one as the source of the host's
+		// own connections; a deprecated one is used only when bound,
+		// which is how tests speak as the intruder or the neighbour.
+		second := []string{"nodad", "preferred_lft", "0"}
+		steps = append(steps,
+			[]string{"-n", l.Client, "addr", "add", ClientAddr6 + "/64", "dev", ClientIface, "nodad"},
+			append([]string{"-n", l.Client, "addr", "add", IntruderAddr6 + "/64", "dev", ClientIface}, second...),
+			[]string{"-n", l.Client, "-6", "route", "add", "default", "via", GWPublicAddr6},
+			[]string{"-n", l.GW, "addr", "add", GWPublicAddr6 + "/64", "dev", GWPublicIface, "nodad"},
+			append([]string{"-n", l.GW, "addr", "add", GWPublicAddr6b + "/64", "dev", GWPublicIface}, second...),
+			[]string{"-n", l.GW, "addr", "add", GWPrivateAddr6 + "/64", "dev", GWPrivateIface, "nodad"},
+			[]string{"-n", l.Server, "addr", "add", ServerAddr6 + "/64", "dev", ServerIface, "nodad"},
+			append([]string{"-n", l.Server, "addr", "add", NeighborAddr6 + "/64", "dev", ServerIface}, second...),
+			[]string{"-n", l.Server, "-6", "route", "add", "default", "via", GWPrivateAddr6},
+		)
+	}
 	for _, s := range steps {
-		if err := run(s...); err != nil {
+		if err := ipCmd(ctx, s...); err != nil {
 			return err
 		}
 	}
@@ -230,6 +344,11 @@ func (l *Lab) build() error {
 	}
 	if _, err := l.Exec(ctx, l.GW, l.IPTables, "-w", "5", "-P", "FORWARD", "DROP"); err != nil {
 		return err
+	}
+	if l.IPv6 {
+		if err := l.ipv6Forwarding(ctx); err != nil {
+			return err
+		}
 	}
 	if l.linkRate > 0 {
 		for _, ns := range []string{l.Client, l.Server} {
@@ -251,6 +370,21 @@ func (l *Lab) build() error {
 		}
 	}
 	return nil
+}
+
+// ipv6Forwarding turns IPv6 forwarding on in the gw with FORWARD policy
+// DROP, as buildGateway does for IPv4. The policy goes in first, so that
+// not one packet is forwarded unfiltered. (net.ipv4.tcp_rmem and _wmem
+// cover IPv6 sockets as well, so shaping needs nothing more.)
+func (l *Lab) ipv6Forwarding(ctx context.Context) error {
+	if l.IP6Tables == "" {
+		return fmt.Errorf("no ip6tables binary goes with %s", l.IPTables)
+	}
+	if _, err := l.Exec(ctx, l.GW, l.IP6Tables, "-w", "5", "-P", "FORWARD", "DROP"); err != nil {
+		return err
+	}
+	_, err := l.Exec(ctx, l.GW, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	return err
 }
 
 // Exec runs name with args inside the namespace ns and returns its standard
@@ -495,7 +629,9 @@ func nsPids(ns string) []int {
 	return pids
 }
 
-var labNSName = regexp.MustCompile(`^pglab-(\d+)-\d+-[cgs]$`)
+// labNSName matches the names of both kinds of lab (nsPrefix and
+// routerNSPrefix) and of no one else's.
+var labNSName = regexp.MustCompile(`^(?:pglab|pgsc)-(\d+)-\d+-[cgslr]$`)
 
 // Sweep deletes lab namespaces whose creating process no longer exists:
 // leftovers of a run that was killed before its clean-up ran. Namespaces of

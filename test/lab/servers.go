@@ -82,6 +82,12 @@ type ServerOptions struct {
 	// set-up behind a static NAT, which the interop suite uses as a
 	// reference that needs no proxy.
 	PublicAddr string
+	// DataFromPort20 makes vsftpd open active-mode data connections from
+	// port 20 (connect_from_port_20=YES, as Debian's packaged
+	// vsftpd.conf has it) instead of an ephemeral port (vsftpd's
+	// compiled-in default, which the lab keeps otherwise). Other kinds
+	// ignore it.
+	DataFromPort20 bool
 	// Binary is the program to run, for kinds that are built rather than
 	// installed (BuiltIn: a testftpd binary, see BuildGo). Empty means the
 	// installed location for the other kinds.
@@ -89,13 +95,16 @@ type ServerOptions struct {
 }
 
 // Server is an FTP server running in the lab's server namespace, on
-// ServerAddr:21, advertising its own private address in 227 replies unless
-// ServerOptions.PublicAddr says otherwise.
+// ServerAddr:21 (WANServerAddr:21 in a router lab), advertising its own
+// address in 227 replies unless ServerOptions.PublicAddr says otherwise.
 type Server struct {
 	// Kind is one of the kind constants.
 	Kind string
 	// Addr is the control address, "192.0.2.10:21".
 	Addr string
+	// Addr6 is the IPv6 control address, "[2001:db8:2::10]:21", when the
+	// lab has IPv6 and the server listens there too; otherwise "".
+	Addr6 string
 	// User and Password log in with permission to download DataFile, list,
 	// and upload into UploadDir.
 	User, Password string
@@ -116,12 +125,18 @@ func (s *Server) UploadedSHA256(name string) (string, error) {
 
 // StartServer launches a server of the given kind inside the server
 // namespace and waits (up to 15 s) until it sends its 220 greeting on
-// ServerAddr:21. Each kind runs in the foreground with a configuration
-// written for this lab and keeps its security defaults, in particular the
-// check that a passive data connection comes from the control connection's
-// address (vsftpd pasv_promiscuous=NO, ProFTPD AllowForeignAddress off,
-// pure-ftpd without -w). An error wrapping ErrMissing means the program is
-// not installed.
+// ServerAddr:21 (WANServerAddr:21 in a router lab). Each kind runs in the
+// foreground with a configuration written for this lab and keeps its
+// security defaults, in particular the check that a passive data
+// connection comes from the control connection's address (vsftpd
+// pasv_promiscuous=NO, ProFTPD AllowForeignAddress off, pure-ftpd without
+// -w) and its active-mode counterpart, that PORT and EPRT name the control
+// connection's address (vsftpd port_promiscuous=NO, and the same options).
+// An error wrapping ErrMissing means the program is not installed.
+//
+// In a lab with IPv6, vsftpd, pure-ftpd and ProFTPD listen on IPv6 too,
+// and StartServer waits for both greetings (Server.Addr6). The built-in
+// server listens on one address only: it stays IPv4-only there.
 func (l *Lab) StartServer(ctx context.Context, kind string, opt ServerOptions) (*Server, error) {
 	if opt.PassivePorts == [2]int{} {
 		opt.PassivePorts = [2]int{30000, 30099}
@@ -131,10 +146,13 @@ func (l *Lab) StartServer(ctx context.Context, kind string, opt ServerOptions) (
 	dir := filepath.Join(l.Dir, fmt.Sprintf("%s-%d", kind, l.seq.Add(1)))
 	s := &Server{
 		Kind:     kind,
-		Addr:     net.JoinHostPort(ServerAddr, "21"),
+		Addr:     net.JoinHostPort(l.serverAddr, "21"),
 		User:     TestUser,
 		Password: TestPassword,
 		Root:     filepath.Join(dir, "root"),
+	}
+	if l.serverAddr6 != "" && kind != BuiltIn {
+		s.Addr6 = net.JoinHostPort(l.serverAddr6, "21")
 	}
 	uid, gid := nobodyUID, nogroupGID
 	if kind == Vsftpd {
@@ -158,17 +176,17 @@ func (l *Lab) StartServer(ctx context.Context, kind string, opt ServerOptions) (
 	)
 	switch kind {
 	case Vsftpd:
-		bin, args, err = vsftpdSetup(s, dir, opt)
+		bin, args, err = vsftpdSetup(s, dir, l.serverAddr, opt)
 	case PureFTPd:
-		bin, args, err = pureFTPdSetup(ctx, s, dir, opt)
+		bin, args, err = pureFTPdSetup(ctx, s, dir, l.serverAddr, opt)
 	case ProFTPD:
-		bin, args, err = proFTPDSetup(s, dir, opt)
+		bin, args, err = proFTPDSetup(s, dir, l.serverAddr, l.serverAddr6, opt)
 	case BuiltIn:
 		bin = opt.Binary
 		if bin == "" {
 			return nil, fmt.Errorf("lab: %s: no binary given (build test/ftpd/cmd/testftpd with BuildGo): %w", kind, ErrMissing)
 		}
-		public := ServerAddr
+		public := l.serverAddr
 		if opt.PublicAddr != "" {
 			public = opt.PublicAddr
 		}
@@ -194,9 +212,14 @@ func (l *Lab) StartServer(ctx context.Context, kind string, opt ServerOptions) (
 		return nil, err
 	}
 	s.Proc = p
-	if err := l.WaitFTP(ctx, p, l.Server, s.Addr); err != nil {
-		p.Stop()
-		return nil, fmt.Errorf("lab: %s did not come up: %w\n%s", kind, err, tail(p.Output(), 3000))
+	for _, addr := range []string{s.Addr, s.Addr6} {
+		if addr == "" {
+			continue
+		}
+		if err := l.WaitFTP(ctx, p, l.Server, addr); err != nil {
+			p.Stop()
+			return nil, fmt.Errorf("lab: %s did not come up: %w\n%s", kind, err, tail(p.Output(), 3000))
+		}
 	}
 	return s, nil
 }
@@ -228,7 +251,13 @@ func prepareRoot(s *Server, uid, gid int) error {
 // login is anonymous (mapped to the ftp account): vsftpd's local users need
 // a PAM service and a login account, anonymous needs neither. Everything
 // security-related is left at vsftpd's defaults.
-func vsftpdSetup(s *Server, dir string, opt ServerOptions) (string, []string, error) {
+//
+// vsftpd listens on one socket: an IPv4 one on addr, or with IPv6 (s.Addr6
+// set) a dual-stack one on the wildcard address, which takes IPv4 clients
+// as IPv4-mapped addresses and handles them as IPv4 (checked: PASV, PORT
+// and EPRT |1| work, with the same-address checks). listen_address6 would
+// make it IPv6-only.
+func vsftpdSetup(s *Server, dir, addr string, opt ServerOptions) (string, []string, error) {
 	s.User, s.Password = "anonymous", "pglab@example.com"
 	empty := filepath.Join(dir, "empty")
 	if err := os.MkdirAll(empty, 0o755); err != nil {
@@ -236,10 +265,7 @@ func vsftpdSetup(s *Server, dir string, opt ServerOptions) (string, []string, er
 	}
 	conf := strings.Join([]string{
 		// Standalone in the foreground, so the lab owns the process.
-		"listen=YES",
-		"listen_ipv6=NO",
 		"background=NO",
-		"listen_address=" + ServerAddr,
 		"listen_port=21",
 		"anonymous_enable=YES",
 		"local_enable=NO",
@@ -256,10 +282,21 @@ func vsftpdSetup(s *Server, dir string, opt ServerOptions) (string, []string, er
 		"xferlog_enable=NO",
 		"log_ftp_protocol=NO",
 		"use_localtime=NO",
-		// pasv_promiscuous and port_promiscuous stay at their default NO.
+		// pasv_promiscuous and port_promiscuous stay at their default NO,
+		// and connect_from_port_20 at its compiled-in NO (Debian's
+		// packaged vsftpd.conf says YES): active data connections come
+		// from an ephemeral port of the control connection's address.
 	}, "\n") + "\n"
+	if s.Addr6 != "" {
+		conf += "listen=NO\nlisten_ipv6=YES\n"
+	} else {
+		conf += "listen=YES\nlisten_ipv6=NO\nlisten_address=" + addr + "\n"
+	}
 	if opt.PublicAddr != "" {
 		conf += "pasv_address=" + opt.PublicAddr + "\n"
+	}
+	if opt.DataFromPort20 {
+		conf += "connect_from_port_20=YES\n"
 	}
 	path := filepath.Join(dir, "vsftpd.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
@@ -271,7 +308,9 @@ func vsftpdSetup(s *Server, dir string, opt ServerOptions) (string, []string, er
 // pureFTPdSetup makes a PureDB with the test user (a virtual user mapped to
 // nobody, chrooted to the root) and returns the command line. -P is not
 // given, so pure-ftpd advertises the address the client reached it on.
-func pureFTPdSetup(ctx context.Context, s *Server, dir string, opt ServerOptions) (string, []string, error) {
+// With IPv6 (s.Addr6 set) it listens on every address of both families:
+// its -S takes one address.
+func pureFTPdSetup(ctx context.Context, s *Server, dir, addr string, opt ServerOptions) (string, []string, error) {
 	base := filepath.Join(CacheDir(), "pure-ftpd")
 	bin := filepath.Join(base, "usr/sbin/pure-ftpd")
 	pw := filepath.Join(base, "usr/bin/pure-pw")
@@ -292,8 +331,12 @@ func pureFTPdSetup(ctx context.Context, s *Server, dir string, opt ServerOptions
 	if out, err := exec.CommandContext(ctx, pw, "mkdb", pdb, "-f", passwd).CombinedOutput(); err != nil {
 		return "", nil, fmt.Errorf("pure-pw mkdb: %w: %s", err, out)
 	}
+	bind := addr + ",21"
+	if s.Addr6 != "" {
+		bind = ",21"
+	}
 	args := []string{
-		"-S", ServerAddr + ",21",
+		"-S", bind,
 		"-l", "puredb:" + pdb,
 		"-E", // no anonymous logins: the test user only
 		"-H", // no reverse DNS: there is none in the lab
@@ -309,8 +352,9 @@ func pureFTPdSetup(ctx context.Context, s *Server, dir string, opt ServerOptions
 
 // proFTPDSetup writes a proftpd.conf with an AuthUserFile holding the test
 // user (mapped to nobody, chrooted to the root) and returns the command line.
-// AllowForeignAddress stays at its default (off).
-func proFTPDSetup(s *Server, dir string, opt ServerOptions) (string, []string, error) {
+// AllowForeignAddress stays at its default (off). With IPv6 (addr6 not
+// empty) it binds both addresses.
+func proFTPDSetup(s *Server, dir, addr, addr6 string, opt ServerOptions) (string, []string, error) {
 	bin := filepath.Join(CacheDir(), "proftpd-core/usr/sbin/proftpd")
 	passwd := filepath.Join(dir, "proftpd.passwd")
 	group := filepath.Join(dir, "proftpd.group")
@@ -329,10 +373,10 @@ func proFTPDSetup(s *Server, dir string, opt ServerOptions) (string, []string, e
 		// of what reaches the client and the leak check stays about 227.
 		`ServerIdent on "pglab proftpd ready"`,
 		`DefaultServer on`,
-		`DefaultAddress ` + ServerAddr,
+		`DefaultAddress ` + strings.TrimSpace(addr+" "+addr6),
 		`SocketBindTight on`,
 		`Port 21`,
-		`UseIPv6 off`,
+		`UseIPv6 ` + onOff(addr6 != ""),
 		`User nobody`,
 		`Group nogroup`,
 		`Umask 022`,
@@ -365,6 +409,14 @@ func proFTPDSetup(s *Server, dir string, opt ServerOptions) (string, []string, e
 	}
 	// -n: foreground; -q: no start-up banner on stderr.
 	return bin, []string{"-n", "-q", "-c", path}, nil
+}
+
+// onOff is a boolean in ProFTPD's configuration syntax.
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // WaitFTP polls addr from inside namespace ns until an FTP 220 greeting
