@@ -215,8 +215,9 @@ func (s *session) commands(ctx context.Context) string {
 }
 
 // command handles one client command: refuse it with a reply of pasvgate's
-// own, or forward it (unchanged) with the bookkeeping its reply needs. It
-// returns a reason to end the session, or "".
+// own, or forward it with the bookkeeping its reply needs: unchanged, or
+// for PORT/EPRT rewritten to a mapping's address. It returns a reason to
+// end the session, or "".
 func (s *session) command(ctx context.Context, raw, text []byte) string {
 	verb, arg := ftp.ParseCommand(text)
 	if bytes.IndexByte(raw, 0xFF) >= 0 && ftp.HasTelnetNegotiation(raw) {
