@@ -25,7 +25,7 @@ CACHE=${PASVGATE_TEST_CACHE:-/var/cache/pasvgate-test}
 # Packages installed normally. python3 is Debian's (/usr/bin/python3): the
 # interop suite calls it by that path so a pyenv or venv on PATH cannot change
 # which ftplib runs.
-PKGS=(iptables conntrack curl lftp vsftpd python3 tcpdump iproute2 strace libcap2-bin util-linux)
+PKGS=(iptables nftables conntrack curl lftp vsftpd python3 tcpdump iproute2 strace libcap2-bin util-linux)
 
 # Runtime libraries of the unpacked pure-ftpd and proftpd-core binaries (their
 # Depends lines, less the packaging helpers they only need to install).

@@ -139,7 +139,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.IntVar(&c.MaxLine, "max-line", c.MaxLine, "longest control line accepted, in `bytes`")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
-	fs.StringVar(&c.Backend, "backend", c.Backend, "kernel backend: iptables")
+	fs.StringVar(&c.Backend, "backend", c.Backend, "kernel backend: iptables, or nftables (netlink, kernel-expiring entries; needs one host-firewall rule, see README)")
 	fs.StringVar(&c.IptablesPath, "iptables-path", c.IptablesPath, "iptables `binary`: iptables, iptables-nft, iptables-legacy or a path")
 	fs.DurationVar(&c.RuleTimeout, "rule-timeout", c.RuleTimeout, "bound on one rule operation, xtables lock wait included")
 	fs.BoolVar(&c.SNAT, "snat", c.SNAT, "give data connections the gateway's address towards the server as source")
@@ -302,8 +302,11 @@ func (c Config) validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return bad("log-level", "%v", err)
 	}
-	if c.Backend != "iptables" {
-		return bad("backend", "%q: want iptables", c.Backend)
+	if c.Backend != "iptables" && c.Backend != "nftables" {
+		return bad("backend", "%q: want iptables or nftables", c.Backend)
+	}
+	if c.Backend == "nftables" && c.Intercept != "" {
+		return bad("intercept", "needs --backend iptables (the nftables backend does not intercept yet)")
 	}
 	if c.IptablesPath == "" {
 		return bad("iptables-path", "must not be empty")

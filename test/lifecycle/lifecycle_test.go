@@ -283,3 +283,63 @@ func TestCrashAndStop(t *testing.T) {
 		})
 	}
 }
+
+// TestNftablesBackend runs the same crash-and-stop cycle with
+// --backend nftables: leftovers of a killed process are swept at start,
+// `rules list` sees the mappings, a clean stop removes them, and flush
+// deletes pasvgate's tables and nothing else.
+func TestNftablesBackend(t *testing.T) {
+	netns.RequireRoot(t)
+	pasvgate, ftpd := build(t)
+	ns := gateway(t)
+	start(t, ns, "listening on", ftpd, "--listen", "192.0.2.10:21", "--public-host", "192.0.2.10",
+		"--passive-ports", "30000-30099")
+	args := []string{"run", "--listen", "203.0.113.1:21", "--upstream", "192.0.2.10:21",
+		"--data-ports", "41000-41099", "--backend", "nftables"}
+	list := func() []string {
+		out, err := ns.Run(context.Background(), pasvgate, "rules", "list", "--backend", "nftables")
+		if err != nil {
+			t.Fatalf("rules list: %v\n%s", err, out)
+		}
+		var lines []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if l != "" && !strings.HasPrefix(l, "ID ") {
+				lines = append(lines, l)
+			}
+		}
+		return lines
+	}
+	p := start(t, ns, "pasvgate started", pasvgate, args...)
+	openPASV(t, ns)
+	openPASV(t, ns)
+	if got := list(); len(got) != 2 {
+		t.Fatalf("rules list shows %v, want 2 mappings", got)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	_ = p.wait(t)
+	if got := list(); len(got) != 2 {
+		t.Fatalf("after SIGKILL rules list shows %v, want the 2 leftovers", got)
+	}
+	p = start(t, ns, "pasvgate started", pasvgate, args...)
+	if got := list(); len(got) != 0 {
+		t.Fatalf("after restart: leftovers %v", got)
+	}
+	openPASV(t, ns)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.wait(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.output())
+	}
+	if got := list(); len(got) != 0 {
+		t.Fatalf("after a clean stop: %v", got)
+	}
+	if _, err := exec.LookPath("nft"); err == nil {
+		ns.MustRun(t, "nft", "add", "table", "inet", "sitefw")
+		if out, err := ns.Run(context.Background(), pasvgate, "rules", "flush", "--backend", "nftables"); err != nil {
+			t.Fatalf("rules flush: %v\n%s", err, out)
+		}
+		tables := ns.MustRun(t, "nft", "list", "tables")
+		if strings.Contains(tables, "pasvgate") || !strings.Contains(tables, "sitefw") {
+			t.Fatalf("after flush the tables are:\n%s", tables)
+		}
+	}
+}

@@ -1,0 +1,347 @@
+package nftables
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/test/netns"
+)
+
+// lab is three namespaces: a client side with the client and an intruder
+// (203.0.113.10 and .11, 2001:db8:1::10 and ::11), a gateway that forwards,
+// with pasvgate's backend (203.0.113.1 and 192.0.2.1, 2001:db8:1::1 and
+// 2001:db8:2::1), and a server behind it (192.0.2.10, 2001:db8:2::10)
+// whose default route is the gateway. The gateway has no firewall of its
+// own unless a test gives it one.
+type lab struct {
+	client, gw, server *netns.NS
+	b                  *Backend
+	seen               chan netip.AddrPort // remote address of each connection the server accepts
+}
+
+// Addresses of the lab, per family.
+type labAddrs struct {
+	name                                       string
+	client, intruder, public, gwInside, server netip.Addr
+}
+
+var (
+	lab4 = labAddrs{
+		name:   "IPv4",
+		client: netip.MustParseAddr("203.0.113.10"), intruder: netip.MustParseAddr("203.0.113.11"),
+		public: netip.MustParseAddr("203.0.113.1"), gwInside: netip.MustParseAddr("192.0.2.1"),
+		server: netip.MustParseAddr("192.0.2.10"),
+	}
+	lab6 = labAddrs{
+		name:   "IPv6",
+		client: netip.MustParseAddr("2001:db8:1::10"), intruder: netip.MustParseAddr("2001:db8:1::11"),
+		public: netip.MustParseAddr("2001:db8:1::1"), gwInside: netip.MustParseAddr("2001:db8:2::1"),
+		server: netip.MustParseAddr("2001:db8:2::10"),
+	}
+)
+
+// serverPort is the port the server listens on in both families.
+const serverPort = 30000
+
+// mapping is a mapping of the lab: from the client to the server, on the
+// gateway's public address and port q, with SNAT to the gateway's inside
+// address if snat.
+func (a labAddrs) mapping(id string, q uint16, snat bool) rules.Mapping {
+	m := rules.Mapping{ID: id, Source: a.client, Public: netip.AddrPortFrom(a.public, q),
+		Target: netip.AddrPortFrom(a.server, serverPort), Created: time.Now()}
+	if snat {
+		m.SNAT = a.gwInside
+	}
+	return m
+}
+
+func newLab(t *testing.T, cfg Config) *lab {
+	t.Helper()
+	l := &lab{
+		client: netns.New(t, nsPrefix), gw: netns.New(t, nsPrefix), server: netns.New(t, nsPrefix),
+		seen: make(chan netip.AddrPort, 16),
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Without duplicate address detection on the veths' link-local
+	// addresses, the first IPv6 connection does not wait for it.
+	for _, ns := range []*netns.NS{l.client, l.gw, l.server} {
+		must(ns.Sysctl("net.ipv6.conf.default.accept_dad", "0"))
+	}
+	must(netns.Veth(l.client, "c0", l.gw, "g0"))
+	must(netns.Veth(l.gw, "g1", l.server, "s0"))
+	for _, a := range []struct {
+		ns  *netns.NS
+		dev string
+		p   string
+	}{
+		{l.client, "c0", "203.0.113.10/24"}, {l.client, "c0", "203.0.113.11/24"},
+		{l.client, "c0", "2001:db8:1::10/64"}, {l.client, "c0", "2001:db8:1::11/64"},
+		{l.gw, "g0", "203.0.113.1/24"}, {l.gw, "g1", "192.0.2.1/24"},
+		{l.gw, "g0", "2001:db8:1::1/64"}, {l.gw, "g1", "2001:db8:2::1/64"},
+		{l.server, "s0", "192.0.2.10/24"}, {l.server, "s0", "2001:db8:2::10/64"},
+	} {
+		must(a.ns.AddAddr(a.dev, netip.MustParsePrefix(a.p)))
+	}
+	// The client side routes everything through the gateway too, so that
+	// a connection straight to the server reaches the gateway's forward
+	// hook instead of failing in the client.
+	must(l.client.AddDefaultRoute(lab4.public))
+	must(l.client.AddDefaultRoute(lab6.public))
+	must(l.server.AddDefaultRoute(lab4.gwInside))
+	must(l.server.AddDefaultRoute(lab6.gwInside))
+	must(l.gw.Sysctl("net.ipv4.ip_forward", "1"))
+	must(l.gw.Sysctl("net.ipv6.conf.all.forwarding", "1"))
+	for _, a := range []netip.Addr{lab4.server, lab6.server} {
+		ln, err := l.server.Listen("tcp", netip.AddrPortFrom(a, serverPort).String())
+		must(err)
+		l.serve(t, ln)
+	}
+	l.b = newBackend(t, l.gw, cfg)
+	if err := l.b.Setup(context.Background()); err != nil {
+		t.Fatalf("Setup: %v", err)
+	}
+	return l
+}
+
+// serve runs an echo server on ln until the test ends, reporting each
+// connection's remote address on l.seen.
+func (l *lab) serve(t *testing.T, ln net.Listener) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			select {
+			case l.seen <- netip.MustParseAddrPort(c.RemoteAddr().String()):
+			default:
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// dial connects from the client namespace, from address from, to to,
+// giving up after timeout.
+func (l *lab) dial(t *testing.T, from netip.Addr, to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := l.client.Dial(ctx, "tcp", netip.AddrPortFrom(from, 0).String(), to.String())
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// echo sends msg over c and checks that the server sends it back.
+func echo(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("reading the echo: %w", err)
+	}
+	if !bytes.Equal(buf, []byte(msg)) {
+		return fmt.Errorf("echo = %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+// expectSeen checks the source address the server saw for the latest
+// connection.
+func (l *lab) expectSeen(t *testing.T, want netip.Addr) {
+	t.Helper()
+	select {
+	case ap := <-l.seen:
+		if ap.Addr() != want {
+			t.Errorf("server saw the connection from %s, want %s", ap.Addr(), want)
+		}
+	case <-time.After(2 * time.Second):
+		t.Errorf("server saw no connection")
+	}
+}
+
+// connects checks that a connection from from to to is made and carries
+// bytes, and that the server sees it coming from seenFrom; it returns it.
+func (l *lab) connects(t *testing.T, from netip.Addr, to netip.AddrPort, seenFrom netip.Addr) net.Conn {
+	t.Helper()
+	c, err := l.dial(t, from, to, 3*time.Second)
+	if err != nil {
+		t.Fatalf("connecting from %s to %s: %v", from, to, err)
+	}
+	if err := echo(c, "data from "+from.String()); err != nil {
+		t.Fatalf("connection from %s to %s: %v", from, to, err)
+	}
+	l.expectSeen(t, seenFrom)
+	return c
+}
+
+// refused checks that no connection from from to to gets through within
+// half a second: on veths an answer takes well under a millisecond.
+func (l *lab) refused(t *testing.T, from netip.Addr, to netip.AddrPort) {
+	t.Helper()
+	c, err := l.dial(t, from, to, 500*time.Millisecond)
+	if err == nil {
+		// Even if something answered, the server must not have.
+		err = echo(c, "x")
+		c.Close()
+		if err == nil {
+			t.Fatalf("connection from %s to %s got through", from, to)
+		}
+	}
+	select {
+	case ap := <-l.seen:
+		t.Fatalf("server accepted a connection from %s, which must not get through", ap)
+	default:
+	}
+}
+
+// hostFirewall is a kind of firewall the gateway's owner may run next to
+// pasvgate, set up the way its users set it up, in the gateway's
+// namespace only.
+type hostFirewall struct {
+	name string
+	// bins must be installed for the firewall to be tested.
+	bins []string
+	// drop gives the forward hook a policy of drop, in both families.
+	drop func(t *testing.T, gw *netns.NS)
+	// acceptMark adds the one rule the package doc asks for: accept
+	// connections that carry pasvgate's conntrack mark (or, in the
+	// variants that check the doc's alternative, every DNATed one).
+	acceptMark func(t *testing.T, gw *netns.NS)
+	// dump returns the firewall's whole state without counters, to check
+	// that pasvgate leaves it alone.
+	dump func(t *testing.T, gw *netns.NS) string
+}
+
+// counters matches the packet and byte counters in iptables-save output,
+// and its header and footer comments, which carry dates.
+var counters = regexp.MustCompile(`\[\d+:\d+\]|(?m)^#.*$`)
+
+// markMatch is the mark and mask of DefaultCtMark as iptables writes
+// them.
+var markMatch = fmt.Sprintf("0x%x/0x%x", DefaultCtMark, DefaultCtMark)
+
+// xtables is an iptables firewall run with the binaries of one backend
+// ("nft" or "legacy"), whose rule for pasvgate accepts its mark, or, if
+// dnat, every DNATed connection, as port forwarding setups commonly do.
+func xtables(kind string, dnat bool) hostFirewall {
+	bin4, bin6 := "iptables-"+kind, "ip6tables-"+kind
+	both := func(t *testing.T, gw *netns.NS, args ...string) {
+		t.Helper()
+		for _, b := range []string{bin4, bin6} {
+			gw.MustRun(t, b, append([]string{"-w"}, args...)...)
+		}
+	}
+	fw := hostFirewall{
+		name: "iptables-" + kind,
+		bins: []string{bin4, bin6, bin4 + "-save", bin6 + "-save"},
+		drop: func(t *testing.T, gw *netns.NS) { both(t, gw, "-P", "FORWARD", "DROP") },
+		acceptMark: func(t *testing.T, gw *netns.NS) {
+			both(t, gw, "-I", "FORWARD", "-m", "connmark", "--mark", markMatch, "-j", "ACCEPT")
+		},
+		dump: func(t *testing.T, gw *netns.NS) string {
+			return counters.ReplaceAllString(gw.MustRun(t, bin4+"-save")+gw.MustRun(t, bin6+"-save"), "")
+		},
+	}
+	if dnat {
+		fw.name += "-ctstate-dnat"
+		fw.acceptMark = func(t *testing.T, gw *netns.NS) {
+			both(t, gw, "-I", "FORWARD", "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+		}
+	}
+	return fw
+}
+
+// nativeNFT is a native nftables firewall: table inet filter, as
+// distributions ship it in /etc/nftables.conf, whose rule for pasvgate
+// accepts its mark, or, if dnat, every DNATed connection.
+func nativeNFT(dnat bool) hostFirewall {
+	rule := []string{"ct", "mark", "and", fmt.Sprintf("0x%x", DefaultCtMark), "==", fmt.Sprintf("0x%x", DefaultCtMark), "accept"}
+	name := "nftables"
+	if dnat {
+		rule, name = []string{"ct", "status", "dnat", "accept"}, name+"-ct-status-dnat"
+	}
+	return hostFirewall{
+		name: name,
+		bins: []string{"nft"},
+		drop: func(t *testing.T, gw *netns.NS) {
+			gw.MustRun(t, "nft", "add", "table", "inet", "filter")
+			gw.MustRun(t, "nft", "add", "chain", "inet", "filter", "forward",
+				"{ type filter hook forward priority filter; policy drop; }")
+		},
+		acceptMark: func(t *testing.T, gw *netns.NS) {
+			gw.MustRun(t, "nft", append([]string{"insert", "rule", "inet", "filter", "forward"}, rule...)...)
+		},
+		dump: func(t *testing.T, gw *netns.NS) string {
+			return gw.MustRun(t, "nft", "list", "table", "inet", "filter")
+		},
+	}
+}
+
+// require skips the test unless the firewall's binaries are installed.
+func (fw hostFirewall) require(t *testing.T) {
+	for _, b := range fw.bins {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed", b)
+		}
+	}
+}
+
+// nftRuleset is `nft list ruleset` in ns, or "" without nft.
+func nftRuleset(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		return ""
+	}
+	return ns.MustRun(t, "nft", "list", "ruleset")
+}
+
+// expiries matches the remaining lifetime nft prints for an element.
+var expiries = regexp.MustCompile(`expires [0-9hms]+`)
+
+// stableRuleset is nftRuleset with element lifetimes blanked.
+func stableRuleset(t *testing.T, ns *netns.NS) string {
+	return strings.TrimSpace(expiries.ReplaceAllString(nftRuleset(t, ns), "expires X"))
+}
