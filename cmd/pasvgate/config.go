@@ -100,6 +100,7 @@ type listFlag struct {
 	set  bool
 }
 
+// String implements flag.Value.
 func (l *listFlag) String() string {
 	if l.list == nil {
 		return ""
@@ -107,6 +108,7 @@ func (l *listFlag) String() string {
 	return strings.Join(*l.list, ",")
 }
 
+// Set implements flag.Value.
 func (l *listFlag) Set(v string) error {
 	if !l.set {
 		*l.list = nil

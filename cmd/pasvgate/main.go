@@ -33,7 +33,9 @@ type exitError struct {
 	err  error
 }
 
+// Error implements error.
 func (e exitError) Error() string { return e.err.Error() }
+// Unwrap gives errors.Is and errors.As the cause.
 func (e exitError) Unwrap() error { return e.err }
 
 func main() {

@@ -88,6 +88,7 @@ type ActiveCommand struct {
 	Addr netip.AddrPort
 }
 
+// String formats the command for reports.
 func (c ActiveCommand) String() string { return c.Verb + " " + c.Addr.String() }
 
 // portLine is a PORT command with its six numbers.
@@ -132,6 +133,7 @@ type Connect struct {
 	To   netip.AddrPort
 }
 
+// String formats the connection for reports.
 func (c Connect) String() string { return fmt.Sprintf("%v->%v", c.From, c.To) }
 
 // Connects returns the connection attempts in pkts, in order: who tried to
