@@ -35,6 +35,7 @@ type exitError struct {
 
 // Error implements error.
 func (e exitError) Error() string { return e.err.Error() }
+
 // Unwrap gives errors.Is and errors.As the cause.
 func (e exitError) Unwrap() error { return e.err }
 
