@@ -151,17 +151,22 @@ func TestProbeExitStatus(t *testing.T) {
 	if os.Getenv("PASVGATE_PROBE_CHILD") == "1" {
 		os.Exit(realMain(strings.Fields(os.Getenv("PASVGATE_PROBE_ARGS"))))
 	}
+	s, err := probetest.Start("127.0.0.2:0", probetest.Script{PassReply: "530 Login incorrect."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// A port nothing listens on: taken and released after the server is
+	// up, so the kernel cannot hand it to the server in between.
 	ln, err := net.Listen("tcp", "127.0.0.2:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	closed := ln.Addr().String()
 	ln.Close()
-	s, err := probetest.Start("127.0.0.2:0", probetest.Script{PassReply: "530 Login incorrect."})
-	if err != nil {
-		t.Fatal(err)
+	if closed == s.Addr() {
+		t.Fatalf("the closed port %s is the server's", closed)
 	}
-	defer s.Close()
 	for _, tc := range []struct {
 		args   string
 		status int
