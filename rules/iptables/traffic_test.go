@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,100 +45,28 @@ var (
 )
 
 // serverPort is the port the server listens on in both families.
-const serverPort = 30000
+const serverPort = netns.GatewayServerPort
 
 func newLab(t *testing.T, path string) *lab {
 	t.Helper()
-	l := &lab{
-		client: netns.New(t, nsPrefix), gw: netns.New(t, nsPrefix), server: netns.New(t, nsPrefix),
-		path: path, seen: make(chan netip.AddrPort, 16),
-	}
+	g := netns.NewGatewayLab(t, nsPrefix)
+	l := &lab{client: g.Client, gw: g.GW, server: g.Server, path: path, seen: g.Seen}
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	must(netns.Veth(l.client, "c0", l.gw, "g0"))
-	must(netns.Veth(l.gw, "g1", l.server, "s0"))
-	for _, a := range []struct {
-		ns  *netns.NS
-		dev string
-		p   string
-	}{
-		{l.client, "c0", "203.0.113.10/24"}, {l.client, "c0", "203.0.113.11/24"},
-		{l.client, "c0", "2001:db8:1::10/64"}, {l.client, "c0", "2001:db8:1::11/64"},
-		{l.gw, "g0", "203.0.113.1/24"}, {l.gw, "g1", "192.0.2.1/24"},
-		{l.gw, "g0", "2001:db8:1::1/64"}, {l.gw, "g1", "2001:db8:2::1/64"},
-		{l.server, "s0", "192.0.2.10/24"}, {l.server, "s0", "2001:db8:2::10/64"},
-	} {
-		must(a.ns.AddAddr(a.dev, netip.MustParsePrefix(a.p)))
-	}
-	// The client side routes everything through the gateway too, so that
-	// a connection straight to the server reaches the gateway's FORWARD
-	// chain instead of failing in the client.
-	must(l.client.AddDefaultRoute(lab4.public))
-	must(l.client.AddDefaultRoute(lab6.public))
-	must(l.server.AddDefaultRoute(lab4.gwInside))
-	must(l.server.AddDefaultRoute(lab6.gwInside))
-	must(l.gw.Sysctl("net.ipv4.ip_forward", "1"))
-	must(l.gw.Sysctl("net.ipv6.conf.all.forwarding", "1"))
 	v4, v6, err := deriveBinaries(path)
 	must(err)
 	l.gw.MustRun(t, v4.iptables, "-P", "FORWARD", "DROP")
 	l.gw.MustRun(t, v6.iptables, "-P", "FORWARD", "DROP")
-
-	for _, a := range []netip.Addr{lab4.server, lab6.server} {
-		ln, err := l.server.Listen("tcp", netip.AddrPortFrom(a, serverPort).String())
-		must(err)
-		l.serve(t, ln)
-	}
 
 	l.b = newBackend(t, l.gw, path, Config{Logger: testLogger(t)})
 	if err := l.b.Setup(context.Background()); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
 	return l
-}
-
-// serve runs an echo server on ln until the test ends, reporting each
-// connection's remote address on l.seen.
-func (l *lab) serve(t *testing.T, ln net.Listener) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			select {
-			case l.seen <- netip.MustParseAddrPort(c.RemoteAddr().String()):
-			default:
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
 }
 
 // dial connects from the client namespace, from address from, to to,

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -52,7 +51,7 @@ var (
 )
 
 // serverPort is the port the server listens on in both families.
-const serverPort = 30000
+const serverPort = netns.GatewayServerPort
 
 // mapping is a mapping of the lab: from the client to the server, on the
 // gateway's public address and port q, with SNAT to the gateway's inside
@@ -68,95 +67,13 @@ func (a labAddrs) mapping(id string, q uint16, snat bool) rules.Mapping {
 
 func newLab(t *testing.T, cfg Config) *lab {
 	t.Helper()
-	l := &lab{
-		client: netns.New(t, nsPrefix), gw: netns.New(t, nsPrefix), server: netns.New(t, nsPrefix),
-		seen: make(chan netip.AddrPort, 16),
-	}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Without duplicate address detection on the veths' link-local
-	// addresses, the first IPv6 connection does not wait for it.
-	for _, ns := range []*netns.NS{l.client, l.gw, l.server} {
-		must(ns.Sysctl("net.ipv6.conf.default.accept_dad", "0"))
-	}
-	must(netns.Veth(l.client, "c0", l.gw, "g0"))
-	must(netns.Veth(l.gw, "g1", l.server, "s0"))
-	for _, a := range []struct {
-		ns  *netns.NS
-		dev string
-		p   string
-	}{
-		{l.client, "c0", "203.0.113.10/24"}, {l.client, "c0", "203.0.113.11/24"},
-		{l.client, "c0", "2001:db8:1::10/64"}, {l.client, "c0", "2001:db8:1::11/64"},
-		{l.gw, "g0", "203.0.113.1/24"}, {l.gw, "g1", "192.0.2.1/24"},
-		{l.gw, "g0", "2001:db8:1::1/64"}, {l.gw, "g1", "2001:db8:2::1/64"},
-		{l.server, "s0", "192.0.2.10/24"}, {l.server, "s0", "2001:db8:2::10/64"},
-	} {
-		must(a.ns.AddAddr(a.dev, netip.MustParsePrefix(a.p)))
-	}
-	// The client side routes everything through the gateway too, so that
-	// a connection straight to the server reaches the gateway's forward
-	// hook instead of failing in the client.
-	must(l.client.AddDefaultRoute(lab4.public))
-	must(l.client.AddDefaultRoute(lab6.public))
-	must(l.server.AddDefaultRoute(lab4.gwInside))
-	must(l.server.AddDefaultRoute(lab6.gwInside))
-	must(l.gw.Sysctl("net.ipv4.ip_forward", "1"))
-	must(l.gw.Sysctl("net.ipv6.conf.all.forwarding", "1"))
-	for _, a := range []netip.Addr{lab4.server, lab6.server} {
-		ln, err := l.server.Listen("tcp", netip.AddrPortFrom(a, serverPort).String())
-		must(err)
-		l.serve(t, ln)
-	}
+	g := netns.NewGatewayLab(t, nsPrefix)
+	l := &lab{client: g.Client, gw: g.GW, server: g.Server, seen: g.Seen}
 	l.b = newBackend(t, l.gw, cfg)
 	if err := l.b.Setup(context.Background()); err != nil {
 		t.Fatalf("Setup: %v", err)
 	}
 	return l
-}
-
-// serve runs an echo server on ln until the test ends, reporting each
-// connection's remote address on l.seen.
-func (l *lab) serve(t *testing.T, ln net.Listener) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			select {
-			case l.seen <- netip.MustParseAddrPort(c.RemoteAddr().String()):
-			default:
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
 }
 
 // dial connects from the client namespace, from address from, to to,
