@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -102,24 +101,5 @@ func benchInstallRemove(b *testing.B, path string, n int, cfg Config) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, s := range []struct {
-		name string
-		d    []time.Duration
-	}{{"install", install}, {"remove", remove}, {"both", total}} {
-		b.ReportMetric(percentile(s.d, 50), s.name+"-p50-ms")
-		b.ReportMetric(percentile(s.d, 99), s.name+"-p99-ms")
-	}
-}
-
-// percentile returns the p-th percentile of ds in milliseconds (nearest
-// rank).
-func percentile(ds []time.Duration, p int) float64 {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	i = min(max(i-1, 0), len(s)-1)
-	return float64(s[i]) / float64(time.Millisecond)
+	rulestest.ReportLatency(b, install, remove, total)
 }

@@ -1,10 +1,7 @@
 package iptables
 
 import (
-	"bytes"
 	"context"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -24,6 +21,7 @@ type lab struct {
 	path               string
 	b                  nsBackend
 	seen               chan netip.AddrPort // remote address of each connection the server accepts
+	g                  *netns.GatewayLab
 }
 
 // Addresses of the lab, per family.
@@ -50,7 +48,7 @@ const serverPort = netns.GatewayServerPort
 func newLab(t *testing.T, path string) *lab {
 	t.Helper()
 	g := netns.NewGatewayLab(t, nsPrefix)
-	l := &lab{client: g.Client, gw: g.GW, server: g.Server, path: path, seen: g.Seen}
+	l := &lab{g: g, client: g.Client, gw: g.GW, server: g.Server, path: path, seen: g.Seen}
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -69,87 +67,15 @@ func newLab(t *testing.T, path string) *lab {
 	return l
 }
 
-// dial connects from the client namespace, from address from, to to,
-// giving up after timeout.
-func (l *lab) dial(t *testing.T, from netip.Addr, to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c, err := l.client.Dial(ctx, "tcp", netip.AddrPortFrom(from, 0).String(), to.String())
-	if err == nil {
-		t.Cleanup(func() { c.Close() })
-	}
-	return c, err
-}
-
-// echo sends msg over c and checks that the server sends it back.
-func echo(c net.Conn, msg string) error { return echoAfter(c, "", msg) }
-
-// echoAfter is echo on a connection where pending was sent earlier without
-// its echo arriving: the server sends pending back first.
-func echoAfter(c net.Conn, pending, msg string) error {
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return fmt.Errorf("writing: %w", err)
-	}
-	msg = pending + msg
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return fmt.Errorf("reading the echo: %w", err)
-	}
-	if !bytes.Equal(buf, []byte(msg)) {
-		return fmt.Errorf("echo = %q, want %q", buf, msg)
-	}
-	return nil
-}
-
-// expectSeen checks the source address the server saw for the latest
-// connection.
-func (l *lab) expectSeen(t *testing.T, want netip.Addr) {
-	t.Helper()
-	select {
-	case ap := <-l.seen:
-		if ap.Addr() != want {
-			t.Errorf("server saw the connection from %s, want %s", ap.Addr(), want)
-		}
-	case <-time.After(2 * time.Second):
-		t.Errorf("server saw no connection")
-	}
-}
-
-// connects checks that a connection from from to to is made and carries
-// bytes, and that the server sees it coming from seenFrom; it returns it.
+// connects and refused use this backend's time bounds.
 func (l *lab) connects(t *testing.T, from netip.Addr, to netip.AddrPort, seenFrom netip.Addr) net.Conn {
 	t.Helper()
-	c, err := l.dial(t, from, to, 5*time.Second)
-	if err != nil {
-		t.Fatalf("connecting from %s to %s: %v", from, to, err)
-	}
-	if err := echo(c, "data from "+from.String()); err != nil {
-		t.Fatalf("connection from %s to %s: %v", from, to, err)
-	}
-	l.expectSeen(t, seenFrom)
-	return c
+	return l.g.Connects(t, from, to, seenFrom, 5*time.Second)
 }
 
-// refused checks that no connection from from to to gets through within
-// a second: on veths an answer takes well under a millisecond.
 func (l *lab) refused(t *testing.T, from netip.Addr, to netip.AddrPort) {
 	t.Helper()
-	c, err := l.dial(t, from, to, time.Second)
-	if err == nil {
-		// Even if something answered, the server must not have.
-		err = echo(c, "x")
-		c.Close()
-		if err == nil {
-			t.Fatalf("connection from %s to %s got through", from, to)
-		}
-	}
-	select {
-	case ap := <-l.seen:
-		t.Fatalf("server accepted a connection from %s, which must not get through", ap)
-	default:
-	}
+	l.g.Refused(t, from, to, time.Second)
 }
 
 // TestTraffic checks with real TCP connections through a gateway with a
@@ -194,7 +120,7 @@ func TestTraffic(t *testing.T) {
 				if err := l.b.Remove(ctx, withSNAT); err != nil {
 					t.Fatalf("Remove: %v", err)
 				}
-				if err := echo(c1, "still flowing after Remove"); err != nil {
+				if err := netns.Echo(c1, "still flowing after Remove"); err != nil {
 					t.Errorf("established connection after Remove: %v", err)
 				}
 				l.refused(t, a.client, withSNAT.Public)
@@ -211,7 +137,7 @@ func TestTraffic(t *testing.T) {
 					l.gw.MustRun(t, bin, "-t", "nat", "-F", c)
 				}
 				l.refused(t, a.client, without.Public)
-				if err := echo(c2, "x"); err == nil {
+				if err := netns.Echo(c2, "x"); err == nil {
 					t.Errorf("established connection kept flowing without the FORWARD jump: the test proves nothing")
 				}
 
@@ -221,7 +147,7 @@ func TestTraffic(t *testing.T) {
 				}
 				l.connects(t, a.client, again.Public, a.gwInside)
 				l.connects(t, a.client, without.Public, a.client)
-				if err := echoAfter(c2, "x", "flowing again after the repair"); err != nil {
+				if err := netns.EchoAfter(c2, "x", "flowing again after the repair"); err != nil {
 					t.Errorf("established connection after the repair: %v", err)
 				}
 				for _, m := range []rules.Mapping{without, again} {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"testing"
 	"time"
 
@@ -78,24 +77,5 @@ func benchInstallRemove(b *testing.B, n int) {
 		total = append(total, t2.Sub(t0))
 	}
 	b.StopTimer()
-	for _, s := range []struct {
-		name string
-		d    []time.Duration
-	}{{"install", install}, {"remove", remove}, {"both", total}} {
-		b.ReportMetric(percentile(s.d, 50), s.name+"-p50-ms")
-		b.ReportMetric(percentile(s.d, 99), s.name+"-p99-ms")
-	}
-}
-
-// percentile returns the p-th percentile of ds in milliseconds (nearest
-// rank).
-func percentile(ds []time.Duration, p int) float64 {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	i = min(max(i-1, 0), len(s)-1)
-	return float64(s[i]) / float64(time.Millisecond)
+	rulestest.ReportLatency(b, install, remove, total)
 }

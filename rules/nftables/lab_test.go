@@ -1,10 +1,8 @@
 package nftables
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -27,6 +25,7 @@ type lab struct {
 	client, gw, server *netns.NS
 	b                  *Backend
 	seen               chan netip.AddrPort // remote address of each connection the server accepts
+	g                  *netns.GatewayLab
 }
 
 // Addresses of the lab, per family.
@@ -68,7 +67,7 @@ func (a labAddrs) mapping(id string, q uint16, snat bool) rules.Mapping {
 func newLab(t *testing.T, cfg Config) *lab {
 	t.Helper()
 	g := netns.NewGatewayLab(t, nsPrefix)
-	l := &lab{client: g.Client, gw: g.GW, server: g.Server, seen: g.Seen}
+	l := &lab{g: g, client: g.Client, gw: g.GW, server: g.Server, seen: g.Seen}
 	l.b = newBackend(t, l.gw, cfg)
 	if err := l.b.Setup(context.Background()); err != nil {
 		t.Fatalf("Setup: %v", err)
@@ -76,82 +75,15 @@ func newLab(t *testing.T, cfg Config) *lab {
 	return l
 }
 
-// dial connects from the client namespace, from address from, to to,
-// giving up after timeout.
-func (l *lab) dial(t *testing.T, from netip.Addr, to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c, err := l.client.Dial(ctx, "tcp", netip.AddrPortFrom(from, 0).String(), to.String())
-	if err == nil {
-		t.Cleanup(func() { c.Close() })
-	}
-	return c, err
-}
-
-// echo sends msg over c and checks that the server sends it back.
-func echo(c net.Conn, msg string) error {
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		return fmt.Errorf("writing: %w", err)
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		return fmt.Errorf("reading the echo: %w", err)
-	}
-	if !bytes.Equal(buf, []byte(msg)) {
-		return fmt.Errorf("echo = %q, want %q", buf, msg)
-	}
-	return nil
-}
-
-// expectSeen checks the source address the server saw for the latest
-// connection.
-func (l *lab) expectSeen(t *testing.T, want netip.Addr) {
-	t.Helper()
-	select {
-	case ap := <-l.seen:
-		if ap.Addr() != want {
-			t.Errorf("server saw the connection from %s, want %s", ap.Addr(), want)
-		}
-	case <-time.After(2 * time.Second):
-		t.Errorf("server saw no connection")
-	}
-}
-
-// connects checks that a connection from from to to is made and carries
-// bytes, and that the server sees it coming from seenFrom; it returns it.
+// connects and refused use this backend's time bounds.
 func (l *lab) connects(t *testing.T, from netip.Addr, to netip.AddrPort, seenFrom netip.Addr) net.Conn {
 	t.Helper()
-	c, err := l.dial(t, from, to, 3*time.Second)
-	if err != nil {
-		t.Fatalf("connecting from %s to %s: %v", from, to, err)
-	}
-	if err := echo(c, "data from "+from.String()); err != nil {
-		t.Fatalf("connection from %s to %s: %v", from, to, err)
-	}
-	l.expectSeen(t, seenFrom)
-	return c
+	return l.g.Connects(t, from, to, seenFrom, 3*time.Second)
 }
 
-// refused checks that no connection from from to to gets through within
-// half a second: on veths an answer takes well under a millisecond.
 func (l *lab) refused(t *testing.T, from netip.Addr, to netip.AddrPort) {
 	t.Helper()
-	c, err := l.dial(t, from, to, 500*time.Millisecond)
-	if err == nil {
-		// Even if something answered, the server must not have.
-		err = echo(c, "x")
-		c.Close()
-		if err == nil {
-			t.Fatalf("connection from %s to %s got through", from, to)
-		}
-	}
-	select {
-	case ap := <-l.seen:
-		t.Fatalf("server accepted a connection from %s, which must not get through", ap)
-	default:
-	}
+	l.g.Refused(t, from, to, 500*time.Millisecond)
 }
 
 // hostFirewall is a kind of firewall the gateway's owner may run next to

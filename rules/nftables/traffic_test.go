@@ -99,7 +99,7 @@ func testTraffic(t *testing.T, fw hostFirewall, a labAddrs) {
 	if err := l.b.Remove(ctx, withSNAT); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
-	if err := echo(c1, "still flowing after Remove"); err != nil {
+	if err := netns.Echo(c1, "still flowing after Remove"); err != nil {
 		t.Errorf("established connection after Remove: %v", err)
 	}
 	l.refused(t, a.client, withSNAT.Public)
@@ -118,7 +118,7 @@ func testTraffic(t *testing.T, fw hostFirewall, a labAddrs) {
 		t.Errorf("List after a restart's Setup = %v, %v; want none", ms, err)
 	}
 	for _, c := range []net.Conn{c1, c2} {
-		if err := echo(c, "still flowing after a restart"); err != nil {
+		if err := netns.Echo(c, "still flowing after a restart"); err != nil {
 			t.Errorf("established connection after Setup: %v", err)
 		}
 	}
@@ -129,12 +129,12 @@ func testTraffic(t *testing.T, fw hostFirewall, a labAddrs) {
 	c3 := l.connects(t, a.client, short.Public, a.gwInside)
 	for time.Since(start) < 3*time.Second {
 		time.Sleep(500 * time.Millisecond)
-		if err := echo(c3, "flowing"); err != nil {
+		if err := netns.Echo(c3, "flowing"); err != nil {
 			t.Fatalf("established connection %v after Install: %v", time.Since(start).Round(time.Millisecond), err)
 		}
 	}
 	l.refused(t, a.client, short.Public)
-	if err := echo(c3, "flowing after expiry"); err != nil {
+	if err := netns.Echo(c3, "flowing after expiry"); err != nil {
 		t.Errorf("established connection after its mapping expired: %v", err)
 	}
 	if ms, err := b.List(ctx); err != nil || len(ms) != 0 {

@@ -1,11 +1,15 @@
 package netns
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 )
 
 // GatewayServerPort is the port the echo servers of a gateway lab listen
@@ -111,4 +115,89 @@ func (l *GatewayLab) serve(t *testing.T, ln net.Listener) {
 			}()
 		}
 	}()
+}
+
+// Dial connects from the client namespace, from address from, to to,
+// giving up after timeout. The connection is closed when the test ends.
+func (l *GatewayLab) Dial(t *testing.T, from netip.Addr, to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := l.Client.Dial(ctx, "tcp", netip.AddrPortFrom(from, 0).String(), to.String())
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// Echo sends msg over c and checks that the echo server sends it back.
+func Echo(c net.Conn, msg string) error { return EchoAfter(c, "", msg) }
+
+// EchoAfter is Echo on a connection where pending was sent earlier without
+// its echo arriving: the server sends pending back first.
+func EchoAfter(c net.Conn, pending, msg string) error {
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	msg = pending + msg
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("reading the echo: %w", err)
+	}
+	if !bytes.Equal(buf, []byte(msg)) {
+		return fmt.Errorf("echo = %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+// ExpectSeen checks the source address the server saw for the latest
+// connection.
+func (l *GatewayLab) ExpectSeen(t *testing.T, want netip.Addr) {
+	t.Helper()
+	select {
+	case ap := <-l.Seen:
+		if ap.Addr() != want {
+			t.Errorf("server saw the connection from %s, want %s", ap.Addr(), want)
+		}
+	case <-time.After(2 * time.Second):
+		t.Errorf("server saw no connection")
+	}
+}
+
+// Connects checks that a connection from from to to is made within
+// connectWithin and carries bytes, and that the server sees it coming from
+// seenFrom; it returns the connection.
+func (l *GatewayLab) Connects(t *testing.T, from netip.Addr, to netip.AddrPort, seenFrom netip.Addr, connectWithin time.Duration) net.Conn {
+	t.Helper()
+	c, err := l.Dial(t, from, to, connectWithin)
+	if err != nil {
+		t.Fatalf("connecting from %s to %s: %v", from, to, err)
+	}
+	if err := Echo(c, "data from "+from.String()); err != nil {
+		t.Fatalf("connection from %s to %s: %v", from, to, err)
+	}
+	l.ExpectSeen(t, seenFrom)
+	return c
+}
+
+// Refused checks that no connection from from to to gets through within
+// within (on veths an answer takes well under a millisecond), and that the
+// server accepted none.
+func (l *GatewayLab) Refused(t *testing.T, from netip.Addr, to netip.AddrPort, within time.Duration) {
+	t.Helper()
+	c, err := l.Dial(t, from, to, within)
+	if err == nil {
+		// Even if something answered, the server must not have.
+		err = Echo(c, "x")
+		c.Close()
+		if err == nil {
+			t.Fatalf("connection from %s to %s got through", from, to)
+		}
+	}
+	select {
+	case ap := <-l.Seen:
+		t.Fatalf("server accepted a connection from %s, which must not get through", ap)
+	default:
+	}
 }
