@@ -122,28 +122,10 @@ func startPasvgateArgs(t *testing.T, l *lab.Lab, bin string, waitOn []string, ar
 	return &pasvgate{l: l, bin: bin, proc: p}, nil
 }
 
-// clientFor returns the driver of a real client, or nil for "raw".
-func clientFor(name string) (lab.Client, error) {
-	var c lab.Client
-	switch name {
-	case "raw":
-		return nil, nil
-	case "curl":
-		c = lab.Curl{}
-	case "lftp":
-		c = lab.Lftp{}
-	case "ftplib":
-		c = lab.Ftplib{}
-	default:
-		return nil, fmt.Errorf("client %q is not in these suites: %w", name, lab.ErrMissing)
-	}
-	return c, c.Available()
-}
-
 // runCell runs c, records it in g, and fails t if it failed.
 func (e *revEnv) runCell(t *testing.T, g *lab.Grid, c rcell) {
 	start := time.Now()
-	client, err := clientFor(c.client)
+	client, err := lab.ClientByName(c.client)
 	if err != nil {
 		g.Set(c.row(), string(c.op), lab.StatusSkip, oneLine(err.Error()), 0)
 		t.Skip(err)

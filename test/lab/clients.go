@@ -398,3 +398,23 @@ func (j JLFTP) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		"--local", tr.Local,
 		"--timeout", tr.timeout().String())
 }
+
+// ClientByName returns the driver of the real client name (curl, lftp,
+// ftplib), nil for "raw" (the suites' own raw client), or an error wrapping
+// ErrMissing for a client that is not installed or not known.
+func ClientByName(name string) (Client, error) {
+	var c Client
+	switch name {
+	case "raw":
+		return nil, nil
+	case "curl":
+		c = Curl{}
+	case "lftp":
+		c = Lftp{}
+	case "ftplib":
+		c = Ftplib{}
+	default:
+		return nil, fmt.Errorf("client %q is not in these suites: %w", name, ErrMissing)
+	}
+	return c, c.Available()
+}

@@ -336,28 +336,10 @@ func (e *env) startPasvgate(ctx context.Context) error {
 	return nil
 }
 
-// clientFor returns the driver of a real client, or nil for "raw".
-func clientFor(name string) (lab.Client, error) {
-	var c lab.Client
-	switch name {
-	case "raw":
-		return nil, nil
-	case "curl":
-		c = lab.Curl{}
-	case "lftp":
-		c = lab.Lftp{}
-	case "ftplib":
-		c = lab.Ftplib{}
-	default:
-		return nil, fmt.Errorf("client %q is not in this suite: %w", name, lab.ErrMissing)
-	}
-	return c, c.Available()
-}
-
 // runCell runs c, records it in g, and fails t if it failed.
 func (e *env) runCell(t *testing.T, g *lab.Grid, c cell) {
 	start := time.Now()
-	client, err := clientFor(c.client)
+	client, err := lab.ClientByName(c.client)
 	if err != nil {
 		g.Set(c.row(), string(c.op), lab.StatusSkip, oneLine(err.Error()), 0)
 		t.Skip(err)
