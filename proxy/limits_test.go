@@ -6,8 +6,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -229,4 +232,78 @@ func TestShutdownDrains(t *testing.T) {
 	if _, err := net.Dial("tcp", h.addr); err == nil {
 		t.Fatal("still accepting after Shutdown")
 	}
+}
+
+// TestFDLimit runs pasvgate out of file descriptors between accepting a
+// client and dialling its server: the client must hear that pasvgate is
+// full (421 "Too many connections"), not that the server is unreachable,
+// and the refusal is counted as fd-limit. It lowers this process's
+// RLIMIT_NOFILE for a moment, so it must not run in parallel.
+func TestFDLimit(t *testing.T) {
+	h := newHarness(t, options{})
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	// Lower the limit a little above the highest descriptor in use, fill
+	// every free one below it, then free exactly two: the client's socket
+	// and the one pasvgate accepts. pasvgate's dial to its server finds
+	// none.
+	dir, err := os.Open("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	names, err := dir.Readdirnames(-1)
+	dir.Close()
+	if err != nil {
+		t.Skip(err)
+	}
+	highest := 0
+	for _, name := range names {
+		if n, err := strconv.Atoi(name); err == nil {
+			highest = max(highest, n)
+		}
+	}
+	lower := old
+	lower.Cur = uint64(highest + 8)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lower); err != nil {
+		t.Skip(err)
+	}
+	restore := func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var fill []int
+	for range highest + 8 {
+		fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			break
+		}
+		fill = append(fill, fd)
+	}
+	for _, fd := range fill[len(fill)-2:] {
+		syscall.Close(fd)
+	}
+	defer func() {
+		for _, fd := range fill[:len(fill)-2] {
+			syscall.Close(fd)
+		}
+	}()
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		restore()
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, _ := io.ReadAll(c)
+	c.Close()
+	restore()
+	if got := string(b); !strings.HasPrefix(got, "421 Too many connections") {
+		t.Fatalf("a session with no descriptor left for its server got %q, want 421 Too many connections", got)
+	}
+	if st := h.proxy.Stats(); st.SessionsRefused["fd-limit"] != 1 {
+		t.Fatalf("refusals %v, want one fd-limit", st.SessionsRefused)
+	}
+	h.waitLog(t, "out of file descriptors")
 }

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pasvgate/pasvgate/nat"
@@ -343,6 +344,15 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	d := net.Dialer{Timeout: durationOr(st.DialTimeout, 10*time.Second), KeepAlive: st.Keepalive}
 	u, err := d.DialContext(ctx, "tcp", upstream)
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		// pasvgate's own limit, not the server's fault: say so, to the
+		// client and in the metrics.
+		s.stats.refuseSession("fd-limit")
+		log.Warn("session refused: out of file descriptors (raise LimitNOFILE, or lower --max-sessions)",
+			"upstream", upstream, "err", err)
+		s.sayAndClose(c, "Too many connections; try again later.")
+		return
+	}
 	if err != nil {
 		s.stats.refuseSession("upstream-unreachable")
 		log.Warn("session refused: upstream unreachable", "upstream", upstream, "err", err)

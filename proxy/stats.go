@@ -14,7 +14,7 @@ type Stats struct {
 	SessionsActive int64
 	SessionsTotal  uint64
 	// SessionsRefused counts sessions refused before relaying, by reason
-	// (max-sessions, max-sessions-per-ip, loop, upstream-unreachable,
+	// (max-sessions, max-sessions-per-ip, loop, upstream-unreachable, fd-limit,
 	// shutting down).
 	SessionsRefused map[string]uint64
 	// SessionsEnded counts sessions by how they ended (client closed,

@@ -58,14 +58,21 @@ type Reader struct {
 
 // NewReader reads lines from rd. max bounds the raw bytes of one line,
 // including its terminator and any Telnet sequences; max <= 0 means
-// DefaultMaxLine. The buffer starts small and grows to max only for a line
-// that needs it, so a generous limit costs memory only when it is used.
+// DefaultMaxLine. The buffer starts small (initialBuffer) and grows to max
+// only for a line that needs it, so a generous limit costs memory only
+// when it is used.
 func NewReader(rd io.Reader, max int) *Reader {
 	if max <= 0 {
 		max = DefaultMaxLine
 	}
-	return &Reader{rd: rd, max: max, buf: make([]byte, min(max, DefaultMaxLine))}
+	return &Reader{rd: rd, max: max, buf: make([]byte, min(max, initialBuffer))}
 }
+
+// initialBuffer is a new Reader's buffer size. Every session has two
+// Readers, so this is most of an idle session's heap: at 512 bytes, which
+// holds any ordinary command or reply line (RFC 1123 asks for 512), 10,000
+// idle sessions take about 7 KiB less each than at 4 KiB (test/scale).
+const initialBuffer = 512
 
 // ReadLine returns the next line.
 //
