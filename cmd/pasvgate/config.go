@@ -307,9 +307,6 @@ func (c Config) validate() error {
 	if c.Backend != "iptables" && c.Backend != "nftables" {
 		return bad("backend", "%q: want iptables or nftables", c.Backend)
 	}
-	if c.Backend == "nftables" && c.Intercept != "" {
-		return bad("intercept", "needs --backend iptables (the nftables backend does not intercept yet)")
-	}
 	if c.IptablesPath == "" {
 		return bad("iptables-path", "must not be empty")
 	}

@@ -107,6 +107,12 @@ func TestUpstreamsPerFamily(t *testing.T) {
 	if c, err := loadConfig([]string{"--intercept", "eth1", "--intercept-method", "tproxy"}); err != nil || c.Intercept != "eth1" {
 		t.Fatalf("transparent mode: %+v, %v", c, err)
 	}
+	// Both backends intercept.
+	for _, backend := range []string{"iptables", "nftables"} {
+		if c, err := loadConfig([]string{"--backend", backend, "--intercept", "eth1", "--intercept-method", "tproxy"}); err != nil || c.Backend != backend {
+			t.Fatalf("transparent mode with --backend %s: %+v, %v", backend, c, err)
+		}
+	}
 }
 
 func TestUnknownConfigKeyRefused(t *testing.T) {

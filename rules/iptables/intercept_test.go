@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 	"github.com/pasvgate/pasvgate/rules/rulestest"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
@@ -50,7 +51,7 @@ func policyDump(t testing.TB, ns *netns.NS, cfg Config) string {
 		name string
 		nl   int
 	}{{"IPv4", netlink.FAMILY_V4}, {"IPv6", netlink.FAMILY_V6}} {
-		rs, err := retryDump(func() ([]netlink.Rule, error) { return h.RuleList(fam.nl) })
+		rs, err := policyroute.RetryDump(func() ([]netlink.Rule, error) { return h.RuleList(fam.nl) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +65,7 @@ func policyDump(t testing.TB, ns *netns.NS, cfg Config) string {
 			}
 			fmt.Fprintf(&out, "%s rule pref %d fwmark 0x%x/%s lookup %d\n", fam.name, r.Priority, r.Mark, mask, r.Table)
 		}
-		routes, err := retryDump(func() ([]netlink.Route, error) {
+		routes, err := policyroute.RetryDump(func() ([]netlink.Route, error) {
 			return h.RouteListFiltered(fam.nl, &netlink.Route{Table: table}, netlink.RT_FILTER_TABLE)
 		})
 		if err != nil {

@@ -50,6 +50,7 @@ import (
 	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 )
 
 // DefaultConnMark is the default Config.ConnMark: bit 28 of the conntrack
@@ -64,7 +65,7 @@ const DefaultConnMark uint32 = 0x10000000
 // that copies conntrack marks into packet marks (CONNMARK --restore-mark)
 // cannot make a packet look intercepted, and it stays clear of the same
 // neighbours' bits as DefaultConnMark.
-const DefaultTProxyMark uint32 = 0x20000000
+const DefaultTProxyMark uint32 = policyroute.DefaultMark
 
 // Defaults of the Config fields.
 const (
@@ -74,12 +75,12 @@ const (
 	// table number that iproute2 does not name and that the common
 	// neighbours do not use (Tailscale 52, Cilium 2004 and 2005,
 	// wg-quick 51820).
-	DefaultTProxyTable = 2121
+	DefaultTProxyTable = policyroute.DefaultTable
 	// DefaultTProxyPriority is the default Config.TProxyPriority: before
 	// the main table (32766) and before the rules that Tailscale (5210 and
 	// up) and most VPN clients add, so that an intercepted packet is
 	// delivered locally whatever they route.
-	DefaultTProxyPriority = 2121
+	DefaultTProxyPriority = policyroute.DefaultPriority
 )
 
 // Config configures a Backend. The zero value is usable.

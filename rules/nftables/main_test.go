@@ -20,8 +20,10 @@ func TestMain(m *testing.M) {
 	}
 	// Namespaces of an earlier run that was killed before its cleanups
 	// ran.
-	if err := netns.Sweep(nsPrefix); err != nil {
-		fmt.Fprintln(os.Stderr, "sweeping stale namespaces:", err)
+	for _, p := range []string{nsPrefix, icPrefix} {
+		if err := netns.Sweep(p); err != nil {
+			fmt.Fprintln(os.Stderr, "sweeping stale namespaces:", err)
+		}
 	}
 	// The coexistence tests run iptables-legacy, whose lock file is one
 	// for all namespaces: give this test binary its own, so that it never

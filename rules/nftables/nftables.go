@@ -103,8 +103,21 @@
 // process with the same key and other data is refused by the kernel and
 // reported as rules.ErrExists.
 //
-// The Backend does not implement rules.Interceptor: transparent mode with
-// --intercept needs the iptables backend for now.
+// # Interception
+//
+// For transparent mode the Backend is also a rules.Interceptor: Intercept
+// hands the LAN's FTP control connections to pasvgate's listener with a
+// redirect rule in ChainIntercept or a tproxy rule in ChainTProxy, base
+// chains in pasvgate's own tables that exist only while an interception of
+// their method is installed, plus for TPROXY the same policy routing as
+// the iptables backend makes, over rtnetlink (see Intercept). Setup sweeps
+// an earlier process's interception, a rebuild after the tables were
+// deleted from outside puts this process's back, and Flush removes it with
+// everything else. AvailableIntercept tells whether the kernel has what
+// the interception rules need. The host's forward chain needs nothing
+// more for it: the intercepted connections are delivered to the router
+// itself, so only an input chain that drops by default must let them in,
+// as for any local service.
 package nftables
 
 import (
@@ -119,9 +132,9 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 )
 
 // DefaultCtMark is the default Config.CtMark: bit 28 of the conntrack
@@ -137,6 +150,26 @@ const (
 	// DefaultTimeout is nat's default connect timeout.
 	DefaultTimeout   = 30 * time.Second
 	DefaultOpTimeout = 5 * time.Second
+)
+
+// Defaults of the TPROXY policy routing, the same as the iptables
+// backend's (iptables.DefaultTProxyMark and the others), so that either
+// backend finds and sweeps what the other made, and an operator's
+// routing written for one fits the other.
+const (
+	// DefaultTProxyMark is the default Config.TProxyMark: bit 29 of the
+	// packet mark, next to DefaultCtMark but a bit of its own, so that
+	// copying conntrack marks into packet marks cannot make a packet
+	// look intercepted.
+	DefaultTProxyMark uint32 = policyroute.DefaultMark
+	// DefaultTProxyTable is the default Config.TProxyTable, a routing
+	// table number that iproute2 does not name and that the common
+	// neighbours do not use.
+	DefaultTProxyTable = policyroute.DefaultTable
+	// DefaultTProxyPriority is the default Config.TProxyPriority: before
+	// the main table and before the rules that Tailscale and most VPN
+	// clients add.
+	DefaultTProxyPriority = policyroute.DefaultPriority
 )
 
 // Config configures a Backend. The zero value is usable.
@@ -156,13 +189,34 @@ type Config struct {
 	// hang. Default DefaultOpTimeout.
 	OpTimeout time.Duration
 	// DisableIPv6 leaves the ip6 table alone (for kernels without IPv6):
-	// installing an IPv6 mapping then fails with ErrNoIPv6.
+	// installing an IPv6 mapping then fails with ErrNoIPv6, and
+	// interception is IPv4 only.
 	DisableIPv6 bool
+	// TProxyMark is the packet mark bit (or bits) that TPROXY
+	// interception (see Intercept) sets on the packets it hands to
+	// pasvgate's listener, and that the policy routing rule matches to
+	// deliver them locally. Only these bits are ever set or matched.
+	// Default DefaultTProxyMark.
+	TProxyMark uint32
+	// TProxyTable is the routing table that holds the "local" default
+	// routes of TPROXY interception. Those routes (type local, default
+	// destination, on lo) are pasvgate's: Setup and Flush remove them.
+	// Anything else in the table is left alone. Default
+	// DefaultTProxyTable.
+	TProxyTable int
+	// TProxyPriority is the priority of the policy routing rule ("ip
+	// rule") that sends TProxyMark to TProxyTable. Every rule at this
+	// priority that looks up TProxyTable is pasvgate's: Setup and Flush
+	// remove them. Default DefaultTProxyPriority.
+	TProxyPriority int
 	// NetNS is a file descriptor of the network namespace to work in,
 	// for tests; the caller keeps it open while the Backend lives and
 	// closes it. Default 0: the network namespace of the thread that
-	// calls New, which New pins, so that a connection reopened later
-	// from any thread goes to the same namespace.
+	// opens the socket, which is the process's own in a program that
+	// never calls setns (pasvgate does not). A namespace given here is
+	// entered with setns, which needs CAP_SYS_ADMIN even for the
+	// namespace the process is in, so the default must not pin one:
+	// under the systemd unit pasvgate has only CAP_NET_ADMIN.
 	NetNS int
 	// Logger receives sweeps, repairs and retries. Default
 	// slog.Default().
@@ -171,7 +225,8 @@ type Config struct {
 
 // Errors of this backend besides those of package rules.
 var (
-	// ErrNotSetUp: Install or Remove before Setup, or after Flush.
+	// ErrNotSetUp: Install, Remove or Intercept before Setup, or after
+	// Flush.
 	ErrNotSetUp = errors.New("nftables backend not set up")
 	// ErrNoIPv6: an IPv6 mapping while IPv6 is off.
 	ErrNoIPv6 = errors.New("IPv6 is off in the nftables backend")
@@ -180,11 +235,10 @@ var (
 // Backend is the nftables rules.Backend. Make it with New and Close it
 // when done.
 type Backend struct {
-	cfg     Config
-	log     *slog.Logger
-	nsfd    int
-	ownNSfd bool // nsfd was opened by New
-	fams    []*objects
+	cfg  Config
+	log  *slog.Logger
+	nsfd int
+	fams []*objects
 
 	// sem serialises every use of the connection and guards the fields
 	// below. It is a mutex that can be waited for with a context.
@@ -197,6 +251,10 @@ type Backend struct {
 	// can put every live mapping back.
 	idx   map[string]entry
 	byKey map[string]string
+	// ics holds the interceptions this process installed since Setup:
+	// Intercept and StopIntercept make the kernel's interception state
+	// exactly this set, and a rebuild puts it back.
+	ics map[rules.Interception]bool
 }
 
 // entry is an installed mapping and when its elements expire.
@@ -205,7 +263,10 @@ type entry struct {
 	expires time.Time
 }
 
-var _ rules.Backend = (*Backend)(nil)
+var (
+	_ rules.Backend     = (*Backend)(nil)
+	_ rules.Interceptor = (*Backend)(nil)
+)
 
 // New makes a Backend. It changes nothing in the kernel and opens the
 // netlink socket on first use.
@@ -225,6 +286,18 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.TProxyMark == 0 {
+		cfg.TProxyMark = DefaultTProxyMark
+	}
+	if cfg.TProxyTable == 0 {
+		cfg.TProxyTable = DefaultTProxyTable
+	}
+	if cfg.TProxyPriority == 0 {
+		cfg.TProxyPriority = DefaultTProxyPriority
+	}
+	if err := policyConfig(cfg, 0).Check(); err != nil {
+		return nil, fmt.Errorf("nftables backend: %w", err)
+	}
 	b := &Backend{
 		cfg:  cfg,
 		log:  cfg.Logger.With("backend", "nftables"),
@@ -233,13 +306,6 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if n := bits.OnesCount32(cfg.CtMark); n != 1 {
 		b.log.Warn("CtMark has more than one bit; all of them mark admitted connections", "ctmark", fmt.Sprintf("0x%x", cfg.CtMark))
-	}
-	if b.nsfd == 0 {
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("nftables backend: opening the current network namespace: %w", err)
-		}
-		b.nsfd, b.ownNSfd = fd, true
 	}
 	b.fams = []*objects{newObjects(fam4, TableName, cfg.Timeout)}
 	if !cfg.DisableIPv6 {
@@ -254,10 +320,6 @@ func (b *Backend) Close() error {
 	defer func() { <-b.sem }()
 	b.conn.close()
 	b.conn = nil
-	if b.ownNSfd {
-		b.ownNSfd = false
-		return unix.Close(b.nsfd)
-	}
 	return nil
 }
 
@@ -288,6 +350,12 @@ func (b *Backend) objectsOf(m rules.Mapping) (*objects, error) {
 // its maps and chains, and one batch per rule adds the rules (see
 // addRules). Between the two the chains are empty, which only means that
 // no mapping works yet. It is idempotent.
+//
+// Recreating the tables also removes an earlier process's interception
+// chains (see Intercept), which are made again only by Intercept. Setup
+// removes the TPROXY policy routing too, found over netlink by
+// Config.TProxyPriority and Config.TProxyTable, whichever backend made
+// it.
 func (b *Backend) Setup(ctx context.Context) error {
 	if err := b.lock(ctx); err != nil {
 		return fmt.Errorf("setting up: %w", err)
@@ -297,21 +365,33 @@ func (b *Backend) Setup(ctx context.Context) error {
 	if left, err := b.list(ctx); err == nil && len(left) > 0 {
 		b.log.Info("removing mappings left by an earlier process", "count", len(left))
 	}
+	if b.hasInterceptChains(ctx) {
+		b.log.Info("removing interception left by an earlier process")
+	}
 	for _, o := range b.fams {
-		if err := b.build(ctx, o, nil); err != nil {
+		if err := b.build(ctx, o, nil, nil); err != nil {
 			return fmt.Errorf("setting up %s: %w", o.f.name, err)
+		}
+		n, err := policyroute.Sync(b.policy(), o.f.v6, false)
+		if err != nil {
+			return fmt.Errorf("setting up %s: removing TPROXY policy routing left by an earlier process: %w", o.f.name, err)
+		}
+		if n > 0 {
+			b.log.Info("removed TPROXY policy routing left by an earlier process", "family", o.f.name, "rules_and_routes", n)
 		}
 	}
 	b.idx = map[string]entry{}
 	b.byKey = map[string]string{}
+	b.ics = map[rules.Interception]bool{}
 	b.setUp = true
 	b.log.Info("set up", "tables", TableName, "timeout", b.cfg.Timeout, "ctmark", fmt.Sprintf("0x%x", b.cfg.CtMark))
 	return nil
 }
 
-// build (re)creates o's table, sets, chains and rules, then adds restore
-// with what is left of their timeouts.
-func (b *Backend) build(ctx context.Context, o *objects, restore []entry) error {
+// build (re)creates o's table, sets, chains and rules, and the
+// interception chains of ics, then adds restore with what is left of
+// their timeouts.
+func (b *Backend) build(ctx context.Context, o *objects, restore []entry, ics []rules.Interception) error {
 	err := b.do(ctx, func(c *nftables.Conn) error {
 		// Adding the table first makes the delete succeed whether or not
 		// it was there; the batch is one transaction, so nobody ever sees
@@ -334,6 +414,11 @@ func (b *Backend) build(ctx context.Context, o *objects, restore []entry) error 
 	}
 	if err := b.addRules(ctx, o); err != nil {
 		return err
+	}
+	if len(ics) > 0 {
+		if err := b.writeIntercepts(ctx, o, ics); err != nil {
+			return err
+		}
 	}
 	now := time.Now()
 	var live []entry
@@ -475,7 +560,10 @@ func (b *Backend) Install(ctx context.Context, m rules.Mapping) error {
 }
 
 // rebuild recreates every table that is gone, and o's in any case (its
-// batch failed), each with this process's live mappings of its family.
+// batch failed), each with this process's live mappings of its family
+// and its interceptions. The policy routing of TPROXY interception is
+// not in a table, so it is not touched: Intercept puts it back if it was
+// removed.
 func (b *Backend) rebuild(ctx context.Context, o *objects) error {
 	for _, x := range b.fams {
 		if x != o {
@@ -490,8 +578,8 @@ func (b *Backend) rebuild(ctx context.Context, o *objects) error {
 			}
 		}
 		b.log.Warn("pasvgate's nftables table was deleted or changed from outside; rebuilding it",
-			"family", x.f.nft, "table", TableName, "mappings", len(live))
-		if err := b.build(ctx, x, live); err != nil {
+			"family", x.f.nft, "table", TableName, "mappings", len(live), "interceptions", len(b.ics))
+		if err := b.build(ctx, x, live, b.interceptions()); err != nil {
 			return fmt.Errorf("%s: %w", x.f.name, err)
 		}
 	}
@@ -639,15 +727,17 @@ func (b *Backend) list(ctx context.Context) ([]rules.Mapping, error) {
 	return out, nil
 }
 
-// Flush deletes pasvgate's tables, with every mapping, in one batch, and
-// nothing else. Flushing a clean system is not an error. Setup must run
-// again before Install.
+// Flush deletes pasvgate's tables, with every mapping and interception,
+// in one batch, and nothing else; then it removes the TPROXY policy
+// routing (see Intercept). Flushing a clean system is not an error.
+// Setup must run again before Install or Intercept.
 func (b *Backend) Flush(ctx context.Context) error {
 	if err := b.lock(ctx); err != nil {
 		return fmt.Errorf("flushing: %w", err)
 	}
 	defer b.unlock()
-	b.setUp, b.idx, b.byKey = false, nil, nil
+	b.setUp, b.idx, b.byKey, b.ics = false, nil, nil, nil
+	var errs []error
 	err := b.do(ctx, func(c *nftables.Conn) error {
 		for _, o := range b.fams {
 			// Add, then delete: the delete cannot fail for a missing
@@ -658,9 +748,16 @@ func (b *Backend) Flush(ctx context.Context) error {
 		return c.Flush()
 	})
 	if err != nil {
-		return fmt.Errorf("flushing: deleting tables %s: %w", TableName, err)
+		errs = append(errs, fmt.Errorf("flushing: deleting tables %s: %w", TableName, err))
 	}
-	return nil
+	// After the rules, so that no packet is marked for a route that is
+	// gone; and even when they failed, as the routing is not in them.
+	for _, o := range b.fams {
+		if _, err := policyroute.Sync(b.policy(), o.f.v6, false); err != nil {
+			errs = append(errs, fmt.Errorf("flushing %s TPROXY policy routing: %w", o.f.name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // indexKeys are the keys under which byKey finds m: its dnat key (same

@@ -29,6 +29,11 @@ type RouterOptions struct {
 	// LAN is routed, not hidden, and the server namespace gets a route to
 	// LANNet via the router so that it can answer LAN addresses.
 	NoMasquerade bool
+	// NSPrefix, if not empty, replaces the namespaces' prefix "pgsc-",
+	// for a suite that runs another kind of router lab next to the usual
+	// ones and must not meet them in another run's clean-up. Sweep does
+	// not know such a prefix: the suite sweeps its own.
+	NSPrefix string
 }
 
 // NewRouter builds a router lab for tb: pasvgate's transparent mode, as a
@@ -53,10 +58,15 @@ type RouterOptions struct {
 // rewrites FTP here.
 //
 // StartServer's servers listen on WANServerAddr. The namespaces are named
-// pgsc-<pid>-<n>-l, -r and -s, and Close removes them like a gateway lab's.
+// pgsc-<pid>-<n>-l, -r and -s (or with RouterOptions.NSPrefix), and Close
+// removes them like a gateway lab's.
 func NewRouter(tb testing.TB, opt RouterOptions) *Lab {
 	tb.Helper()
-	l := newLab(tb, routerNSPrefix, "l", "r", "s", opt.IPTables)
+	prefix := routerNSPrefix
+	if opt.NSPrefix != "" {
+		prefix = opt.NSPrefix
+	}
+	l := newLab(tb, prefix, "l", "r", "s", opt.IPTables)
 	l.serverAddr = WANServerAddr
 	l.build = func(ctx context.Context) error { return l.buildRouter(ctx, opt) }
 	l.create(tb)

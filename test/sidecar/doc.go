@@ -19,14 +19,21 @@
 // that `pasvgate rules flush` leaves the router's own firewall exactly as it
 // was.
 //
-// Every lab runs once per iptables backend (-sidecar.iptables, default both
-// iptables-nft and iptables-legacy), all labs in parallel.
+// Every lab runs once per variant, all labs in parallel: with pasvgate's
+// iptables backend once per iptables binary (-sidecar.iptables, default
+// both iptables-nft and iptables-legacy), and with its nftables backend
+// (`--backend nftables`) once, on a router whose own firewall is
+// iptables-nft's and holds the one accept rule the README asks for under a
+// forward policy of drop (-sidecar.backends, default both backends). The
+// nftables labs check the router's `nft list ruleset` where the iptables
+// labs check iptables-save, and their namespaces are named pgscn-.
 //
 // The tests need root and skip otherwise; install the programs with
 // test/install-deps.sh. Run, for example:
 //
 //	go test ./test/sidecar -v
 //	go test ./test/sidecar -v -args -sidecar.methods=tproxy -sidecar.iptables=/usr/sbin/iptables-legacy
+//	go test ./test/sidecar -v -args -sidecar.backends=nftables
 //
 // The package has no code besides its tests.
 package sidecar

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,7 +26,7 @@ const (
 	chkHandRule  = "hand rule sends the router's own :21 to pasvgate"
 	chkInstalled = "interception in the kernel while running"
 	chkStop      = "after stop: no interception, policy routing as before"
-	chkFlush     = "after rules flush: no PASVGATE chain, router firewall as before"
+	chkFlush     = "after rules flush: nothing of pasvgate's, router firewall as before"
 )
 
 func routerChecks(string) []string {
@@ -37,6 +38,7 @@ func routerChecks(string) []string {
 type routerState struct {
 	saves  string // iptables-save and ip6tables-save
 	policy string // ip rule and every routing table, both families, without the kernel's own routes
+	nft    string // nft list ruleset, with the nftables backend
 }
 
 func (e *env) routerState(ctx context.Context) (routerState, error) {
@@ -44,6 +46,11 @@ func (e *env) routerState(ctx context.Context) (routerState, error) {
 	var err error
 	if st.saves, err = e.saves(ctx); err != nil {
 		return st, err
+	}
+	if e.v.nft() {
+		if st.nft, err = e.nftRuleset(ctx); err != nil {
+			return st, err
+		}
 	}
 	for _, args := range [][]string{
 		{"-4", "rule", "show"}, {"-6", "rule", "show"},
@@ -115,7 +122,16 @@ func (e *env) routerChecks(t *testing.T, checks *lab.Grid, before routerState) {
 	if e.method == "tproxy" {
 		chain, target = "PASVGATE-TPROXY", "-j TPROXY"
 	}
-	if !hasRule(running.saves, chain, target) {
+	switch {
+	case e.v.nft():
+		chain, target = "intercept", fmt.Sprintf("redirect to :%d", listenPort)
+		if e.method == "tproxy" {
+			chain, target = "intercept_tproxy", fmt.Sprintf("tproxy to :%d", listenPort)
+		}
+		if !hasNFTRule(running.nft, "ip", chain, target) {
+			fails = append(fails, fmt.Sprintf("no %q rule in table ip pasvgate chain %s:\n%s", target, chain, running.nft))
+		}
+	case !hasRule(running.saves, chain, target):
 		fails = append(fails, fmt.Sprintf("no %s rule in %s", target, chain))
 	}
 	if e.method == "tproxy" && lineDiff(before.policy, running.policy) == "" {
@@ -198,6 +214,11 @@ func (e *env) routerChecks(t *testing.T, checks *lab.Grid, before routerState) {
 			fails = append(fails, c+" still in the kernel")
 		}
 	}
+	for _, c := range []string{"chain intercept {", "chain intercept_tproxy {", `comment "pasvgate intercept`} {
+		if strings.Contains(stopped.nft, c) {
+			fails = append(fails, fmt.Sprintf("%q still in the kernel:\n%s", c, stopped.nft))
+		}
+	}
 	if d := lineDiff(before.policy, stopped.policy); d != "" {
 		fails = append(fails, "ip rule or routes differ from before pasvgate started: "+d)
 	}
@@ -213,7 +234,7 @@ func (e *env) routerChecks(t *testing.T, checks *lab.Grid, before routerState) {
 	// own firewall exactly as it was.
 	start = time.Now()
 	fails = nil
-	if out, err := e.l.Exec(ctx, e.l.GW, e.bin, "rules", "flush", "--iptables-path", e.l.IPTables); err != nil {
+	if out, err := e.l.Exec(ctx, e.l.GW, e.bin, "rules", "flush", "--backend", e.v.backend, "--iptables-path", e.l.IPTables); err != nil {
 		fails = append(fails, fmt.Sprintf("rules flush: %v %s", err, out))
 	}
 	flushed, err := e.routerState(ctx)
@@ -228,10 +249,81 @@ func (e *env) routerChecks(t *testing.T, checks *lab.Grid, before routerState) {
 	if got, want := firewall(flushed.saves), firewall(before.saves); !slices.Equal(got, want) {
 		fails = append(fails, fmt.Sprintf("router firewall changed:\nbefore %q\nafter  %q", want, got))
 	}
+	if e.v.nft() {
+		// pasvgate's tables are gone, and the rest of the ruleset (the
+		// router firewall's iptables-nft tables) is as before, down to
+		// the accept rule the operator added for pasvgate.
+		if strings.Contains(flushed.nft, "pasvgate") {
+			fails = append(fails, "pasvgate's tables still in the kernel:\n"+flushed.nft)
+		}
+		if d := lineDiff(nftFirewall(before.nft), nftFirewall(flushed.nft)); d != "" {
+			fails = append(fails, "nft ruleset changed: "+d)
+		}
+		if !slices.ContainsFunc(firewall(before.saves), func(s string) bool { return strings.Contains(s, ctMarkArg) }) {
+			fails = append(fails, "the baseline shows no accept of pasvgate's mark: the comparison proves nothing")
+		}
+	}
 	if !slices.ContainsFunc(firewall(before.saves), func(s string) bool { return strings.Contains(s, "MASQUERADE") }) {
 		fails = append(fails, "the baseline shows no MASQUERADE: the comparison proves nothing")
 	}
 	record(chkFlush, fails, fmt.Sprintf("%d router rules and policies as before", len(firewall(before.saves))), start)
+}
+
+// counters matches the counters that nft prints for iptables-nft's rules.
+var counters = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+
+// nftFirewall reduces an `nft list ruleset` to what a router's firewall
+// is, as firewall does for iptables-save: counters go (traffic changes
+// them), and so do base chains with no rule and policy accept, and tables
+// left empty. iptables-nft makes a table's base chains when a rule is
+// added to it and leaves them when the rule goes (the router checks' hand
+// rule does that), which changes nothing.
+func nftFirewall(ruleset string) string {
+	var out, table, chain []string
+	inChain, chainRules := false, false
+	for _, line := range strings.Split(counters.ReplaceAllString(ruleset, "counter"), "\n") {
+		l := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "table "):
+			table = []string{line}
+		case strings.HasPrefix(l, "chain ") && strings.HasSuffix(l, "{"):
+			inChain, chainRules, chain = true, false, []string{line}
+		case inChain && l == "}":
+			inChain = false
+			if chainRules {
+				table = append(table, append(chain, line)...)
+			}
+		case inChain:
+			chain = append(chain, line)
+			if l != "" && !(strings.HasPrefix(l, "type ") && strings.HasSuffix(l, "policy accept;")) {
+				chainRules = true
+			}
+		case line == "}":
+			if len(table) > 1 {
+				out = append(out, append(table, line)...)
+			}
+			table = nil
+		case l != "" && table != nil:
+			table = append(table, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// hasNFTRule reports whether an `nft list ruleset` has, in pasvgate's
+// table of family, a rule in chain that contains target.
+func hasNFTRule(ruleset, family, chain, target string) bool {
+	_, table, ok := strings.Cut(ruleset, "table "+family+" pasvgate {")
+	if !ok {
+		return false
+	}
+	table, _, _ = strings.Cut(table, "\ntable ")
+	_, body, ok := strings.Cut(table, "chain "+chain+" {")
+	if !ok {
+		return false
+	}
+	body, _, _ = strings.Cut(body, "}")
+	return strings.Contains(body, target)
 }
 
 // hasRule reports whether saves has a rule in chain with target.
@@ -307,4 +399,54 @@ func lineDiff(a, b string) string {
 		}
 	}
 	return strings.Join(d, " | ")
+}
+
+// TestNFTFirewall proves the nft comparison of the flush check can fail:
+// the empty base chains iptables-nft leaves, and counters, are the same
+// firewall; a changed or removed rule, a chain whose policy drops, or a
+// table of pasvgate's left behind are not.
+func TestNFTFirewall(t *testing.T) {
+	base := `table ip filter {
+	chain FORWARD {
+		type filter hook forward priority filter; policy drop;
+		meta mark & 0x10000000 == 0x10000000 counter packets 0 bytes 0 accept
+	}
+}
+table ip nat {
+	chain POSTROUTING {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan0" counter packets 3 bytes 180 masquerade
+	}
+}
+`
+	same := map[string]string{
+		"counters": strings.ReplaceAll(base, "packets 3 bytes 180", "packets 9 bytes 540"),
+		"an empty accept chain": strings.Replace(base, "table ip nat {\n", `table ip nat {
+	chain PREROUTING {
+		type nat hook prerouting priority dstnat; policy accept;
+	}
+
+`, 1),
+		"an empty table": base + "table ip mangle {\n\tchain PREROUTING {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n\t}\n}\n",
+	}
+	differ := map[string]string{
+		"a rule changed":      strings.Replace(base, `"wan0"`, `"wan1"`, 1),
+		"a rule removed":      strings.Replace(base, "\t\toifname \"wan0\" counter packets 3 bytes 180 masquerade\n", "", 1),
+		"an empty drop chain": base + "table inet f {\n\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n\t}\n}\n",
+		"pasvgate's table":    base + "table ip pasvgate {\n\tmap dnat_map {\n\t\ttype ipv4_addr : ipv4_addr\n\t}\n}\n",
+	}
+	want := nftFirewall(base)
+	if !strings.Contains(want, "masquerade") || !strings.Contains(want, "policy drop") {
+		t.Fatalf("nftFirewall lost the firewall:\n%s", want)
+	}
+	for name, rs := range same {
+		if got := nftFirewall(rs); got != want {
+			t.Errorf("%s: %s", name, lineDiff(want, got))
+		}
+	}
+	for name, rs := range differ {
+		if nftFirewall(rs) == want {
+			t.Errorf("%s: not seen", name)
+		}
+	}
 }

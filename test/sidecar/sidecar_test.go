@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,8 +23,10 @@ import (
 // Selections. Each flag's default comes from an environment variable, so
 // that `go test ./...` can be narrowed too.
 var (
+	flagBackends = flag.String("sidecar.backends", envOr("PASVGATE_SIDECAR_BACKENDS", "iptables,nftables"),
+		"comma-separated pasvgate backends: iptables runs the router labs once per -sidecar.iptables binary, nftables once, on a router whose firewall is iptables-nft's [$PASVGATE_SIDECAR_BACKENDS]")
 	flagIPTables = flag.String("sidecar.iptables", envOr("PASVGATE_SIDECAR_IPTABLES", "/usr/sbin/iptables-nft,/usr/sbin/iptables-legacy"),
-		"comma-separated iptables binaries: the router labs run once per binary, which pasvgate is given too [$PASVGATE_SIDECAR_IPTABLES]")
+		"comma-separated iptables binaries for the iptables backend: the router labs run once per binary, which pasvgate is given too [$PASVGATE_SIDECAR_IPTABLES]")
 	flagMethods = flag.String("sidecar.methods", envOr("PASVGATE_SIDECAR_METHODS", "redirect,tproxy"),
 		"comma-separated interception methods to run [$PASVGATE_SIDECAR_METHODS]")
 	flagClients = flag.String("sidecar.clients", envOr("PASVGATE_SIDECAR_CLIENTS", "curl,lftp,ftplib,raw"),
@@ -47,6 +50,44 @@ func split(s string) []string {
 		}
 	}
 	return out
+}
+
+// variant is one kind of router lab: pasvgate's backend, and the iptables
+// binary that makes the router's own firewall (and, for the iptables
+// backend, pasvgate's rules too).
+type variant struct {
+	name    string // the labs' name: the iptables binary's, or "nftables"
+	backend string // pasvgate's --backend: iptables or nftables
+	ipt     string // the router's iptables binary
+}
+
+// nft reports whether pasvgate runs the nftables backend.
+func (v variant) nft() bool { return v.backend == "nftables" }
+
+// nftNSPrefix names the namespaces of the nftables backend's labs, apart
+// from the iptables labs' (lab's "pgsc-"), so that neither suite's runs
+// meet the other's in a clean-up.
+const nftNSPrefix = "pgscn-"
+
+// variants are the labs -sidecar.backends and -sidecar.iptables ask for.
+// The nftables backend's labs run on a router whose firewall is
+// iptables-nft's, as on Debian 12, with the one host rule the README asks
+// for under a forward policy of drop.
+func variants() ([]variant, error) {
+	var out []variant
+	for _, b := range split(*flagBackends) {
+		switch b {
+		case "iptables":
+			for _, ipt := range split(*flagIPTables) {
+				out = append(out, variant{filepath.Base(ipt), b, ipt})
+			}
+		case "nftables":
+			out = append(out, variant{b, b, lab.DefaultIPTables})
+		default:
+			return nil, fmt.Errorf("-sidecar.backends: %q: want iptables or nftables", b)
+		}
+	}
+	return out, nil
 }
 
 // pasvgate's listener in the router and its public data ports. The
@@ -149,23 +190,35 @@ func plan(method, router string) []cell {
 var gridHead = []string{"method", "router", "server", "client", "cmd"}
 
 // TestSidecar runs every cell of plan for each interception method, on a
-// masquerading router and on a routing one, with each iptables backend
-// (one lab each, all in parallel: most of their time is waiting), then
-// prints per backend the table of cells and the table of the router
-// checks (loops, stop, flush).
+// masquerading router and on a routing one, with the iptables backend on
+// each iptables binary and with the nftables backend (one lab each, all
+// in parallel: most of their time is waiting), then prints per variant
+// the table of cells and the table of the router checks (loops, stop,
+// flush).
 func TestSidecar(t *testing.T) {
 	lab.RequireRoot(t)
 	start := time.Now()
+	vs, err := variants()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sweep(nftNSPrefix); err != nil {
+		t.Logf("sweeping stale namespaces: %v", err)
+	}
 	bin := pasvgateBinary(t)
 	type tables struct{ cells, checks *lab.Grid }
 	var all []tables
 	methods := split(*flagMethods)
 	t.Run("labs", func(t *testing.T) {
-		for _, ipt := range split(*flagIPTables) {
+		for _, v := range vs {
+			what := v.ipt
+			if v.nft() {
+				what = "nftables backend, router firewall " + v.ipt
+			}
 			tb := tables{
-				lab.NewGrid(fmt.Sprintf("pasvgate as a router sidecar, transparent mode (%s)", ipt),
+				lab.NewGrid(fmt.Sprintf("pasvgate as a router sidecar, transparent mode (%s)", what),
 					gridHead, []string{"get", "put", "list"}),
-				lab.NewGrid(fmt.Sprintf("router checks (%s)", ipt), []string{"method", "check"}, []string{"result"}),
+				lab.NewGrid(fmt.Sprintf("router checks (%s)", what), []string{"method", "check"}, []string{"result"}),
 			}
 			all = append(all, tb)
 			for _, m := range methods {
@@ -173,9 +226,9 @@ func TestSidecar(t *testing.T) {
 			}
 			for _, m := range methods {
 				for _, r := range []string{masqueraded, routed} {
-					t.Run(filepath.Base(ipt)+"/"+m+"/"+r, func(t *testing.T) {
+					t.Run(v.name+"/"+m+"/"+r, func(t *testing.T) {
 						t.Parallel()
-						runLab(t, bin, ipt, m, r, tb.cells, tb.checks)
+						runLab(t, bin, v, m, r, tb.cells, tb.checks)
 					})
 				}
 			}
@@ -230,6 +283,7 @@ func pasvgateBinary(t *testing.T) string {
 // env is one router lab with pasvgate in it.
 type env struct {
 	l      *lab.Lab
+	v      variant
 	method string
 	bin    string
 	srv    *lab.Server
@@ -237,7 +291,7 @@ type env struct {
 	pg     *lab.Proc
 }
 
-func runLab(t *testing.T, bin, ipt, method, router string, g, checks *lab.Grid) {
+func runLab(t *testing.T, bin string, v variant, method, router string, g, checks *lab.Grid) {
 	cells := plan(method, router)
 	failAll := func(status, why string) {
 		for _, c := range cells {
@@ -249,9 +303,29 @@ func runLab(t *testing.T, bin, ipt, method, router string, g, checks *lab.Grid) 
 			}
 		}
 	}
-	l := lab.NewRouter(t, lab.RouterOptions{IPTables: ipt, NoMasquerade: router == routed})
-	e := &env{l: l, method: method, bin: bin}
+	opt := lab.RouterOptions{IPTables: v.ipt, NoMasquerade: router == routed}
+	if v.nft() {
+		opt.NSPrefix = nftNSPrefix
+		// The checks read the router's ruleset as an operator would.
+		if _, err := exec.LookPath("nft"); err != nil {
+			failAll(lab.StatusSkip, "nft not installed")
+			t.Skip("nft not installed")
+		}
+	}
+	l := lab.NewRouter(t, opt)
+	e := &env{l: l, v: v, method: method, bin: bin}
 	ctx := t.Context()
+	if v.nft() {
+		// What the README asks of an operator whose forward policy
+		// drops: accept what pasvgate's nftables backend marks. Without
+		// it active mode fails here: the server's data connection is
+		// forwarded into the LAN.
+		if _, err := l.Exec(ctx, l.GW, l.IPTables, "-w", "5", "-I", "FORWARD",
+			"-m", "connmark", "--mark", ctMarkArg, "-j", "ACCEPT"); err != nil {
+			failAll(lab.StatusFail, oneLine(err.Error()))
+			t.Fatal(err)
+		}
+	}
 	before, err := e.routerState(ctx)
 	if err != nil {
 		failAll(lab.StatusFail, oneLine(err.Error()))
@@ -316,6 +390,7 @@ func (e *env) startPasvgate(ctx context.Context) error {
 		"--intercept", lab.RouterLANIface,
 		"--intercept-method", e.method,
 		"--data-ports", dataPorts,
+		"--backend", e.v.backend,
 		"--iptables-path", e.l.IPTables,
 		"--log-format", "json")
 	if err != nil {
@@ -705,8 +780,13 @@ func shortErr(err error) string {
 }
 
 func (e *env) rulesList(ctx context.Context) (string, error) {
-	return e.l.Exec(ctx, e.l.GW, e.bin, "rules", "list", "--iptables-path", e.l.IPTables)
+	return e.l.Exec(ctx, e.l.GW, e.bin, "rules", "list", "--backend", e.v.backend, "--iptables-path", e.l.IPTables)
 }
+
+// ctMarkArg is the conntrack mark that pasvgate's nftables backend sets on
+// the connections it admits (its default, DefaultCtMark), as iptables
+// writes it.
+const ctMarkArg = "0x10000000/0x10000000"
 
 // ownChains are pasvgate's chains: the mapping chains and the
 // interception chains. Their names are an interface with installed
@@ -724,8 +804,22 @@ func (e *env) saves(ctx context.Context) (string, error) {
 }
 
 // mappingRules returns the rules of pasvgate's chains that belong to a
-// mapping (their comment carries an id).
+// mapping (their comment carries an id), or with the nftables backend the
+// lines of `nft list ruleset` that hold a mapping's elements.
 func (e *env) mappingRules(ctx context.Context) ([]string, error) {
+	if e.v.nft() {
+		out, err := e.nftRuleset(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var elems []string
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, `comment "id=`) {
+				elems = append(elems, strings.TrimSpace(line))
+			}
+		}
+		return elems, nil
+	}
 	out, err := e.saves(ctx)
 	if err != nil {
 		return nil, err
@@ -737,6 +831,40 @@ func (e *env) mappingRules(ctx context.Context) ([]string, error) {
 		}
 	}
 	return rules, nil
+}
+
+// nftRuleset returns `nft list ruleset` of the router.
+func (e *env) nftRuleset(ctx context.Context) (string, error) {
+	return e.l.Exec(ctx, e.l.GW, "nft", "list", "ruleset")
+}
+
+// sweep deletes namespaces named <prefix><pid>-<n>-<role>, as lab names
+// them, whose process is gone: leftovers of a killed run of this suite
+// that lab.Sweep does not know.
+func sweep(prefix string) error {
+	ents, err := os.ReadDir("/run/netns")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ent := range ents {
+		rest, ok := strings.CutPrefix(ent.Name(), prefix)
+		f := strings.Split(rest, "-")
+		if !ok || len(f) != 3 {
+			continue
+		}
+		pid, err := strconv.Atoi(f[0])
+		if err != nil || pid <= 1 || pid == os.Getpid() || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		if out, err := exec.Command("ip", "netns", "del", ent.Name()).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("deleting %s: %w: %s", ent.Name(), err, out))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // waitDrained polls, for up to 3 s, until no mapping is listed or left in
@@ -751,7 +879,7 @@ func (e *env) waitDrained(ctx context.Context) string {
 			problems = append(problems, "rules list prints "+lastLines(s, 5))
 		}
 		if rules, err := e.mappingRules(ctx); err != nil {
-			problems = append(problems, fmt.Sprintf("iptables-save: %v", err))
+			problems = append(problems, fmt.Sprintf("reading the rules: %v", err))
 		} else if len(rules) > 0 {
 			problems = append(problems, "mapping rules left: "+strings.Join(rules, " | "))
 		}
