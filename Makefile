@@ -23,8 +23,12 @@ test: deps build
 	$(GO) vet ./...
 	CGO_ENABLED=0 $(GO) build ./...
 	$(GO) test -count=1 -timeout 18m ./...
-	# The pasvgate cells of the interop matrix again, on iptables-legacy.
+	# The pasvgate cells of the interop suite again, on iptables-legacy,
+	# then with the nftables backend (the gw's FORWARD DROP gets the one
+	# accept rule the README asks for).
 	PASVGATE_INTEROP_MODES=pasvgate PASVGATE_INTEROP_IPTABLES=/usr/sbin/iptables-legacy \
+		$(GO) test -count=1 -timeout 10m ./test/interop
+	PASVGATE_INTEROP_MODES=pasvgate PASVGATE_INTEROP_BACKEND=nftables \
 		$(GO) test -count=1 -timeout 10m ./test/interop
 
 # demo runs the main job on a built-in netns lab (root); `pasvgate demo`

@@ -81,13 +81,19 @@ func newLab(t *testing.T) *lab {
 }
 
 // save returns iptables-save's output in the gateway namespace, run as root
-// with the system's binary: what the kernel really holds.
+// with the system's binary: what the kernel really holds. For the nftables
+// backend it is `nft list ruleset`.
 func (l *lab) save(t *testing.T, family string) string {
 	t.Helper()
+	if family == familyNftables {
+		return l.gw.MustRun(t, "nft", "list", "ruleset")
+	}
 	return l.gw.MustRun(t, "iptables-"+family+"-save")
 }
 
-var mappingID = regexp.MustCompile(`pasvgate id=(\S+) `)
+// mappingID finds a mapping's id in its iptables rule comments, or in the
+// comments of its nftables map elements.
+var mappingID = regexp.MustCompile(`(?:pasvgate |")id=(\S+) `)
 
 // mappings counts the mappings whose rules are in the gateway (each has
 // several rules, one id).
@@ -121,6 +127,14 @@ func (l *lab) waitMappings(t *testing.T, family string, n int) {
 func (l *lab) checkChains(t *testing.T, family string) {
 	t.Helper()
 	save := l.save(t, family)
+	if family == familyNftables {
+		for _, re := range []string{`(?m)^table ip pasvgate \{`, `(?m)^\s+map dnat_map \{`, `(?m)^\s+chain prerouting \{`} {
+			if !regexp.MustCompile(re).MatchString(save) {
+				t.Fatalf("no %s in the gateway's ruleset:\n%s", re, save)
+			}
+		}
+		return
+	}
 	for _, re := range []string{
 		`(?m)^:PASVGATE-DNAT `, `(?m)^:PASVGATE-SNAT `, `(?m)^:PASVGATE-FORWARD `, `(?m)^:PASVGATE-ADMIT `,
 		`(?m)^-A PREROUTING .*-j PASVGATE-DNAT$`, `(?m)^-A POSTROUTING .*-j PASVGATE-SNAT$`,
@@ -250,6 +264,11 @@ func (s *setup) writeConfig(t *testing.T) {
 	s.config = filepath.Join(sharedDir(t), "pasvgate.yaml")
 	cfg := fmt.Sprintf("listen:\n  - %s\nupstream: %s\ndata-ports: %s\niptables-path: %s\nmetrics: %s\n",
 		listenAddr, upstream, dataPorts, s.ipt, metricsAddr)
+	if s.family != familyNftables {
+		// The iptables families test the iptables backend; the nftables
+		// one leaves the choice to the default, auto, as the unit does.
+		cfg += "backend: iptables\n"
+	}
 	if err := os.WriteFile(s.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -438,6 +457,46 @@ func lockFile(t *testing.T) string {
 	return p
 }
 
+// familyNftables is the "family" of the nftables backend, in the tests
+// that run the unit's set-up once per kernel backend (unitBackends).
+const familyNftables = "nftables"
+
+// unitBackends are the kernel backends the unit runs pasvgate with: the
+// two iptables of the iptables backend, and the nftables backend, which
+// the default, --backend auto, picks on a host without a forward DROP.
+var unitBackends = append(slices.Clone(backends), struct {
+	family string
+	caps   []string
+}{familyNftables, capsNFT})
+
+// testName is the subtest name for a family of unitBackends.
+func testName(family string) string {
+	if family == familyNftables {
+		return family
+	}
+	return "iptables-" + family
+}
+
+// iptablesFor is the --iptables-path of a family's test: the nftables
+// backend's test keeps the usual one, which auto would fall back to.
+func iptablesFor(family string) string {
+	if family == familyNftables {
+		return "iptables-nft"
+	}
+	return "iptables-" + family
+}
+
+// requireFamily skips t without the tools a family's test reads the
+// kernel with.
+func requireFamily(t *testing.T, family string) {
+	t.Helper()
+	if family == familyNftables {
+		requireTools(t, "nft")
+		return
+	}
+	requireTools(t, "iptables-"+family, "iptables-"+family+"-save")
+}
+
 // backends are the two iptables pasvgate supports, with what each needs.
 var backends = []struct {
 	family string
@@ -483,13 +542,13 @@ func TestLeastPrivilege(t *testing.T) {
 	netns.RequireRoot(t)
 	requireTools(t, "setpriv")
 	pasvgate, _ := build(t)
-	for _, b := range backends {
-		t.Run("iptables-"+b.family, func(t *testing.T) {
+	for _, b := range unitBackends {
+		t.Run(testName(b.family), func(t *testing.T) {
 			t.Parallel()
-			requireTools(t, "iptables-"+b.family, "iptables-"+b.family+"-save")
+			requireFamily(t, b.family)
 			l := newLab(t)
 			s := setup{wrap: asNobody(b.caps), uid: nobodyUID, caps: b.caps, amb: b.caps, bin: pasvgate,
-				ipt: "iptables-" + b.family, family: b.family, flush: unitFlush(t, b.family), notify: true}
+				ipt: iptablesFor(b.family), family: b.family, flush: unitFlush(t, b.family), notify: true}
 			s.writeConfig(t)
 			var lock string
 			if b.family == "legacy" {

@@ -40,6 +40,7 @@ type Config struct {
 	MaxSessionsPerIP   int           `yaml:"max-sessions-per-ip"`
 	Keepalive          time.Duration `yaml:"keepalive"`
 	Metrics            string        `yaml:"metrics"`
+	DebugPprof         bool          `yaml:"debug-pprof"`
 	DrainTimeout       time.Duration `yaml:"drain-timeout"`
 	DialTimeout        time.Duration `yaml:"dial-timeout"`
 	MaxLine            int           `yaml:"max-line"`
@@ -68,7 +69,7 @@ func defaults() Config {
 		MaxLine:            ftp.DefaultMaxLine,
 		LogFormat:          "text",
 		LogLevel:           "info",
-		Backend:            "iptables",
+		Backend:            backendAuto,
 		IptablesPath:       "iptables",
 		RuleTimeout:        5 * time.Second,
 		SNAT:               true,
@@ -133,6 +134,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.IntVar(&c.MaxSessionsPerIP, "max-sessions-per-ip", c.MaxSessionsPerIP, "most concurrent sessions from one client address (0: no limit)")
 	fs.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "TCP keepalive period on both legs of a session (negative: off)")
 	fs.StringVar(&c.Metrics, "metrics", c.Metrics, "serve Prometheus /metrics and /healthz on this `ADDR:PORT`")
+	fs.BoolVar(&c.DebugPprof, "debug-pprof", c.DebugPprof, "also serve Go's profiles (/debug/pprof/) on the --metrics address")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGTERM, how long transfers in progress may finish before sessions are ended")
 	fs.StringVar(&c.DataPorts, "data-ports", c.DataPorts, "public data port range `LOW-HIGH`")
 	fs.DurationVar(&c.DataConnectTimeout, "data-connect-timeout", c.DataConnectTimeout, "how long a data mapping waits for its transfer command")
@@ -141,7 +143,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.IntVar(&c.MaxLine, "max-line", c.MaxLine, "longest control line accepted, in `bytes`")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
-	fs.StringVar(&c.Backend, "backend", c.Backend, "kernel backend: iptables, or nftables (netlink, kernel-expiring entries; needs one host-firewall rule, see README)")
+	fs.StringVar(&c.Backend, "backend", c.Backend, "kernel backend: auto (nftables when the kernel and the host firewall allow, else iptables), iptables, or nftables (netlink, kernel-expiring entries; a host forward DROP needs one rule, see README)")
 	fs.StringVar(&c.IptablesPath, "iptables-path", c.IptablesPath, "iptables `binary`: iptables, iptables-nft, iptables-legacy or a path")
 	fs.DurationVar(&c.RuleTimeout, "rule-timeout", c.RuleTimeout, "bound on one rule operation, xtables lock wait included")
 	fs.BoolVar(&c.SNAT, "snat", c.SNAT, "give data connections the gateway's address towards the server as source")
@@ -273,6 +275,9 @@ func (c Config) validate() error {
 	if c.DrainTimeout < 0 {
 		return bad("drain-timeout", "must not be negative")
 	}
+	if c.DebugPprof && c.Metrics == "" {
+		return bad("debug-pprof", "needs --metrics")
+	}
 	if c.Metrics != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics); err != nil {
 			return bad("metrics", "%q: %v", c.Metrics, err)
@@ -304,8 +309,8 @@ func (c Config) validate() error {
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		return bad("log-level", "%v", err)
 	}
-	if c.Backend != "iptables" && c.Backend != "nftables" {
-		return bad("backend", "%q: want iptables or nftables", c.Backend)
+	if c.Backend != backendAuto && c.Backend != backendIptables && c.Backend != backendNftables {
+		return bad("backend", "%q: want auto, iptables or nftables", c.Backend)
 	}
 	if c.IptablesPath == "" {
 		return bad("iptables-path", "must not be empty")

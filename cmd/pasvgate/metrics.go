@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"time"
 
 	"github.com/pasvgate/pasvgate/nat"
@@ -110,9 +111,10 @@ func installLatency() *prometheus.HistogramVec {
 }
 
 // serveMetrics serves /metrics and /healthz on addr until the returned stop
-// is called (it shuts the server down and waits for it). It returns once
-// the listener is open, so a bad address fails start-up.
-func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, log *slog.Logger) (stop func(), err error) {
+// is called (it shuts the server down and waits for it), and with pprof
+// Go's profiles under /debug/pprof/ too. It returns once the listener is
+// open, so a bad address fails start-up.
+func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, pprof bool, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
@@ -126,6 +128,15 @@ func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, l
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if pprof {
+		// Off by default: a profile shows addresses and timings of every
+		// session, and a CPU profile costs while it runs.
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {

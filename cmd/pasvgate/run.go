@@ -105,10 +105,12 @@ type gateway struct {
 	cfg     Config
 	log     *slog.Logger
 	backend rules.Backend
-	table   *nat.Table
-	srv     *proxy.Server
-	pub     *publicSource
-	ic      *rules.Interception
+	// backendName is the backend in use: --backend, or what auto chose.
+	backendName string
+	table       *nat.Table
+	srv         *proxy.Server
+	pub         *publicSource
+	ic          *rules.Interception
 
 	serveCtx context.Context // sessions end at once when it is cancelled
 	wg       sync.WaitGroup
@@ -122,11 +124,16 @@ type gateway struct {
 // reloading on SIGHUP, and remove every mapping on the way out.
 func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err error) {
 	g := &gateway{cfg: cfg, log: log, errs: make(chan error, 16), lns: map[string]net.Listener{}}
-	if g.backend, err = newBackend(cfg, log); err != nil {
+	var ch choice
+	if g.backend, ch, err = newBackend(cfg, log); err != nil {
 		return err
 	}
+	g.backendName = ch.name
 	setupCtx, cancel := context.WithTimeout(ctx, 4*cfg.RuleTimeout)
 	err = g.backend.Setup(setupCtx)
+	if err == nil {
+		sweepOther(setupCtx, cfg, ch.name, log)
+	}
 	cancel()
 	if err != nil {
 		return fmt.Errorf("setting up kernel rules: %w", err)
@@ -217,7 +224,7 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 			}
 			return nil
 		}
-		if stopMetrics, err = serveMetrics(cfg.Metrics, reg, healthy, log); err != nil {
+		if stopMetrics, err = serveMetrics(cfg.Metrics, reg, healthy, cfg.DebugPprof, log); err != nil {
 			g.srv.Shutdown(canceled())
 			g.wg.Wait()
 			return err
@@ -231,7 +238,8 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	}
 	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.Listen, "upstream", []string(cfg.Upstream),
 		"public_addr", cfg.PublicAddr, "public_iface", cfg.PublicIface, "data_ports", cfg.DataPorts,
-		"backend", cfg.Backend, "snat", cfg.SNAT, "metrics", cfg.Metrics)
+		"backend", g.backendName, "snat", cfg.SNAT, "metrics", cfg.Metrics)
+	checkFDLimit(cfg, log)
 	notify(log, daemon.SdNotifyReady)
 
 	var serveErr error
@@ -293,7 +301,7 @@ func (g *gateway) intercept(ctx context.Context) error {
 	}
 	icpt, ok := g.backend.(rules.Interceptor)
 	if !ok {
-		return fmt.Errorf("--intercept: the %s backend cannot intercept", g.cfg.Backend)
+		return fmt.Errorf("--intercept: the %s backend cannot intercept", g.backendName)
 	}
 	var port uint16
 	for _, ln := range g.lns {
@@ -332,6 +340,7 @@ func restartOnly(old, new Config) []string {
 	add(old.Intercept != new.Intercept, "intercept")
 	add(old.InterceptMethod != new.InterceptMethod, "intercept-method")
 	add(old.Metrics != new.Metrics, "metrics")
+	add(old.DebugPprof != new.DebugPprof, "debug-pprof")
 	add(old.LogFormat != new.LogFormat, "log-format")
 	return keys
 }
@@ -355,7 +364,7 @@ func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
 		cfg.Upstream, cfg.DataPorts, cfg.DataConnectTimeout = old.Upstream, old.DataPorts, old.DataConnectTimeout
 		cfg.Backend, cfg.IptablesPath, cfg.RuleTimeout, cfg.ConnMark = old.Backend, old.IptablesPath, old.RuleTimeout, old.ConnMark
 		cfg.JumpCheckInterval, cfg.Intercept, cfg.InterceptMethod = old.JumpCheckInterval, old.Intercept, old.InterceptMethod
-		cfg.Metrics, cfg.LogFormat = old.Metrics, old.LogFormat
+		cfg.Metrics, cfg.DebugPprof, cfg.LogFormat = old.Metrics, old.DebugPprof, old.LogFormat
 	}
 	if l, err := parseLevel(cfg.LogLevel); err == nil {
 		env.level.Set(l)
@@ -459,7 +468,7 @@ func isLocalAddr(a netip.Addr) bool {
 // cmdRules is `pasvgate rules list|flush`.
 func cmdRules(args []string) error {
 	if len(args) == 0 || (args[0] != "list" && args[0] != "flush") {
-		return usageError{errors.New("usage: pasvgate rules list|flush [--config FILE] [--iptables-path P]")}
+		return usageError{errors.New("usage: pasvgate rules list|flush [--config FILE] [--backend B] [--iptables-path P]")}
 	}
 	// The same flags and config file as run, so that `rules flush
 	// --config FILE` acts on the iptables the service uses.
@@ -468,17 +477,24 @@ func cmdRules(args []string) error {
 		return err
 	}
 	log := newLogger(cfg, new(slog.LevelVar))
-	backend, err := newBackend(cfg, log)
+	backends, err := rulesBackends(cfg, log)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.RuleTimeout)
 	defer cancel()
-	if args[0] == "flush" {
-		return backend.Flush(ctx)
+	var ms []rules.Mapping
+	var errs []error
+	for _, b := range backends {
+		if args[0] == "flush" {
+			errs = append(errs, b.Flush(ctx))
+			continue
+		}
+		m, err := b.List(ctx)
+		ms = append(ms, m...)
+		errs = append(errs, err)
 	}
-	ms, err := backend.List(ctx)
-	if err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	// Nothing at all when there is nothing, so scripts can test for it.
@@ -494,4 +510,24 @@ func cmdRules(args []string) error {
 		fmt.Printf("%-16s %-40s %-46s %-46s %s\n", m.ID, m.Source, m.Public, m.Target, age)
 	}
 	return nil
+}
+
+// checkFDLimit warns when the open-file limit cannot hold --max-sessions:
+// each session takes two descriptors (client and server), and a session
+// that finds none left is refused with 421 and counted as fd-limit. Go
+// has already raised the soft limit to the hard one at start-up.
+func checkFDLimit(cfg Config, log *slog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	// Listeners, the netlink and metrics sockets, logs: a few dozen.
+	const reserve = 64
+	sessions := (int64(lim.Cur) - reserve) / 2
+	if cfg.MaxSessions > 0 && int64(cfg.MaxSessions) > sessions {
+		log.Warn("the open-file limit holds fewer sessions than --max-sessions allows: raise LimitNOFILE",
+			"nofile", lim.Cur, "sessions_it_holds", sessions, "max_sessions", cfg.MaxSessions)
+		return
+	}
+	log.Info("open-file limit", "nofile", lim.Cur, "sessions_it_holds", sessions)
 }

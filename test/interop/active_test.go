@@ -161,7 +161,7 @@ func (s revSuite) runServer(t *testing.T, name string, tl tools, g *lab.Grid) {
 		rows(lab.StatusSkip, oneLine(tl.testftpdErr.Error()))
 		t.Skip(tl.testftpdErr)
 	}
-	l := lab.New(t, lab.Options{IPTables: *flagIPTables, ClientLinkRate: *flagActiveRate, IPv6: s.ipv6})
+	l := lab.New(t, labOptions(*flagActiveRate, s.ipv6))
 	opt.Binary = tl.testftpd
 	srv, err := l.StartServer(t.Context(), kind, opt)
 	if err != nil {
@@ -175,8 +175,8 @@ func (s revSuite) runServer(t *testing.T, name string, tl tools, g *lab.Grid) {
 	defer srv.Proc.Stop()
 	args := append(append([]string{}, s.pgArgs...),
 		"--data-ports", pasvgateDataPorts,
-		"--iptables-path", l.IPTables,
 		"--log-format", "json")
+	args = append(args, backendArgs(l)...)
 	var waitOn []string
 	for _, w := range s.waitOn {
 		// A server that is IPv4-only here leaves pasvgate's IPv6

@@ -84,7 +84,7 @@ func TestBounce(t *testing.T) {
 	if tl.pasvgateErr != nil {
 		t.Skipf("pasvgate binary: %v", tl.pasvgateErr)
 	}
-	l := lab.New(t, lab.Options{IPTables: *flagIPTables, IPv6: true})
+	l := lab.New(t, labOptions(0, true))
 	srv, err := l.StartServer(t.Context(), lab.Vsftpd, lab.ServerOptions{})
 	if err != nil {
 		if strings.Contains(err.Error(), lab.ErrMissing.Error()) {
@@ -101,6 +101,7 @@ func TestBounce(t *testing.T) {
 		"--upstream", net.JoinHostPort(lab.ServerAddr6, "21"),
 		"--public-addr", lab.GWPublicAddr2,
 		"--data-ports", pasvgateDataPorts,
+		"--backend", *flagBackend,
 		"--iptables-path", l.IPTables,
 		"--log-format", "json")
 	if err != nil {

@@ -45,7 +45,7 @@ func newFaultLab(t *testing.T, rate int, pgArgs ...string) *faultLab {
 			t.Fatal(err)
 		}
 	}
-	l := lab.New(t, lab.Options{IPTables: *flagIPTables, ClientLinkRate: rate})
+	l := lab.New(t, labOptions(rate, false))
 	srv, err := l.StartServer(t.Context(), lab.Vsftpd, lab.ServerOptions{})
 	if err != nil {
 		if strings.Contains(err.Error(), lab.ErrMissing.Error()) {
@@ -64,6 +64,7 @@ func (f *faultLab) start(t *testing.T) {
 		"--listen", lab.GWPublicAddr + ":21",
 		"--upstream", lab.ServerAddr + ":21",
 		"--public-addr", lab.GWPublicAddr2,
+		"--backend", *flagBackend,
 		"--iptables-path", f.l.IPTables,
 		"--log-format", "json"}, f.pgArgs...)
 	p, err := f.l.Start(f.l.GW, f.bin, args...)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -28,6 +29,7 @@ var (
 	flagServers  = flag.String("interop.servers", envOr("PASVGATE_INTEROP_SERVERS", strings.Join(lab.Servers, ",")), "comma-separated servers to run [$PASVGATE_INTEROP_SERVERS]")
 	flagClients  = flag.String("interop.clients", envOr("PASVGATE_INTEROP_CLIENTS", "curl,lftp,ftplib,jlaffaye,raw"), "comma-separated clients to run [$PASVGATE_INTEROP_CLIENTS]")
 	flagIPTables = flag.String("interop.iptables", envOr("PASVGATE_INTEROP_IPTABLES", lab.DefaultIPTables), "iptables binary of the gateway namespace, also given to pasvgate [$PASVGATE_INTEROP_IPTABLES]")
+	flagBackend  = flag.String("interop.backend", envOr("PASVGATE_INTEROP_BACKEND", "iptables"), "pasvgate's --backend: iptables or nftables; with nftables the gw's FORWARD also gets the accept for its conntrack mark, as the README asks of operators [$PASVGATE_INTEROP_BACKEND]")
 	flagRate     = flag.Int("interop.rate", 512<<10, "bytes/s of the client's link (shaped), so the intruder probe runs while a transfer's mapping is open")
 	flagPasvgate = flag.String("interop.pasvgate", os.Getenv("PASVGATE_BIN"), "pasvgate binary (default: $PASVGATE_BIN, else built from ./cmd/pasvgate)")
 )
@@ -37,6 +39,25 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// nftMark is the conntrack mark pasvgate's nftables backend sets by
+// default, which a gateway with FORWARD DROP must accept.
+const nftMark = 0x10000000
+
+// labOptions are the lab options every pasvgate lab here starts from: the
+// gw's iptables and, for the nftables backend, its accept rule.
+func labOptions(rate int, ipv6 bool) lab.Options {
+	o := lab.Options{IPTables: *flagIPTables, ClientLinkRate: rate, IPv6: ipv6}
+	if *flagBackend == "nftables" {
+		o.AcceptMark = nftMark
+	}
+	return o
+}
+
+// backendArgs are pasvgate's arguments naming its kernel backend.
+func backendArgs(l *lab.Lab) []string {
+	return []string{"--backend", *flagBackend, "--iptables-path", l.IPTables}
 }
 
 // Public data port range given to pasvgate; the servers' own passive range
@@ -255,7 +276,7 @@ func runServer(t *testing.T, kind string, modes []mode, clients []string, tl too
 	// The client's link is slow, so that a 1 MiB transfer through the
 	// gateway lasts about two seconds: time for the intruder probe. The
 	// direct mode does not cross that link and stays fast.
-	l := lab.New(t, lab.Options{IPTables: *flagIPTables, ClientLinkRate: *flagRate})
+	l := lab.New(t, labOptions(*flagRate, false))
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			if m.via == viaPasvgate && tl.pasvgateErr != nil {
@@ -675,7 +696,7 @@ func startPasvgate(t *testing.T, l *lab.Lab, bin string) (*pasvgate, error) {
 		"--upstream", lab.ServerAddr+":21",
 		"--public-addr", lab.GWPublicAddr2,
 		"--data-ports", pasvgateDataPorts,
-		"--backend", "iptables",
+		"--backend", *flagBackend,
 		"--iptables-path", l.IPTables,
 		"--log-format", "json")
 	if err != nil {
@@ -689,7 +710,7 @@ func startPasvgate(t *testing.T, l *lab.Lab, bin string) (*pasvgate, error) {
 }
 
 func (p *pasvgate) rulesList(ctx context.Context) (string, error) {
-	return p.l.Exec(ctx, p.l.GW, p.bin, "rules", "list", "--iptables-path", p.l.IPTables)
+	return p.l.Exec(ctx, p.l.GW, p.bin, append([]string{"rules", "list"}, backendArgs(p.l)...)...)
 }
 
 // pasvgateChains are pasvgate's own chains (DESIGN.md: every rule lives
@@ -701,6 +722,9 @@ var pasvgateChains = []string{"PASVGATE-DNAT", "PASVGATE-FORWARD", "PASVGATE-SNA
 // a NAT target. Static rules (an ESTABLISHED accept, the admit mark) do not
 // count. In a lab with IPv6 the ip6tables rules are read too.
 func (p *pasvgate) mappingRules(ctx context.Context) ([]string, error) {
+	if *flagBackend == "nftables" {
+		return p.mapElements(ctx)
+	}
 	out, err := p.l.Exec(ctx, p.l.GW, p.l.IPTables+"-save")
 	if err != nil {
 		return nil, err
@@ -727,6 +751,32 @@ func (p *pasvgate) mappingRules(ctx context.Context) ([]string, error) {
 		}
 	}
 	return rules, nil
+}
+
+// elementIDs matches the mapping id in an element's comment.
+var elementIDs = regexp.MustCompile(`id=[^ "]+`)
+
+// mapElements is mappingRules for the nftables backend: the elements of
+// its maps, each of which carries a mapping id in its comment.
+func (p *pasvgate) mapElements(ctx context.Context) ([]string, error) {
+	fams := []string{"ip"}
+	if p.l.IPv6 {
+		fams = append(fams, "ip6")
+	}
+	var els []string
+	for _, f := range fams {
+		out, err := p.l.Exec(ctx, p.l.GW, "nft", "list", "table", f, "pasvgate")
+		if err != nil {
+			// No table: nothing of pasvgate's.
+			if strings.Contains(err.Error(), "No such file or directory") {
+				continue
+			}
+			return nil, err
+		}
+		// nft may print several elements on a line.
+		els = append(els, elementIDs.FindAllString(out, -1)...)
+	}
+	return els, nil
 }
 
 // waitDrained polls, for up to 3 s (removal is off the critical path, after

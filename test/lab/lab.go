@@ -130,6 +130,10 @@ type Options struct {
 	// same backend as IPTables (Lab.IP6Tables). Servers started in such a
 	// lab listen on IPv6 too, where they can (see StartServer).
 	IPv6 bool
+	// AcceptMark, if not zero, adds to the gw's FORWARD (in each family
+	// it has) the one rule an operator adds for pasvgate's nftables
+	// backend: accept connections whose conntrack mark has these bits.
+	AcceptMark uint32
 }
 
 // Lab is one instance of the topology. Its methods are safe for concurrent
@@ -156,7 +160,9 @@ type Lab struct {
 	// build makes the namespaces' links, addresses, routes and firewall.
 	build    func(ctx context.Context) error
 	linkRate int
-	seq      atomic.Int64 // numbers server directories
+	// acceptMark is Options.AcceptMark.
+	acceptMark uint32
+	seq        atomic.Int64 // numbers server directories
 
 	mu       sync.Mutex
 	procs    []*Proc
@@ -193,6 +199,7 @@ func New(tb testing.TB, opt Options) *Lab {
 	l := newLab(tb, nsPrefix, "c", "g", "s", opt.IPTables)
 	l.linkRate = opt.ClientLinkRate
 	l.IPv6 = opt.IPv6
+	l.acceptMark = opt.AcceptMark
 	l.serverAddr = ServerAddr
 	if opt.IPv6 {
 		l.serverAddr6 = ServerAddr6
@@ -345,6 +352,9 @@ func (l *Lab) buildGateway(ctx context.Context) error {
 	if _, err := l.Exec(ctx, l.GW, l.IPTables, "-w", "5", "-P", "FORWARD", "DROP"); err != nil {
 		return err
 	}
+	if err := l.addAcceptMark(ctx, l.IPTables); err != nil {
+		return err
+	}
 	if l.IPv6 {
 		if err := l.ipv6Forwarding(ctx); err != nil {
 			return err
@@ -383,7 +393,21 @@ func (l *Lab) ipv6Forwarding(ctx context.Context) error {
 	if _, err := l.Exec(ctx, l.GW, l.IP6Tables, "-w", "5", "-P", "FORWARD", "DROP"); err != nil {
 		return err
 	}
+	if err := l.addAcceptMark(ctx, l.IP6Tables); err != nil {
+		return err
+	}
 	_, err := l.Exec(ctx, l.GW, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+	return err
+}
+
+// addAcceptMark adds Options.AcceptMark's rule with the iptables binary
+// ipt, if the lab has one.
+func (l *Lab) addAcceptMark(ctx context.Context, ipt string) error {
+	if l.acceptMark == 0 {
+		return nil
+	}
+	m := fmt.Sprintf("0x%x/0x%x", l.acceptMark, l.acceptMark)
+	_, err := l.Exec(ctx, l.GW, ipt, "-w", "5", "-I", "FORWARD", "-m", "connmark", "--mark", m, "-j", "ACCEPT")
 	return err
 }
 

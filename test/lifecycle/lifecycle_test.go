@@ -191,7 +191,7 @@ func mappingRules(t *testing.T, ns *netns.NS, ipt string) int {
 
 func listed(t *testing.T, ns *netns.NS, pasvgate, ipt string) []string {
 	t.Helper()
-	out, err := ns.Run(context.Background(), pasvgate, "rules", "list", "--iptables-path", ipt)
+	out, err := ns.Run(context.Background(), pasvgate, "rules", "list", "--backend", "iptables", "--iptables-path", ipt)
 	if err != nil {
 		t.Fatalf("rules list: %v\n%s", err, out)
 	}
@@ -216,7 +216,7 @@ func TestCrashAndStop(t *testing.T) {
 			start(t, ns, "listening on", ftpd, "--listen", "192.0.2.10:21", "--public-host", "192.0.2.10",
 				"--passive-ports", "30000-30099")
 			args := []string{"run", "--listen", "203.0.113.1:21", "--upstream", "192.0.2.10:21",
-				"--data-ports", "41000-41099", "--iptables-path", ipt}
+				"--data-ports", "41000-41099", "--backend", "iptables", "--iptables-path", ipt}
 
 			// 1. Mappings installed, then SIGKILL: the rules stay behind.
 			p := start(t, ns, "pasvgate started", pasvgate, args...)
@@ -269,7 +269,7 @@ func TestCrashAndStop(t *testing.T) {
 			// and is happy to find nothing the second time.
 			ns.MustRun(t, ipt, "-t", "filter", "-A", "FORWARD", "-s", "198.51.100.7", "-j", "DROP")
 			for i := 0; i < 2; i++ {
-				if out, err := ns.Run(context.Background(), pasvgate, "rules", "flush", "--iptables-path", ipt); err != nil {
+				if out, err := ns.Run(context.Background(), pasvgate, "rules", "flush", "--backend", "iptables", "--iptables-path", ipt); err != nil {
 					t.Fatalf("rules flush #%d: %v\n%s", i+1, err, out)
 				}
 			}

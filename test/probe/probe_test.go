@@ -279,6 +279,7 @@ func TestBehindPasvgate(t *testing.T) {
 		"--upstream", lab.ServerAddr+":21",
 		"--public-addr", lab.GWPublicAddr2,
 		"--data-ports", "40000-40999",
+		"--backend", "iptables",
 		"--iptables-path", l.IPTables)
 	if err != nil {
 		t.Fatal(err)
