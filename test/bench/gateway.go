@@ -34,20 +34,26 @@ type gateway interface {
 	down(ctx context.Context) error
 }
 
-// pasvgateGW is pasvgate in the gw (column A with iptables-nft, A2 with
-// iptables-legacy). The client dials 203.0.113.1 and pasvgate's 227
+// pasvgateGW is pasvgate in the gw (column A with the iptables backend on
+// iptables-nft, A2 on iptables-legacy, N with the nftables backend). The client dials 203.0.113.1 and pasvgate's 227
 // replies name 203.0.113.2, a different address: a client that ignored the
 // 227 address would fail instead of measuring the wrong path. It is also
 // the address the kernel helper's clients dial, so A and B are reached the
 // same way. EPSV data connections go to the dialled address, as RFC 2428
 // says, and pasvgate matches them there.
 type pasvgateGW struct {
+	// ipt is the iptables whose FORWARD policy drops while this column
+	// runs, and the iptables backend's --iptables-path.
 	k, ipt string
-	l      *lab
-	bin    string
-	p      *proc
+	// backend is pasvgate's --backend: iptables or nftables.
+	backend string
+	l       *lab
+	bin     string
+	p       *proc
 	// verbose is whether the running instance logs at info level.
 	verbose bool
+	// extra are more arguments for `pasvgate run` (the CPU profile's).
+	extra []string
 
 	// rssKB and hwmKB are VmRSS and VmHWM after each measured workload.
 	rssKB, hwmKB []int64
@@ -57,23 +63,38 @@ type pasvgateGW struct {
 
 func (g *pasvgateGW) key() string { return g.k }
 func (g *pasvgateGW) title() string {
+	if g.backend == "nftables" {
+		return "pasvgate (nftables backend)"
+	}
 	return "pasvgate (" + g.ipt + ")"
 }
+
+// nftAccept is the host firewall rule the nftables backend needs under a
+// FORWARD policy of DROP (README, "The nftables backend"): accept the
+// connections that carry pasvgate's conntrack mark.
+var nftAccept = []string{"FORWARD", "-m", "connmark", "--mark", "0x10000000/0x10000000", "-j", "ACCEPT"}
+
 func (g *pasvgateGW) target() netip.AddrPort { return netip.MustParseAddrPort(gwPublic + ":21") }
 
 func (g *pasvgateGW) up(ctx context.Context, verbose bool) error {
 	if err := g.l.setForwardPolicy(ctx, g.ipt); err != nil {
 		return err
 	}
+	if g.backend == "nftables" {
+		if _, err := run(ctx, g.l.gw, "", g.ipt, append([]string{"-w", "5", "-I"}, nftAccept...)...); err != nil {
+			return err
+		}
+	}
 	level := "warn"
 	if verbose {
 		level = "info"
 	}
 	g.verbose = verbose
-	p, err := startProc(g.l.gw, g.bin, "run",
-		"--listen", gwPublic+":21", "--upstream", serverAddr+":21", "--public-addr", gwPublic2,
-		"--data-ports", dataPorts, "--iptables-path", g.ipt,
-		"--log-level", level, "--log-format", "json")
+	args := append([]string{"run",
+		"--listen", gwPublic + ":21", "--upstream", serverAddr + ":21", "--public-addr", gwPublic2,
+		"--data-ports", dataPorts, "--backend", g.backend, "--iptables-path", g.ipt,
+		"--log-level", level, "--log-format", "json"}, g.extra...)
+	p, err := startProc(g.l.gw, g.bin, args...)
 	if err != nil {
 		return err
 	}
@@ -118,8 +139,13 @@ func (g *pasvgateGW) down(ctx context.Context) error {
 		}
 		g.p = nil
 	}
-	if _, err := run(ctx, g.l.gw, "", g.bin, "rules", "flush", "--iptables-path", g.ipt); err != nil {
+	if _, err := run(ctx, g.l.gw, "", g.bin, "rules", "flush", "--backend", g.backend, "--iptables-path", g.ipt); err != nil {
 		errs = append(errs, err)
+	}
+	if g.backend == "nftables" {
+		if _, err := run(ctx, g.l.gw, "", g.ipt, append([]string{"-w", "5", "-D"}, nftAccept...)...); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	errs = append(errs, g.l.setForwardPolicy(ctx, iptNFT))
 	return errors.Join(errs...)

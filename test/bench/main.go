@@ -10,6 +10,9 @@
 //
 //	A   pasvgate in the gw, iptables-nft
 //	A2  the same with iptables-legacy (-legacy, on by default)
+//	N   pasvgate with its nftables backend (-nftables, on by default),
+//	    under the same iptables-nft FORWARD DROP plus the one accept for
+//	    its conntrack mark that the README asks of operators
 //	B   the kernel helper: static DNAT of port 21, CT --helper ftp
 //	C   plain routing without NAT
 //	R   a plain Go TCP relay of the control channel, NOOPs only: the
@@ -52,6 +55,8 @@ import (
 type options struct {
 	rounds     int
 	legacy     bool
+	nftables   bool
+	cpuProfile string
 	server     string
 	pasvgate   string
 	noops      int
@@ -68,6 +73,8 @@ func main() {
 	var o options
 	flag.IntVar(&o.rounds, "rounds", 5, "measured rounds; each runs every gateway once")
 	flag.BoolVar(&o.legacy, "legacy", true, "also measure pasvgate with iptables-legacy (column A2)")
+	flag.BoolVar(&o.nftables, "nftables", true, "also measure pasvgate with its nftables backend (column N)")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of pasvgate (column N) during back-to-back small downloads to this `file`")
 	flag.StringVar(&o.server, "server", "vsftpd", "FTP server: vsftpd or testftpd (the built-in one)")
 	flag.StringVar(&o.pasvgate, "pasvgate", "", "pasvgate binary to measure (default: build ./cmd/pasvgate)")
 	flag.IntVar(&o.noops, "noops", 1000, "NOOP round trips per round")
@@ -169,12 +176,20 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		}
 	}()
 
-	a := &pasvgateGW{k: "A", ipt: iptNFT, l: l, bin: bins.pasvgate}
+	a := &pasvgateGW{k: "A", ipt: iptNFT, backend: "iptables", l: l, bin: bins.pasvgate}
 	gws := []gateway{a}
-	var a2 *pasvgateGW
+	pgs := []*pasvgateGW{a}
 	if o.legacy {
-		a2 = &pasvgateGW{k: "A2", ipt: iptLegacy, l: l, bin: bins.pasvgate}
-		gws = append(gws, a2)
+		a2 := &pasvgateGW{k: "A2", ipt: iptLegacy, backend: "iptables", l: l, bin: bins.pasvgate}
+		gws, pgs = append(gws, a2), append(pgs, a2)
+	}
+	var n *pasvgateGW
+	if o.nftables {
+		n = &pasvgateGW{k: "N", ipt: iptNFT, backend: "nftables", l: l, bin: bins.pasvgate}
+		gws, pgs = append(gws, n), append(pgs, n)
+	}
+	if o.cpuProfile != "" && n == nil {
+		return errors.New("-cpuprofile profiles column N: it needs -nftables")
 	}
 	b := &staticGW{k: "B", name: "kernel helper", l: l, rules: helperRules,
 		dial: a.target(), wantData: gwPublic, helper: true}
@@ -205,10 +220,8 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		}
 	}
 	// Memory is reported for the measured rounds only.
-	for _, pg := range []*pasvgateGW{a, a2} {
-		if pg != nil {
-			pg.rssKB, pg.hwmKB = nil, nil
-		}
+	for _, pg := range pgs {
+		pg.rssKB, pg.hwmKB = nil, nil
 	}
 
 	rep := newReport(o, gws)
@@ -282,10 +295,16 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		}
 		rep.profiles = append(rep.profiles, p)
 	}
-	for _, pg := range []*pasvgateGW{a, a2} {
-		if pg != nil {
-			rep.memory[pg.key()] = [2][]int64{pg.rssKB, pg.hwmKB}
+	for _, pg := range pgs {
+		rep.memory[pg.key()] = [2][]int64{pg.rssKB, pg.hwmKB}
+	}
+
+	if o.cpuProfile != "" {
+		fmt.Fprintf(progress, "bench: CPU profile of N\n")
+		if err := r.cpuProfile(ctx, n, o.cpuProfile); err != nil {
+			return fmt.Errorf("CPU profile: %w", err)
 		}
+		rep.cpuProfile = o.cpuProfile
 	}
 
 	// The server on its own, client in the server namespace: the ceiling

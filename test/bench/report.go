@@ -27,6 +27,8 @@ type report struct {
 	memory     map[string][2][]int64 // VmRSS, VmHWM in kB, per round
 	serverOnly load.Result
 	elapsed    time.Duration
+	// cpuProfile is where -cpuprofile wrote pasvgate's CPU profile.
+	cpuProfile string
 	// note says why fewer rounds ran than asked for, if they did.
 	note string
 	// version is what `pasvgate version` printed.
@@ -185,6 +187,9 @@ func (r *report) write(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nserver alone (client in the server namespace, no gateway; median of %d): download %.0f MB/s, upload %.0f MB/s\n",
 		len(r.serverOnly.DownMBps), median(r.serverOnly.DownMBps), median(r.serverOnly.UpMBps))
+	if r.cpuProfile != "" {
+		fmt.Fprintf(w, "CPU profile of N (5 s of back-to-back small downloads): %s (go tool pprof -top BINARY %s)\n", r.cpuProfile, r.cpuProfile)
+	}
 	fmt.Fprintf(w, "issue 4's reference for the kernel helper on this machine: ~1,900 PASV 1 KiB downloads/s, 230 sessions/s, ~2,800 MB/s down, 1,000 MB/s up\n")
 }
 
@@ -214,6 +219,16 @@ func (r *report) writeTargets(w io.Writer) {
 		fmt.Fprintf(w, "  %-3s bulk download %.2f x B (>= 0.95: %s); bulk upload %.2f x B (>= 0.95: %s); NOOP %+.1f µs vs B (<= +30: %s)\n",
 			k, ratio(d, bDown), verdict(ratio(d, bDown) >= 0.95), ratio(u, bUp), verdict(ratio(u, bUp) >= 0.95),
 			n-bNoop, verdict(n-bNoop <= 30))
+	}
+	// Issue 8: the rates a rule call per transfer limits.
+	fmt.Fprintf(w, "\ntargets (issue 8), small transfers and sessions vs kernel helper (B), >= 0.9:\n")
+	for _, k := range r.pasvgateKeys() {
+		fmt.Fprintf(w, "  %-3s", k)
+		for _, m := range []metric{ms[2], ms[3], ms[4]} {
+			x := ratio(r.med(k, m), r.med("B", m))
+			fmt.Fprintf(w, " %s %.2f x B (%s);", strings.SplitN(m.name, " (", 2)[0], x, verdict(x >= 0.9))
+		}
+		fmt.Fprintln(w)
 	}
 	if len(r.pasvgateKeys()) > 1 {
 		// The backends differ in rule calls and in how established data

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -86,4 +89,47 @@ func roundLine(res load.Result) string {
 	add("  down %.0f MB/s", median(res.DownMBps))
 	add("  up %.0f MB/s", median(res.UpMBps))
 	return b.String()
+}
+
+// cpuProfile writes to file a CPU profile of pasvgate in g while the client
+// downloads small files back to back (PASV, then EPSV), the workload whose
+// rate the rule calls limit. pasvgate serves the profile on its --metrics
+// address, which only the gw namespace can reach.
+func (r *runner) cpuProfile(ctx context.Context, g *pasvgateGW, file string) error {
+	const metrics = "127.0.0.1:9121"
+	const seconds = 5
+	g.extra = []string{"--metrics", metrics, "--debug-pprof"}
+	defer func() { g.extra = nil }()
+	if err := g.up(ctx, false); err != nil {
+		return errors.Join(err, r.finish(ctx, g))
+	}
+	client := &http.Client{
+		Timeout: 2 * seconds * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return r.l.gw.Dial(ctx, network, "", addr)
+		}},
+	}
+	got := make(chan error, 1)
+	go func() {
+		resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metrics, seconds))
+		if err != nil {
+			got <- err
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			got <- fmt.Errorf("profile: %s", resp.Status)
+			return
+		}
+		f, err := os.Create(file)
+		if err != nil {
+			got <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		got <- errors.Join(err, f.Close())
+	}()
+	// Enough downloads to outlast the profile: about 1,000 a second.
+	_, err := r.load(ctx, r.l.client, g.target(), "-gets", "5000")
+	return errors.Join(err, <-got, r.finish(ctx, g))
 }
