@@ -17,6 +17,16 @@
 // context and by Config.ExecTimeout, and waits at most Config.LockTimeout
 // for the xtables lock.
 //
+// Installs run one at a time, and so do removals, but an install may run
+// beside a removal. nat removes a mapping after the transfer's final
+// reply, off the client's path, but with one lock for both the next
+// transfer's install would wait for it: with iptables-nft a removal's
+// iptables-restore spends about 25 ms in the kernel after its commit,
+// against about 3 ms for an install, so back-to-back small transfers paid
+// the removal too. iptables-nft-restore --noflush retries on its own when
+// another commit changed the ruleset first; iptables-legacy serialises the
+// two on the xtables lock.
+//
 // Connections admitted by a mapping keep flowing after it is removed: the
 // mapping's FORWARD rule sends the connection's first packet to ChainAdmit,
 // which sets Config.ConnMark on the connection and accepts it, and the
@@ -44,6 +54,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -159,13 +170,22 @@ type Backend struct {
 	fam4 *family
 	fam6 *family // nil when IPv6 is off
 
-	// sem serialises every change to the kernel and guards the fields
-	// below. It is a mutex that can be waited for with a context.
-	sem   chan struct{}
-	setUp bool
+	// sem serialises installs, and rsem removals: an install and a
+	// removal may run at once, so that an install never waits behind a
+	// removal's iptables-restore (with iptables-nft that spends ~25 ms in
+	// the kernel after committing; iptables-nft-restore --noflush retries
+	// when another commit came first, and legacy serialises on its own
+	// lock). Everything else (Setup, Flush, repairs, interception, a
+	// removal's fallback) holds both, always taken sem first. Both are
+	// mutexes that can be waited for with a context. setUp and ics are
+	// written under both and read under either.
+	sem, rsem chan struct{}
+	setUp     bool
+	// mu guards idx and bySP, which an install and a removal both change.
 	// idx holds the mappings this process installed since Setup, by ID,
 	// and bySP the ID of each by source and public address: duplicate
 	// checks need no exec, and a repair can put every mapping back.
+	mu   sync.Mutex
 	idx  map[string]rules.Mapping
 	bySP map[srcPub]string
 	// ics holds the interceptions this process installed since Setup:
@@ -257,9 +277,10 @@ func New(cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	b := &Backend{
-		cfg: cfg,
-		log: cfg.Logger.With("backend", "iptables"),
-		sem: make(chan struct{}, 1),
+		cfg:  cfg,
+		log:  cfg.Logger.With("backend", "iptables"),
+		sem:  make(chan struct{}, 1),
+		rsem: make(chan struct{}, 1),
 	}
 	if b.fam4, err = newFamily(false, v4, cfg); err != nil {
 		return nil, err
@@ -301,17 +322,30 @@ func waitSeconds(d time.Duration) int {
 
 func (b *Backend) waitArg() string { return strconv.Itoa(waitSeconds(b.cfg.LockTimeout)) }
 
-// lock takes sem, giving up when ctx ends.
+// lock takes sem and rsem, giving up when ctx ends: nothing else changes
+// the kernel meanwhile.
 func (b *Backend) lock(ctx context.Context) error {
+	if err := take(ctx, b.sem); err != nil {
+		return err
+	}
+	if err := take(ctx, b.rsem); err != nil {
+		<-b.sem
+		return err
+	}
+	return nil
+}
+
+func (b *Backend) unlock() { <-b.rsem; <-b.sem }
+
+// take takes the semaphore s, giving up when ctx ends.
+func take(ctx context.Context, s chan struct{}) error {
 	select {
-	case b.sem <- struct{}{}:
+	case s <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for another rule change: %w", ctx.Err())
 	}
 }
-
-func (b *Backend) unlock() { <-b.sem }
 
 func (b *Backend) families() []*family {
 	if b.fam6 == nil {
@@ -362,8 +396,10 @@ func (b *Backend) Setup(ctx context.Context) error {
 			b.log.Info("removed TPROXY policy routing left by an earlier process", "family", f.name, "rules_and_routes", n)
 		}
 	}
+	b.mu.Lock()
 	b.idx = map[string]rules.Mapping{}
 	b.bySP = map[srcPub]string{}
+	b.mu.Unlock()
 	b.ics = map[rules.Interception]bool{}
 	b.setUp = true
 	return nil
@@ -441,10 +477,10 @@ func (b *Backend) Install(ctx context.Context, m rules.Mapping) error {
 	if err != nil {
 		return fmt.Errorf("installing %s: %w", m.ID, err)
 	}
-	if err := b.lock(ctx); err != nil {
+	if err := take(ctx, b.sem); err != nil {
 		return fmt.Errorf("installing %s: %w", m.ID, err)
 	}
-	defer b.unlock()
+	defer func() { <-b.sem }()
 	if !b.setUp {
 		return fmt.Errorf("installing %s: %w", m.ID, ErrNotSetUp)
 	}
@@ -464,6 +500,13 @@ func (b *Backend) Install(ctx context.Context, m rules.Mapping) error {
 		// iptables-restore gave up before it changed anything.
 		return fmt.Errorf("installing %s: %w", m.ID, err)
 	}
+	// The recovery reads and may rewrite the whole family: no removal
+	// may run meanwhile. It must run even when ctx has ended; a removal
+	// holds rsem for one bounded exec at most.
+	if err := take(context.WithoutCancel(ctx), b.rsem); err != nil {
+		return fmt.Errorf("installing %s: %w", m.ID, err)
+	}
+	defer func() { <-b.rsem }()
 	return b.recoverInstall(ctx, f, m, err)
 }
 
@@ -481,7 +524,7 @@ func (b *Backend) recoverInstall(ctx context.Context, f *family, m rules.Mapping
 	}
 	if missing := st.damage(b.cfg.ConnMark); len(missing) > 0 && ctx.Err() == nil {
 		b.log.Warn("pasvgate's rules were changed from outside; putting them back",
-			"family", f.name, "missing", missing, "mappings", len(b.idx))
+			"family", f.name, "missing", missing, "mappings", len(b.sortedIndex()))
 		ms := []rules.Mapping{}
 		for _, o := range b.sortedIndex() {
 			if o.Is6() == f.v6 {
@@ -524,34 +567,61 @@ func (b *Backend) blindRollback(ctx context.Context, f *family, m rules.Mapping,
 // already gone, Remove deletes what is left (an iptables-save and one more
 // batch) and returns nil, or rules.ErrNotInstalled when nothing was left.
 func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
-	if err := b.lock(ctx); err != nil {
+	if err := take(ctx, b.rsem); err != nil {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
 	}
-	defer b.unlock()
-	if !b.setUp {
-		return fmt.Errorf("removing %s: %w", m.ID, ErrNotSetUp)
-	}
-	o, ok := b.idx[m.ID]
-	if !ok || !sameMapping(o, m) {
-		return fmt.Errorf("removing %s: %w", m.ID, rules.ErrNotInstalled)
-	}
-	f, err := b.familyOf(o)
-	if err != nil {
-		return fmt.Errorf("removing %s: %w", m.ID, err)
-	}
-	err = b.restore(ctx, f, removeScript(o))
+	o, f, err := b.removable(m)
 	if err == nil {
-		b.del(o)
+		err = b.restore(ctx, f, removeScript(o))
+		if err == nil {
+			b.del(o)
+		}
+	}
+	<-b.rsem
+	if err == nil || errors.Is(err, rules.ErrNotInstalled) || errors.Is(err, ErrNotSetUp) ||
+		errors.Is(err, ErrNoIPv6) || IsLocked(err) || ctx.Err() != nil {
+		// A locked or cut-short batch leaves m in the index: a later
+		// Remove finishes whatever part of it this one may have done.
+		if err != nil {
+			return fmt.Errorf("removing %s: %w", m.ID, err)
+		}
 		return nil
 	}
-	if IsLocked(err) || ctx.Err() != nil {
-		// m stays in the index: a later Remove finishes whatever part of
-		// it this one may have done.
+	return b.removeLeft(ctx, m, err)
+}
+
+// removable checks that m is this process's, as installed, and finds its
+// family.
+func (b *Backend) removable(m rules.Mapping) (rules.Mapping, *family, error) {
+	if !b.setUp {
+		return m, nil, ErrNotSetUp
+	}
+	b.mu.Lock()
+	o, ok := b.idx[m.ID]
+	b.mu.Unlock()
+	if !ok || !sameMapping(o, m) {
+		return m, nil, rules.ErrNotInstalled
+	}
+	f, err := b.familyOf(o)
+	return o, f, err
+}
+
+// removeLeft runs after a failed removal batch, some of whose rules were
+// perhaps gone already: it reads the family's rules back, with nothing
+// else changing them, and deletes what is left of m.
+func (b *Backend) removeLeft(ctx context.Context, m rules.Mapping, cause error) error {
+	if err := b.lock(ctx); err != nil {
+		return fmt.Errorf("removing %s: %w; %w", m.ID, cause, err)
+	}
+	defer b.unlock()
+	o, f, err := b.removable(m)
+	if err != nil {
+		// Removed, or swept by Setup or Flush, meanwhile.
 		return fmt.Errorf("removing %s: %w", m.ID, err)
 	}
 	st, serr := b.save(ctx, f)
 	if serr != nil {
-		return fmt.Errorf("removing %s: %w; reading rules: %w", m.ID, err, serr)
+		return fmt.Errorf("removing %s: %w; reading rules: %w", m.ID, cause, serr)
 	}
 	left := st.rulesOf(m.ID)
 	if len(left) == 0 {
@@ -561,7 +631,7 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	if err := b.restore(ctx, f, deleteScript(left)); err != nil {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
 	}
-	b.log.Warn("remove batch failed; deleted the mapping's remaining rules", "mapping", m.ID, "rules", len(left), "err", err)
+	b.log.Warn("remove batch failed; deleted the mapping's remaining rules", "mapping", m.ID, "rules", len(left), "err", cause)
 	b.del(o)
 	return nil
 }
@@ -593,7 +663,10 @@ func (b *Backend) Flush(ctx context.Context) error {
 		return fmt.Errorf("flushing: %w", err)
 	}
 	defer b.unlock()
-	b.setUp, b.idx, b.bySP, b.ics = false, nil, nil, nil
+	b.mu.Lock()
+	b.idx, b.bySP = nil, nil
+	b.mu.Unlock()
+	b.setUp, b.ics = false, nil
 	var errs []error
 	for _, f := range b.families() {
 		st, err := b.save(ctx, f)
@@ -622,6 +695,8 @@ func (b *Backend) Flush(ctx context.Context) error {
 // conflict returns an installed mapping that m duplicates: same ID, or same
 // source and public address.
 func (b *Backend) conflict(m rules.Mapping) (rules.Mapping, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if o, ok := b.idx[m.ID]; ok {
 		return o, true
 	}
@@ -632,16 +707,22 @@ func (b *Backend) conflict(m rules.Mapping) (rules.Mapping, bool) {
 }
 
 func (b *Backend) add(m rules.Mapping) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.idx[m.ID] = m
 	b.bySP[srcPub{m.Source, m.Public}] = m.ID
 }
 
 func (b *Backend) del(m rules.Mapping) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	delete(b.idx, m.ID)
 	delete(b.bySP, srcPub{m.Source, m.Public})
 }
 
 func (b *Backend) sortedIndex() []rules.Mapping {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	out := make([]rules.Mapping, 0, len(b.idx))
 	for _, m := range b.idx {
 		out = append(out, m)

@@ -8,7 +8,9 @@ package rulestest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -207,6 +209,41 @@ func Run(t *testing.T, newBackend func(t *testing.T) rules.Backend, opt Options)
 		}
 		if got := list(t, b); len(got) != 0 {
 			t.Fatalf("List after Flush = %v, want none", got)
+		}
+	})
+
+	t.Run("Concurrent", func(t *testing.T) {
+		// nat installs and removes from many sessions at once: a backend
+		// may overlap them (the iptables one runs a removal beside an
+		// install), but none may fail or leave anything behind.
+		b := ready(t)
+		const workers, each = 6, 10
+		errs := make(chan error, workers*each*2)
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := range each {
+					m := Sample(fmt.Sprintf("m-c%d-%d", w, i), uint16(41000+100*w+i))
+					if opt.IPv6 && i%2 == 1 {
+						m = Sample6(m.ID, m.Public.Port())
+					}
+					if err := b.Install(ctx, m); err != nil {
+						errs <- fmt.Errorf("installing %s: %w", m.ID, err)
+						continue
+					}
+					if err := b.Remove(ctx, m); err != nil {
+						errs <- fmt.Errorf("removing %s: %w", m.ID, err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if got := list(t, b); len(got) != 0 {
+			t.Fatalf("List after concurrent installs and removals = %v, want none", got)
 		}
 	})
 
