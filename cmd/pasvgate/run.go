@@ -193,7 +193,7 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		Settings:  cfg.settings(g.pub.current()),
 		Intercept: cfg.InterceptMethod,
 		NAT:       g.table,
-		IsLocal:   isLocalAddr,
+		IsLocal:   watchLocalAddrs(runCtx, nil, interfaceAddrs, log).has,
 		Logger:    log,
 	}
 	serveCtx, cancelServe := context.WithCancel(context.Background())
@@ -446,23 +446,6 @@ func listen(ctx context.Context, addr string, transparent bool) (net.Listener, e
 		}
 	}
 	return lc.Listen(ctx, "tcp", addr)
-}
-
-// isLocalAddr reports whether a is assigned to an interface of this host
-// (in this network namespace).
-func isLocalAddr(a netip.Addr) bool {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return true
-	}
-	for _, x := range addrs {
-		if n, ok := x.(*net.IPNet); ok {
-			if b, ok := netip.AddrFromSlice(n.IP); ok && b.Unmap() == a {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // cmdRules is `pasvgate rules list|flush`.
