@@ -15,7 +15,7 @@ import (
 )
 
 // BenchmarkInstallRemove installs and removes one mapping (all its rules)
-// per iteration, with 0, 100 and 1000 other mappings installed, with each
+// per iteration, with 0, 1,000 and 10,000 other mappings installed, with each
 // backend binary, in a namespace. It reports the median and 99th
 // percentile of Install, Remove and both, in milliseconds, with the jump
 // check on every install (check=0s) and once a minute. Run it with a
@@ -26,7 +26,7 @@ func BenchmarkInstallRemove(b *testing.B) {
 	netns.RequireRoot(b)
 	for _, name := range binaryNames {
 		for _, check := range []time.Duration{0, time.Minute} {
-			for _, n := range []int{0, 100, 1000} {
+			for _, n := range []int{0, 1000, 10000} {
 				b.Run(fmt.Sprintf("%s/check=%v/mappings=%d", name, check, n), func(b *testing.B) {
 					path, err := exec.LookPath(name)
 					if err != nil {
