@@ -95,6 +95,9 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 grep -q "pasvgate started" "$work/pasvgate.log" || { cat "$work/pasvgate.log"; exit 1; }
+# --backend auto (the default): the gw's FORWARD policy is DROP and has no
+# accept for pasvgate's mark, so it takes the iptables backend, and says why.
+printf 'backend:                  %s\n' "$(grep -o 'msg="backend chosen".*' "$work/pasvgate.log" | sed 's/^msg="backend chosen" //' | cut -c1-150)"
 
 step "the client downloads 1 MiB over PASV, trusting the 227 address (over a 2 Mbit/s link, so the rule can be seen)"
 ip netns exec "$C" curl -sS -v --disable-epsv --no-ftp-skip-pasv-ip --max-time 40 \
