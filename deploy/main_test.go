@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	testbins "github.com/pasvgate/pasvgate/test/bins"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
 
@@ -96,12 +97,7 @@ func build(t testing.TB) (pasvgate, ftpd string) {
 			bins.err = fmt.Errorf("the Dockerfile's build command %q: %v\n%s", line, err, out)
 			return
 		}
-		cmd = exec.Command("go", "build", "-o", bins.ftpd, "./test/ftpd/cmd/testftpd")
-		cmd.Dir = ".."
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			bins.err = fmt.Errorf("building testftpd: %v\n%s", err, out)
-		}
+		bins.err = testbins.Compile(bins.ftpd, testbins.FTPDPkg)
 	})
 	if bins.err != nil {
 		t.Fatal(bins.err)

@@ -1,307 +1,33 @@
 package iptables
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
-	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
 
-// icLab is a LAN, a router and a server, each a namespace: the LAN
-// client's default route is the router, which forwards between its LAN
-// interface "lan0" and its WAN interface "wan0" and runs pasvgate's
-// backend and two stand-ins for pasvgate's listener (plain for REDIRECT,
-// IP_TRANSPARENT for TPROXY), and the server listens on ports 21 and 22.
+// icLab is the shared interception lab (netns.InterceptLab) with this
+// backend set up on its router.
 type icLab struct {
-	lan, router, server *netns.NS
-	b                   nsBackend
-	// accepted gets each connection a router listener accepts.
-	accepted chan routerConn
-	// served gets each connection the server accepts.
-	served chan net.Conn
+	*netns.InterceptLab
+	b nsBackend
 }
 
-// routerConn is a connection a router listener accepted.
-type routerConn struct {
-	method string // the listener's: rules.Redirect or rules.TProxy
-	c      net.Conn
-}
-
-// icAddrs are a family's addresses in the lab.
-type icAddrs struct {
-	name                                             string
-	client, routerLAN, routerWAN, server             netip.Addr
-	clientPfx, routerLANPfx, routerWANPfx, serverPfx string
-}
-
-var (
-	icLab4 = icAddrs{name: "IPv4",
-		client: netip.MustParseAddr("198.51.100.10"), routerLAN: netip.MustParseAddr("198.51.100.1"),
-		routerWAN: netip.MustParseAddr("203.0.113.1"), server: netip.MustParseAddr("203.0.113.20"),
-		clientPfx: "198.51.100.10/24", routerLANPfx: "198.51.100.1/24", routerWANPfx: "203.0.113.1/24", serverPfx: "203.0.113.20/24"}
-	icLab6 = icAddrs{name: "IPv6",
-		client: netip.MustParseAddr("2001:db8:1::10"), routerLAN: netip.MustParseAddr("2001:db8:1::1"),
-		routerWAN: netip.MustParseAddr("2001:db8:2::1"), server: netip.MustParseAddr("2001:db8:2::20"),
-		clientPfx: "2001:db8:1::10/64", routerLANPfx: "2001:db8:1::1/64", routerWANPfx: "2001:db8:2::1/64", serverPfx: "2001:db8:2::20/64"}
-)
-
-// The router listeners' ports.
-const (
-	redirectPort = 2121
-	tproxyPort   = 2122
-)
-
+// newICLab builds the lab with the iptables binary path on the router.
 func newICLab(t *testing.T, path string) *icLab {
 	t.Helper()
-	l := &icLab{
-		lan: netns.New(t, icPrefix), router: netns.New(t, icPrefix), server: netns.New(t, icPrefix),
-		accepted: make(chan routerConn, 16), served: make(chan net.Conn, 16),
+	l := &icLab{InterceptLab: netns.NewInterceptLab(t, icPrefix)}
+	l.b = newBackend(t, l.Router, path, Config{})
+	if err := l.b.Setup(context.Background()); err != nil {
+		t.Fatal(err)
 	}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(netns.Veth(l.lan, "l0", l.router, "lan0"))
-	must(netns.Veth(l.router, "wan0", l.server, "s0"))
-	for _, a := range []icAddrs{icLab4, icLab6} {
-		must(l.lan.AddAddr("l0", netip.MustParsePrefix(a.clientPfx)))
-		must(l.router.AddAddr("lan0", netip.MustParsePrefix(a.routerLANPfx)))
-		must(l.router.AddAddr("wan0", netip.MustParsePrefix(a.routerWANPfx)))
-		must(l.server.AddAddr("s0", netip.MustParsePrefix(a.serverPfx)))
-		must(l.lan.AddDefaultRoute(a.routerLAN))
-		must(l.server.AddDefaultRoute(a.routerWAN))
-	}
-	must(l.router.Sysctl("net.ipv4.ip_forward", "1"))
-	must(l.router.Sysctl("net.ipv6.conf.all.forwarding", "1"))
-
-	for _, a := range []icAddrs{icLab4, icLab6} {
-		for _, port := range []uint16{21, 22} {
-			ln, err := l.server.Listen("tcp", netip.AddrPortFrom(a.server, port).String())
-			must(err)
-			serveConns(t, ln, func(c net.Conn) bool {
-				select {
-				case l.served <- c:
-					return true
-				default:
-					return false
-				}
-			})
-		}
-	}
-	for _, x := range []struct {
-		method      string
-		transparent bool
-		network     string
-		addr        string
-	}{
-		{rules.Redirect, false, "tcp4", fmt.Sprintf("0.0.0.0:%d", redirectPort)},
-		{rules.Redirect, false, "tcp6", fmt.Sprintf("[::]:%d", redirectPort)},
-		{rules.TProxy, true, "tcp4", fmt.Sprintf("0.0.0.0:%d", tproxyPort)},
-		{rules.TProxy, true, "tcp6", fmt.Sprintf("[::]:%d", tproxyPort)},
-	} {
-		var lc net.ListenConfig
-		if x.transparent {
-			lc.Control = setTransparent
-		}
-		var ln net.Listener
-		must(l.router.Do(func() (err error) {
-			ln, err = lc.Listen(context.Background(), x.network, x.addr)
-			return err
-		}))
-		serveConns(t, ln, func(c net.Conn) bool {
-			select {
-			case l.accepted <- routerConn{x.method, c}:
-				return true
-			default:
-				return false
-			}
-		})
-	}
-
-	l.b = newBackend(t, l.router, path, Config{})
-	must(l.b.Setup(context.Background()))
 	return l
-}
-
-// setTransparent sets IP_TRANSPARENT (IPV6_TRANSPARENT on tcp6) on a
-// listening socket, as TPROXY requires of the socket it hands packets to.
-func setTransparent(network, _ string, rc syscall.RawConn) error {
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		if strings.HasSuffix(network, "6") {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-		} else {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
-}
-
-// serveConns accepts on ln until the test ends, passing each connection
-// to got, which must not block; the connections are closed when the test
-// ends, and at once when got does not take them.
-func serveConns(t *testing.T, ln net.Listener, got func(net.Conn) bool) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if !got(c) {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-}
-
-// soOriginalDst is SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST
-// (SOL_IPV6): both 80.
-const soOriginalDst = 80
-
-// originalDst reads the destination a REDIRECTed connection was made to,
-// from conntrack, as pasvgate's listener does.
-func originalDst(c net.Conn) (netip.AddrPort, error) {
-	sc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	level := unix.SOL_IP
-	if netip.MustParseAddrPort(c.LocalAddr().String()).Addr().Is6() {
-		level = unix.SOL_IPV6
-	}
-	var buf [unix.SizeofSockaddrInet6]byte
-	var serr error
-	err = sc.Control(func(fd uintptr) {
-		n := uint32(len(buf))
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), soOriginalDst,
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
-		if e != 0 {
-			serr = e
-		}
-	})
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if serr != nil {
-		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", serr)
-	}
-	port := binary.BigEndian.Uint16(buf[2:4])
-	switch binary.NativeEndian.Uint16(buf[0:2]) {
-	case unix.AF_INET:
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(buf[4:8])), port), nil
-	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(buf[8:24])), port), nil
-	}
-	return netip.AddrPort{}, fmt.Errorf("SO_ORIGINAL_DST: family %d", binary.NativeEndian.Uint16(buf[0:2]))
-}
-
-// dial connects from the LAN client to to, giving up after 3 s.
-func (l *icLab) dial(t *testing.T, to netip.AddrPort) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	c, err := l.lan.Dial(ctx, "tcp", "", to.String())
-	if err == nil {
-		t.Cleanup(func() { c.Close() })
-	}
-	return c, err
-}
-
-// routerGot waits for the router's listeners to accept a connection.
-func (l *icLab) routerGot(t *testing.T) routerConn {
-	t.Helper()
-	select {
-	case rc := <-l.accepted:
-		return rc
-	case <-time.After(3 * time.Second):
-		t.Fatalf("the router's listeners accepted no connection")
-		return routerConn{}
-	}
-}
-
-// serverGot waits for the server to accept a connection and checks that
-// it came from the client itself, to port, untouched by the router.
-func (l *icLab) serverGot(t *testing.T, a icAddrs, port uint16) {
-	t.Helper()
-	select {
-	case c := <-l.served:
-		local, remote := netip.MustParseAddrPort(c.LocalAddr().String()), netip.MustParseAddrPort(c.RemoteAddr().String())
-		if local != netip.AddrPortFrom(a.server, port) || remote.Addr() != a.client {
-			t.Errorf("server accepted %s -> %s, want %s -> %s", remote, local, a.client, netip.AddrPortFrom(a.server, port))
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatalf("the server accepted no connection on port %d", port)
-	}
-}
-
-// nothingElse checks that neither the router nor the server accepted a
-// connection that was not waited for.
-func (l *icLab) nothingElse(t *testing.T) {
-	t.Helper()
-	select {
-	case rc := <-l.accepted:
-		t.Errorf("the router's %s listener accepted %s -> %s unasked", rc.method, rc.c.RemoteAddr(), rc.c.LocalAddr())
-	case c := <-l.served:
-		t.Errorf("the server accepted %s -> %s unasked", c.RemoteAddr(), c.LocalAddr())
-	default:
-	}
-}
-
-// talk checks that bytes flow both ways between the client's end c and
-// the router's end rc: a greeting from the router, a command back.
-func talk(t *testing.T, c, rc net.Conn) {
-	t.Helper()
-	for _, x := range []struct {
-		from, to net.Conn
-		line     string
-	}{{rc, c, "220 pasvgate\r\n"}, {c, rc, "QUIT\r\n"}} {
-		x.to.SetReadDeadline(time.Now().Add(3 * time.Second))
-		if _, err := io.WriteString(x.from, x.line); err != nil {
-			t.Fatalf("writing %q: %v", x.line, err)
-		}
-		got, err := bufio.NewReader(x.to).ReadString('\n')
-		if err != nil || got != x.line {
-			t.Fatalf("read %q, %v; want %q", got, err, x.line)
-		}
-	}
 }
 
 // saveCounterRE reads a rule's packet counter from iptables-save -c.
@@ -311,7 +37,7 @@ var saveCounterRE = regexp.MustCompile(`^\[([0-9]+):[0-9]+\] `)
 // whose iptables-save line contains substr.
 func (l *icLab) ruleCounter(t *testing.T, save, table, substr string) int {
 	t.Helper()
-	out := l.router.MustRun(t, save, "-c", "-t", table)
+	out := l.Router.MustRun(t, save, "-c", "-t", table)
 	for _, line := range strings.Split(out, "\n") {
 		if !strings.Contains(line, substr) {
 			continue
@@ -343,14 +69,14 @@ func TestInterceptTraffic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, a := range []icAddrs{icLab4, icLab6} {
+		for _, a := range []netns.InterceptAddrs{netns.InterceptV4, netns.InterceptV6} {
 			for _, method := range []string{rules.Redirect, rules.TProxy} {
-				t.Run(a.name+"/"+method, func(t *testing.T) {
-					ic := rules.Interception{Iface: "lan0", Port: 21, ListenPort: redirectPort, Method: method}
+				t.Run(a.Name+"/"+method, func(t *testing.T) {
+					ic := rules.Interception{Iface: "lan0", Port: 21, ListenPort: netns.InterceptRedirectPort, Method: method}
 					if method == rules.TProxy {
-						ic.ListenPort = tproxyPort
+						ic.ListenPort = netns.InterceptTProxyPort
 					}
-					ftp := netip.AddrPortFrom(a.server, 21)
+					ftp := netip.AddrPortFrom(a.Server, 21)
 					if err := l.b.Intercept(ctx, ic); err != nil {
 						t.Fatalf("Intercept: %v", err)
 					}
@@ -361,36 +87,36 @@ func TestInterceptTraffic(t *testing.T) {
 						}
 					}()
 
-					c, err := l.dial(t, ftp)
+					c, err := l.Dial(t, ftp)
 					if err != nil {
 						t.Fatalf("dialling %s with interception on: %v", ftp, err)
 					}
-					rc := l.routerGot(t)
-					if rc.method != method {
-						t.Fatalf("the router's %s listener got the connection, want the %s one", rc.method, method)
+					rc := l.RouterGot(t)
+					if rc.Method != method {
+						t.Fatalf("the router's %s listener got the connection, want the %s one", rc.Method, method)
 					}
-					remote := netip.MustParseAddrPort(rc.c.RemoteAddr().String())
-					if remote.Addr() != a.client {
-						t.Errorf("router accepted a connection from %s, want %s", remote, a.client)
+					remote := netip.MustParseAddrPort(rc.Conn.RemoteAddr().String())
+					if remote.Addr() != a.Client {
+						t.Errorf("router accepted a connection from %s, want %s", remote, a.Client)
 					}
-					local := netip.MustParseAddrPort(rc.c.LocalAddr().String())
+					local := netip.MustParseAddrPort(rc.Conn.LocalAddr().String())
 					if method == rules.Redirect {
-						od, err := originalDst(rc.c)
+						od, err := netns.OriginalDst(rc.Conn)
 						if err != nil || od != ftp {
 							t.Errorf("SO_ORIGINAL_DST = %v, %v; want %s", od, err, ftp)
 						}
-						if local.Port() != redirectPort {
-							t.Errorf("redirected connection's local address %s, want port %d", local, redirectPort)
+						if local.Port() != netns.InterceptRedirectPort {
+							t.Errorf("redirected connection's local address %s, want port %d", local, netns.InterceptRedirectPort)
 						}
 					} else if local != ftp {
 						t.Errorf("transparent connection's local address %s, want %s", local, ftp)
 					}
-					talk(t, c, rc.c)
+					netns.Talk(t, c, rc.Conn)
 					if method == rules.TProxy {
 						// The connection's later packets were delivered by
 						// the socket rule, not by TPROXY again.
 						save := v4.save
-						if a.client.Is6() {
+						if a.Client.Is6() {
 							save = v6.save
 						}
 						if n := l.ruleCounter(t, save, tableMangle, "--set-xmark"); n == 0 {
@@ -399,32 +125,32 @@ func TestInterceptTraffic(t *testing.T) {
 					}
 
 					// Another port goes straight through, untouched.
-					if _, err := l.dial(t, netip.AddrPortFrom(a.server, 22)); err != nil {
+					if _, err := l.Dial(t, netip.AddrPortFrom(a.Server, 22)); err != nil {
 						t.Fatalf("dialling port 22: %v", err)
 					}
-					l.serverGot(t, a, 22)
+					l.ServerGot(t, a, 22)
 					// The router's own address is not intercepted: nothing
 					// listens on its port 21, so the connection is refused.
-					own := netip.AddrPortFrom(a.routerLAN, 21)
-					if _, err := l.dial(t, own); err == nil {
+					own := netip.AddrPortFrom(a.RouterLAN, 21)
+					if _, err := l.Dial(t, own); err == nil {
 						t.Errorf("a connection to the router's own %s was accepted", own)
 					}
-					l.nothingElse(t)
+					l.NothingElse(t)
 
 					if err := l.b.StopIntercept(ctx, ic); err != nil {
 						t.Fatalf("StopIntercept: %v", err)
 					}
 					stopped = true
-					if _, err := l.dial(t, ftp); err != nil {
+					if _, err := l.Dial(t, ftp); err != nil {
 						t.Fatalf("dialling %s after StopIntercept: %v", ftp, err)
 					}
-					l.serverGot(t, a, 21)
-					l.nothingElse(t)
+					l.ServerGot(t, a, 21)
+					l.NothingElse(t)
 					// The intercepted connection outlives the interception
 					// for REDIRECT (conntrack keeps its NAT); for TPROXY the
 					// socket rule and the policy route are gone with it.
 					if method == rules.Redirect {
-						talk(t, c, rc.c)
+						netns.Talk(t, c, rc.Conn)
 					}
 				})
 			}

@@ -13,54 +13,26 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pasvgate/pasvgate/test/bins"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
 
-// bins are built once per test binary; TestMain removes them.
-var bins struct {
-	once           sync.Once
-	pasvgate, ftpd string
-	err            error
-	dir            string
-}
-
-// build compiles pasvgate and the test server once per test binary.
+// build compiles pasvgate and the test server once per test binary;
+// TestMain removes them.
 func build(t *testing.T) (pasvgate, ftpd string) {
 	t.Helper()
-	bins.once.Do(func() {
-		bins.dir, bins.err = os.MkdirTemp("", "pasvgate-lifecycle-")
-		if bins.err != nil {
-			return
-		}
-		bins.pasvgate = filepath.Join(bins.dir, "pasvgate")
-		bins.ftpd = filepath.Join(bins.dir, "testftpd")
-		for out, pkg := range map[string]string{bins.pasvgate: "../../cmd/pasvgate", bins.ftpd: "../ftpd/cmd/testftpd"} {
-			cmd := exec.Command("go", "build", "-o", out, pkg)
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if b, err := cmd.CombinedOutput(); err != nil {
-				bins.err = fmt.Errorf("building %s: %v\n%s", pkg, err, b)
-				return
-			}
-		}
-	})
-	if bins.err != nil {
-		t.Fatal(bins.err)
-	}
-	return bins.pasvgate, bins.ftpd
+	return bins.Build(t)
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if bins.dir != "" {
-		os.RemoveAll(bins.dir)
-	}
+	bins.Remove()
 	os.Exit(code)
 }
 
