@@ -197,7 +197,9 @@ func legacyBlocks(lines []string, mark uint32) bool {
 // that whatever the service chose (or an earlier version left) is found.
 func rulesBackends(cfg Config, log *slog.Logger) ([]rules.Backend, error) {
 	if cfg.Backend != backendAuto {
-		b, _, err := newBackend(cfg, log)
+		// No forward check: listing and flushing need no warning about
+		// data connections.
+		b, err := makeBackend(cfg, log, cfg.Backend)
 		if err != nil {
 			return nil, err
 		}
