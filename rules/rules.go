@@ -8,10 +8,13 @@
 package rules
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -205,6 +208,27 @@ func (ic Interception) Validate() error {
 		return fmt.Errorf("%w: method %q (want %s or %s)", ErrInvalid, ic.Method, Redirect, TProxy)
 	}
 	return nil
+}
+
+// String formats an interception for errors, logs and rule comments:
+// "IFACE tcp/PORT -> :LISTENPORT (METHOD)". Installed systems' rule
+// comments carry it, so it never changes.
+func (ic Interception) String() string {
+	return fmt.Sprintf("%s tcp/%d -> :%d (%s)", ic.Iface, ic.Port, ic.ListenPort, ic.Method)
+}
+
+// CompareInterceptions orders interceptions (method, interface, port,
+// listening port), so that a backend writes the same set as the same rules
+// in the same order.
+func CompareInterceptions(a, b Interception) int {
+	return cmp.Or(strings.Compare(a.Method, b.Method), strings.Compare(a.Iface, b.Iface),
+		cmp.Compare(a.Port, b.Port), cmp.Compare(a.ListenPort, b.ListenPort))
+}
+
+// HasTProxy reports whether any of ics uses TPROXY, which needs policy
+// routing besides the rules.
+func HasTProxy(ics []Interception) bool {
+	return slices.ContainsFunc(ics, func(ic Interception) bool { return ic.Method == TProxy })
 }
 
 // Interceptor is implemented by backends that can install interception for

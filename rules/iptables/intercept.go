@@ -2,12 +2,10 @@ package iptables
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"maps"
-	"slices"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/intercept"
 )
 
 // checkInterception is rules.Interception.Validate plus what this backend
@@ -20,11 +18,6 @@ func checkInterception(ic rules.Interception) error {
 		return fmt.Errorf("%w: interface name %q: the iptables backend takes no quote, backslash, '!' or '#', nor a leading '-'", rules.ErrInvalid, ic.Iface)
 	}
 	return nil
-}
-
-// icString formats an interception for errors and logs.
-func icString(ic rules.Interception) string {
-	return fmt.Sprintf("%s tcp/%d -> :%d (%s)", ic.Iface, ic.Port, ic.ListenPort, ic.Method)
 }
 
 // Intercept makes the kernel hand TCP connections that arrive on ic.Iface
@@ -63,24 +56,18 @@ func (b *Backend) Intercept(ctx context.Context, ic rules.Interception) error {
 		return err
 	}
 	if err := b.lock(ctx); err != nil {
-		return fmt.Errorf("intercepting %s: %w", icString(ic), err)
+		return fmt.Errorf("intercepting %s: %w", ic, err)
 	}
 	defer b.unlock()
 	if !b.setUp {
-		return fmt.Errorf("intercepting %s: %w", icString(ic), ErrNotSetUp)
+		return fmt.Errorf("intercepting %s: %w", ic, ErrNotSetUp)
 	}
-	for o := range b.ics {
-		if o != ic && o.Iface == ic.Iface && o.Port == ic.Port {
-			return fmt.Errorf("intercepting %s: %w (as %s)", icString(ic), rules.ErrExists, icString(o))
-		}
+	old, want, err := b.ics.Adding(ic)
+	if err == nil {
+		err = b.applyIntercepts(ctx, old, want, true)
 	}
-	old := b.interceptions()
-	want := old
-	if !b.ics[ic] {
-		want = append(slices.Clone(old), ic)
-	}
-	if err := b.applyIntercepts(ctx, old, want, true); err != nil {
-		return fmt.Errorf("intercepting %s: %w", icString(ic), err)
+	if err != nil {
+		return fmt.Errorf("intercepting %s: %w", ic, err)
 	}
 	b.ics[ic] = true
 	return nil
@@ -98,90 +85,32 @@ func (b *Backend) StopIntercept(ctx context.Context, ic rules.Interception) erro
 		return err
 	}
 	if err := b.lock(ctx); err != nil {
-		return fmt.Errorf("stopping interception %s: %w", icString(ic), err)
+		return fmt.Errorf("stopping interception %s: %w", ic, err)
 	}
 	defer b.unlock()
-	old := b.interceptions()
-	want := slices.DeleteFunc(slices.Clone(old), func(o rules.Interception) bool { return o == ic })
+	old, want := b.ics.Removing(ic)
 	delete(b.ics, ic)
 	if err := b.applyIntercepts(ctx, old, want, false); err != nil {
-		return fmt.Errorf("stopping interception %s: %w", icString(ic), err)
+		return fmt.Errorf("stopping interception %s: %w", ic, err)
 	}
 	return nil
 }
 
-// interceptions returns the interceptions of this process, in a fixed
-// order.
-func (b *Backend) interceptions() []rules.Interception {
-	return slices.SortedFunc(maps.Keys(b.ics), compareInterceptions)
-}
-
-func hasTProxy(ics []rules.Interception) bool {
-	return slices.ContainsFunc(ics, func(ic rules.Interception) bool { return ic.Method == rules.TProxy })
-}
-
-// interceptStep is one step of an interception change. apply makes its
-// part of the kernel's state what ics asks for, whatever it was, so the
-// same call does, undoes and redoes the step.
-type interceptStep struct {
-	name  string
-	apply func(ctx context.Context, ics []rules.Interception) error
-}
-
-// applyIntercepts moves the kernel's interception state from old to want,
-// one step per family for the rules and, when TPROXY is involved, one per
-// family for the policy routing. The policy routing goes in before the
-// first TPROXY rule and out after the last one, so that no packet is ever
-// marked for a route that is not there.
-//
-// With rollback, a failed step and the steps before it are set back to
-// old, even when ctx has ended (each exec is still bounded by
-// ExecTimeout). Without it, the other steps still run.
+// applyIntercepts moves the kernel's interception state from old to want
+// (see intercept.Change): one rules step and one policy routing step per
+// family, each bounded by ExecTimeout.
 func (b *Backend) applyIntercepts(ctx context.Context, old, want []rules.Interception, rollback bool) error {
-	var ipt, policy []interceptStep
+	var ruleSteps, policySteps []intercept.Step
 	for _, f := range b.families() {
-		ipt = append(ipt, interceptStep{f.name + " rules", func(ctx context.Context, ics []rules.Interception) error {
+		ruleSteps = append(ruleSteps, intercept.Step{Name: f.name + " rules", Apply: func(ctx context.Context, ics []rules.Interception) error {
 			return b.syncInterceptRules(ctx, f, ics)
 		}})
-		policy = append(policy, interceptStep{f.name + " policy routing", func(_ context.Context, ics []rules.Interception) error {
-			_, err := b.syncPolicy(f.v6, hasTProxy(ics))
+		policySteps = append(policySteps, intercept.Step{Name: f.name + " policy routing", Apply: func(_ context.Context, ics []rules.Interception) error {
+			_, err := b.syncPolicy(f.v6, rules.HasTProxy(ics))
 			return err
 		}})
 	}
-	var steps []interceptStep
-	switch {
-	case hasTProxy(want) && !hasTProxy(old):
-		steps = append(policy, ipt...)
-	case hasTProxy(want) || hasTProxy(old):
-		steps = append(ipt, policy...)
-	default:
-		steps = ipt
-	}
-	var errs []error
-	for i, s := range steps {
-		err := s.apply(ctx, want)
-		if err == nil {
-			continue
-		}
-		err = fmt.Errorf("%s: %w", s.name, err)
-		if !rollback {
-			errs = append(errs, err)
-			continue
-		}
-		rctx := context.WithoutCancel(ctx)
-		var rerrs []error
-		for j := i; j >= 0; j-- {
-			if rerr := steps[j].apply(rctx, old); rerr != nil {
-				rerrs = append(rerrs, fmt.Errorf("%s: %w", steps[j].name, rerr))
-			}
-		}
-		if len(rerrs) > 0 {
-			return fmt.Errorf("%w; rolling back: %w", err, errors.Join(rerrs...))
-		}
-		b.log.Warn("rolled back a half-done interception change", "failed", s.name, "err", err)
-		return err
-	}
-	return errors.Join(errs...)
+	return intercept.Change(ctx, ruleSteps, policySteps, old, want, rollback, b.log)
 }
 
 // syncInterceptRules makes one family's interception chains and jumps
@@ -210,7 +139,7 @@ func (b *Backend) repairIntercept(ctx context.Context, f *family, st *saved) {
 	if len(b.ics) == 0 {
 		return
 	}
-	text := interceptScript(st, b.interceptions(), f.v6, b.cfg.TProxyMark)
+	text := interceptScript(st, b.ics.Sorted(), f.v6, b.cfg.TProxyMark)
 	if text == "" {
 		return
 	}

@@ -165,7 +165,7 @@ func TestInterceptGolden(t *testing.T) {
 
 		for _, ic := range []rules.Interception{icRedirect, icTProxy} {
 			if err := b.Intercept(ctx, ic); err != nil {
-				t.Fatalf("Intercept %s: %v", icString(ic), err)
+				t.Fatalf("Intercept %s: %v", ic, err)
 			}
 			want := ""
 			if ic.Method == rules.TProxy {
@@ -174,10 +174,10 @@ func TestInterceptGolden(t *testing.T) {
 			checkPolicy(t, ns, "after Intercept "+ic.Method, want)
 			got := dump(t, ns, path)
 			if got == afterSetup || !strings.Contains(got, interceptRule(ic, false, DefaultTProxyMark).line("-A")) {
-				t.Errorf("Intercept %s did not install its rule:\n%s", icString(ic), got)
+				t.Errorf("Intercept %s did not install its rule:\n%s", ic, got)
 			}
 			if err := b.StopIntercept(ctx, ic); err != nil {
-				t.Fatalf("StopIntercept %s: %v", icString(ic), err)
+				t.Fatalf("StopIntercept %s: %v", ic, err)
 			}
 			if got := dumpNoMangle(t, ns, path); got != afterSetup {
 				t.Errorf("after StopIntercept %s the ruleset is not what Setup left:\n%s", ic.Method, lineDiff(afterSetup, got))
@@ -187,7 +187,7 @@ func TestInterceptGolden(t *testing.T) {
 
 		for _, ic := range []rules.Interception{icRedirect, icTProxy} {
 			if err := b.Intercept(ctx, ic); err != nil {
-				t.Fatalf("Intercept %s: %v", icString(ic), err)
+				t.Fatalf("Intercept %s: %v", ic, err)
 			}
 		}
 		intercepted := dump(t, ns, path)
@@ -206,7 +206,7 @@ func TestInterceptGolden(t *testing.T) {
 		conflict := icRedirect
 		conflict.Method = rules.TProxy
 		if err := b.Intercept(ctx, conflict); !errors.Is(err, rules.ErrExists) {
-			t.Errorf("Intercept of %s over %s = %v, want ErrExists", icString(conflict), icString(icRedirect), err)
+			t.Errorf("Intercept of %s over %s = %v, want ErrExists", conflict, icRedirect, err)
 		}
 		missing := rules.Interception{Iface: "lan7", Port: 21, ListenPort: 2121, Method: rules.TProxy}
 		if err := b.StopIntercept(ctx, missing); err != nil {

@@ -1,7 +1,6 @@
 package iptables
 
 import (
-	"cmp"
 	"slices"
 	"strconv"
 	"strings"
@@ -130,13 +129,6 @@ func tproxyStaticRules(mark uint32, ports []uint16) []rule {
 		"-m", "comment", "--comment", commentTProxy, "-j", "ACCEPT"}})
 }
 
-// compareInterceptions orders interceptions for writing them, so that the
-// same set always gives the same rules in the same order.
-func compareInterceptions(a, b rules.Interception) int {
-	return cmp.Or(strings.Compare(a.Method, b.Method), strings.Compare(a.Iface, b.Iface),
-		cmp.Compare(a.Port, b.Port), cmp.Compare(a.ListenPort, b.ListenPort))
-}
-
 // interceptChainRules are the rules chain h.chain must hold for ics, in
 // order; none when ics has no interception of h's method, and then the
 // chain must not exist.
@@ -189,7 +181,7 @@ func (st *saved) chainRules(table, chain string) []savedRule {
 // without it), rolls back (the set from before), sweeps (no interceptions)
 // and repairs, so that these cannot drift apart.
 func interceptScript(st *saved, ics []rules.Interception, v6 bool, mark uint32) string {
-	ics = slices.SortedFunc(slices.Values(ics), compareInterceptions)
+	ics = slices.SortedFunc(slices.Values(ics), rules.CompareInterceptions)
 	var s script
 	for _, h := range interceptHooks {
 		want := interceptChainRules(h, ics, v6, mark)

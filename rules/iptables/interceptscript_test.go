@@ -65,7 +65,7 @@ func TestInterceptRule(t *testing.T) {
 		{Iface: "lan2", Port: 21, ListenPort: 2122, Method: rules.TProxy},
 		icRedirect,
 	}
-	slices.SortFunc(ics, compareInterceptions)
+	slices.SortFunc(ics, rules.CompareInterceptions)
 	var lines []string
 	for _, r := range interceptChainRules(interceptHooks[1], ics, false, 0x4) {
 		lines = append(lines, strings.Join(r.args, " "))

@@ -61,6 +61,7 @@ import (
 	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/intercept"
 	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 )
 
@@ -191,7 +192,7 @@ type Backend struct {
 	// ics holds the interceptions this process installed since Setup:
 	// Intercept and StopIntercept make the kernel's interception state
 	// exactly this set, and a repair puts it back.
-	ics map[rules.Interception]bool
+	ics intercept.Set
 
 	// execs counts runs of a binary, for tests of the exec budget.
 	execs atomic.Int64
@@ -400,7 +401,7 @@ func (b *Backend) Setup(ctx context.Context) error {
 	b.idx = map[string]rules.Mapping{}
 	b.bySP = map[srcPub]string{}
 	b.mu.Unlock()
-	b.ics = map[rules.Interception]bool{}
+	b.ics = intercept.Set{}
 	b.setUp = true
 	return nil
 }

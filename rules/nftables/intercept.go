@@ -2,9 +2,7 @@ package nftables
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"slices"
 	"time"
@@ -13,6 +11,7 @@ import (
 	"github.com/google/nftables/userdata"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/intercept"
 	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 )
 
@@ -62,24 +61,18 @@ func (b *Backend) Intercept(ctx context.Context, ic rules.Interception) error {
 		return err
 	}
 	if err := b.lock(ctx); err != nil {
-		return fmt.Errorf("intercepting %s: %w", icString(ic), err)
+		return fmt.Errorf("intercepting %s: %w", ic, err)
 	}
 	defer b.unlock()
 	if !b.setUp {
-		return fmt.Errorf("intercepting %s: %w", icString(ic), ErrNotSetUp)
+		return fmt.Errorf("intercepting %s: %w", ic, ErrNotSetUp)
 	}
-	for o := range b.ics {
-		if o != ic && o.Iface == ic.Iface && o.Port == ic.Port {
-			return fmt.Errorf("intercepting %s: %w (as %s)", icString(ic), rules.ErrExists, icString(o))
-		}
+	old, want, err := b.ics.Adding(ic)
+	if err == nil {
+		err = b.applyIntercepts(ctx, old, want, true)
 	}
-	old := b.interceptions()
-	want := old
-	if !b.ics[ic] {
-		want = append(slices.Clone(old), ic)
-	}
-	if err := b.applyIntercepts(ctx, old, want, true); err != nil {
-		return fmt.Errorf("intercepting %s: %w", icString(ic), err)
+	if err != nil {
+		return fmt.Errorf("intercepting %s: %w", ic, err)
 	}
 	b.ics[ic] = true
 	return nil
@@ -97,22 +90,15 @@ func (b *Backend) StopIntercept(ctx context.Context, ic rules.Interception) erro
 		return err
 	}
 	if err := b.lock(ctx); err != nil {
-		return fmt.Errorf("stopping interception %s: %w", icString(ic), err)
+		return fmt.Errorf("stopping interception %s: %w", ic, err)
 	}
 	defer b.unlock()
-	old := b.interceptions()
-	want := slices.DeleteFunc(slices.Clone(old), func(o rules.Interception) bool { return o == ic })
+	old, want := b.ics.Removing(ic)
 	delete(b.ics, ic)
 	if err := b.applyIntercepts(ctx, old, want, false); err != nil {
-		return fmt.Errorf("stopping interception %s: %w", icString(ic), err)
+		return fmt.Errorf("stopping interception %s: %w", ic, err)
 	}
 	return nil
-}
-
-// interceptions returns the interceptions of this process, in a fixed
-// order.
-func (b *Backend) interceptions() []rules.Interception {
-	return slices.SortedFunc(maps.Keys(b.ics), compareInterceptions)
 }
 
 // policy is the backend's TPROXY policy routing, in its network
@@ -126,68 +112,21 @@ func policyConfig(cfg Config, nsfd int) policyroute.Config {
 		Timeout: cfg.OpTimeout, NetNS: nsfd}
 }
 
-// interceptStep is one step of an interception change. apply makes its
-// part of the kernel's state what ics asks for, whatever it was, so the
-// same call does, undoes and redoes the step.
-type interceptStep struct {
-	name  string
-	apply func(ctx context.Context, ics []rules.Interception) error
-}
-
-// applyIntercepts moves the kernel's interception state from old to want,
-// one step per family for the rules and, when TPROXY is involved, one per
-// family for the policy routing. The policy routing goes in before the
-// first tproxy rule and out after the last one, so that no packet is ever
-// marked for a route that is not there.
-//
-// With rollback, a failed step and the steps before it are set back to
-// old, even when ctx has ended (each call is still bounded by
-// Config.OpTimeout). Without it, the other steps still run.
+// applyIntercepts moves the kernel's interception state from old to want
+// (see intercept.Change): one rules step and one policy routing step per
+// family, each bounded by Config.OpTimeout.
 func (b *Backend) applyIntercepts(ctx context.Context, old, want []rules.Interception, rollback bool) error {
-	var nft, policy []interceptStep
+	var ruleSteps, policySteps []intercept.Step
 	for _, o := range b.fams {
-		nft = append(nft, interceptStep{o.f.name + " rules", func(ctx context.Context, ics []rules.Interception) error {
+		ruleSteps = append(ruleSteps, intercept.Step{Name: o.f.name + " rules", Apply: func(ctx context.Context, ics []rules.Interception) error {
 			return b.syncIntercepts(ctx, o, ics)
 		}})
-		policy = append(policy, interceptStep{o.f.name + " policy routing", func(_ context.Context, ics []rules.Interception) error {
-			_, err := policyroute.Sync(b.policy(), o.f.v6, hasTProxy(ics))
+		policySteps = append(policySteps, intercept.Step{Name: o.f.name + " policy routing", Apply: func(_ context.Context, ics []rules.Interception) error {
+			_, err := policyroute.Sync(b.policy(), o.f.v6, rules.HasTProxy(ics))
 			return err
 		}})
 	}
-	var steps []interceptStep
-	switch {
-	case hasTProxy(want) && !hasTProxy(old):
-		steps = append(policy, nft...)
-	case hasTProxy(want) || hasTProxy(old):
-		steps = append(nft, policy...)
-	default:
-		steps = nft
-	}
-	var errs []error
-	for i, s := range steps {
-		err := s.apply(ctx, want)
-		if err == nil {
-			continue
-		}
-		err = fmt.Errorf("%s: %w", s.name, err)
-		if !rollback {
-			errs = append(errs, err)
-			continue
-		}
-		rctx := context.WithoutCancel(ctx)
-		var rerrs []error
-		for j := i; j >= 0; j-- {
-			if rerr := steps[j].apply(rctx, old); rerr != nil {
-				rerrs = append(rerrs, fmt.Errorf("%s: %w", steps[j].name, rerr))
-			}
-		}
-		if len(rerrs) > 0 {
-			return fmt.Errorf("%w; rolling back: %w", err, errors.Join(rerrs...))
-		}
-		b.log.Warn("rolled back a half-done interception change", "failed", s.name, "err", err)
-		return err
-	}
-	return errors.Join(errs...)
+	return intercept.Change(ctx, ruleSteps, policySteps, old, want, rollback, b.log)
 }
 
 // syncIntercepts makes o's interception chains what ics asks for: each

@@ -146,7 +146,7 @@ func TestInterceptGolden(t *testing.T) {
 
 	for _, ic := range []rules.Interception{icRedirect, icTProxy} {
 		if err := b.Intercept(ctx, ic); err != nil {
-			t.Fatalf("Intercept %s: %v", icString(ic), err)
+			t.Fatalf("Intercept %s: %v", ic, err)
 		}
 		want := ""
 		if ic.Method == rules.TProxy {
@@ -155,10 +155,10 @@ func TestInterceptGolden(t *testing.T) {
 		checkPolicy(t, ns, "after Intercept "+ic.Method, want)
 		got := stableRuleset(t, ns)
 		if n := strings.Count(got, `comment "`+interceptComment(ic)+`"`); n != 2 {
-			t.Errorf("Intercept %s: %d rules with its comment, want one per family:\n%s", icString(ic), n, got)
+			t.Errorf("Intercept %s: %d rules with its comment, want one per family:\n%s", ic, n, got)
 		}
 		if err := b.StopIntercept(ctx, ic); err != nil {
-			t.Fatalf("StopIntercept %s: %v", icString(ic), err)
+			t.Fatalf("StopIntercept %s: %v", ic, err)
 		}
 		checkRuleset(t, ns, "after StopIntercept "+ic.Method, afterSetup)
 		checkPolicy(t, ns, "after StopIntercept "+ic.Method, "")
@@ -166,7 +166,7 @@ func TestInterceptGolden(t *testing.T) {
 
 	for _, ic := range []rules.Interception{icRedirect, icTProxy} {
 		if err := b.Intercept(ctx, ic); err != nil {
-			t.Fatalf("Intercept %s: %v", icString(ic), err)
+			t.Fatalf("Intercept %s: %v", ic, err)
 		}
 	}
 	intercepted := stableRuleset(t, ns)
@@ -182,12 +182,12 @@ func TestInterceptGolden(t *testing.T) {
 	conflict := icRedirect
 	conflict.Method = rules.TProxy
 	if err := b.Intercept(ctx, conflict); !errors.Is(err, rules.ErrExists) {
-		t.Errorf("Intercept of %s over %s = %v, want ErrExists", icString(conflict), icString(icRedirect), err)
+		t.Errorf("Intercept of %s over %s = %v, want ErrExists", conflict, icRedirect, err)
 	}
 	conflict = icTProxy
 	conflict.ListenPort = 2999
 	if err := b.Intercept(ctx, conflict); !errors.Is(err, rules.ErrExists) {
-		t.Errorf("Intercept of %s over %s = %v, want ErrExists", icString(conflict), icString(icTProxy), err)
+		t.Errorf("Intercept of %s over %s = %v, want ErrExists", conflict, icTProxy, err)
 	}
 	missing := rules.Interception{Iface: "lan7", Port: 21, ListenPort: 2121, Method: rules.TProxy}
 	if err := b.StopIntercept(ctx, missing); err != nil {
@@ -547,7 +547,7 @@ func TestInterceptMany(t *testing.T) {
 		}
 		ics = append(ics, ic)
 		if err := b.Intercept(ctx, ic); err != nil {
-			t.Fatalf("Intercept %s: %v", icString(ic), err)
+			t.Fatalf("Intercept %s: %v", ic, err)
 		}
 	}
 	// A rebuild writes them all in one batch per family.
@@ -558,7 +558,7 @@ func TestInterceptMany(t *testing.T) {
 	got := stableRuleset(t, ns)
 	for _, ic := range ics {
 		if c := strings.Count(got, `comment "`+interceptComment(ic)+`"`); c != 2 {
-			t.Errorf("%s: %d rules, want 2", icString(ic), c)
+			t.Errorf("%s: %d rules, want 2", ic, c)
 		}
 	}
 	if ms, err := b.List(ctx); err != nil || len(ms) != 1 {

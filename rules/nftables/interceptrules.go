@@ -1,7 +1,6 @@
 package nftables
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 	"strings"
@@ -58,14 +57,9 @@ var (
 // with the ones it wants to tell whether the chain must be rewritten.
 const commentTag = "pasvgate"
 
-// interceptComment is the comment of ic's rule, as icString formats ic.
+// interceptComment is the comment of ic's rule, as ic.String formats ic.
 func interceptComment(ic rules.Interception) string {
-	return commentTag + " intercept " + icString(ic)
-}
-
-// icString formats an interception for comments, errors and logs.
-func icString(ic rules.Interception) string {
-	return fmt.Sprintf("%s tcp/%d -> :%d (%s)", ic.Iface, ic.Port, ic.ListenPort, ic.Method)
+	return commentTag + " intercept " + ic.String()
 }
 
 // checkInterception is rules.Interception.Validate plus what this backend
@@ -81,17 +75,6 @@ func checkInterception(ic rules.Interception) error {
 		return fmt.Errorf("%w: interface name %q: the nftables backend takes no quote, backslash or '*'", rules.ErrInvalid, ic.Iface)
 	}
 	return nil
-}
-
-// compareInterceptions orders interceptions for writing them, so that the
-// same set always gives the same rules in the same order.
-func compareInterceptions(a, b rules.Interception) int {
-	return cmp.Or(strings.Compare(a.Method, b.Method), strings.Compare(a.Iface, b.Iface),
-		cmp.Compare(a.Port, b.Port), cmp.Compare(a.ListenPort, b.ListenPort))
-}
-
-func hasTProxy(ics []rules.Interception) bool {
-	return slices.ContainsFunc(ics, func(ic rules.Interception) bool { return ic.Method == rules.TProxy })
 }
 
 // interceptChain is one interception method's base chain and the rules it
@@ -114,7 +97,7 @@ func (c interceptChain) comments() []string {
 // interceptChains are o's interception chains with the rules they must
 // hold for ics: the redirect chain, then the tproxy chain.
 func (o *objects) interceptChains(ics []rules.Interception, mark uint32) []interceptChain {
-	ics = slices.SortedFunc(slices.Values(ics), compareInterceptions)
+	ics = slices.SortedFunc(slices.Values(ics), rules.CompareInterceptions)
 	accept := nftables.ChainPolicyAccept
 	redir := &nftables.Chain{Name: ChainIntercept, Table: o.table, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPrerouting, Priority: priorityIntercept, Policy: &accept}

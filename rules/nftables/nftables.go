@@ -134,6 +134,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/intercept"
 	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 )
 
@@ -254,7 +255,7 @@ type Backend struct {
 	// ics holds the interceptions this process installed since Setup:
 	// Intercept and StopIntercept make the kernel's interception state
 	// exactly this set, and a rebuild puts it back.
-	ics map[rules.Interception]bool
+	ics intercept.Set
 }
 
 // entry is an installed mapping and when its elements expire.
@@ -382,7 +383,7 @@ func (b *Backend) Setup(ctx context.Context) error {
 	}
 	b.idx = map[string]entry{}
 	b.byKey = map[string]string{}
-	b.ics = map[rules.Interception]bool{}
+	b.ics = intercept.Set{}
 	b.setUp = true
 	b.log.Info("set up", "tables", TableName, "timeout", b.cfg.Timeout, "ctmark", fmt.Sprintf("0x%x", b.cfg.CtMark))
 	return nil
@@ -579,7 +580,7 @@ func (b *Backend) rebuild(ctx context.Context, o *objects) error {
 		}
 		b.log.Warn("pasvgate's nftables table was deleted or changed from outside; rebuilding it",
 			"family", x.f.nft, "table", TableName, "mappings", len(live), "interceptions", len(b.ics))
-		if err := b.build(ctx, x, live, b.interceptions()); err != nil {
+		if err := b.build(ctx, x, live, b.ics.Sorted()); err != nil {
 			return fmt.Errorf("%s: %w", x.f.name, err)
 		}
 	}
