@@ -463,24 +463,8 @@ func (e *env) check(t *testing.T, c cell, client lab.Client) (fails, notes []str
 	if runErr != nil {
 		failf("client: %v", runErr)
 	} else {
-		switch c.op {
-		case lab.Get:
-			got, err := rawSHA, error(nil)
-			if c.client != "raw" {
-				got, err = lab.FileSHA256(tr.Local)
-			}
-			if err != nil || got != e.srv.DataSHA256 {
-				failf("download: sha256 %s (%v), want %s", got, err, e.srv.DataSHA256)
-			}
-		case lab.Put:
-			got, err := e.srv.UploadedSHA256(base + ".bin")
-			if err != nil || got != putSHA {
-				failf("upload: server has sha256 %s (%v), want %s", got, err, putSHA)
-			}
-		case lab.List:
-			if !strings.Contains(res.Output, lab.DataFile) {
-				failf("listing lacks %s: %q", lab.DataFile, res.Output)
-			}
+		if bad := e.srv.CheckOutcome(c.op, res, tr.Local, rawSHA, base+".bin", putSHA); bad != "" {
+			failf("%s", bad)
 		}
 	}
 	_ = os.Remove(tr.Local)

@@ -545,3 +545,32 @@ func ModuleRoot() (string, error) {
 	}
 	return "", errors.New("lab: no go.mod above the working directory")
 }
+
+// CheckOutcome judges a client's operation by what the user gets, as every
+// cell of the suites does: for Get, the downloaded file (local, or rawSHA
+// when the raw client computed the digest of the bytes as they arrived)
+// has the server's DataSHA256; for Put, the server stored upload with
+// putSHA; for List, the listing names DataFile. It returns what is wrong,
+// or "".
+func (s *Server) CheckOutcome(op Op, res Result, local, rawSHA, upload, putSHA string) string {
+	switch op {
+	case Get:
+		got, err := rawSHA, error(nil)
+		if rawSHA == "" {
+			got, err = FileSHA256(local)
+		}
+		if err != nil || got != s.DataSHA256 {
+			return fmt.Sprintf("download: sha256 %s (%v), want %s", got, err, s.DataSHA256)
+		}
+	case Put:
+		got, err := s.UploadedSHA256(upload)
+		if err != nil || got != putSHA {
+			return fmt.Sprintf("upload: server has sha256 %s (%v), want %s", got, err, putSHA)
+		}
+	case List:
+		if !strings.Contains(res.Output, DataFile) {
+			return fmt.Sprintf("listing lacks %s: %q", DataFile, res.Output)
+		}
+	}
+	return ""
+}
