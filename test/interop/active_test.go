@@ -44,7 +44,7 @@ func serverSpec(name string) (string, lab.ServerOptions) {
 // servers lists the server names of the suite: the selected ones and,
 // where their kind is selected, the extra ones.
 func (s revSuite) servers() []string {
-	out := split(*flagActiveServers)
+	out := lab.SplitList(*flagActiveServers)
 	for _, x := range s.extra {
 		if kind, _ := serverSpec(x); slices.Contains(out, kind) {
 			out = append(out, x)
@@ -129,7 +129,7 @@ func buildSome(t *testing.T, testftpd bool) tools {
 
 func (s revSuite) clientsOf(p revPart, server string) []string {
 	var out []string
-	for _, cl := range split(*flagActiveClients) {
+	for _, cl := range lab.SplitList(*flagActiveClients) {
 		if (p.clients == nil || slices.Contains(p.clients, cl)) &&
 			(!slices.Contains(s.extra, server) || slices.Contains(s.extraClients, cl)) {
 			out = append(out, cl)

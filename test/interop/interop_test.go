@@ -25,21 +25,14 @@ import (
 // that `go test ./...` (where -args would reach every package's test
 // binary, and the others reject unknown flags) can be narrowed too.
 var (
-	flagModes    = flag.String("interop.modes", envOr("PASVGATE_INTEROP_MODES", "direct,static,pasvgate"), "comma-separated modes to run: direct (client on the server's LAN), static (a static NAT gateway; the reference) and pasvgate [$PASVGATE_INTEROP_MODES]")
-	flagServers  = flag.String("interop.servers", envOr("PASVGATE_INTEROP_SERVERS", strings.Join(lab.Servers, ",")), "comma-separated servers to run [$PASVGATE_INTEROP_SERVERS]")
-	flagClients  = flag.String("interop.clients", envOr("PASVGATE_INTEROP_CLIENTS", "curl,lftp,ftplib,jlaffaye,raw"), "comma-separated clients to run [$PASVGATE_INTEROP_CLIENTS]")
-	flagIPTables = flag.String("interop.iptables", envOr("PASVGATE_INTEROP_IPTABLES", lab.DefaultIPTables), "iptables binary of the gateway namespace, also given to pasvgate [$PASVGATE_INTEROP_IPTABLES]")
-	flagBackend  = flag.String("interop.backend", envOr("PASVGATE_INTEROP_BACKEND", "iptables"), "pasvgate's --backend: iptables or nftables; with nftables the gw's FORWARD also gets the accept for its conntrack mark, as the README asks of operators [$PASVGATE_INTEROP_BACKEND]")
+	flagModes    = flag.String("interop.modes", lab.EnvOr("PASVGATE_INTEROP_MODES", "direct,static,pasvgate"), "comma-separated modes to run: direct (client on the server's LAN), static (a static NAT gateway; the reference) and pasvgate [$PASVGATE_INTEROP_MODES]")
+	flagServers  = flag.String("interop.servers", lab.EnvOr("PASVGATE_INTEROP_SERVERS", strings.Join(lab.Servers, ",")), "comma-separated servers to run [$PASVGATE_INTEROP_SERVERS]")
+	flagClients  = flag.String("interop.clients", lab.EnvOr("PASVGATE_INTEROP_CLIENTS", "curl,lftp,ftplib,jlaffaye,raw"), "comma-separated clients to run [$PASVGATE_INTEROP_CLIENTS]")
+	flagIPTables = flag.String("interop.iptables", lab.EnvOr("PASVGATE_INTEROP_IPTABLES", lab.DefaultIPTables), "iptables binary of the gateway namespace, also given to pasvgate [$PASVGATE_INTEROP_IPTABLES]")
+	flagBackend  = flag.String("interop.backend", lab.EnvOr("PASVGATE_INTEROP_BACKEND", "iptables"), "pasvgate's --backend: iptables or nftables; with nftables the gw's FORWARD also gets the accept for its conntrack mark, as the README asks of operators [$PASVGATE_INTEROP_BACKEND]")
 	flagRate     = flag.Int("interop.rate", 512<<10, "bytes/s of the client's link (shaped), so the intruder probe runs while a transfer's mapping is open")
 	flagPasvgate = flag.String("interop.pasvgate", os.Getenv("PASVGATE_BIN"), "pasvgate binary (default: $PASVGATE_BIN, else built from ./cmd/pasvgate)")
 )
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
 
 // nftMark is the conntrack mark pasvgate's nftables backend sets by
 // default, which a gateway with FORWARD DROP must accept.
@@ -183,8 +176,8 @@ func TestMatrix(t *testing.T) {
 	lab.RequireRoot(t)
 	start := time.Now()
 	modes := selectModes(t)
-	servers := split(*flagServers)
-	clients := split(*flagClients)
+	servers := lab.SplitList(*flagServers)
+	clients := lab.SplitList(*flagClients)
 	tl := buildTools(t)
 	rep := &report{}
 	t.Run("servers", func(t *testing.T) {
@@ -200,22 +193,12 @@ func TestMatrix(t *testing.T) {
 
 func selectModes(t *testing.T) []mode {
 	var out []mode
-	for _, name := range split(*flagModes) {
+	for _, name := range lab.SplitList(*flagModes) {
 		i := slices.IndexFunc(allModes, func(m mode) bool { return m.name == name })
 		if i < 0 {
 			t.Fatalf("unknown mode %q", name)
 		}
 		out = append(out, allModes[i])
-	}
-	return out
-}
-
-func split(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
 	}
 	return out
 }
@@ -664,7 +647,7 @@ func (e *env) countRules(ctx context.Context) int {
 	if err != nil {
 		return 0
 	}
-	return len(split(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")))
+	return len(lab.SplitList(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")))
 }
 
 // pasvgate is the proxy under test, running in the gateway namespace.

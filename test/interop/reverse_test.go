@@ -25,9 +25,9 @@ import (
 // each data connection went, and what the kernel holds afterwards.
 
 var (
-	flagActiveServers = flag.String("interop.active-servers", envOr("PASVGATE_INTEROP_ACTIVE_SERVERS", lab.Vsftpd),
+	flagActiveServers = flag.String("interop.active-servers", lab.EnvOr("PASVGATE_INTEROP_ACTIVE_SERVERS", lab.Vsftpd),
 		"comma-separated servers of the active-mode and IPv6 suites [$PASVGATE_INTEROP_ACTIVE_SERVERS]")
-	flagActiveClients = flag.String("interop.active-clients", envOr("PASVGATE_INTEROP_ACTIVE_CLIENTS", "curl,lftp,ftplib,raw"),
+	flagActiveClients = flag.String("interop.active-clients", lab.EnvOr("PASVGATE_INTEROP_ACTIVE_CLIENTS", "curl,lftp,ftplib,raw"),
 		"comma-separated clients of the active-mode and IPv6 suites [$PASVGATE_INTEROP_ACTIVE_CLIENTS]")
 	flagActiveRate = flag.Int("interop.active-rate", 1<<20,
 		"bytes/s of the client's link in the active-mode and IPv6 suites, so that the intruder probe runs while a mapping is open")
@@ -37,7 +37,7 @@ var (
 // selected modes leave pasvgate out.
 func requirePasvgateMode(t *testing.T) {
 	t.Helper()
-	if !slices.Contains(split(*flagModes), viaPasvgate) {
+	if !slices.Contains(lab.SplitList(*flagModes), viaPasvgate) {
 		t.Skipf("mode %s not selected (-interop.modes)", viaPasvgate)
 	}
 }
@@ -419,7 +419,7 @@ func intruders(l *lab.Lab, c rcell) [][2]string {
 func (e *revEnv) tryIntruders(ctx context.Context, c rcell, target netip.AddrPort, r *probeReport) {
 	r.target = target
 	if out, err := e.pg.rulesList(ctx); err == nil {
-		r.rulesLines = len(split(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")))
+		r.rulesLines = len(lab.SplitList(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")))
 	}
 	for _, in := range intruders(e.l, c) {
 		ok, err := dialFrom(ctx, e.l, in[0], in[1], target)

@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -123,4 +124,25 @@ func (g *Grid) Print(w io.Writer, took time.Duration) {
 		}
 		fmt.Fprintf(w, "  %s\n      in %s\n", key, which)
 	}
+}
+
+// EnvOr is the environment variable key, or def when it is empty: the
+// suites' flags take their defaults from the environment, so that `make
+// test` can narrow them without -args.
+func EnvOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// SplitList splits a comma-separated flag value, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -23,34 +23,17 @@ import (
 // Selections. Each flag's default comes from an environment variable, so
 // that `go test ./...` can be narrowed too.
 var (
-	flagBackends = flag.String("sidecar.backends", envOr("PASVGATE_SIDECAR_BACKENDS", "iptables,nftables"),
+	flagBackends = flag.String("sidecar.backends", lab.EnvOr("PASVGATE_SIDECAR_BACKENDS", "iptables,nftables"),
 		"comma-separated pasvgate backends: iptables runs the router labs once per -sidecar.iptables binary, nftables once, on a router whose firewall is iptables-nft's [$PASVGATE_SIDECAR_BACKENDS]")
-	flagIPTables = flag.String("sidecar.iptables", envOr("PASVGATE_SIDECAR_IPTABLES", "/usr/sbin/iptables-nft,/usr/sbin/iptables-legacy"),
+	flagIPTables = flag.String("sidecar.iptables", lab.EnvOr("PASVGATE_SIDECAR_IPTABLES", "/usr/sbin/iptables-nft,/usr/sbin/iptables-legacy"),
 		"comma-separated iptables binaries for the iptables backend: the router labs run once per binary, which pasvgate is given too [$PASVGATE_SIDECAR_IPTABLES]")
-	flagMethods = flag.String("sidecar.methods", envOr("PASVGATE_SIDECAR_METHODS", "redirect,tproxy"),
+	flagMethods = flag.String("sidecar.methods", lab.EnvOr("PASVGATE_SIDECAR_METHODS", "redirect,tproxy"),
 		"comma-separated interception methods to run [$PASVGATE_SIDECAR_METHODS]")
-	flagClients = flag.String("sidecar.clients", envOr("PASVGATE_SIDECAR_CLIENTS", "curl,lftp,ftplib,raw"),
+	flagClients = flag.String("sidecar.clients", lab.EnvOr("PASVGATE_SIDECAR_CLIENTS", "curl,lftp,ftplib,raw"),
 		"comma-separated clients to run [$PASVGATE_SIDECAR_CLIENTS]")
 	flagPasvgate = flag.String("sidecar.pasvgate", os.Getenv("PASVGATE_BIN"),
 		"pasvgate binary (default: $PASVGATE_BIN, else built from ./cmd/pasvgate)")
 )
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
-
-func split(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
 
 // variant is one kind of router lab: pasvgate's backend, and the iptables
 // binary that makes the router's own firewall (and, for the iptables
@@ -75,10 +58,10 @@ const nftNSPrefix = "pgscn-"
 // for under a forward policy of drop.
 func variants() ([]variant, error) {
 	var out []variant
-	for _, b := range split(*flagBackends) {
+	for _, b := range lab.SplitList(*flagBackends) {
 		switch b {
 		case "iptables":
-			for _, ipt := range split(*flagIPTables) {
+			for _, ipt := range lab.SplitList(*flagIPTables) {
 				out = append(out, variant{filepath.Base(ipt), b, ipt})
 			}
 		case "nftables":
@@ -147,7 +130,7 @@ func plan(method, router string) []cell {
 	var out []cell
 	add := func(server string, clients, cmds []string, ops func(client string) []lab.Op) {
 		for _, cl := range clients {
-			if !slices.Contains(split(*flagClients), cl) {
+			if !slices.Contains(lab.SplitList(*flagClients), cl) {
 				continue
 			}
 			for _, cmd := range cmds {
@@ -208,7 +191,7 @@ func TestSidecar(t *testing.T) {
 	bin := pasvgateBinary(t)
 	type tables struct{ cells, checks *lab.Grid }
 	var all []tables
-	methods := split(*flagMethods)
+	methods := lab.SplitList(*flagMethods)
 	t.Run("labs", func(t *testing.T) {
 		for _, v := range vs {
 			what := v.ipt
@@ -715,7 +698,7 @@ func (e *env) activeHook(ctx context.Context, wanCap *lab.Capture, r *probeRepor
 			time.Sleep(20 * time.Millisecond)
 		}
 		if out, err := e.rulesList(ctx); err == nil {
-			r.rulesLines = len(split(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")))
+			r.rulesLines = len(lab.SplitList(strings.ReplaceAll(strings.TrimSpace(out), "\n", ",")))
 		}
 		ok, err := dialFrom(ctx, e.l, e.l.Server, lab.WANIntruderAddr, r.target)
 		who := fmt.Sprintf("%s -> %v", lab.WANIntruderAddr, r.target)
