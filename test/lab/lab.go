@@ -134,6 +134,10 @@ type Options struct {
 	// it has) the one rule an operator adds for pasvgate's nftables
 	// backend: accept connections whose conntrack mark has these bits.
 	AcceptMark uint32
+	// NSPrefix, if not empty, replaces the namespaces' prefix "pglab-",
+	// as RouterOptions.NSPrefix does for a router lab: Sweep does not
+	// know such a prefix, the suite sweeps its own with SweepPrefix.
+	NSPrefix string
 }
 
 // Lab is one instance of the topology. Its methods are safe for concurrent
@@ -196,7 +200,11 @@ func RequireRoot(tb testing.TB) {
 // tb.Cleanup. It fails tb if the topology cannot be built.
 func New(tb testing.TB, opt Options) *Lab {
 	tb.Helper()
-	l := newLab(tb, nsPrefix, "c", "g", "s", opt.IPTables)
+	prefix := nsPrefix
+	if opt.NSPrefix != "" {
+		prefix = opt.NSPrefix
+	}
+	l := newLab(tb, prefix, "c", "g", "s", opt.IPTables)
 	l.linkRate = opt.ClientLinkRate
 	l.IPv6 = opt.IPv6
 	l.acceptMark = opt.AcceptMark
@@ -681,6 +689,36 @@ func Sweep() error {
 			continue
 		}
 		if err := removeNS(f[0]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SweepPrefix deletes the namespaces of labs made with prefix as their
+// Options.NSPrefix or RouterOptions.NSPrefix (<prefix><pid>-<n>-<role>)
+// whose creating process no longer exists, as Sweep does for the usual
+// prefixes. Other names, and a live process's labs, are left alone.
+func SweepPrefix(prefix string) error {
+	ents, err := os.ReadDir("/run/netns")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lab: listing namespaces: %w", err)
+	}
+	var errs []error
+	for _, ent := range ents {
+		rest, ok := strings.CutPrefix(ent.Name(), prefix)
+		f := strings.Split(rest, "-")
+		if !ok || len(f) != 3 {
+			continue
+		}
+		pid, err := strconv.Atoi(f[0])
+		if err != nil || pid <= 1 || pid == os.Getpid() || syscall.Kill(pid, 0) == nil {
+			continue
+		}
+		if err := removeNS(ent.Name()); err != nil {
 			errs = append(errs, err)
 		}
 	}

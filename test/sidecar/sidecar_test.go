@@ -185,7 +185,7 @@ func TestSidecar(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sweep(nftNSPrefix); err != nil {
+	if err := lab.SweepPrefix(nftNSPrefix); err != nil {
 		t.Logf("sweeping stale namespaces: %v", err)
 	}
 	bin := pasvgateBinary(t)
@@ -803,35 +803,6 @@ func (e *env) mappingRules(ctx context.Context) ([]string, error) {
 // nftRuleset returns `nft list ruleset` of the router.
 func (e *env) nftRuleset(ctx context.Context) (string, error) {
 	return e.l.Exec(ctx, e.l.GW, "nft", "list", "ruleset")
-}
-
-// sweep deletes namespaces named <prefix><pid>-<n>-<role>, as lab names
-// them, whose process is gone: leftovers of a killed run of this suite
-// that lab.Sweep does not know.
-func sweep(prefix string) error {
-	ents, err := os.ReadDir("/run/netns")
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, ent := range ents {
-		rest, ok := strings.CutPrefix(ent.Name(), prefix)
-		f := strings.Split(rest, "-")
-		if !ok || len(f) != 3 {
-			continue
-		}
-		pid, err := strconv.Atoi(f[0])
-		if err != nil || pid <= 1 || pid == os.Getpid() || syscall.Kill(pid, 0) == nil {
-			continue
-		}
-		if out, err := exec.Command("ip", "netns", "del", ent.Name()).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("deleting %s: %w: %s", ent.Name(), err, out))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // waitDrained polls, for up to 3 s, until no mapping is listed or left in
