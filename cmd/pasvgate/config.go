@@ -219,21 +219,23 @@ func (c Config) validate() error {
 		return bad("listen", "at least one address is needed")
 	}
 	var listenFamilies []netip.Addr
+	specs := make([]listenSpec, 0, len(c.Listen))
 	for _, l := range c.Listen {
-		host, port, err := net.SplitHostPort(l)
+		sp, err := parseListen(l)
 		if err != nil {
 			return bad("listen", "%q: %v", l, err)
 		}
-		if p, err := strconv.ParseUint(port, 10, 16); err != nil || (p == 0 && port != "0") {
-			return bad("listen", "%q: bad port", l)
+		specs = append(specs, sp)
+		if !sp.bothFamilies {
+			listenFamilies = append(listenFamilies, sp.sockets[0].addr.Addr())
 		}
-		if host != "" {
-			a, err := netip.ParseAddr(host)
-			if err != nil {
-				return bad("listen", "%q: host must be an IP address", l)
-			}
-			listenFamilies = append(listenFamilies, a)
+		// The interception leads to one port, in both families.
+		if c.Intercept != "" && sp.sockets[0].addr.Port() != specs[0].sockets[0].addr.Port() {
+			return bad("listen", "with --intercept every --listen address needs the same port (%q and %q differ)", c.Listen[0], l)
 		}
+	}
+	if err := checkListenOverlap(specs); err != nil {
+		return bad("listen", "%v", err)
 	}
 	if err := c.validateUpstream(); err != nil {
 		return err
@@ -251,7 +253,7 @@ func (c Config) validate() error {
 		if len(listenFamilies) == len(c.Listen) {
 			v4 := false
 			for _, l := range listenFamilies {
-				v4 = v4 || l.Unmap().Is4() || l.IsUnspecified()
+				v4 = v4 || l.Is4() // [::]:P is IPv6 only
 			}
 			if !v4 {
 				return bad("public-addr", "%s is IPv4 but every --listen address is IPv6", a)
@@ -279,7 +281,7 @@ func (c Config) validate() error {
 		return bad("debug-pprof", "needs --metrics")
 	}
 	if c.Metrics != "" {
-		if _, _, err := net.SplitHostPort(c.Metrics); err != nil {
+		if _, err := parseListen(c.Metrics); err != nil {
 			return bad("metrics", "%q: %v", c.Metrics, err)
 		}
 	}

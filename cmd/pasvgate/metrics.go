@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	httppprof "net/http/pprof"
+	"sync"
 	"time"
 
 	"github.com/pasvgate/pasvgate/nat"
@@ -115,7 +115,11 @@ func installLatency() *prometheus.HistogramVec {
 // Go's profiles under /debug/pprof/ too. It returns once the listener is
 // open, so a bad address fails start-up.
 func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, pprof bool, log *slog.Logger) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
+	spec, err := parseListen(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
+	}
+	lns, err := openListeners(context.Background(), spec, nil, log)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
 	}
@@ -138,17 +142,20 @@ func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, p
 		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server failed", "err", err)
-		}
-	}()
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server failed", "addr", ln.Addr(), "err", err)
+			}
+		}()
+	}
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
-		<-done
+		wg.Wait()
 	}, nil
 }

@@ -115,7 +115,7 @@ type gateway struct {
 	serveCtx context.Context // sessions end at once when it is cancelled
 	wg       sync.WaitGroup
 	errs     chan error
-	lns      map[string]net.Listener // by --listen address
+	lns      map[string][]net.Listener // by --listen address, as written
 }
 
 // run is pasvgate run after its configuration is valid: set up the kernel
@@ -123,7 +123,7 @@ type gateway struct {
 // it is ready, then serve until ctx ends (drain) or a listener fails,
 // reloading on SIGHUP, and remove every mapping on the way out.
 func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err error) {
-	g := &gateway{cfg: cfg, log: log, errs: make(chan error, 16), lns: map[string]net.Listener{}}
+	g := &gateway{cfg: cfg, log: log, errs: make(chan error, 16), lns: map[string][]net.Listener{}}
 	var ch choice
 	if g.backend, ch, err = newBackend(cfg, log); err != nil {
 		return err
@@ -274,23 +274,34 @@ func canceled() context.Context {
 	return ctx
 }
 
-// listen opens one --listen address and serves it.
+// listen opens one --listen address (one socket per family it covers,
+// see listen.go) and serves it.
 func (g *gateway) listen(ctx context.Context, addr string) error {
-	ln, err := listen(ctx, addr, len(g.cfg.Upstream) == 0 && g.cfg.InterceptMethod == rules.TProxy)
+	spec, err := parseListen(addr)
+	if err != nil { // validated already; a reload re-validates
+		return fmt.Errorf("--listen %s: %w", addr, err)
+	}
+	var control func(string, string, syscall.RawConn) error
+	if len(g.cfg.Upstream) == 0 && g.cfg.InterceptMethod == rules.TProxy {
+		control = transparentControl
+	}
+	lns, err := openListeners(ctx, spec, control, g.log)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", addr, err)
 	}
-	g.lns[addr] = ln
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		if err := g.srv.Serve(g.serveCtx, ln); err != nil {
-			select {
-			case g.errs <- err:
-			default:
+	g.lns[addr] = lns
+	for _, ln := range lns {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			if err := g.srv.Serve(g.serveCtx, ln); err != nil {
+				select {
+				case g.errs <- err:
+				default:
+				}
 			}
-		}
-	}()
+		}()
+	}
 	return nil
 }
 
@@ -303,11 +314,9 @@ func (g *gateway) intercept(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("--intercept: the %s backend cannot intercept", g.backendName)
 	}
-	var port uint16
-	for _, ln := range g.lns {
-		port = uint16(ln.Addr().(*net.TCPAddr).Port)
-		break
-	}
+	// validate made every --listen port the same under --intercept: the
+	// first listener's port is the one the interception leads to.
+	port := uint16(g.lns[g.cfg.Listen[0]][0].Addr().(*net.TCPAddr).Port)
 	ic := rules.Interception{Iface: g.cfg.Intercept, Port: 21, Method: g.cfg.InterceptMethod, ListenPort: port}
 	ictx, cancel := context.WithTimeout(ctx, 4*g.cfg.RuleTimeout)
 	defer cancel()
@@ -395,9 +404,11 @@ func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
 			log.Info("reload: listening", "addr", addr)
 		}
 	}
-	for addr, ln := range g.lns {
+	for addr, lns := range g.lns {
 		if !want[addr] {
-			ln.Close() // its sessions go on until they end
+			for _, ln := range lns {
+				ln.Close() // its sessions go on until they end
+			}
 			delete(g.lns, addr)
 			log.Info("reload: stopped listening", "addr", addr)
 		}
@@ -422,30 +433,24 @@ func notifyReloading(log *slog.Logger) {
 	notify(log, fmt.Sprintf("%s\nMONOTONIC_USEC=%d", daemon.SdNotifyReloading, ts.Nano()/1000))
 }
 
-// listen opens a control listener. A TPROXY listener needs IP_TRANSPARENT
-// to accept connections addressed to other hosts.
-func listen(ctx context.Context, addr string, transparent bool) (net.Listener, error) {
-	var lc net.ListenConfig
-	if transparent {
-		lc.Control = func(network, address string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				level, opt := syscall.SOL_IP, syscall.IP_TRANSPARENT
-				if network == "tcp6" {
-					level, opt = syscall.SOL_IPV6, 75 // IPV6_TRANSPARENT
-				}
-				serr = syscall.SetsockoptInt(int(fd), level, opt, 1)
-			})
-			if err != nil {
-				return err
-			}
-			if serr != nil {
-				return fmt.Errorf("setting IP_TRANSPARENT: %w", serr)
-			}
-			return nil
+// transparentControl marks a TPROXY listener IP_TRANSPARENT, so that it
+// accepts connections addressed to other hosts; the option is per family.
+func transparentControl(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		level, opt := syscall.SOL_IP, syscall.IP_TRANSPARENT
+		if network == "tcp6" {
+			level, opt = syscall.SOL_IPV6, 75 // IPV6_TRANSPARENT
 		}
+		serr = syscall.SetsockoptInt(int(fd), level, opt, 1)
+	})
+	if err != nil {
+		return err
 	}
-	return lc.Listen(ctx, "tcp", addr)
+	if serr != nil {
+		return fmt.Errorf("setting IP_TRANSPARENT: %w", serr)
+	}
+	return nil
 }
 
 // cmdRules is `pasvgate rules list|flush`.

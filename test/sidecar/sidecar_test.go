@@ -369,7 +369,10 @@ func (e *env) startServer(ctx context.Context, config string) error {
 // directly.
 func (e *env) startPasvgate(ctx context.Context) error {
 	p, err := e.l.Start(e.l.GW, e.bin, "run",
+		// Both families as the README's sidecar command lists them: the
+		// two sockets must coexist.
 		"--listen", "0.0.0.0:"+strconv.Itoa(listenPort),
+		"--listen", "[::]:"+strconv.Itoa(listenPort),
 		"--intercept", lab.RouterLANIface,
 		"--intercept-method", e.method,
 		"--data-ports", dataPorts,
