@@ -26,7 +26,7 @@ type entry struct {
 const (
 	cmdMakeBuild      = "make build"
 	cmdInstallBin     = "install -m 0755 bin/pasvgate /usr/local/bin/pasvgate"
-	cmdInstallSysuser = "install -m 0644 deploy/systemd/pasvgate.sysusers /etc/sysusers.d/pasvgate.conf"
+	cmdInstallSysuser = "install -D -m 0644 deploy/systemd/pasvgate.sysusers /etc/sysusers.d/pasvgate.conf"
 	cmdSysusers       = "systemd-sysusers"
 	cmdInstallEtcDir  = "install -d -m 0750 -g pasvgate /etc/pasvgate"
 	cmdInstallConfig  = "install -m 0640 -g pasvgate deploy/examples/gateway-appliance.yaml /etc/pasvgate/pasvgate.yaml"
