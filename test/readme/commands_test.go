@@ -1,6 +1,7 @@
 package readme
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -130,38 +131,46 @@ var catalogue = []entry{
 		proves: "instead: SIGTERM to that process, which exits 0 well within 100s; then the ENTRYPOINT with `rules flush` (the Dockerfile's own clean-up command) leaves no pasvgate rule"},
 }
 
-// TestCommandsKnown fails on drift either way: a command the README
-// shows that the catalogue does not know, or a catalogued command the
-// README no longer shows.
-func TestCommandsKnown(t *testing.T) {
-	d, _ := readmeDoc(t)
-	count := map[string]int{}
-	for _, c := range d.commands {
+// drift compares the commands a README shows with a catalogue, both
+// ways, and says what differs.
+func drift(commands []command, cat []entry) []string {
+	count, line := map[string]int{}, map[string]int{}
+	for _, c := range commands {
 		count[c.key]++
-	}
-	want := map[string]int{}
-	for _, e := range catalogue {
-		want[e.cmd]++
-		if e.test == "" || e.proves == "" {
-			t.Errorf("catalogue: %q says neither which test runs it nor what it proves", e.cmd)
+		if line[c.key] == 0 {
+			line[c.key] = c.line
 		}
 	}
+	want := map[string]int{}
+	for _, e := range cat {
+		want[e.cmd]++
+	}
+	var out []string
 	for _, k := range slices.Sorted(maps.Keys(count)) {
 		if count[k] != want[k] {
-			line := 0
-			for _, c := range d.commands {
-				if c.key == k {
-					line = c.line
-					break
-				}
-			}
-			t.Errorf("README.md:%d shows %q %d time(s), and the test knows it %d time(s): add it to the catalogue in test/readme/commands_test.go, with a test that runs it", line, k, count[k], want[k])
+			out = append(out, fmt.Sprintf("README.md:%d shows %q %d time(s), and the test knows it %d time(s): add it to the catalogue in test/readme/commands_test.go, with a test that runs it", line[k], k, count[k], want[k]))
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(want)) {
 		if count[k] == 0 {
-			t.Errorf("the test expects the README to show %q, and it does not any more: remove it from test/readme/commands_test.go (and its run), or restore it", k)
+			out = append(out, fmt.Sprintf("the test expects the README to show %q, and it does not any more: remove it from test/readme/commands_test.go (and its run), or restore it", k))
 		}
+	}
+	return out
+}
+
+// TestCommandsKnown fails on drift either way: a command the README
+// shows that the catalogue does not know, or a catalogued command the
+// README no longer shows. It lists every command and what it proves.
+func TestCommandsKnown(t *testing.T) {
+	d, _ := readmeDoc(t)
+	for _, e := range catalogue {
+		if e.test == "" || e.proves == "" {
+			t.Errorf("catalogue: %q says neither which test runs it nor what it proves", e.cmd)
+		}
+	}
+	for _, p := range drift(d.commands, catalogue) {
+		t.Error(p)
 	}
 	if t.Failed() {
 		return
@@ -175,6 +184,42 @@ func TestCommandsKnown(t *testing.T) {
 		b.WriteString(e.test + ": " + e.proves)
 	}
 	t.Logf("%d commands in README.md, each known:%s", len(d.commands), b.String())
+}
+
+// TestDriftBothWays checks that drift catches a README that gained a
+// command and one that lost one, and that parse finds commands and
+// breaches of the convention where they are.
+func TestDriftBothWays(t *testing.T) {
+	readme := "# x\n\n```sh\nmake demo    # a comment\n             # more of it\n\npasvgate run --listen 203.0.113.1:21 \\\n    --upstream 192.0.2.10:21\n```\n\n```sh\npasvgate version\n```\n\n```output\npasvgate dev\n```\n"
+	cat := []entry{{cmd: "make demo"}, {cmd: "pasvgate run --listen 203.0.113.1:21 --upstream 192.0.2.10:21"}, {cmd: "pasvgate version"}}
+	d := parse(readme)
+	if len(d.problems) > 0 || len(d.commands) != 3 {
+		t.Fatalf("parse: %d commands, problems %q", len(d.commands), d.problems)
+	}
+	if p := drift(d.commands, cat); len(p) > 0 {
+		t.Fatalf("drift on a README that matches: %q", p)
+	}
+	if d.commands[1].raw != "pasvgate run --listen 203.0.113.1:21 \\\n    --upstream 192.0.2.10:21" || d.commands[0].output != "" || d.commands[2].output != "pasvgate dev\n" {
+		t.Errorf("parse: %+v", d.commands)
+	}
+	gained := parse(strings.Replace(readme, "make demo", "make demo\nmake bench", 1))
+	if p := drift(gained.commands, cat); len(p) != 1 || !strings.Contains(p[0], `"make bench"`) {
+		t.Errorf("a README that gained a command: drift says %q", p)
+	}
+	lost := parse(strings.Replace(readme, "make demo", "", 1))
+	if p := drift(lost.commands, cat); len(p) != 1 || !strings.Contains(p[0], `"make demo", and it does not`) {
+		t.Errorf("a README that lost a command: drift says %q", p)
+	}
+	for name, bad := range map[string]string{
+		"untagged": "x\n\n```\nmake demo\n```\n",
+		"indented": "x\n\n    make demo\n",
+		"tag":      "x\n\n```bash\nmake demo\n```\n",
+		"output":   "x\n\n```sh\nmake demo\nmake test\n```\n\n```output\nok\n```\n",
+	} {
+		if p := parse(bad).problems; len(p) != 1 {
+			t.Errorf("%s: problems %q, want one", name, p)
+		}
+	}
 }
 
 // TestConvention checks that every code block of the README follows the
