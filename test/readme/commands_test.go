@@ -41,7 +41,7 @@ const (
 	cmdRestartLegacy  = "systemctl daemon-reload && systemctl restart pasvgate"
 	cmdSetpriv        = "setpriv --reuid=pasvgate --regid=pasvgate --clear-groups --no-new-privs --inh-caps=-all,+net_admin,+net_bind_service --ambient-caps=-all,+net_admin,+net_bind_service --bounding-set=-all,+net_admin,+net_bind_service /usr/local/bin/pasvgate run --config /etc/pasvgate/pasvgate.yaml"
 	cmdDockerBuild    = `docker build -f deploy/container/Dockerfile --build-arg VERSION="$(git describe --always --dirty)" -t pasvgate .`
-	cmdDockerRun      = "docker run -d --name pasvgate --network host --read-only --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_BIND_SERVICE -v /etc/pasvgate:/etc/pasvgate:ro pasvgate"
+	cmdDockerRun      = `docker run -d --name pasvgate --network host --read-only --cap-drop ALL --cap-add NET_ADMIN --cap-add NET_BIND_SERVICE --group-add "$(getent group pasvgate | cut -d: -f3)" -v /etc/pasvgate:/etc/pasvgate:ro pasvgate`
 	cmdDockerStop     = "docker stop -t 100 pasvgate"
 )
 
@@ -122,13 +122,13 @@ var catalogue = []entry{
 		proves: "in the sandbox, after the install steps, on the README's gateway: it starts as user pasvgate, /healthz answers, a client's download goes through it, SIGTERM exits 0 and no mapping is left"},
 	{cmd: cmdDockerBuild, test: "TestInstall",
 		notRun: "no Docker engine runs on this machine",
-		proves: "instead: deploy's tests run the Dockerfile's go build line; here its $(git describe --always --dirty) is run and must give a version, and the built binary is what the image's ENTRYPOINT runs below"},
+		proves: "instead: its arguments, as the shell expands them, give a VERSION (git describe); deploy's tests run the Dockerfile's go build line, and the binary `make build` made is what the image's ENTRYPOINT runs below"},
 	{cmd: cmdDockerRun, test: "TestInstall",
 		notRun: "no Docker engine runs on this machine",
-		proves: "instead: the Dockerfile's ENTRYPOINT and CMD (parsed from it) run in the sandbox, on the gateway's network (--network host), with /etc/pasvgate bind-mounted read-only (-v ...:ro), and only NET_ADMIN and NET_BIND_SERVICE in the bounding set (--cap-drop ALL --cap-add ...; as root: the image's uid 65532 with file capabilities is deploy's TestFileCapabilities); it starts and serves a download"},
+		proves: "instead: the Dockerfile's ENTRYPOINT and CMD (parsed from it) run in the sandbox after its own setcap lines, on the gateway's network (--network host), as its USER 65532:65532 with the --group-add the shell expands, only the --cap-add capabilities in the bounding set, /etc/pasvgate bind-mounted read-only and the root read-only: it starts, /healthz answers, a client's download goes through it (without --group-add it cannot read the installed config: permission denied)"},
 	{cmd: cmdDockerStop, test: "TestInstall",
 		notRun: "no Docker engine runs on this machine",
-		proves: "instead: SIGTERM to that process, which exits 0 well within 100s; then the ENTRYPOINT with `rules flush` (the Dockerfile's own clean-up command) leaves no pasvgate rule"},
+		proves: "instead: SIGTERM to that process, which exits 0 well within its -t 100; then the ENTRYPOINT with `rules flush` (the Dockerfile's own clean-up command), run the same way, leaves no pasvgate rule or chain"},
 }
 
 // drift compares the commands a README shows with a catalogue, both

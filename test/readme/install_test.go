@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -19,8 +20,8 @@ import (
 	"github.com/pasvgate/pasvgate/test/lab"
 )
 
-// sandbox is a private mount namespace whose /etc, /usr/local/bin and /run
-// are overlays on the host's, with their upper layers in a directory of
+// sandbox is a private mount namespace whose /etc, /usr/local/bin, /run
+// and /usr/sbin are overlays on the host's, with their upper layers in a directory of
 // the test's: the README's install steps write there, and the host's own
 // files never change. A process holds the namespace; commands enter it
 // with nsenter.
@@ -31,7 +32,9 @@ type sandbox struct {
 }
 
 // overlaid are the directories the install steps write to.
-var overlaid = []string{"/etc", "/usr/local/bin", "/run"}
+// /usr/sbin is for the Dockerfile's setcap lines, which give the
+// iptables binaries file capabilities.
+var overlaid = []string{"/etc", "/usr/local/bin", "/run", "/usr/sbin"}
 
 func newSandbox(t *testing.T, root string) *sandbox {
 	t.Helper()
@@ -240,34 +243,50 @@ func uidOf(t *testing.T, pid int) string {
 	return ""
 }
 
-// dockerfileExec returns the final stage's ENTRYPOINT and CMD, which must
-// be in exec (JSON) form.
-func dockerfileExec(t *testing.T, root string) (entry, cmd []string) {
+// image is what the test needs of the Dockerfile's final stage.
+type image struct {
+	entry, cmd []string // ENTRYPOINT and CMD, in exec form
+	user       string   // USER, uid:gid
+	setcaps    []string // the setcap commands of its RUN lines
+}
+
+var setcapRE = regexp.MustCompile(`setcap \S+ /\S+`)
+
+// dockerImage reads the final stage of the Dockerfile.
+func dockerImage(t *testing.T, root string) image {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(root, "deploy/container/Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		for kw, dst := range map[string]*[]string{"FROM ": nil, "ENTRYPOINT ": &entry, "CMD ": &cmd} {
-			v, ok := strings.CutPrefix(l, kw)
-			if !ok {
-				continue
-			}
-			if dst == nil {
-				// A new stage: what came before belongs to another image.
-				entry, cmd = nil, nil
-				continue
+	// Continuation lines joined, comments dropped.
+	text := regexp.MustCompile(`(?m)^\s*#.*\n`).ReplaceAllString(string(b), "")
+	text = strings.ReplaceAll(text, "\\\n", " ")
+	var im image
+	for _, l := range strings.Split(text, "\n") {
+		kw, v, _ := strings.Cut(strings.TrimSpace(l), " ")
+		switch kw {
+		case "FROM":
+			// A new stage: what came before belongs to another image.
+			im = image{}
+		case "ENTRYPOINT", "CMD":
+			dst := &im.entry
+			if kw == "CMD" {
+				dst = &im.cmd
 			}
 			if err := json.Unmarshal([]byte(v), dst); err != nil {
-				t.Fatalf("Dockerfile: %s%s: not in exec form: %v", kw, v, err)
+				t.Fatalf("Dockerfile: %s %s: not in exec form: %v", kw, v, err)
 			}
+		case "USER":
+			im.user = v
+		case "RUN":
+			im.setcaps = append(im.setcaps, setcapRE.FindAllString(v, -1)...)
 		}
 	}
-	if len(entry) == 0 || len(cmd) == 0 {
-		t.Fatalf("Dockerfile: final stage has ENTRYPOINT %q and CMD %q, want both", entry, cmd)
+	if len(im.entry) == 0 || len(im.cmd) == 0 || !strings.Contains(im.user, ":") || len(im.setcaps) == 0 {
+		t.Fatalf("Dockerfile: final stage has ENTRYPOINT %q, CMD %q, USER %q, setcap %q: want all, USER as uid:gid", im.entry, im.cmd, im.user, im.setcaps)
 	}
-	return entry, cmd
+	return im
 }
 
 // TestInstall runs the README's install steps (in a sandbox that keeps
@@ -408,19 +427,29 @@ func TestInstall(t *testing.T) {
 	}
 
 	t.Run("container", func(t *testing.T) {
-		// docker build: its version argument.
-		readmeCommand(t, cmdDockerBuild)
-		if out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output(); err != nil || strings.TrimSpace(string(out)) == "" {
-			t.Errorf("git describe --always --dirty, the image's VERSION: %q, %v", out, err)
+		// The docker command lines, as the user's shell expands them
+		// where the install steps ran: docker's own arguments.
+		dockerArgs := func(key string) []string {
+			c := readmeCommand(t, key)
+			rest, ok := strings.CutPrefix(c.raw, "docker ")
+			if !ok {
+				t.Fatalf("%s: not a docker command", key)
+			}
+			return strings.Split(strings.TrimSuffix(sb.mustSh(t, `printf '%s\n' `+rest), "\n"), "\n")
 		}
-		// docker run: the capabilities and the volume it gives.
-		run := strings.Fields(readmeCommand(t, cmdDockerRun).key)
-		var add []string
-		var vol []string
+		// docker build: its version argument.
+		if b := dockerArgs(cmdDockerBuild); !slices.ContainsFunc(b, func(a string) bool { return strings.HasPrefix(a, "VERSION=") && len(a) > len("VERSION=") }) {
+			t.Errorf("%s gives no VERSION: %q", cmdDockerBuild, b)
+		}
+		// docker run: the capabilities, groups and the volume it gives.
+		run := dockerArgs(cmdDockerRun)
+		var add, groups, vol []string
 		for i := 0; i+1 < len(run); i++ {
 			switch run[i] {
 			case "--cap-add":
 				add = append(add, run[i+1])
+			case "--group-add":
+				groups = append(groups, run[i+1])
 			case "-v":
 				vol = strings.Split(run[i+1], ":")
 			}
@@ -428,21 +457,47 @@ func TestInstall(t *testing.T) {
 		if !slices.Contains(run, "--read-only") || !slices.Contains(run, "--network") || len(vol) != 3 || vol[2] != "ro" || vol[0] != vol[1] {
 			t.Fatalf("%s: the test expects --read-only, --network host and -v DIR:DIR:ro", cmdDockerRun)
 		}
+		// The image's file capabilities: the Dockerfile's own setcap
+		// commands, on the sandbox's copies (/usr/local/bin/pasvgate is
+		// the binary the install step put there).
+		im := dockerImage(t, root)
+		for _, c := range im.setcaps {
+			if strings.Contains(c, "legacy") {
+				if _, err := os.Stat("/usr/sbin/xtables-legacy-multi"); err != nil {
+					continue
+				}
+			}
+			sb.mustSh(t, c)
+		}
 		// Its file system: the volume read-only, and the root read-only
 		// (--read-only), in the sandbox only.
 		sb.mustSh(t, fmt.Sprintf("mount --bind %s %s && mount -o remount,bind,ro %s && mount -o remount,bind,ro /", vol[0], vol[1], vol[1]))
-		entry, cmd := dockerfileExec(t, root)
-		bound := "--bounding-set=" + caps(add)
-		argv := append(append(sb.enter(), "setpriv", bound, "--inh-caps=-all"), append(entry, cmd...)...)
+		// The image's USER with no capability of its own, the bounding
+		// set docker run gives (--cap-drop ALL --cap-add ...), and the
+		// groups it adds. env execs first, as a container runtime's init
+		// does: a non-root exec of a file without capabilities empties
+		// the permitted set, so pasvgate has only what its file grants.
+		uidGid := strings.Split(im.user, ":")
+		asImage := []string{"setpriv", "--reuid=" + uidGid[0], "--regid=" + uidGid[1], "--inh-caps=-all", "--bounding-set=" + caps(add)}
+		if len(groups) > 0 {
+			asImage = append(asImage, "--groups="+strings.Join(groups, ","))
+		} else {
+			asImage = append(asImage, "--clear-groups")
+		}
+		asImage = append(asImage, "env")
+		argv := append(append(sb.enter(), asImage...), append(im.entry, im.cmd...)...)
 		p, err := l.Start(l.GW, argv[0], argv[1:]...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		waitStarted(t, p, "the image's ENTRYPOINT and CMD")
+		if got := uidOf(t, p.Pid()); got != uidGid[0] {
+			t.Errorf("the image's ENTRYPOINT runs as uid %s, want %s", got, uidGid[0])
+		}
 		healthz(t, l, l.GW, "127.0.0.1:9121")
 		download(t, l, srv, lab.GWPublicAddr, false, false)
 		// docker stop -t N: SIGTERM, then SIGKILL after N seconds.
-		stopArgs := strings.Fields(readmeCommand(t, cmdDockerStop).key)
+		stopArgs := dockerArgs(cmdDockerStop)
 		grace := 10 * time.Second
 		if i := slices.Index(stopArgs, "-t"); i >= 0 && i+1 < len(stopArgs) {
 			var n int
@@ -452,7 +507,7 @@ func TestInstall(t *testing.T) {
 		}
 		stop(t, p, "the image's ENTRYPOINT and CMD", grace)
 		checkNoMappings(t, l, l.GW)
-		flush := append(append(sb.enter(), "setpriv", bound, "--inh-caps=-all"), append(entry, "rules", "flush")...)
+		flush := append(append(sb.enter(), asImage...), append(im.entry, "rules", "flush")...)
 		if out, err := l.Exec(t.Context(), l.GW, flush[0], flush[1:]...); err != nil {
 			t.Fatalf("the image's rules flush: %v\n%s", err, out)
 		}
