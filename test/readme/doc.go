@@ -8,9 +8,10 @@
 // transfer to a real client told to trust the 227 address where that
 // applies, and stops cleanly (SIGTERM, exit 0, `pasvgate rules list`
 // empty). The systemd unit's ExecStart and ExecStopPost, and the
-// Dockerfile's ENTRYPOINT and CMD, are run the same way, after the
-// README's install steps have run in a private mount namespace whose /etc
-// and /usr/local/bin are overlays: nothing reaches the host's own files.
+// Dockerfile's ENTRYPOINT and CMD (as the image's user, after its own
+// setcap lines), are run the same way, after the README's install steps
+// have run in a private mount namespace whose /etc, /usr/local/bin, /run
+// and /usr/sbin are overlays: nothing reaches the host's own files.
 //
 // # The README's convention
 //
@@ -32,8 +33,10 @@
 // test: it could not tell whether such a block is meant to run. A
 // runnable block holds no placeholder: a command with a word to fill in
 // (FILE.pcap, IFACE, ADDR:PORT, in capitals) is a synopsis and goes in a
-// ```text block, and the only variable a runnable line uses, $EDITOR, is
-// on a line that is not run (see below). So the test substitutes nothing.
+// ```text block. What a runnable line leaves to the shell ($(git describe
+// ...), $(getent group ...)) the shell expands, where the README's steps
+// put what it reads; the one line that names the user's own choice,
+// $EDITOR, is not run (see below). So the test substitutes nothing.
 //
 // # Both directions of drift
 //
