@@ -94,6 +94,8 @@ var catalogue = []entry{
 		proves: "on a gateway whose native nftables forward chain (inet filter forward, policy drop) is the firewall, with this rule --backend auto picks nftables and a passive download goes through; clean stop"},
 	{cmd: cmdProbe, test: "TestProbe",
 		proves: "run on the gateway against the lab's vsftpd with its defaults, it prints what the README quotes (every finding, line for line, the kernel's port numbers left free) and exits 0"},
+	{cmd: cmdProbe, test: "TestProbe",
+		proves: "the second time the README shows it: against the same vsftpd advertising 192.0.2.99 (pasv_address), it prints what the README quotes there (the FAIL findings and their fix) and exits 1"},
 	{cmd: cmdAudit, test: "TestAudit",
 		proves: "on the lab's capture it prints exactly what the README quotes and exits 1 (problems found)"},
 	{cmd: cmdMakeBuild, test: "TestInstall",

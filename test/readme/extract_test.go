@@ -201,6 +201,20 @@ func readmeDoc(t testing.TB) (doc, string) {
 	return readme.doc, readme.root
 }
 
+// readmeCommands returns every occurrence of the README's command whose
+// key is key, in README order.
+func readmeCommands(t testing.TB, key string) []command {
+	t.Helper()
+	d, _ := readmeDoc(t)
+	var out []command
+	for _, c := range d.commands {
+		if c.key == key {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // readmeCommand returns the README's command whose key is key, failing t
 // if the README does not show it: the command a lab runs is always the
 // one the README has.
