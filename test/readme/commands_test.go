@@ -83,7 +83,7 @@ var catalogue = []entry{
 	{cmd: cmdDemo, test: "TestVersionDemo",
 		proves: "rootless: it prints the server's 227 and the rewritten one (different addresses), the mapping while the session was open, and \"mappings left after the session: 0\", exit 0"},
 	{cmd: cmdSidecar, test: "TestSidecar",
-		proves: "on the README's router (LAN lan0 198.51.100.0/24, WAN 203.0.113.1): it starts with both listeners (0.0.0.0:2121 and [::]:2121 each in its own family), a LAN client's active (PORT) and passive (PASV) downloads from a server outside go through it, SIGTERM exits 0 and no mapping or interception rule is left"},
+		proves: "on the README's router (LAN lan0 198.51.100.0/24, WAN 203.0.113.1): it starts with both listeners (0.0.0.0:2121 and [::]:2121 each in its own family), a LAN client's active (PORT, EPRT) and passive (PASV) downloads from a server outside go through it, SIGTERM exits 0 and no mapping or interception rule is left"},
 	{cmd: cmdIPv6, test: "TestIPv6",
 		proves: "one process serves both families: curl downloads over IPv4 (PASV) and over IPv6 (EPSV) through it, each to the upstream of its own family; clean stop"},
 	{cmd: cmdAccept4, test: "TestAcceptRule",

@@ -34,11 +34,12 @@ func TestSidecar(t *testing.T) {
 	}
 	sessionsBefore := strings.Count(p.Output(), `msg="session started"`)
 	download(t, l, srv, lab.WANServerAddr, true, false)
+	download(t, l, srv, lab.WANServerAddr, true, true)
 	download(t, l, srv, lab.WANServerAddr, false, false)
 	// Without the interception the LAN reaches the server directly (the
-	// router masquerades): pasvgate must have seen both sessions.
-	if n := strings.Count(p.Output(), `msg="session started"`) - sessionsBefore; n != 2 {
-		t.Errorf("pasvgate logged %d sessions for the two downloads, want 2: not intercepted\n%s", n, p.Output())
+	// router masquerades): pasvgate must have seen every session.
+	if n := strings.Count(p.Output(), `msg="session started"`) - sessionsBefore; n != 3 {
+		t.Errorf("pasvgate logged %d sessions for the three downloads, want 3: not intercepted\n%s", n, p.Output())
 	}
 	stop(t, p, c.key, 40*time.Second)
 	checkNoMappings(t, l, l.GW)
