@@ -34,6 +34,13 @@ func cmdRun(args []string) error {
 	}
 	level := new(slog.LevelVar)
 	log := newLogger(cfg, level)
+	// Before anything touches the kernel: the backend's start-up sweep
+	// would take another instance's live mappings.
+	release, err := claimInstance()
+	if err != nil {
+		return err
+	}
+	defer release()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
