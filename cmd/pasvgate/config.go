@@ -240,6 +240,13 @@ func (c Config) validate() error {
 	if err := c.validateUpstream(); err != nil {
 		return err
 	}
+	for _, u := range c.Upstream {
+		if up, err := netip.ParseAddrPort(u); err == nil {
+			if l, loop := upstreamIsListener(specs, up, nil); loop {
+				return bad("upstream", "%s is pasvgate's own --listen %s: every session would dial pasvgate again", u, l)
+			}
+		}
+	}
 	if c.PublicAddr != "" {
 		a, err := netip.ParseAddr(c.PublicAddr)
 		if err != nil {
@@ -249,6 +256,11 @@ func (c Config) validate() error {
 			// 227 can carry only IPv4 (RFC 959); EPSV clients use the
 			// address they dialed, whatever this says.
 			return bad("public-addr", "%s: 227 replies carry IPv4 only", a)
+		}
+		if !a.IsGlobalUnicast() && !a.IsLoopback() {
+			// 0.0.0.0 in a 227 tells the client nothing it can dial,
+			// and no DNAT can match it; multicast and broadcast neither.
+			return bad("public-addr", "%s is not a unicast address a client can connect to", a)
 		}
 		if len(listenFamilies) == len(c.Listen) {
 			v4 := false

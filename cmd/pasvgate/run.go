@@ -32,6 +32,9 @@ func cmdRun(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkUpstreamLoop(cfg); err != nil {
+		return err
+	}
 	level := new(slog.LevelVar)
 	log := newLogger(cfg, level)
 	// Before anything touches the kernel: the backend's start-up sweep
@@ -227,6 +230,11 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(newCollector(g.srv, g.table), hist)
 		healthy := func() error { return g.healthy(ctx) }
+		if spec, err := parseListen(cfg.Metrics); err == nil {
+			if w := metricsExposure(spec, cfg.DebugPprof); w != "" {
+				log.Warn(w, "metrics", cfg.Metrics)
+			}
+		}
 		if stopMetrics, err = serveMetrics(cfg.Metrics, reg, healthy, cfg.DebugPprof, log); err != nil {
 			g.srv.Shutdown(canceled())
 			g.wg.Wait()
@@ -268,6 +276,30 @@ loop:
 	g.wg.Wait()
 	log.Info("stopping: removing rules")
 	return serveErr
+}
+
+// checkUpstreamLoop refuses an upstream that is one of this host's
+// addresses at the port of a wildcard listener: validate could only catch
+// loopback and literal matches, without the host's address list.
+func checkUpstreamLoop(cfg Config) error {
+	local, err := interfaceAddrs()
+	if err != nil {
+		return nil // validate has caught the literal cases
+	}
+	var specs []listenSpec
+	for _, l := range cfg.Listen {
+		if sp, err := parseListen(l); err == nil {
+			specs = append(specs, sp)
+		}
+	}
+	for _, u := range cfg.Upstream {
+		if up, err := netip.ParseAddrPort(u); err == nil {
+			if l, loop := upstreamIsListener(specs, up, func(a netip.Addr) bool { return local[a] }); loop {
+				return usageError{fmt.Errorf("--upstream: %s is an address of this host at the port of --listen %s: every session would dial pasvgate again", u, l)}
+			}
+		}
+	}
+	return nil
 }
 
 // healthy is /healthz: not while draining (ctx ended), nor while
