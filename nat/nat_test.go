@@ -94,7 +94,8 @@ func TestOpenInstallsAndReleaseRemoves(t *testing.T) {
 	if got := b.Count("remove"); got != 1 {
 		t.Fatalf("removals = %d, want exactly 1", got)
 	}
-	if st := tb.Stats(); st.Closed[ReasonTransferDone] != 1 || st.Closed[ReasonSessionEnd] != 0 {
+	// The backend lets go of the mapping just before the table counts it.
+	if st := waitStats(t, tb, func(st Stats) bool { return st.PortsBusy == 0 }); st.Closed[ReasonTransferDone] != 1 || st.Closed[ReasonSessionEnd] != 0 {
 		t.Fatalf("stats = %+v, want one transfer-done close", st)
 	}
 }
@@ -122,6 +123,8 @@ func TestPortsNeverDoubleMappedAndExhaustion(t *testing.T) {
 	}
 	ms[3].Release(ReasonReplaced)
 	waitLen(t, b, 15)
+	// The port comes back just after the backend lets go of the mapping.
+	waitStats(t, tb, func(st Stats) bool { return st.PortsBusy == 15 })
 	m, err := tb.Open(context.Background(), req())
 	if err != nil {
 		t.Fatalf("Open after a release: %v", err)
@@ -179,8 +182,8 @@ func TestConnectTimeout(t *testing.T) {
 	if m.Claim() {
 		t.Fatal("Claim succeeded after the connect timeout released the mapping")
 	}
-	if tb.Stats().Closed[ReasonConnectTimeout] != 1 {
-		t.Fatalf("stats = %+v, want a connect-timeout close", tb.Stats())
+	if st := waitStats(t, tb, func(st Stats) bool { return st.PortsBusy == 0 }); st.Closed[ReasonConnectTimeout] != 1 {
+		t.Fatalf("stats = %+v, want a connect-timeout close", st)
 	}
 	// A claimed mapping outlives the timeout.
 	m2, err := tb.Open(context.Background(), req())
