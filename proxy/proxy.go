@@ -85,6 +85,9 @@ type Settings struct {
 	// MaxSessionsPerIP bounds concurrent sessions from one client
 	// address; 0 means no limit.
 	MaxSessionsPerIP int
+	// DestPolicy, in transparent mode, is the servers a client may be
+	// connected to; the zero value admits public addresses only.
+	DestPolicy DestPolicy
 }
 
 // Server proxies FTP control sessions. In reverse mode (Upstream set) every
@@ -364,6 +367,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 
 	st := s.settings()
 	upstream, err := s.upstreamFor(st, c, client)
+	if errors.Is(err, errDestNotAllowed) {
+		s.stats.refuseSession("dest-policy")
+		log.Warn("session refused", "reason", err.Error())
+		s.sayAndClose(c, "Service not available: that server is not allowed through this gateway.")
+		return
+	}
 	if err != nil {
 		s.stats.refuseSession("loop")
 		log.Warn("session refused", "reason", err.Error())
@@ -442,8 +451,15 @@ func (s *Server) upstreamFor(st *Settings, c net.Conn, client netip.AddrPort) (s
 	if redirectedToSelf || (s.IsLocal != nil && s.IsLocal(dst.Addr())) || dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
 		return "", fmt.Errorf("original destination %s is this gateway", dst)
 	}
+	if !st.DestPolicy.Allows(dst.Addr()) {
+		return "", fmt.Errorf("%w: %s (allowed: %s)", errDestNotAllowed, dst.Addr(), st.DestPolicy)
+	}
 	return dst.String(), nil
 }
+
+// errDestNotAllowed: transparent mode's DestPolicy does not admit the
+// intercepted connection's destination.
+var errDestNotAllowed = errors.New("destination not allowed by --allow-dest")
 
 // addrPortOf turns a TCP net.Addr into a netip.AddrPort with any
 // IPv4-in-IPv6 mapping removed, so that a dual-stack listener still gives

@@ -65,8 +65,10 @@ type runEnv struct {
 // not nil, follows --public-iface.
 func (c Config) settings(pub func() netip.Addr) proxy.Settings {
 	up, up6 := c.upstreams()
+	dest, _ := proxy.ParseDestPolicy(c.AllowDest) // validated
 	st := proxy.Settings{
-		Upstream: up, Upstream6: up6, SNAT: c.SNAT, PublicAddrFunc: pub,
+		DestPolicy: dest,
+		Upstream:   up, Upstream6: up6, SNAT: c.SNAT, PublicAddrFunc: pub,
 		DialTimeout: c.DialTimeout, IdleTimeout: c.IdleTimeout, LoginTimeout: c.LoginTimeout,
 		Keepalive: c.Keepalive, MaxLine: c.MaxLine,
 		MaxSessions: c.MaxSessions, MaxSessionsPerIP: c.MaxSessionsPerIP,
