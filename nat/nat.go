@@ -1,8 +1,9 @@
 // Package nat owns the lifetime of pasvgate's data-connection mappings: it
 // draws the public port at random from the data range, asks a rules.Backend
 // to install the mapping, arms the connect timeout, and removes the mapping
-// again off the critical path, returning the port to the pool only once its
-// rules are gone.
+// again off the critical path, retrying a failed removal, and returning the
+// port to the pool only once its rules are gone and, after an abnormal end,
+// its data flows flushed.
 //
 // It also supplies the public address when it follows an interface: an
 // AddrWatcher tracks the interface's address through netlink, and
@@ -86,31 +87,31 @@ type Config struct {
 	// InstallTimeout bounds one Install call, on the client's critical
 	// path. Default 10 s.
 	InstallTimeout time.Duration
-	// RemoveTimeout bounds one Remove call. Default 10 s.
+	// RemoveTimeout bounds one Remove call, and one flush of a mapping's
+	// data flows. Default 10 s.
 	RemoveTimeout time.Duration
+	// RemoveRetries is how often a failed removal is tried again before
+	// the table gives up on it (its port then stays out of the pool, and
+	// the next start's sweep removes its rules). Default 6; negative: no
+	// retries.
+	RemoveRetries int
+	// RemoveBackoff is the wait before the first retry of a failed
+	// removal; each further retry waits twice as long as the one before,
+	// up to RemoveBackoffMax. Defaults 1 s and 30 s: with RemoveRetries 6,
+	// retries come 1, 2, 4, 8, 16 and 30 s apart, about a minute in all.
+	RemoveBackoff, RemoveBackoffMax time.Duration
 	// Logger receives one line per mapping opened or closed. Default: discard.
 	Logger *slog.Logger
 	// Flows, if set, deletes the conntrack entries of a mapping's data
 	// connections after its rules are gone, when the mapping ended
 	// abnormally (its session died, timed out or was shut down), so that
-	// no half-open data flow stays pinned through the gateway.
+	// no half-open data flow stays pinned through the gateway. Flushes run
+	// on their own worker, never in the way of removals; the mapping's
+	// port returns to the pool only after its flush.
 	Flows FlowFlusher
 	// ObserveInstall, if set, is told how long each install took and how
 	// it ended (for the install latency histogram).
 	ObserveInstall func(d time.Duration, err error)
-}
-
-// FlowFlusher deletes the kernel's connection-tracking entries of a
-// mapping's data connections. rules/conntrack implements it.
-type FlowFlusher interface {
-	FlushFlows(ctx context.Context, m rules.Mapping) (int, error)
-}
-
-// abnormal reports whether a mapping released for reason may have left a
-// data flow whose peers are gone: everything but a finished transfer and a
-// data port the client itself replaced.
-func abnormal(reason string) bool {
-	return reason != ReasonTransferDone && reason != ReasonReplaced
 }
 
 // Request is what a caller wants mapped. Public carries only the address:
@@ -134,10 +135,13 @@ type Stats struct {
 	Opened        uint64
 	InstallFailed uint64
 	Exhausted     uint64
-	RemoveFailed  uint64
+	// RemoveFailed counts removals given up after their last retry.
+	RemoveFailed uint64
+	// RemoveRetries counts retries of failed removals.
+	RemoveRetries uint64
 	Closed        map[string]uint64 // by reason
-	// PortsBusy are the ports mapped or being removed; PortsTotal the
-	// size of the range.
+	// PortsBusy are the ports mapped, being removed or flushed, or held
+	// by a removal given up; PortsTotal the size of the range.
 	PortsBusy, PortsTotal int
 	// FlowsFlushed counts conntrack entries deleted after abnormal ends.
 	FlowsFlushed uint64
@@ -150,24 +154,40 @@ type Table struct {
 	log     *slog.Logger
 	rnd     *rand.Rand // guarded by mu
 
-	mu       sync.Mutex
-	busy     map[uint16]bool // mapped, or being removed
-	open     map[string]*Mapping
-	queue    []*Mapping // awaiting removal
-	wake     chan struct{}
-	closing  bool
-	closed   map[string]uint64
-	opened   uint64
-	failed   uint64
-	exhaust  uint64
-	rmFailed uint64
+	mu sync.Mutex
+	// busy holds a port from allocate until its rules are gone and, after
+	// an abnormal end, its flows flushed; or for good, when its removal
+	// was given up.
+	busy  map[uint16]bool
+	open  map[string]*Mapping // installed: from Open until removed or given up
+	queue []*Mapping          // awaiting removal
+	// backoff holds the mappings whose failed removal waits for its retry
+	// timer, by id.
+	backoff map[string]*Mapping
+	wake    chan struct{}
+	closing bool
+	// flushQ holds mappings whose rules are gone and whose flows await
+	// their flush. It is bounded by the port range: each holds a busy port.
+	flushQ      []*Mapping
+	flushWake   chan struct{}
+	removalDone bool // the removal worker has ended: no more flushes come
+	closed      map[string]uint64
+	opened      uint64
+	failed      uint64
+	exhaust     uint64
+	rmFailed    uint64
+	rmRetries   uint64
 	// installing counts Opens between allocate and the end of Install, so
 	// that Close waits for a mapping that is being installed as it begins.
 	installing int
 	ids        uint32
 	flushed    uint64
 
-	worker sync.WaitGroup
+	// flushCtx is the parent of every flush; Close cancels it when its
+	// own context ends, so that a stop does not wait out a slow flush.
+	flushCtx    context.Context
+	cancelFlush context.CancelFunc
+	workers     sync.WaitGroup
 }
 
 // New returns a table that installs through b. The caller must call Close.
@@ -184,6 +204,18 @@ func New(b rules.Backend, cfg Config) (*Table, error) {
 	if cfg.RemoveTimeout <= 0 {
 		cfg.RemoveTimeout = 10 * time.Second
 	}
+	switch {
+	case cfg.RemoveRetries == 0:
+		cfg.RemoveRetries = 6
+	case cfg.RemoveRetries < 0:
+		cfg.RemoveRetries = 0
+	}
+	if cfg.RemoveBackoff <= 0 {
+		cfg.RemoveBackoff = time.Second
+	}
+	if cfg.RemoveBackoffMax <= 0 {
+		cfg.RemoveBackoffMax = 30 * time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -195,17 +227,21 @@ func New(b rules.Backend, cfg Config) (*Table, error) {
 		return nil, fmt.Errorf("nat: seeding port generator: %w", err)
 	}
 	t := &Table{
-		backend: b,
-		cfg:     cfg,
-		log:     log,
-		rnd:     rand.New(rand.NewChaCha8(seed)),
-		busy:    map[uint16]bool{},
-		open:    map[string]*Mapping{},
-		wake:    make(chan struct{}, 1),
-		closed:  map[string]uint64{},
+		backend:   b,
+		cfg:       cfg,
+		log:       log,
+		rnd:       rand.New(rand.NewChaCha8(seed)),
+		busy:      map[uint16]bool{},
+		open:      map[string]*Mapping{},
+		backoff:   map[string]*Mapping{},
+		wake:      make(chan struct{}, 1),
+		flushWake: make(chan struct{}, 1),
+		closed:    map[string]uint64{},
 	}
-	t.worker.Add(1)
+	t.flushCtx, t.cancelFlush = context.WithCancel(context.Background())
+	t.workers.Add(2)
 	go t.removeLoop()
+	go t.flushLoop()
 	return t, nil
 }
 
@@ -215,12 +251,19 @@ type Mapping struct {
 	// Session is the owning control session, from the Request.
 	Session string
 
-	t     *Table
-	timer *time.Timer
+	t *Table
+	// opened is when Open allocated the mapping, with Go's monotonic
+	// clock, for the age logged when it closes: Created is kept to the
+	// second, as the backends store it.
+	opened time.Time
+	timer  *time.Timer
 	// state is guarded by t.mu.
 	claimed  bool
 	released bool
 	reason   string
+	// attempts counts failed removals; retry is the timer of the next.
+	attempts int
+	retry    *time.Timer
 }
 
 // Open allocates a public port, installs the mapping and arms its connect
@@ -234,6 +277,7 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 			"target", req.Target, "reason", err.Error())
 		return nil, err
 	}
+	now := time.Now()
 	m := &Mapping{
 		Mapping: rules.Mapping{
 			ID:      t.newID(),
@@ -241,10 +285,11 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 			Public:  netip.AddrPortFrom(req.Public, port),
 			Target:  req.Target,
 			SNAT:    req.SNAT,
-			Created: time.Now().Truncate(time.Second),
+			Created: now.Truncate(time.Second),
 		},
 		Session: req.Session,
 		t:       t,
+		opened:  now,
 	}
 	ictx, cancel := context.WithTimeout(ctx, t.cfg.InstallTimeout)
 	start := time.Now()
@@ -360,87 +405,34 @@ func (t *Table) allocate() (uint16, error) {
 	return 0, ErrExhausted
 }
 
-// removeLoop removes released mappings one at a time, in release order. A
-// single worker keeps removals from competing with installs for the xtables
-// lock more than one at a time.
-func (t *Table) removeLoop() {
-	defer t.worker.Done()
-	for {
-		t.mu.Lock()
-		for len(t.queue) == 0 {
-			if t.closing && len(t.open) == 0 && t.installing == 0 {
-				t.mu.Unlock()
-				return
-			}
-			t.mu.Unlock()
-			<-t.wake
-			t.mu.Lock()
-		}
-		m := t.queue[0]
-		t.queue[0] = nil
-		t.queue = t.queue[1:]
-		t.mu.Unlock()
-		t.remove(m)
-	}
-}
-
-func (t *Table) remove(m *Mapping) {
-	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.RemoveTimeout)
-	err := t.backend.Remove(ctx, m.Mapping)
-	cancel()
-	t.mu.Lock()
-	delete(t.open, m.ID)
-	if err != nil && !errors.Is(err, rules.ErrNotInstalled) {
-		// The rules may still be in the kernel, so the port stays out of
-		// the pool: handing it out again could collide with them. The next
-		// start's sweep (or `pasvgate rules flush`) removes them.
-		t.rmFailed++
-	} else {
-		delete(t.busy, m.Public.Port())
-	}
-	t.closed[m.reason]++
-	t.mu.Unlock()
-	if err != nil {
-		t.log.Error("mapping removal failed", "session", m.Session, "id", m.ID,
-			"source", m.Source, "public", m.Public, "target", m.Target, "reason", m.reason, "err", err)
-		return
-	}
-	if t.cfg.Flows != nil && abnormal(m.reason) {
-		// Only now that no rule admits a new flow can the old one be
-		// forgotten for good.
-		ctx, cancel := context.WithTimeout(context.Background(), t.cfg.RemoveTimeout)
-		n, err := t.cfg.Flows.FlushFlows(ctx, m.Mapping)
-		cancel()
-		if err != nil {
-			t.log.Warn("flushing data flows failed", "id", m.ID, "err", err)
-		} else if n > 0 {
-			t.mu.Lock()
-			t.flushed += uint64(n)
-			t.mu.Unlock()
-			t.log.Info("data flows flushed", "session", m.Session, "id", m.ID, "flows", n, "reason", m.reason)
-		}
-	}
-	t.log.Info("mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
-		"public", m.Public, "target", m.Target, "reason", m.reason,
-		"age_ms", time.Since(m.Created).Milliseconds())
-}
-
 // Close refuses new mappings, releases every open one, and waits until all
-// removals are done or ctx ends.
+// removals and flushes are done or ctx ends. Removals waiting for a retry
+// are tried at once, and a removal that fails while closing is not retried
+// (the next start's sweep removes what it left). When ctx ends first,
+// flushes still running or queued are cancelled.
 func (t *Table) Close(ctx context.Context) error {
 	t.mu.Lock()
 	t.closing = true
 	for _, m := range t.open {
 		t.releaseLocked(m, ReasonShutdown)
 	}
+	for id, m := range t.backoff {
+		// A timer that has already fired queues its mapping itself.
+		if m.retry.Stop() {
+			delete(t.backoff, id)
+			t.queue = append(t.queue, m)
+		}
+	}
 	t.mu.Unlock()
 	t.poke()
 	done := make(chan struct{})
-	go func() { t.worker.Wait(); close(done) }()
+	go func() { t.workers.Wait(); close(done) }()
 	select {
 	case <-done:
+		t.cancelFlush()
 		return nil
 	case <-ctx.Done():
+		t.cancelFlush()
 		return fmt.Errorf("nat: waiting for removals: %w", ctx.Err())
 	}
 }
@@ -451,7 +443,7 @@ func (t *Table) Stats() Stats {
 	defer t.mu.Unlock()
 	s := Stats{
 		Active: len(t.open), Opened: t.opened, InstallFailed: t.failed,
-		Exhausted: t.exhaust, RemoveFailed: t.rmFailed, Closed: map[string]uint64{},
+		Exhausted: t.exhaust, RemoveFailed: t.rmFailed, RemoveRetries: t.rmRetries, Closed: map[string]uint64{},
 		PortsBusy: len(t.busy), PortsTotal: t.cfg.Ports.Size(), FlowsFlushed: t.flushed,
 	}
 	for k, v := range t.closed {

@@ -85,6 +85,9 @@ type Settings struct {
 	// MaxSessionsPerIP bounds concurrent sessions from one client
 	// address; 0 means no limit.
 	MaxSessionsPerIP int
+	// DestPolicy, in transparent mode, is the servers a client may be
+	// connected to; the zero value admits public addresses only.
+	DestPolicy DestPolicy
 }
 
 // Server proxies FTP control sessions. In reverse mode (Upstream set) every
@@ -218,17 +221,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // Shutdown stops accepting on every listener and drains: sessions without
 // a transfer in progress are told 421 and closed at once, the others as
 // soon as their transfer's final reply has been forwarded. When ctx ends
-// first, the remaining sessions are closed too. Shutdown returns when no
-// session is left; Serve then returns.
+// first, the remaining sessions are told 421 and closed too. Shutdown
+// returns when no session is left; Serve then returns.
+//
+// Every session is drained at once, each on a goroutine of its own: a
+// client that has stopped reading holds its 421 up to the write timeout,
+// and must not hold up the others'. Once ctx has ended and the last
+// notices have had closeGrace, connections still open are closed without
+// a word, which also ends any write still blocked on them.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	s.draining = true
 	for ln := range s.lns {
 		ln.Close()
-	}
-	sessions := make([]*session, 0, len(s.active))
-	for ss := range s.active {
-		sessions = append(sessions, ss)
 	}
 	if s.idle == nil {
 		s.idle = make(chan struct{})
@@ -238,24 +243,50 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	idle := s.idle
 	s.mu.Unlock()
-	for _, ss := range sessions {
-		ss.drain()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	each := func(f func(*session)) {
+		for _, ss := range s.sessions() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f(ss)
+			}()
+		}
 	}
+	each((*session).drain)
 	select {
 	case <-idle:
 		return
 	case <-ctx.Done():
 	}
-	s.mu.Lock()
-	sessions = sessions[:0]
-	for ss := range s.active {
-		sessions = append(sessions, ss)
+	each(func(ss *session) { ss.say421AndEnd("Service closing: drain timeout.", endShutdown) })
+	select {
+	case <-idle:
+		return
+	case <-time.After(closeGrace):
 	}
-	s.mu.Unlock()
-	for _, ss := range sessions {
-		ss.say421AndEnd("Service closing: drain timeout.", endShutdown)
+	for _, ss := range s.sessions() {
+		ss.client.Close()
+		ss.server.Close()
 	}
 	<-idle
+}
+
+// closeGrace is how long, after the drain timeout, the last 421s may take
+// to reach their clients before the connections are closed regardless.
+const closeGrace = time.Second
+
+// sessions returns the sessions now open.
+func (s *Server) sessions() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := make([]*session, 0, len(s.active))
+	for ss := range s.active {
+		list = append(list, ss)
+	}
+	return list
 }
 
 // admit registers a new session, or returns why it is refused.
@@ -336,6 +367,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 
 	st := s.settings()
 	upstream, err := s.upstreamFor(st, c, client)
+	if errors.Is(err, errDestNotAllowed) {
+		s.stats.refuseSession("dest-policy")
+		log.Warn("session refused", "reason", err.Error())
+		s.sayAndClose(c, "Service not available: that server is not allowed through this gateway.")
+		return
+	}
 	if err != nil {
 		s.stats.refuseSession("loop")
 		log.Warn("session refused", "reason", err.Error())
@@ -414,8 +451,15 @@ func (s *Server) upstreamFor(st *Settings, c net.Conn, client netip.AddrPort) (s
 	if redirectedToSelf || (s.IsLocal != nil && s.IsLocal(dst.Addr())) || dst.Addr().IsLoopback() || dst.Addr().IsUnspecified() {
 		return "", fmt.Errorf("original destination %s is this gateway", dst)
 	}
+	if !st.DestPolicy.Allows(dst.Addr()) {
+		return "", fmt.Errorf("%w: %s (allowed: %s)", errDestNotAllowed, dst.Addr(), st.DestPolicy)
+	}
 	return dst.String(), nil
 }
+
+// errDestNotAllowed: transparent mode's DestPolicy does not admit the
+// intercepted connection's destination.
+var errDestNotAllowed = errors.New("destination not allowed by --allow-dest")
 
 // addrPortOf turns a TCP net.Addr into a netip.AddrPort with any
 // IPv4-in-IPv6 mapping removed, so that a dual-stack listener still gives

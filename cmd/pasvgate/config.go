@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pasvgate/pasvgate/nat"
+	"github.com/pasvgate/pasvgate/proxy"
 	"github.com/pasvgate/pasvgate/proxy/ftp"
 	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/iptables"
@@ -30,6 +31,7 @@ type Config struct {
 	Upstream           stringList    `yaml:"upstream"`
 	Intercept          string        `yaml:"intercept"`
 	InterceptMethod    string        `yaml:"intercept-method"`
+	AllowDest          stringList    `yaml:"allow-dest"`
 	PublicAddr         string        `yaml:"public-addr"`
 	PublicIface        string        `yaml:"public-iface"`
 	DataPorts          string        `yaml:"data-ports"`
@@ -127,6 +129,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.Var(&listFlag{list: (*[]string)(&c.Upstream)}, "upstream", "the FTP server's control `ADDR:PORT` (reverse mode); give it twice, once per family, for IPv4 and IPv6 clients")
 	fs.StringVar(&c.Intercept, "intercept", c.Intercept, "transparent mode: install interception of FTP arriving on this LAN `interface`")
 	fs.StringVar(&c.InterceptMethod, "intercept-method", c.InterceptMethod, "transparent mode: how connections are intercepted: redirect or tproxy")
+	fs.Var(&listFlag{list: (*[]string)(&c.AllowDest)}, "allow-dest", "transparent mode: servers clients may reach: public, a `NETWORK` or an address (repeatable; default public)")
 	fs.StringVar(&c.PublicAddr, "public-addr", c.PublicAddr, "`IP` written into 227 replies (default: the address the client connected to)")
 	fs.StringVar(&c.PublicIface, "public-iface", c.PublicIface, "take the 227 address from this `interface`, following its changes (instead of --public-addr)")
 	fs.DurationVar(&c.LoginTimeout, "login-timeout", c.LoginTimeout, "end a session not logged in this long after it started (0: no limit)")
@@ -240,6 +243,13 @@ func (c Config) validate() error {
 	if err := c.validateUpstream(); err != nil {
 		return err
 	}
+	for _, u := range c.Upstream {
+		if up, err := netip.ParseAddrPort(u); err == nil {
+			if l, loop := upstreamIsListener(specs, up, nil); loop {
+				return bad("upstream", "%s is pasvgate's own --listen %s: every session would dial pasvgate again", u, l)
+			}
+		}
+	}
 	if c.PublicAddr != "" {
 		a, err := netip.ParseAddr(c.PublicAddr)
 		if err != nil {
@@ -249,6 +259,11 @@ func (c Config) validate() error {
 			// 227 can carry only IPv4 (RFC 959); EPSV clients use the
 			// address they dialed, whatever this says.
 			return bad("public-addr", "%s: 227 replies carry IPv4 only", a)
+		}
+		if !a.IsGlobalUnicast() && !a.IsLoopback() {
+			// 0.0.0.0 in a 227 tells the client nothing it can dial,
+			// and no DNAT can match it; multicast and broadcast neither.
+			return bad("public-addr", "%s is not a unicast address a client can connect to", a)
 		}
 		if len(listenFamilies) == len(c.Listen) {
 			v4 := false
@@ -341,10 +356,16 @@ func (c Config) validateUpstream() error {
 		if c.Intercept != "" && !rules.ValidIface(c.Intercept) {
 			return bad("intercept", "%q is not an interface name", c.Intercept)
 		}
+		if _, err := proxy.ParseDestPolicy(c.AllowDest); err != nil {
+			return bad("allow-dest", "%v", err)
+		}
 		return nil
 	}
 	if c.Intercept != "" {
 		return bad("intercept", "transparent mode takes no --upstream")
+	}
+	if len(c.AllowDest) > 0 {
+		return bad("allow-dest", "transparent mode only: in reverse mode the server is --upstream")
 	}
 	if len(c.Upstream) > 2 {
 		return bad("upstream", "at most two: one IPv4 and one IPv6 server")

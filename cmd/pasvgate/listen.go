@@ -145,3 +145,40 @@ func openListeners(ctx context.Context, spec listenSpec, control func(network, a
 func noIPv6(err error) bool {
 	return errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL)
 }
+
+// upstreamIsListener reports whether an upstream would lead back to one of
+// pasvgate's own listeners: the same address and port, or the port of a
+// wildcard listener of its family at a loopback address or (isLocal, if
+// not nil) another address of this host. Every session would then dial
+// pasvgate again, until the file descriptors run out.
+func upstreamIsListener(specs []listenSpec, up netip.AddrPort, isLocal func(netip.Addr) bool) (string, bool) {
+	a := up.Addr().Unmap()
+	for _, sp := range specs {
+		for _, so := range sp.sockets {
+			l := so.addr.Addr()
+			if so.addr.Port() != up.Port() || l.Is4() != a.Is4() {
+				continue
+			}
+			if l == a || l.IsUnspecified() && (a.IsLoopback() || a.IsUnspecified() || isLocal != nil && isLocal(a)) {
+				return sp.text, true
+			}
+		}
+	}
+	return "", false
+}
+
+// metricsExposure is the warning for a --metrics address reachable from
+// beyond this host, or "" for a loopback one. /metrics and /healthz show
+// session counts and refusals; with --debug-pprof, profiles show the
+// command line and every session's addresses.
+func metricsExposure(spec listenSpec, pprof bool) string {
+	for _, so := range spec.sockets {
+		if !so.addr.Addr().IsLoopback() {
+			if pprof {
+				return "--debug-pprof serves Go's profiles, which show the command line and every session's addresses, on a non-loopback address: bind --metrics to 127.0.0.1 or firewall it"
+			}
+			return "--metrics listens beyond loopback: firewall it so that only your monitoring reaches it"
+		}
+	}
+	return ""
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -242,5 +243,75 @@ func TestMetricsListenBothFamilies(t *testing.T) {
 			t.Errorf("/healthz over %s: %q", a, b)
 		}
 		tr.CloseIdleConnections()
+	}
+}
+
+func TestUpstreamIsListener(t *testing.T) {
+	local := func(a netip.Addr) bool { return a == netip.MustParseAddr("203.0.113.1") }
+	for _, tc := range []struct {
+		listen []string
+		up     string
+		loop   bool
+	}{
+		{[]string{"203.0.113.1:21"}, "203.0.113.1:21", true},
+		{[]string{":21"}, "127.0.0.1:21", true},
+		{[]string{":21"}, "[::1]:21", true},
+		{[]string{"0.0.0.0:21"}, "203.0.113.1:21", true}, // a local address
+		{[]string{"0.0.0.0:21"}, "[::1]:21", false},      // IPv6: not that socket
+		{[]string{"0.0.0.0:21"}, "192.0.2.10:21", false},
+		{[]string{"0.0.0.0:21"}, "127.0.0.1:2121", false},
+		{[]string{"203.0.113.1:21"}, "127.0.0.1:21", false},
+	} {
+		var specs []listenSpec
+		for _, l := range tc.listen {
+			sp, _ := parseListen(l)
+			specs = append(specs, sp)
+		}
+		if _, got := upstreamIsListener(specs, netip.MustParseAddrPort(tc.up), local); got != tc.loop {
+			t.Errorf("listen %v, upstream %s: loop %v, want %v", tc.listen, tc.up, got, tc.loop)
+		}
+	}
+	// validate catches the cases it can tell without the host's addresses.
+	if err := validate(t, "--listen", "203.0.113.1:21", "--upstream", "203.0.113.1:21"); err == nil || !strings.Contains(err.Error(), "--upstream") {
+		t.Errorf("upstream = listener: %v, want an --upstream error", err)
+	}
+	if err := validate(t, "--upstream", "127.0.0.1:21"); err == nil {
+		t.Error("upstream 127.0.0.1:21 with the default --listen :21 was accepted")
+	}
+}
+
+func TestPublicAddrUnicast(t *testing.T) {
+	for _, a := range []string{"0.0.0.0", "255.255.255.255", "224.0.0.1", "169.254.1.1"} {
+		if err := validate(t, "--upstream", "192.0.2.10:21", "--public-addr", a); err == nil || !strings.Contains(err.Error(), "--public-addr") {
+			t.Errorf("--public-addr %s: %v, want a --public-addr error", a, err)
+		}
+	}
+	for _, a := range []string{"203.0.113.2", "192.0.2.1", "127.0.0.2"} {
+		if err := validate(t, "--upstream", "192.0.2.10:21", "--public-addr", a); err != nil {
+			t.Errorf("--public-addr %s: %v", a, err)
+		}
+	}
+}
+
+func TestMetricsExposure(t *testing.T) {
+	for _, tc := range []struct {
+		addr  string
+		pprof bool
+		warn  string // a word the warning holds, or ""
+	}{
+		{"127.0.0.1:9121", true, ""},
+		{"[::1]:9121", false, ""},
+		{":9121", false, "beyond loopback"},
+		{"203.0.113.1:9121", false, "beyond loopback"},
+		{"0.0.0.0:9121", true, "profiles"},
+	} {
+		sp, err := parseListen(tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := metricsExposure(sp, tc.pprof)
+		if (tc.warn == "") != (got == "") || !strings.Contains(got, tc.warn) {
+			t.Errorf("%s pprof=%v: %q, want a warning with %q", tc.addr, tc.pprof, got, tc.warn)
+		}
 	}
 }

@@ -26,7 +26,8 @@ type collector struct {
 	sessionsActive, sessionsTotal, sessionsRefused, sessionsEnded *prometheus.Desc
 	refusals, rewrites, controlBytes                              *prometheus.Desc
 	mappingsActive, mappingsOpened, mappingsClosed                *prometheus.Desc
-	installFailed, exhausted, removeFailed, flowsFlushed          *prometheus.Desc
+	installFailed, exhausted, removeFailed, removeRetries         *prometheus.Desc
+	flowsFlushed                                                  *prometheus.Desc
 	portsBusy, portsTotal                                         *prometheus.Desc
 }
 
@@ -49,9 +50,10 @@ func newCollector(p *proxy.Server, t *nat.Table) *collector {
 		mappingsClosed:  d("mappings_closed_total", "Data mappings removed, by reason.", "reason"),
 		installFailed:   d("mapping_install_failures_total", "Mapping installs that failed (the client got 425)."),
 		exhausted:       d("port_range_exhausted_total", "Mappings refused because the data-port range was full."),
-		removeFailed:    d("mapping_remove_failures_total", "Mapping removals that failed."),
+		removeFailed:    d("mapping_remove_failures_total", "Mapping removals given up after their last retry (their rules may be left until the next start; their ports stay out of the pool)."),
+		removeRetries:   d("mapping_remove_retries_total", "Retries of failed mapping removals."),
 		flowsFlushed:    d("conntrack_flows_flushed_total", "Conntrack entries deleted after abnormal ends."),
-		portsBusy:       d("data_ports_in_use", "Data ports mapped or being removed."),
+		portsBusy:       d("data_ports_in_use", "Data ports out of the pool: mapped, being removed or flushed, or held by a removal given up."),
 		portsTotal:      d("data_ports", "Size of the data-port range."),
 	}
 }
@@ -95,6 +97,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	k(c.installFailed, ns.InstallFailed)
 	k(c.exhausted, ns.Exhausted)
 	k(c.removeFailed, ns.RemoveFailed)
+	k(c.removeRetries, ns.RemoveRetries)
 	k(c.flowsFlushed, ns.FlowsFlushed)
 	g(c.portsBusy, float64(ns.PortsBusy))
 	g(c.portsTotal, float64(ns.PortsTotal))

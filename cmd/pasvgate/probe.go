@@ -33,6 +33,10 @@ Logs in (anonymously unless the URL names a user), asks for PASV and EPSV
 (and PORT and EPRT with --active), opens each data connection, lists the
 root directory, and reports what it found, with fixes.
 
+The password can also come from a file (--password-file) or from the
+environment variable PASVGATE_PASSWORD, so that it is not in the process
+list, where every user of the host can read a URL's password.
+
 Exit status: 0 passive FTP works for clients that trust the server's
 address; 1 it does not; 2 bad usage; 3 no connection, or login refused.
 
@@ -103,6 +107,8 @@ func parseProbeArgs(args []string, stderr io.Writer) (probeArgs, error) {
 	fs.DurationVar(&pa.opt.Timeout, "timeout", probe.DefaultTimeout, "bound on each step: connecting, each reply, each data connection")
 	fs.BoolVar(&pa.opt.Active, "active", false, "also try active mode (PORT and EPRT): the server connects back to this host")
 	fs.BoolVar(&pa.json, "json", false, "print the report as JSON")
+	var passFile string
+	fs.StringVar(&passFile, "password-file", "", "read the password from the first line of this `FILE` (- for standard input) instead of the URL")
 	var urls []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -127,8 +133,62 @@ func parseProbeArgs(args []string, stderr io.Writer) (probeArgs, error) {
 	if err != nil {
 		return pa, usageError{fmt.Errorf("probe: %w", err)}
 	}
+	if pass, err = probePassword(user, pass, passFile, os.Getenv(passwordEnv)); err != nil {
+		return pa, usageError{fmt.Errorf("probe: %w", err)}
+	}
 	pa.opt.Addr, pa.opt.User, pa.opt.Password = addr, user, pass
 	return pa, nil
+}
+
+// passwordEnv names the environment variable probe reads a password from.
+const passwordEnv = "PASVGATE_PASSWORD"
+
+// maxPasswordFile bounds what probe reads of a --password-file: a password
+// is one short line, and the file could be anything.
+const maxPasswordFile = 4096
+
+// probePassword picks the login password from the URL, a file or the
+// environment, and refuses more than one: which one would win is a guess
+// a user should not have to make. Without a user in the URL, a password
+// from anywhere is an error: an anonymous login would not use it.
+func probePassword(user, fromURL, file, fromEnv string) (string, error) {
+	var sources []string
+	pass := fromURL
+	if fromURL != "" {
+		sources = append(sources, "the URL")
+	}
+	if file != "" {
+		sources = append(sources, "--password-file")
+		var r io.Reader = os.Stdin
+		if file != "-" {
+			f, err := os.Open(file)
+			if err != nil {
+				return "", fmt.Errorf("--password-file: %w", err)
+			}
+			defer f.Close()
+			r = f
+		}
+		b, err := io.ReadAll(io.LimitReader(r, maxPasswordFile))
+		if err != nil {
+			return "", fmt.Errorf("--password-file: %w", err)
+		}
+		pass, _, _ = strings.Cut(string(b), "\n")
+		pass = strings.TrimSuffix(pass, "\r")
+	}
+	if fromEnv != "" {
+		sources = append(sources, passwordEnv)
+		pass = fromEnv
+	}
+	switch {
+	case len(sources) > 1:
+		return "", fmt.Errorf("a password from %s: give it one way only", strings.Join(sources, " and "))
+	case len(sources) == 1 && user == "":
+		return "", fmt.Errorf("a password from %s but no user in the URL (ftp://USER@host)", sources[0])
+	case strings.ContainsAny(pass, "\r\n\x00"):
+		// It would make PASS two commands.
+		return "", errors.New("line break or NUL in the password")
+	}
+	return pass, nil
 }
 
 // parseFTPURL takes ftp://[user[:pass]@]host[:port][/], or the same

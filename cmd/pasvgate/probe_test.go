@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -191,6 +192,51 @@ func TestProbeExitStatus(t *testing.T) {
 		}
 		if status != tc.status || !strings.Contains(stderr.String(), tc.stderr) {
 			t.Errorf("%s: status %d, stderr %q; want %d and %q", tc.args, status, stderr.String(), tc.status, tc.stderr)
+		}
+	}
+}
+
+// TestProbePasswordSources: the password can come from a file or the
+// environment instead of the URL (where the process list shows it), from
+// one source only, and only with a user.
+func TestProbePasswordSources(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "pw")
+	if err := os.WriteFile(file, []byte("s3cret\r\nignored\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad")
+	if err := os.WriteFile(bad, []byte("a\rPORT 192,0,2,99,0,22"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  string
+		want string // password, or "error"
+	}{
+		{[]string{"ftp://alice:urlpw@192.0.2.10"}, "", "urlpw"},
+		{[]string{"--password-file", file, "ftp://alice@192.0.2.10"}, "", "s3cret"},
+		{[]string{"ftp://alice@192.0.2.10"}, "envpw", "envpw"},
+		{[]string{"ftp://alice@192.0.2.10"}, "", ""},
+		{[]string{"--password-file", file, "ftp://alice:urlpw@192.0.2.10"}, "", "error"},
+		{[]string{"ftp://alice:urlpw@192.0.2.10"}, "envpw", "error"},
+		{[]string{"--password-file", file, "ftp://192.0.2.10"}, "", "error"},
+		{[]string{"ftp://192.0.2.10"}, "envpw", "error"},
+		{[]string{"--password-file", bad, "ftp://alice@192.0.2.10"}, "", "error"},
+		{[]string{"--password-file", filepath.Join(dir, "missing"), "ftp://alice@192.0.2.10"}, "", "error"},
+	} {
+		t.Setenv(passwordEnv, tc.env)
+		pa, err := parseProbeArgs(tc.args, io.Discard)
+		got := pa.opt.Password
+		if err != nil {
+			got = "error"
+			var ue usageError
+			if !errors.As(err, &ue) {
+				t.Errorf("%q env %q: %v is not a usage error", tc.args, tc.env, err)
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%q env %q: password %q (err %v), want %q", tc.args, tc.env, got, err, tc.want)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,8 +32,18 @@ func cmdRun(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := checkUpstreamLoop(cfg); err != nil {
+		return err
+	}
 	level := new(slog.LevelVar)
 	log := newLogger(cfg, level)
+	// Before anything touches the kernel: the backend's start-up sweep
+	// would take another instance's live mappings.
+	release, err := claimInstance()
+	if err != nil {
+		return err
+	}
+	defer release()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -54,8 +65,10 @@ type runEnv struct {
 // not nil, follows --public-iface.
 func (c Config) settings(pub func() netip.Addr) proxy.Settings {
 	up, up6 := c.upstreams()
+	dest, _ := proxy.ParseDestPolicy(c.AllowDest) // validated
 	st := proxy.Settings{
-		Upstream: up, Upstream6: up6, SNAT: c.SNAT, PublicAddrFunc: pub,
+		DestPolicy: dest,
+		Upstream:   up, Upstream6: up6, SNAT: c.SNAT, PublicAddrFunc: pub,
 		DialTimeout: c.DialTimeout, IdleTimeout: c.IdleTimeout, LoginTimeout: c.LoginTimeout,
 		Keepalive: c.Keepalive, MaxLine: c.MaxLine,
 		MaxSessions: c.MaxSessions, MaxSessionsPerIP: c.MaxSessionsPerIP,
@@ -109,8 +122,9 @@ type gateway struct {
 	backendName string
 	table       *nat.Table
 	srv         *proxy.Server
-	pub         *publicSource
-	ic          *rules.Interception
+	// pub is read by /healthz while a reload replaces it.
+	pub atomic.Pointer[publicSource]
+	ic  *rules.Interception
 
 	serveCtx context.Context // sessions end at once when it is cancelled
 	wg       sync.WaitGroup
@@ -180,17 +194,19 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 			}
 		}
 		err = errors.Join(err, g.table.Close(closeCtx))
-		g.pub.stop()
+		g.pub.Load().stop()
 		if err == nil {
 			log.Info("stopped cleanly")
 		}
 	}()
 
-	if g.pub, err = startPublicSource(runCtx, cfg.PublicIface, log); err != nil {
+	pub, err := startPublicSource(runCtx, cfg.PublicIface, log)
+	if err != nil {
 		return err
 	}
+	g.pub.Store(pub)
 	g.srv = &proxy.Server{
-		Settings:  cfg.settings(g.pub.current()),
+		Settings:  cfg.settings(pub.current()),
 		Intercept: cfg.InterceptMethod,
 		NAT:       g.table,
 		IsLocal:   watchLocalAddrs(runCtx, nil, interfaceAddrs, log).has,
@@ -215,14 +231,11 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	if cfg.Metrics != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(newCollector(g.srv, g.table), hist)
-		healthy := func() error {
-			if ctx.Err() != nil {
-				return errors.New("draining")
+		healthy := func() error { return g.healthy(ctx) }
+		if spec, err := parseListen(cfg.Metrics); err == nil {
+			if w := metricsExposure(spec, cfg.DebugPprof); w != "" {
+				log.Warn(w, "metrics", cfg.Metrics)
 			}
-			if f := g.pub.current(); f != nil && !f().IsValid() {
-				return errors.New("no public address")
-			}
-			return nil
 		}
 		if stopMetrics, err = serveMetrics(cfg.Metrics, reg, healthy, cfg.DebugPprof, log); err != nil {
 			g.srv.Shutdown(canceled())
@@ -265,6 +278,42 @@ loop:
 	g.wg.Wait()
 	log.Info("stopping: removing rules")
 	return serveErr
+}
+
+// checkUpstreamLoop refuses an upstream that is one of this host's
+// addresses at the port of a wildcard listener: validate could only catch
+// loopback and literal matches, without the host's address list.
+func checkUpstreamLoop(cfg Config) error {
+	local, err := interfaceAddrs()
+	if err != nil {
+		return nil // validate has caught the literal cases
+	}
+	var specs []listenSpec
+	for _, l := range cfg.Listen {
+		if sp, err := parseListen(l); err == nil {
+			specs = append(specs, sp)
+		}
+	}
+	for _, u := range cfg.Upstream {
+		if up, err := netip.ParseAddrPort(u); err == nil {
+			if l, loop := upstreamIsListener(specs, up, func(a netip.Addr) bool { return local[a] }); loop {
+				return usageError{fmt.Errorf("--upstream: %s is an address of this host at the port of --listen %s: every session would dial pasvgate again", u, l)}
+			}
+		}
+	}
+	return nil
+}
+
+// healthy is /healthz: not while draining (ctx ended), nor while
+// --public-iface has no usable address.
+func (g *gateway) healthy(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return errors.New("draining")
+	}
+	if f := g.pub.Load().current(); f != nil && !f().IsValid() {
+		return errors.New("no public address")
+	}
+	return nil
 }
 
 // canceled is an already-ended context, for a Shutdown without drain.
@@ -328,29 +377,42 @@ func (g *gateway) intercept(ctx context.Context) error {
 	return nil
 }
 
-// restartOnly are the settings a reload cannot change: they shape kernel
-// state or the process itself. A reload that changes one keeps the old
-// value and says so.
-func restartOnly(old, new Config) []string {
+// restartOnly lists the settings a reload cannot change: they shape kernel
+// state or the process itself. Each knows how to tell a change and how to
+// keep the running value, so that a reload keeps exactly the keys that
+// changed and applies every other change in the same file.
+var restartOnly = []struct {
+	key     string
+	changed func(old, new *Config) bool
+	keep    func(old, new *Config)
+}{
+	{"upstream (reverse vs transparent mode)",
+		func(o, n *Config) bool { return (len(o.Upstream) == 0) != (len(n.Upstream) == 0) },
+		func(o, n *Config) { n.Upstream = o.Upstream }},
+	{"data-ports", func(o, n *Config) bool { return o.DataPorts != n.DataPorts }, func(o, n *Config) { n.DataPorts = o.DataPorts }},
+	{"data-connect-timeout", func(o, n *Config) bool { return o.DataConnectTimeout != n.DataConnectTimeout }, func(o, n *Config) { n.DataConnectTimeout = o.DataConnectTimeout }},
+	{"backend", func(o, n *Config) bool { return o.Backend != n.Backend }, func(o, n *Config) { n.Backend = o.Backend }},
+	{"iptables-path", func(o, n *Config) bool { return o.IptablesPath != n.IptablesPath }, func(o, n *Config) { n.IptablesPath = o.IptablesPath }},
+	{"rule-timeout", func(o, n *Config) bool { return o.RuleTimeout != n.RuleTimeout }, func(o, n *Config) { n.RuleTimeout = o.RuleTimeout }},
+	{"connmark", func(o, n *Config) bool { return o.ConnMark != n.ConnMark }, func(o, n *Config) { n.ConnMark = o.ConnMark }},
+	{"jump-check-interval", func(o, n *Config) bool { return o.JumpCheckInterval != n.JumpCheckInterval }, func(o, n *Config) { n.JumpCheckInterval = o.JumpCheckInterval }},
+	{"intercept", func(o, n *Config) bool { return o.Intercept != n.Intercept }, func(o, n *Config) { n.Intercept = o.Intercept }},
+	{"intercept-method", func(o, n *Config) bool { return o.InterceptMethod != n.InterceptMethod }, func(o, n *Config) { n.InterceptMethod = o.InterceptMethod }},
+	{"metrics", func(o, n *Config) bool { return o.Metrics != n.Metrics }, func(o, n *Config) { n.Metrics = o.Metrics }},
+	{"debug-pprof", func(o, n *Config) bool { return o.DebugPprof != n.DebugPprof }, func(o, n *Config) { n.DebugPprof = o.DebugPprof }},
+	{"log-format", func(o, n *Config) bool { return o.LogFormat != n.LogFormat }, func(o, n *Config) { n.LogFormat = o.LogFormat }},
+}
+
+// keepRestartOnly puts back, in new, the running value of every
+// restart-only key that changed, and returns those keys.
+func keepRestartOnly(old Config, new *Config) []string {
 	var keys []string
-	add := func(changed bool, key string) {
-		if changed {
-			keys = append(keys, key)
+	for _, k := range restartOnly {
+		if k.changed(&old, new) {
+			k.keep(&old, new)
+			keys = append(keys, k.key)
 		}
 	}
-	add((len(old.Upstream) == 0) != (len(new.Upstream) == 0), "upstream (reverse vs transparent mode)")
-	add(old.DataPorts != new.DataPorts, "data-ports")
-	add(old.DataConnectTimeout != new.DataConnectTimeout, "data-connect-timeout")
-	add(old.Backend != new.Backend, "backend")
-	add(old.IptablesPath != new.IptablesPath, "iptables-path")
-	add(old.RuleTimeout != new.RuleTimeout, "rule-timeout")
-	add(old.ConnMark != new.ConnMark, "connmark")
-	add(old.JumpCheckInterval != new.JumpCheckInterval, "jump-check-interval")
-	add(old.Intercept != new.Intercept, "intercept")
-	add(old.InterceptMethod != new.InterceptMethod, "intercept-method")
-	add(old.Metrics != new.Metrics, "metrics")
-	add(old.DebugPprof != new.DebugPprof, "debug-pprof")
-	add(old.LogFormat != new.LogFormat, "log-format")
 	return keys
 }
 
@@ -367,18 +429,14 @@ func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
 		log.Error("reload refused: the configuration is invalid; keeping the running one", "err", err)
 		return
 	}
-	if keys := restartOnly(g.cfg, cfg); len(keys) > 0 {
+	if keys := keepRestartOnly(g.cfg, &cfg); len(keys) > 0 {
 		log.Warn("reload: these settings need a restart and keep their running values", "keys", keys)
-		old := g.cfg
-		cfg.Upstream, cfg.DataPorts, cfg.DataConnectTimeout = old.Upstream, old.DataPorts, old.DataConnectTimeout
-		cfg.Backend, cfg.IptablesPath, cfg.RuleTimeout, cfg.ConnMark = old.Backend, old.IptablesPath, old.RuleTimeout, old.ConnMark
-		cfg.JumpCheckInterval, cfg.Intercept, cfg.InterceptMethod = old.JumpCheckInterval, old.Intercept, old.InterceptMethod
-		cfg.Metrics, cfg.DebugPprof, cfg.LogFormat = old.Metrics, old.DebugPprof, old.LogFormat
 	}
 	if l, err := parseLevel(cfg.LogLevel); err == nil {
 		env.level.Set(l)
 	}
-	pub := g.pub
+	old := g.pub.Load()
+	pub := old
 	if cfg.PublicIface != g.cfg.PublicIface {
 		np, err := startPublicSource(context.Background(), cfg.PublicIface, log)
 		if err != nil {
@@ -389,9 +447,9 @@ func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
 		}
 	}
 	g.srv.Reload(cfg.settings(pub.current()))
-	if pub != g.pub {
-		g.pub.stop()
-		g.pub = pub
+	if pub != old {
+		g.pub.Store(pub)
+		old.stop()
 	}
 	want := map[string]bool{}
 	for _, addr := range cfg.Listen {

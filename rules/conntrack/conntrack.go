@@ -21,25 +21,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/pasvgate/pasvgate/rules"
 )
 
 const (
-	// maxDumpAttempts bounds how often a deletion is repeated when the
-	// kernel flags its table dump as interrupted (the table changed while
-	// it was read, so entries may have been missed). Five is what
+	// maxDumpAttempts bounds how often a flush is repeated when the
+	// kernel flags its dump as interrupted (the table changed while it
+	// was read, so entries may have been missed). Five is what
 	// containernetworking's netlinksafe uses.
 	maxDumpAttempts = 5
-	// socketTimeout bounds each send and receive on the netlink socket,
-	// so that a stuck kernel call cannot hang the mapping's teardown: the
-	// library's calls take no context.
+	// socketTimeout bounds each send and each receive on the netlink
+	// socket when the caller's context has no nearer deadline, so that a
+	// stuck kernel call cannot hang the mapping's teardown.
 	socketTimeout = 10 * time.Second
 )
 
@@ -50,34 +50,41 @@ var ErrClosed = errors.New("conntrack flusher closed")
 // It is safe for concurrent use; calls share one netlink socket and so run
 // one at a time.
 //
-// Each call dumps the whole conntrack table of the mapping's family and
-// matches in userspace (the kernel cannot filter a dump by tuple through
-// this library), so its cost grows with the table: it is meant for the
-// rare abnormal teardown, not for every transfer.
+// A flush is two kinds of kernel request. First a dump filtered in the
+// kernel (CTA_FILTER, Linux 5.8): the kernel walks its table and sends
+// back only the entries whose original tuple is TCP from the mapping's
+// Source to its Public address and port, so nothing of the rest of the
+// table is copied to pasvgate, however big it is. Then, for each entry
+// that came back (usually one), a delete by its exact tuple and id, which
+// is a hash lookup. The tuple filter can't be given to a delete directly:
+// the kernel's flush takes only a mark or a status as filter, and an
+// exact delete needs the client's source port, which pasvgate does not
+// know until the dump has told it.
+//
+// Every entry that comes back is checked against the mapping in userspace
+// as well before it is deleted: a kernel older than 5.8 ignores the filter
+// and answers with the family's whole table, and then the flush is as slow
+// as a full dump but still deletes only the mapping's entries.
 type Flusher struct {
-	// mu guards h: a closed handle must never be used, because the library
-	// would then fall back to a socket in whatever namespace the calling
-	// thread is in.
-	mu sync.RWMutex
-	h  *netlink.Handle
+	// mu guards sock and serialises calls, whose timeouts are set on the
+	// shared socket. A closed socket must never be used: nl would then
+	// open a fresh one in whatever namespace the calling thread is in.
+	mu   sync.Mutex
+	sock *nl.SocketHandle
 }
 
 // New returns a Flusher bound to the network namespace of the calling
 // thread: later calls act on that namespace's table whatever thread they
 // run on. The caller must Close it.
 func New() (*Flusher, error) {
-	// NewHandle opens the socket in the calling thread's namespace, as
-	// NewHandleAt would, but without setns(2), which needs CAP_SYS_ADMIN
-	// even to enter the namespace one is in.
-	h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
+	// With no namespace given, the socket is opened where the calling
+	// thread is, without setns(2), which needs CAP_SYS_ADMIN even to
+	// enter the namespace one is in.
+	s, err := nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("opening a conntrack netlink socket: %w", err)
 	}
-	if err := h.SetSocketTimeout(socketTimeout); err != nil {
-		h.Close()
-		return nil, fmt.Errorf("setting the conntrack socket timeout: %w", err)
-	}
-	return &Flusher{h: h}, nil
+	return &Flusher{sock: &nl.SocketHandle{Socket: s}}, nil
 }
 
 // FlushFlows deletes every conntrack entry whose ORIGINAL tuple is TCP
@@ -85,8 +92,8 @@ func New() (*Flusher, error) {
 // connection(s) the mapping admitted, in m's family. It returns how many
 // were deleted. Deleting nothing is not an error.
 //
-// ctx is checked before each attempt; a single attempt is bounded by the
-// socket timeout rather than by ctx.
+// ctx bounds the call: its deadline, if nearer than the package's socket
+// timeout, bounds each send and receive, and it is checked between them.
 func (f *Flusher) FlushFlows(ctx context.Context, m rules.Mapping) (int, error) {
 	deleted, err := f.flush(ctx, m)
 	if err != nil {
@@ -97,68 +104,108 @@ func (f *Flusher) FlushFlows(ctx context.Context, m rules.Mapping) (int, error) 
 
 func (f *Flusher) flush(ctx context.Context, m rules.Mapping) (int, error) {
 	// A mapping that passed Validate has every address set and of one
-	// family, so the filter below cannot come out broader than meant.
+	// family, so the filter cannot come out broader than meant.
 	if err := m.Validate(); err != nil {
 		return 0, err
 	}
-	filter, family, err := flowFilter(m)
-	if err != nil {
-		return 0, err
-	}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if f.h == nil {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.sock == nil {
 		return 0, ErrClosed
 	}
 	total := 0
-	err = retryInterrupted(ctx, func() error {
-		// On an interrupted dump the library still deletes what it
-		// matched and counts it; the retry finds the rest.
-		n, err := f.h.ConntrackDeleteFilters(netlink.ConntrackTable, family, filter)
-		total += int(n)
-		return err
+	err := retryInterrupted(ctx, func() error {
+		entries, _, dumpErr := f.dump(ctx, m)
+		if dumpErr != nil && !errors.Is(dumpErr, nl.ErrDumpInterrupted) {
+			return fmt.Errorf("dumping the mapping's entries: %w", dumpErr)
+		}
+		// On an interrupted dump the entries read are still real; they
+		// are deleted now and the retry finds the rest.
+		for _, e := range entries {
+			switch err := f.delete(ctx, family(m), e); {
+			case err == nil:
+				total++
+			case errors.Is(err, unix.ENOENT):
+				// Gone since the dump: it ended, or timed out.
+			default:
+				return fmt.Errorf("deleting entry %d: %w", e.id, err)
+			}
+		}
+		return dumpErr
 	})
 	return total, err
 }
 
-// retryInterrupted calls f again while it fails with
-// netlink.ErrDumpInterrupted, at most maxDumpAttempts times in all, and
-// not once ctx has ended. It is the only place the package retries.
+// dump returns the entries of m's data connections, as filtered by the
+// kernel and checked again here. ignored counts the entries the kernel sent
+// that fail the check: more than zero means it did not filter.
+func (f *Flusher) dump(ctx context.Context, m rules.Mapping) (es []entry, ignored int, err error) {
+	if err := f.setTimeouts(ctx); err != nil {
+		return nil, 0, err
+	}
+	req := dumpRequest(m)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: f.sock}
+	var parseErr error
+	err = req.ExecuteIter(unix.NETLINK_NETFILTER, 0, func(msg []byte) bool {
+		e, err := parseEntry(msg)
+		if err != nil {
+			parseErr = err
+			return false
+		}
+		if !e.orig.matches(m) {
+			ignored++
+			return true
+		}
+		es = append(es, e)
+		return true
+	})
+	if err == nil {
+		err = parseErr
+	}
+	return es, ignored, err
+}
+
+// delete deletes the one entry e by a kernel lookup of its tuple.
+func (f *Flusher) delete(ctx context.Context, fam uint8, e entry) error {
+	if err := f.setTimeouts(ctx); err != nil {
+		return err
+	}
+	req := deleteRequest(fam, e)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_NETFILTER: f.sock}
+	_, err := req.Execute(unix.NETLINK_NETFILTER, 0)
+	return err
+}
+
+// setTimeouts bounds the next send and receives by ctx's deadline, or by
+// socketTimeout if that is nearer or there is none. It fails once ctx has
+// ended.
+func (f *Flusher) setTimeouts(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d := socketTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		// A zero timeout would mean none at all.
+		d = max(min(d, time.Until(dl)), time.Millisecond)
+	}
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	return errors.Join(f.sock.Socket.SetSendTimeout(&tv), f.sock.Socket.SetReceiveTimeout(&tv))
+}
+
+// retryInterrupted calls f again while it fails with nl.ErrDumpInterrupted,
+// at most maxDumpAttempts times in all, and not once ctx has ended. It is
+// the only place the package retries.
 func retryInterrupted(ctx context.Context, f func() error) error {
 	var err error
 	for range maxDumpAttempts {
 		if cerr := ctx.Err(); cerr != nil {
 			return errors.Join(err, cerr)
 		}
-		if err = f(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if err = f(); !errors.Is(err, nl.ErrDumpInterrupted) {
 			return err
 		}
 	}
 	return err
-}
-
-// flowFilter matches the original tuple of m's data connections: TCP from
-// Source to Public's address and port. IPv4 addresses go in their 4-byte
-// form, as the library compares them with the entries'.
-func flowFilter(m rules.Mapping) (*netlink.ConntrackFilter, netlink.InetFamily, error) {
-	src, dst := net.IP(m.Source.AsSlice()), net.IP(m.Public.Addr().AsSlice())
-	family := netlink.InetFamily(unix.AF_INET6)
-	if !m.Is6() {
-		src, dst = src.To4(), dst.To4()
-		family = unix.AF_INET
-	}
-	var f netlink.ConntrackFilter
-	err := errors.Join(
-		// The protocol must come first: AddPort refuses a filter without one.
-		f.AddProtocol(unix.IPPROTO_TCP),
-		f.AddIP(netlink.ConntrackOrigSrcIP, src),
-		f.AddIP(netlink.ConntrackOrigDstIP, dst),
-		f.AddPort(netlink.ConntrackOrigDstPort, m.Public.Port()),
-	)
-	if err != nil {
-		return nil, 0, fmt.Errorf("building the conntrack filter: %w", err)
-	}
-	return &f, family, nil
 }
 
 // Close releases the netlink socket. Later FlushFlows calls return
@@ -166,9 +213,9 @@ func flowFilter(m rules.Mapping) (*netlink.ConntrackFilter, netlink.InetFamily, 
 func (f *Flusher) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.h != nil {
-		f.h.Close()
-		f.h = nil
+	if f.sock != nil {
+		f.sock.Close()
+		f.sock = nil
 	}
 	return nil
 }

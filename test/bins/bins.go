@@ -65,6 +65,34 @@ func Remove() {
 	}
 }
 
+// builtRace holds BuildRace's pasvgate, built with the race detector.
+var builtRace struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// BuildRace compiles pasvgate with the race detector (cgo on, so the
+// binary is dynamic: it runs in a network namespace, not in an image),
+// once per process, into Build's directory. A race it meets makes it print
+// "WARNING: DATA RACE" and exit with status 66.
+func BuildRace(tb testing.TB) string {
+	tb.Helper()
+	Build(tb)
+	builtRace.once.Do(func() {
+		builtRace.path = filepath.Join(built.dir, "pasvgate-race")
+		cmd := exec.Command("go", "build", "-race", "-o", builtRace.path, PasvgatePkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			builtRace.err = fmt.Errorf("building %s with -race: %v\n%s", PasvgatePkg, err, b)
+		}
+	})
+	if builtRace.err != nil {
+		tb.Fatal(builtRace.err)
+	}
+	return builtRace.path
+}
+
 // Compile builds the package pkg (an import path in this module) into
 // the file out, with CGO_ENABLED=0.
 func Compile(out, pkg string) error {

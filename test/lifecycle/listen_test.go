@@ -90,3 +90,20 @@ func greeting(ns *netns.NS, network, addr string) string {
 	}
 	return strings.TrimSpace(line)
 }
+
+// TestUpstreamLoopRefused: an upstream that is an address of this host at
+// the port of a wildcard listener would make every session dial pasvgate
+// again; the binary refuses it at start (status 2) and names both.
+func TestUpstreamLoopRefused(t *testing.T) {
+	netns.RequireRoot(t)
+	pasvgate, _ := build(t)
+	ns := gateway(t) // 203.0.113.1 is an address of the namespace
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := ns.Command(ctx, pasvgate, "run", "--listen", "0.0.0.0:21", "--upstream", "203.0.113.1:21", "--backend", "nftables")
+	out, err := cmd.CombinedOutput()
+	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(out), "--upstream") {
+		t.Fatalf("upstream 203.0.113.1:21 behind --listen 0.0.0.0:21: %v\n%s", err, out)
+	}
+	t.Logf("%s", strings.TrimSpace(string(out)))
+}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pasvgate/pasvgate/test/bins"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
 
@@ -269,4 +270,100 @@ func TestReloadMetricsAndPublicIface(t *testing.T) {
 	if err := p.wait(t); err != nil {
 		t.Fatalf("exit: %v", err)
 	}
+}
+
+// TestReloadUnderRace runs pasvgate built with the race detector while
+// /healthz is read without pause and SIGHUPs move --public-iface between
+// two interfaces: /healthz and a reload both reach the public address
+// source, which a reload replaces. A last reload changes a restart-only
+// key (data-ports) together with the upstream: the upstream change must
+// still apply, and only data-ports keep its running value.
+func TestReloadUnderRace(t *testing.T) {
+	netns.RequireRoot(t)
+	race := bins.BuildRace(t)
+	_, ftpd := build(t)
+	ns := gateway(t)
+	ns.MustRun(t, "ip", "addr", "add", "192.0.2.11/32", "dev", "lo")
+	for i, a := range []string{"203.0.113.50/24", "203.0.113.60/24"} {
+		l := fmt.Sprintf("wan%d", i)
+		ns.MustRun(t, "ip", "link", "add", l, "type", "veth", "peer", "name", l+"p")
+		ns.MustRun(t, "ip", "link", "set", l, "up")
+		ns.MustRun(t, "ip", "link", "set", l+"p", "up")
+		ns.MustRun(t, "ip", "addr", "add", a, "dev", l)
+	}
+	start(t, ns, "listening on", ftpd, "--listen", "192.0.2.10:21", "--public-host", "192.0.2.10",
+		"--passive-ports", "30000-30099")
+	start(t, ns, "listening on", ftpd, "--listen", "192.0.2.11:21", "--public-host", "192.0.2.11",
+		"--passive-ports", "30100-30199")
+	conf := filepath.Join(t.TempDir(), "pasvgate.yaml")
+	write := func(up, iface, ports string) {
+		body := fmt.Sprintf("listen: [203.0.113.1:21]\nupstream: %s\npublic-iface: %s\ndata-ports: %s\n"+
+			"metrics: 127.0.0.1:9121\nbackend: nftables\n", up, iface, ports)
+		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("192.0.2.10:21", "wan0", "41000-41099")
+	p := start(t, ns, "pasvgate started", race, "run", "--config", conf)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	scrapes := make(chan int, 1)
+	go func() {
+		n := 0
+		defer func() { scrapes <- n }()
+		client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return ns.Dial(ctx, network, "", addr)
+			},
+		}}
+		for ctx.Err() == nil && n < 20000 {
+			resp, err := client.Get("http://127.0.0.1:9121/healthz")
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				n++
+			}
+		}
+	}()
+	const reloads = 40
+	for i := 0; i < reloads; i++ {
+		write("192.0.2.10:21", fmt.Sprintf("wan%d", (i+1)%2), "41000-41099")
+		_ = p.cmd.Process.Signal(syscall.SIGHUP)
+		for w := 0; w < 250 && strings.Count(p.output(), "msg=reloaded") <= i; w++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	cancel()
+	t.Logf("%d /healthz reads during %d reloads", <-scrapes, reloads)
+
+	// data-ports (restart only) and the upstream change in one reload.
+	write("192.0.2.11:21", "wan0", "42000-42099")
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	if !p.waitOutput(`keys="[data-ports]"`) && !p.waitOutput("keys=[data-ports]") {
+		t.Errorf("the reload did not say data-ports needs a restart:\n%s", lastLines(p.output(), 10))
+	}
+	time.Sleep(200 * time.Millisecond)
+	s := dialSession(t, ns)
+	s.reply()
+	s.c.Close()
+	if !p.waitOutput("backend=192.0.2.11:21") {
+		t.Errorf("after a reload that changed data-ports and the upstream, the session did not go to the new upstream 192.0.2.11:\n%s", lastLines(p.output(), 10))
+	}
+
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	err := p.wait(t)
+	if out := p.output(); strings.Contains(out, "DATA RACE") {
+		t.Fatalf("the race detector found a race:\n%s", out)
+	}
+	if err != nil {
+		t.Fatalf("exit: %v\n%s", err, lastLines(p.output(), 20))
+	}
+}
+
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
 }

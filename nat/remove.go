@@ -1,0 +1,122 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/pasvgate/pasvgate/rules"
+)
+
+// removeLoop removes released mappings one at a time, in release order. A
+// single worker keeps removals from competing with installs for the xtables
+// lock more than one at a time. It never waits for anything but Remove: a
+// failed removal waits for its retry on a timer, and a flush on the flush
+// worker.
+func (t *Table) removeLoop() {
+	defer t.workers.Done()
+	defer func() {
+		t.mu.Lock()
+		t.removalDone = true
+		t.mu.Unlock()
+		t.pokeFlush()
+	}()
+	for {
+		t.mu.Lock()
+		for len(t.queue) == 0 {
+			if t.closing && len(t.open) == 0 && t.installing == 0 && len(t.backoff) == 0 {
+				t.mu.Unlock()
+				return
+			}
+			t.mu.Unlock()
+			<-t.wake
+			t.mu.Lock()
+		}
+		m := t.queue[0]
+		t.queue[0] = nil
+		t.queue = t.queue[1:]
+		t.mu.Unlock()
+		t.remove(m)
+	}
+}
+
+// remove tries once to remove m's rules. On success the port is freed, or
+// m goes to the flush worker, which frees it after the flush. On failure m
+// is retried later, or given up.
+func (t *Table) remove(m *Mapping) {
+	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.RemoveTimeout)
+	err := t.backend.Remove(ctx, m.Mapping)
+	cancel()
+	if errors.Is(err, rules.ErrNotInstalled) {
+		// Nothing of it is in the kernel: an earlier attempt that timed
+		// out may have removed it after all.
+		err = nil
+	}
+	if err != nil {
+		t.removeFailed(m, err)
+		return
+	}
+	flush := t.cfg.Flows != nil && abnormal(m.reason)
+	t.mu.Lock()
+	delete(t.open, m.ID)
+	t.closed[m.reason]++
+	if flush {
+		t.flushQ = append(t.flushQ, m)
+	} else {
+		delete(t.busy, m.Public.Port())
+	}
+	t.mu.Unlock()
+	if flush {
+		t.pokeFlush()
+	}
+	t.log.Info("mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
+		"public", m.Public, "target", m.Target, "reason", m.reason,
+		"age_ms", time.Since(m.opened).Milliseconds())
+}
+
+// removeFailed schedules m's next attempt, or gives up on it after the
+// last retry or while the table closes. Either way its port stays busy:
+// its rules may still be in the kernel, and handing the port out again
+// could collide with them.
+func (t *Table) removeFailed(m *Mapping, err error) {
+	t.mu.Lock()
+	if t.closing || m.attempts >= t.cfg.RemoveRetries {
+		delete(t.open, m.ID)
+		t.closed[m.reason]++
+		t.rmFailed++
+		t.mu.Unlock()
+		t.log.Error("mapping removal failed, giving up: its rules may stay until the next start or `pasvgate rules flush`",
+			"session", m.Session, "id", m.ID, "source", m.Source, "public", m.Public, "target", m.Target,
+			"reason", m.reason, "attempts", m.attempts+1, "err", err)
+		return
+	}
+	m.attempts++
+	t.rmRetries++
+	wait := t.backoffFor(m.attempts)
+	t.backoff[m.ID] = m
+	m.retry = time.AfterFunc(wait, func() { t.retryDue(m) })
+	t.mu.Unlock()
+	t.log.Warn("mapping removal failed, will retry", "session", m.Session, "id", m.ID,
+		"public", m.Public, "reason", m.reason, "attempt", m.attempts, "retry_in", wait, "err", err)
+}
+
+// backoffFor is the wait before retry n (from 1): RemoveBackoff doubled
+// n-1 times, at most RemoveBackoffMax.
+func (t *Table) backoffFor(n int) time.Duration {
+	d := t.cfg.RemoveBackoff
+	for i := 1; i < n && d < t.cfg.RemoveBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, t.cfg.RemoveBackoffMax)
+}
+
+// retryDue queues m for its next attempt, unless Close has already done so.
+func (t *Table) retryDue(m *Mapping) {
+	t.mu.Lock()
+	if _, ok := t.backoff[m.ID]; ok {
+		delete(t.backoff, m.ID)
+		t.queue = append(t.queue, m)
+	}
+	t.mu.Unlock()
+	t.poke()
+}
