@@ -13,6 +13,7 @@ import (
 
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy"
+	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/fake"
 	"github.com/pasvgate/pasvgate/test/ftpd"
 )
@@ -55,17 +56,17 @@ func cmdDemo(args []string) error {
 
 	fmt.Printf("built-in FTP server on %s, advertising its private address\n", srv.Addr())
 	fmt.Printf("pasvgate on %s, public address 127.0.0.3, data ports 20000-20099\n\n", ln.Addr())
-	direct, err := askPASV(srv.Addr().String())
+	direct, err := askPASV(srv.Addr().String(), nil)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("server's reply:         %s\n", direct)
-	via, err := askPASV(ln.Addr().String())
+	var ms []rules.Mapping
+	via, err := askPASV(ln.Addr().String(), func() { ms, _ = backend.List(ctx) })
 	if err != nil {
 		return err
 	}
 	fmt.Printf("client sees (rewritten): %s\n", via)
-	ms, _ := backend.List(ctx)
 	for _, m := range ms {
 		fmt.Printf("mapping while the session was open: %s\n", m)
 	}
@@ -80,9 +81,11 @@ func cmdDemo(args []string) error {
 	return nil
 }
 
-// askPASV logs in anonymously at addr and returns the reply to PASV. It
-// waits for the session's mapping to be listed before quitting.
-func askPASV(addr string) (string, error) {
+// askPASV logs in anonymously at addr and returns the reply to PASV.
+// whileOpen, if not nil, runs after the reply and before the connection
+// closes: the session, and so its mapping, lives until then (once the
+// client is gone the mapping is released at any moment).
+func askPASV(addr string, whileOpen func()) (string, error) {
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return "", err
@@ -112,6 +115,9 @@ func askPASV(addr string) (string, error) {
 		if last, err = reply(); err != nil {
 			return "", err
 		}
+	}
+	if whileOpen != nil {
+		whileOpen()
 	}
 	return last, nil
 }
