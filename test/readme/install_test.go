@@ -67,16 +67,21 @@ func newSandbox(t *testing.T, root string) *sandbox {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
 	ready := make(chan bool, 1)
+	read := make(chan struct{})
 	go func() {
+		defer close(read)
 		line, _ := bufio.NewReader(out).ReadString('\n')
 		ready <- line == "ready\n"
 		_, _ = io.Copy(io.Discard, out)
 	}()
+	t.Cleanup(func() {
+		// The reader ends when the holder's end of the pipe closes,
+		// and Wait may close the pipe only after that.
+		_ = cmd.Process.Kill()
+		<-read
+		_ = cmd.Wait()
+	})
 	select {
 	case ok := <-ready:
 		if !ok {
