@@ -23,7 +23,7 @@ const destNSPrefix = "pgscd-"
 // greeting through the router.
 func TestDestinationPolicy(t *testing.T) {
 	lab.RequireRoot(t)
-	if err := sweep(destNSPrefix); err != nil {
+	if err := lab.SweepPrefix(destNSPrefix); err != nil {
 		t.Logf("sweeping stale namespaces: %v", err)
 	}
 	bin := pasvgateBinary(t)
