@@ -101,7 +101,7 @@ var catalogue = []entry{
 	{cmd: cmdMakeBuild, test: "TestInstall",
 		proves: "it builds bin/pasvgate, a static binary (no ELF interpreter) that runs"},
 	{cmd: cmdInstallBin, test: "TestInstall",
-		proves: "run as written in a private mount namespace whose /etc, /usr/local/bin and /run are overlays: the binary lands, mode 0755"},
+		proves: "run as written in a private mount namespace whose /etc, /usr/local/bin, /run and /usr/sbin are overlays on the host's (which stay untouched): the binary lands, mode 0755"},
 	{cmd: cmdInstallSysuser, test: "TestInstall", proves: "(in the sandbox) the sysusers entry lands"},
 	{cmd: cmdSysusers, test: "TestInstall", proves: "(in the sandbox) it makes the system user and group pasvgate, with no login shell"},
 	{cmd: cmdInstallEtcDir, test: "TestInstall", proves: "(in the sandbox) /etc/pasvgate, 0750, group pasvgate"},
