@@ -86,6 +86,25 @@ func (v Verb) IsTransfer() bool {
 	return false
 }
 
+// Command is one command line from a client, parsed once: what the proxy
+// decides on (Verb, Arg) and what it came from (Text, Raw). The slices are
+// those of Reader.ReadLine and valid as long as they are.
+type Command struct {
+	Verb Verb
+	// Arg is the argument (see ParseCommand), nil if there is none.
+	Arg []byte
+	// Text is the line's text, Telnet and terminator removed.
+	Text []byte
+	// Raw is the line's bytes as received.
+	Raw []byte
+}
+
+// ParseLine parses a line as Reader.ReadLine returns it.
+func ParseLine(raw, text []byte) Command {
+	verb, arg := ParseCommand(text)
+	return Command{Verb: verb, Arg: arg, Text: text, Raw: raw}
+}
+
 // ParseCommand splits a command line's text into its verb and argument.
 // The verb is everything before the first space, matched without regard
 // to case; the argument is what follows the first run of spaces after it,
