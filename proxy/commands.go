@@ -56,10 +56,16 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		return ""
 	}
 	out := c.Raw
+	if canonical(c.Verb) {
+		// Sent as "VERB arg": what pasvgate acts on must mean the same to
+		// the server, whatever separator and case the client used.
+		s.canon = c.AppendCanonical(s.canon[:0])
+		out = s.canon
+	}
 	p := pending{verb: c.Verb}
 	switch c.Verb {
 	case ftp.VerbPASV, ftp.VerbEPSV:
-		if c.Verb == ftp.VerbEPSV && bytes.EqualFold(bytes.TrimSpace(c.Arg), []byte("ALL")) {
+		if c.Verb == ftp.VerbEPSV && bytes.EqualFold(ftp.TrimSpace(c.Arg), []byte("ALL")) {
 			s.mu.Lock()
 			s.epsvAll = true
 			s.mu.Unlock()
@@ -90,7 +96,7 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		s.mu.Unlock()
 	case ftp.VerbUSER:
 		s.mu.Lock()
-		s.user = string(bytes.TrimSpace(c.Arg))
+		s.user = string(ftp.TrimSpace(c.Arg))
 		s.mu.Unlock()
 	default:
 		if c.Verb.IsTransfer() {
@@ -114,6 +120,27 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		return endServerClosed
 	}
 	return ""
+}
+
+// canonical reports whether commands with verb v go to the server as
+// canonical lines (ftp.Command.AppendCanonical) rather than as they came:
+// the commands pasvgate acts on. PASV and EPSV (and EPSV ALL) make it
+// expect and rewrite a 227/229; transfer commands claim a data mapping and
+// are owed a final reply that releases it; REIN ends the login that
+// mappings depend on. PORT and EPRT are always rewritten (openActive).
+// Servers split a line differently (see proxy/ftp ParseCommand): a line
+// sent as it came could be one of these to pasvgate and something else to
+// the server, which would then answer what pasvgate does not expect.
+//
+// USER and PASS pass as they came: pasvgate decides nothing on them (the
+// login that counts is the server's 230, read whatever the server made of
+// them), and a password is best left untouched.
+func canonical(v ftp.Verb) bool {
+	switch v {
+	case ftp.VerbPASV, ftp.VerbEPSV, ftp.VerbREIN:
+		return true
+	}
+	return v.IsTransfer()
 }
 
 // refusal is a reply pasvgate gives in place of forwarding a command: the
@@ -145,6 +172,12 @@ var refusals = [...]struct {
 		return bytes.IndexByte(c.Text, '\r') >= 0 || bytes.IndexByte(c.Text, 0) >= 0
 	},
 	refusal{ftp.CodeSyntaxError, "Command contains a bare CR or NUL.", "bare-cr-nul"},
+}, {
+	// ProFTPD drops an empty line, or one that starts with whitespace,
+	// without a reply, where vsftpd and pure-ftpd answer 500: forwarded,
+	// it would leave pasvgate waiting for a reply that may never come.
+	func(_ *session, c ftp.Command) bool { return c.NoVerb() },
+	refusal{ftp.CodeSyntaxError, "Command has no verb.", "no-verb"},
 }, {
 	// RFC 1639 addresses: pasvgate neither checks nor rewrites them.
 	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbLPRT || c.Verb == ftp.VerbLPSV },

@@ -51,6 +51,7 @@ type session struct {
 	server net.Conn
 	peer   netip.Addr // the client's address: the only source a data mapping admits
 	start  time.Time
+	canon  []byte // the commands goroutine's buffer for canonical lines
 
 	mu        sync.Mutex
 	queue     []pending
