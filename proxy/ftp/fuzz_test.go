@@ -280,6 +280,9 @@ func FuzzParseCommand(f *testing.F) {
 			return // the Reader never gives a line with LF in it
 		}
 		c := ParseLine(nil, text)
+		if c.Verb != verb || !bytes.Equal(c.Arg, arg) || !bytes.Equal(c.Word, word) {
+			t.Fatalf("ParseLine(%q) = %v, %q, %q; want %v, %q, %q", text, c.Verb, c.Word, c.Arg, verb, word, arg)
+		}
 		line := c.AppendCanonical(nil)
 		_, back, err := NewReader(bytes.NewReader(line), len(line)+1).ReadLine()
 		if err != nil {
