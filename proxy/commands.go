@@ -23,9 +23,10 @@ func (s *session) commands(ctx context.Context) string {
 		switch {
 		case err == nil:
 		case errors.Is(err, ftp.ErrLineTooLong):
-			s.log.Warn("client line too long, dropped", "max", s.maxLine())
-			s.reply(ftp.CodeSyntaxError, "Command line too long.")
+			s.lineTooLong()
 			continue
+		case errors.Is(err, ftp.ErrLineEndless):
+			return s.lineEndless()
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			reason, busy := s.timeout(st, lastLine, loginBy)
 			if reason != "" {

@@ -20,6 +20,28 @@ func (s *session) maxLine() int {
 	return ftp.DefaultMaxLine
 }
 
+// lineTooLong answers a command line that has passed --max-line, as soon
+// as it has: 500, before the rest of it arrives. The Reader drops the
+// line, and the session goes on if it ends within another --max-line
+// bytes: a client with a path too long for the limit has its write in
+// flight already, and is owed a reply and its session, as servers give.
+func (s *session) lineTooLong() {
+	s.srv.stats.refuse("line-too-long")
+	s.log.Warn("client line too long, dropped", "max", s.maxLine())
+	s.reply(ftp.CodeSyntaxError, "Command line too long.")
+}
+
+// lineEndless ends the session of a client whose over-long line has gone
+// on for more than twice --max-line: that is a flood, not a command, and
+// reading it to its end would let the client hold its session without
+// ever sending one. It returns the reason.
+func (s *session) lineEndless() string {
+	s.srv.stats.refuse("line-endless")
+	s.log.Warn("session closed: client line goes on past twice the limit", "max", s.maxLine())
+	s.say421AndEnd("Command line too long: closing control connection.", endLineEndless)
+	return endLineEndless
+}
+
 // readDeadline is when the client's next command must have arrived: the
 // idle timeout after its last line, or the login deadline (loginBy) if the
 // session has not logged in and that comes first.

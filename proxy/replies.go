@@ -37,6 +37,10 @@ func (s *session) replies(ctx context.Context) string {
 		case errors.Is(err, ftp.ErrLineTooLong):
 			s.log.Warn("server line too long, dropped", "max", s.maxLine())
 			continue
+		case errors.Is(err, ftp.ErrLineEndless):
+			// Bounded all the same: the Reader keeps none of it.
+			s.log.Warn("server line goes on past twice the limit, discarding it to its end", "max", s.maxLine())
+			continue
 		default:
 			s.mu.Lock()
 			if !s.midReply && !s.ended {

@@ -74,6 +74,7 @@ const (
 	endShutdown     = "shutdown"
 	endTooMany      = "too many pipelined commands"
 	endLogin        = "login timeout"
+	endLineEndless  = "endless line"
 )
 
 // run relays until either side ends, then closes both, releases the

@@ -60,13 +60,18 @@ func refLines(data []byte, max int) []line {
 	var out []line
 	for len(data) > 0 {
 		i := bytes.IndexByte(data, '\n')
+		n := i + 1 // the line's length, terminator included
+		if i < 0 {
+			n = len(data)
+		}
 		switch {
-		case i < 0 && len(data) >= max:
+		case i < 0 && n >= max, i >= 0 && n > max:
 			out = append(out, tooLong)
+			if n > 2*max {
+				out = append(out, endless)
+			}
 		case i < 0:
 			out = append(out, cutShort)
-		case i+1 > max:
-			out = append(out, tooLong)
 		default:
 			out = append(out, line{raw: string(data[:i+1]), text: refText(data[:i])})
 		}
