@@ -44,6 +44,11 @@ func (s *session) commands(ctx context.Context) string {
 		if reason := s.command(ctx, ftp.ParseLine(raw, text)); reason != "" {
 			return reason
 		}
+		if reason := s.endedWith(); reason != "" {
+			// Ended by a reply that could not be queued: the lines still
+			// buffered are not read.
+			return reason
+		}
 	}
 }
 
