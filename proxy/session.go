@@ -33,6 +33,9 @@ type pending struct {
 	// transfer log line.
 	arg  string
 	sent time.Time
+	// flowing says the transfer's preliminary reply (150, 125) has been
+	// forwarded: its data connection exists, or is being opened.
+	flowing bool
 	// local, if not nil, is a reply pasvgate made itself. It is queued
 	// behind server replies still to come so that the client sees replies
 	// in the order of its commands, and never inside a multi-line reply.
@@ -55,10 +58,12 @@ type session struct {
 
 	mu        sync.Mutex
 	queue     []pending
-	midReply  bool         // a multi-line reply is half forwarded
-	current   *nat.Mapping // the data mapping from the latest PASV/EPSV
-	epsvAll   bool         // RFC 2428 EPSV ALL was sent
-	transfers int          // transfer commands whose final reply is still due
+	midReply  bool          // a multi-line reply is half forwarded
+	current   *nat.Mapping  // the data mapping from the latest PASV/EPSV
+	epsvAll   bool          // RFC 2428 EPSV ALL was sent
+	transfers int           // transfer commands whose final reply is still due
+	flowing   int           // those of them whose preliminary reply has come (pending.flowing)
+	popped    chan struct{} // a reply retired a command, or the session ended: see awaitLogin
 	ended     bool
 	reason    string
 	user      string // the last USER argument, for transfer logs
@@ -82,6 +87,7 @@ func (s *session) run(ctx context.Context) string {
 	setOOBInline(s.client)
 	setOOBInline(s.server)
 	s.queue = append(make([]pending, 0, 8), pending{}) // the server's greeting
+	s.popped = make(chan struct{}, 1)
 	stop := context.AfterFunc(ctx, func() {
 		s.say421AndEnd("Service closing: pasvgate is shutting down.", endShutdown)
 	})
@@ -145,6 +151,7 @@ func (s *session) endLocked(reason string) {
 	if !s.ended {
 		s.ended = true
 		s.reason = reason
+		s.signalLocked()
 	}
 	s.client.Close()
 	s.server.Close()
@@ -164,6 +171,14 @@ func (s *session) replaceMappingLocked(m *nat.Mapping) {
 		s.current.Release(nat.ReasonReplaced)
 	}
 	s.current = m
+}
+
+// signalLocked wakes the commands goroutine if it waits on s.popped.
+func (s *session) signalLocked() {
+	select {
+	case s.popped <- struct{}{}:
+	default:
+	}
 }
 
 // writeClientLocked writes to the client under s.mu. A failed write ends
