@@ -48,13 +48,15 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 		s.log.Warn("PORT refused: the server is reached over IPv6", "server", server)
 		return nil, nil, cant
 	}
-	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client, Client: s.peer}
 	if !s.isLoggedIn() {
 		// Checked again where the mapping is made: however the command
 		// got here, nothing is mapped without a login.
 		s.log.Warn(verb.String() + " refused: not logged in")
 		return nil, nil, cant
 	}
+	// The control client is charged for the mapping, though the server
+	// makes its data connection.
+	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client, Client: s.peer}
 	if !s.srv.transparent() {
 		// Reverse mode: the client sees the data connection come from the
 		// gateway's public side, the address it dialed.

@@ -16,6 +16,7 @@ import (
 func (s *session) commands(ctx context.Context) string {
 	r := ftp.NewReader(s.client, s.maxLine())
 	lastLine := time.Now()
+	s.loginFrom = s.start
 	for {
 		st := s.srv.settings()
 		deadline, loginBy := s.readDeadline(st, lastLine)
@@ -99,7 +100,9 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		// The login ends now, not at the server's reply: nothing is
 		// mapped on its strength from here on. A transfer in progress
 		// keeps its mapping (RFC 959: REIN lets it complete); a data port
-		// no transfer has claimed yet goes with the login.
+		// no transfer has claimed yet goes with the login. The client
+		// gets a new login window from now, as a new session would.
+		s.loginFrom = time.Now()
 		s.mu.Lock()
 		s.epsvAll = false
 		s.loggedIn = false

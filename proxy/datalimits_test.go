@@ -292,3 +292,24 @@ func TestMaxMappingsPerIP(t *testing.T) {
 	}
 	t.Fatal("the capped address got no data port after one of its sessions ended")
 }
+
+// TestREINOpensANewLoginWindow: REIN after the login timeout has passed
+// since the session began gets its reply and a fresh --login-timeout to
+// log in again, as a new session would; one that does not log in within
+// it gets 421.
+func TestREINOpensANewLoginWindow(t *testing.T) {
+	as := newActiveServer(t, nil)
+	h := newHarness(t, options{upstream: as.ln.Addr().String(), login: 300 * time.Millisecond})
+	c := h.dial(t)
+	c.login()
+	time.Sleep(400 * time.Millisecond) // past the session's own login window
+	if got := c.cmd("REIN"); !strings.HasPrefix(got, "200") {
+		t.Fatalf("REIN after the login window: %q, want the server's reply", got)
+	}
+	if got := c.cmd("NOOP"); !strings.HasPrefix(got, "200") {
+		t.Fatalf("NOOP right after REIN: %q", got)
+	}
+	if got := c.reply(); !strings.HasPrefix(got, "421 ") || !strings.Contains(got, "Login timeout") {
+		t.Fatalf("no login after REIN: %q, want 421 Login timeout", got)
+	}
+}

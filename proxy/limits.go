@@ -22,14 +22,15 @@ func (s *session) maxLine() int {
 }
 
 // readDeadline is when the client's next command must have arrived: the
-// idle timeout after its last line, or the login deadline (loginBy) if the
-// session has not logged in and that comes first.
+// idle timeout after its last line, or the login deadline (loginBy: the
+// login timeout after the session began or its last REIN) if the session
+// is not logged in and that comes first.
 func (s *session) readDeadline(st *Settings, lastLine time.Time) (deadline, loginBy time.Time) {
 	deadline = lastLine.Add(durationOr(st.IdleTimeout, 10*time.Minute))
 	s.mu.Lock()
 	loggedIn := s.loggedIn
 	s.mu.Unlock()
-	loginBy = s.start.Add(st.LoginTimeout)
+	loginBy = s.loginFrom.Add(st.LoginTimeout)
 	if !loggedIn && st.LoginTimeout > 0 && loginBy.Before(deadline) {
 		deadline = loginBy
 	}

@@ -55,6 +55,9 @@ type session struct {
 	peer   netip.Addr // the client's address: the only source a data mapping admits
 	start  time.Time
 	canon  []byte // the commands goroutine's buffer for canonical lines
+	// loginFrom is when the login window (--login-timeout) opened: the
+	// session's start, or its last REIN. The commands goroutine's own.
+	loginFrom time.Time
 
 	mu        sync.Mutex
 	queue     []pending
