@@ -20,7 +20,8 @@ import (
 //	passive.go   PASV/EPSV: the server's 227/229, checked, mapped, rewritten
 //	active.go    PORT/EPRT: the no-bounce check, mapped, rewritten
 //	replies.go   the server's replies, and pasvgate's own, in command order
-//	limits.go    what bounds a peer: line length, pipelining, idle and login time
+//	limits.go    what bounds a peer: line length, pipelining, idle and login
+//	             time, data ports only after login and one at a time
 
 // pending is one expected reply, in the order the server (or pasvgate) will
 // give it.
