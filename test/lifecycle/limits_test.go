@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,7 +45,8 @@ func dialFrom(t *testing.T, ns *netns.NS, from string) *session {
 // and EPRT: each gets 530 and the kernel holds no mapping. The same
 // address, logged in, gets data ports up to its cap and then 425. Another
 // address still downloads, through the kernel's mapping, while the first
-// sits at its cap.
+// sits at its cap. A reload that raises the cap lets the first have one
+// more.
 func TestNoLoginHoldsNoPorts(t *testing.T) {
 	requireNft(t)
 	pasvgate, ftpd := build(t)
@@ -60,9 +62,18 @@ func TestNoLoginHoldsNoPorts(t *testing.T) {
 	}
 	start(t, ns, "listening on", ftpd, "--listen", "192.0.2.10:21", "--public-host", "192.0.2.10",
 		"--passive-ports", "30000-30099", "--root", root)
-	p := start(t, ns, "pasvgate started", pasvgate, "run", "--listen", "203.0.113.1:21",
+	// The cap comes from the file, so that a reload can change it (a flag
+	// would win over the file).
+	conf := filepath.Join(t.TempDir(), "pasvgate.yaml")
+	writeCap := func(n int) {
+		if err := os.WriteFile(conf, []byte(fmt.Sprintf("max-mappings-per-ip: %d\n", n)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCap(3)
+	p := start(t, ns, "pasvgate started", pasvgate, "run", "--config", conf, "--listen", "203.0.113.1:21",
 		"--upstream", "192.0.2.10:21", "--data-ports", "40000-40009", "--backend", "nftables",
-		"--max-mappings-per-ip", "3", "--metrics", "127.0.0.1:9121")
+		"--metrics", "127.0.0.1:9121")
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("pasvgate's output:\n%s", p.output())
@@ -160,6 +171,16 @@ func TestNoLoginHoldsNoPorts(t *testing.T) {
 	_, body = scrape(t, ns, "/metrics")
 	if got := metric(t, body, `pasvgate_refusals_total{reason="max-mappings-per-ip"}`); got != "3" {
 		t.Errorf("max-mappings-per-ip refusals: %q, want 3", got)
+	}
+
+	// 4. SIGHUP with a higher cap: the capped address's next PASV works.
+	writeCap(4)
+	_ = p.cmd.Process.Signal(syscall.SIGHUP)
+	if !p.waitOutput("reloaded") {
+		t.Fatalf("no reload logged:\n%s", p.output())
+	}
+	if r := over.cmd("PASV"); !strings.HasPrefix(r, "227 ") {
+		t.Fatalf("PASV after the reload raised the cap: %q", r)
 	}
 }
 
