@@ -306,10 +306,16 @@ func TestREINOpensANewLoginWindow(t *testing.T) {
 	if got := c.cmd("REIN"); !strings.HasPrefix(got, "200") {
 		t.Fatalf("REIN after the login window: %q, want the server's reply", got)
 	}
-	if got := c.cmd("NOOP"); !strings.HasPrefix(got, "200") {
+	got := c.cmd("NOOP")
+	switch {
+	case strings.HasPrefix(got, "200"):
+		got = c.reply()
+	case strings.HasPrefix(got, "421 "):
+		// A loaded machine: the new window closed while the NOOP waited.
+	default:
 		t.Fatalf("NOOP right after REIN: %q", got)
 	}
-	if got := c.reply(); !strings.HasPrefix(got, "421 ") || !strings.Contains(got, "Login timeout") {
+	if !strings.HasPrefix(got, "421 ") || !strings.Contains(got, "Login timeout") {
 		t.Fatalf("no login after REIN: %q, want 421 Login timeout", got)
 	}
 }
