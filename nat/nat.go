@@ -38,6 +38,12 @@ var ErrExhausted = errors.New("data port range exhausted")
 // ErrClosed is returned by Open after Close has begun.
 var ErrClosed = errors.New("mapping table closed")
 
+// ErrClientLimit is returned by Open when the request's client (an IPv4
+// address, or an IPv6 /64: see ClientKey) already holds the most mappings
+// the table allows one client (Config.MaxPerClient), none of which is
+// about to give its port back.
+var ErrClientLimit = errors.New("mappings per client address at limit")
+
 // Reasons a mapping is released. They appear in logs and, later, in metric
 // labels, so they are a small fixed set.
 const (
@@ -46,6 +52,7 @@ const (
 	ReasonConnectTimeout = "connect-timeout" // no transfer command within the connect timeout
 	ReasonSessionEnd     = "session-end"     // the control session ended
 	ReasonShutdown       = "shutdown"        // the table was closed with the mapping still open
+	ReasonLoggedOut      = "logged-out"      // the session's login ended (REIN) before the mapping was used
 )
 
 // PortRange is an inclusive range of TCP ports.
@@ -112,6 +119,11 @@ type Config struct {
 	// ObserveInstall, if set, is told how long each install took and how
 	// it ended (for the install latency histogram).
 	ObserveInstall func(d time.Duration, err error)
+	// MaxPerClient bounds the mappings one client holds at once, counted
+	// by Request.Client per ClientKey, so that one client cannot take the
+	// whole data range from the others. 0 means no limit. SetMaxPerClient
+	// changes it while the table runs.
+	MaxPerClient int
 }
 
 // Request is what a caller wants mapped. Public carries only the address:
@@ -127,7 +139,31 @@ type Request struct {
 	Target netip.AddrPort
 	// SNAT, if valid, is the source address given to the forwarded connection.
 	SNAT netip.Addr
+	// Client is the control client the mapping is charged to, for
+	// Config.MaxPerClient. It is not always Source: in active mode the
+	// data connection comes from the server. Invalid means Source.
+	Client netip.Addr
 }
+
+// ClientKey is the unit in which clients are counted: an IPv4 address
+// whole, an IPv6 address by its /64. A /64 is what one host or one site
+// network is given, and a host picks addresses in it at will (RFC 8981
+// temporary addresses), so counting single IPv6 addresses would let one
+// client escape any per-client limit.
+func ClientKey(a netip.Addr) netip.Prefix {
+	a = a.Unmap().WithZone("")
+	if a.Is4() {
+		return netip.PrefixFrom(a, 32)
+	}
+	p, _ := a.Prefix(64) // an invalid address gives the zero Prefix: one shared key
+	return p
+}
+
+// clientUse is what one client (ClientKey) has of the data range: mappings
+// being installed or open (held), and mappings released whose rules are
+// still being removed (leaving). Both count against Config.MaxPerClient:
+// a leaving mapping's port is no more anyone else's than a held one's.
+type clientUse struct{ held, leaving int }
 
 // Stats are the table's counters since New.
 type Stats struct {
@@ -182,6 +218,14 @@ type Table struct {
 	installing int
 	ids        uint32
 	flushed    uint64
+	// clients is each client's use of the range, by ClientKey; a client
+	// with none has no entry, so the map is as big as the clients that
+	// hold ports.
+	clients      map[netip.Prefix]clientUse
+	maxPerClient int
+	// freed is closed (and replaced) whenever a client's leaving mapping
+	// is gone or the limit changes: Opens waiting at the limit look again.
+	freed chan struct{}
 
 	// flushCtx is the parent of every flush; Close cancels it when its
 	// own context ends, so that a stop does not wait out a slow flush.
@@ -237,6 +281,10 @@ func New(b rules.Backend, cfg Config) (*Table, error) {
 		wake:      make(chan struct{}, 1),
 		flushWake: make(chan struct{}, 1),
 		closed:    map[string]uint64{},
+
+		clients:      map[netip.Prefix]clientUse{},
+		maxPerClient: cfg.MaxPerClient,
+		freed:        make(chan struct{}),
 	}
 	t.flushCtx, t.cancelFlush = context.WithCancel(context.Background())
 	t.workers.Add(2)
@@ -257,6 +305,7 @@ type Mapping struct {
 	// second, as the backends store it.
 	opened time.Time
 	timer  *time.Timer
+	client netip.Prefix // whose count it is in: ClientKey(Request.Client)
 	// state is guarded by t.mu.
 	claimed  bool
 	released bool
@@ -270,10 +319,21 @@ type Mapping struct {
 // timeout. Only when Open returns without error is the mapping in the
 // kernel; on error nothing of it is. ctx bounds the install (together with
 // Config.InstallTimeout).
+//
+// A client at Config.MaxPerClient gets ErrClientLimit at once when every
+// one of its mappings is held; when some are only waiting for their rules
+// to go, Open waits (up to Config.InstallTimeout) for one of them, so that
+// a client doing transfers back to back is slowed to the pace of removals
+// rather than refused.
 func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
-	port, err := t.allocate()
+	client := req.Client
+	if !client.IsValid() {
+		client = req.Source
+	}
+	key := ClientKey(client)
+	port, err := t.allocate(ctx, key)
 	if err != nil {
-		t.log.Warn("mapping refused", "session", req.Session, "source", req.Source,
+		t.log.Warn("mapping refused", "session", req.Session, "source", req.Source, "client", client,
 			"target", req.Target, "reason", err.Error())
 		return nil, err
 	}
@@ -290,6 +350,7 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 		Session: req.Session,
 		t:       t,
 		opened:  now,
+		client:  key,
 	}
 	ictx, cancel := context.WithTimeout(ctx, t.cfg.InstallTimeout)
 	start := time.Now()
@@ -303,6 +364,7 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 		delete(t.busy, port)
 		t.failed++
 		t.installing--
+		t.chargeLocked(key, -1, 0)
 		t.mu.Unlock()
 		t.poke()
 		t.log.Error("mapping install failed", "session", req.Session, "id", m.ID,
@@ -366,6 +428,7 @@ func (t *Table) releaseLocked(m *Mapping, reason string) {
 	if m.timer != nil {
 		m.timer.Stop()
 	}
+	t.chargeLocked(m.client, -1, +1)
 	t.queue = append(t.queue, m)
 	t.poke()
 }
@@ -378,12 +441,70 @@ func (t *Table) poke() {
 	}
 }
 
-// allocate draws a free port at random from the range and marks it busy.
-func (t *Table) allocate() (uint16, error) {
+// chargeLocked moves client's counts by dheld and dleaving, and tells the
+// Opens waiting at the limit when a leaving mapping is gone.
+func (t *Table) chargeLocked(client netip.Prefix, dheld, dleaving int) {
+	u := t.clients[client]
+	u.held += dheld
+	u.leaving += dleaving
+	if u.held <= 0 && u.leaving <= 0 {
+		delete(t.clients, client)
+	} else {
+		t.clients[client] = u
+	}
+	if dleaving < 0 {
+		close(t.freed)
+		t.freed = make(chan struct{})
+	}
+}
+
+// SetMaxPerClient changes Config.MaxPerClient for the Opens from now on
+// (a reload). Mappings already open stay, even above a lowered limit.
+func (t *Table) SetMaxPerClient(n int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closing {
-		return 0, ErrClosed
+	t.maxPerClient = n
+	close(t.freed)
+	t.freed = make(chan struct{})
+}
+
+// allocate charges a mapping to client, waiting at its limit while one of
+// its mappings is leaving, then draws a free port at random from the
+// range and marks it busy.
+func (t *Table) allocate(ctx context.Context, client netip.Prefix) (uint16, error) {
+	var wait <-chan time.Time
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for {
+		if t.closing {
+			return 0, ErrClosed
+		}
+		u := t.clients[client]
+		if t.maxPerClient <= 0 || u.held+u.leaving < t.maxPerClient {
+			break
+		}
+		if u.leaving == 0 {
+			return 0, ErrClientLimit
+		}
+		if wait == nil {
+			timer := time.NewTimer(t.cfg.InstallTimeout)
+			defer timer.Stop()
+			wait = timer.C
+		}
+		freed := t.freed
+		t.mu.Unlock()
+		var err error
+		select {
+		case <-freed:
+		case <-wait:
+			err = ErrClientLimit
+		case <-ctx.Done():
+			err = fmt.Errorf("waiting for a port of the client's own: %w", ctx.Err())
+		}
+		t.mu.Lock()
+		if err != nil {
+			return 0, err
+		}
 	}
 	size := t.cfg.Ports.Size()
 	if len(t.busy) >= size {
@@ -398,6 +519,7 @@ func (t *Table) allocate() (uint16, error) {
 		if !t.busy[p] {
 			t.busy[p] = true
 			t.installing++
+			t.chargeLocked(client, +1, 0)
 			return p, nil
 		}
 	}

@@ -60,6 +60,9 @@ func (t *Table) remove(m *Mapping) {
 	t.mu.Lock()
 	delete(t.open, m.ID)
 	t.closed[m.reason]++
+	// The rules are gone: the client's count goes down now, even if the
+	// port waits for its flush before it returns to the pool.
+	t.chargeLocked(m.client, 0, -1)
 	if flush {
 		t.flushQ = append(t.flushQ, m)
 	} else {
@@ -84,6 +87,9 @@ func (t *Table) removeFailed(m *Mapping, err error) {
 		delete(t.open, m.ID)
 		t.closed[m.reason]++
 		t.rmFailed++
+		// Given up: the port stays out of the pool, but through no doing
+		// of the client's, so its count goes down.
+		t.chargeLocked(m.client, 0, -1)
 		t.mu.Unlock()
 		t.log.Error("mapping removal failed, giving up: its rules may stay until the next start or `pasvgate rules flush`",
 			"session", m.Session, "id", m.ID, "source", m.Source, "public", m.Public, "target", m.Target,

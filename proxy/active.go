@@ -38,16 +38,25 @@ func (s *session) checkActive(verb ftp.Verb, arg []byte) (netip.AddrPort, refusa
 // openActive maps the server's data connection back to the client's
 // PORT/EPRT address and returns the rewritten command: the gateway's
 // address towards the server and a public port Q. A mapping admits only the
-// server, to the client's address and port. It returns a nil mapping when
-// nothing could be installed.
-func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.AddrPort) ([]byte, *nat.Mapping) {
+// server, to the client's address and port. When nothing could be
+// installed it returns a nil mapping, and the text of the client's 425.
+func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.AddrPort) ([]byte, *nat.Mapping, string) {
+	const cant = "Can't open data connection."
 	server := addrPortOf(s.server.RemoteAddr())
 	gw := addrPortOf(s.server.LocalAddr()).Addr()
 	if verb == ftp.VerbPORT && !gw.Is4() {
 		s.log.Warn("PORT refused: the server is reached over IPv6", "server", server)
-		return nil, nil
+		return nil, nil, cant
 	}
-	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client}
+	if !s.isLoggedIn() {
+		// Checked again where the mapping is made: however the command
+		// got here, nothing is mapped without a login.
+		s.log.Warn(verb.String() + " refused: not logged in")
+		return nil, nil, cant
+	}
+	// The control client is charged for the mapping, though the server
+	// makes its data connection.
+	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client, Client: s.peer}
 	if !s.srv.transparent() {
 		// Reverse mode: the client sees the data connection come from the
 		// gateway's public side, the address it dialed.
@@ -55,15 +64,14 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 	}
 	m, err := s.srv.NAT.Open(ctx, req)
 	if err != nil {
-		s.srv.stats.refuse("mapping-failed")
-		return nil, nil
+		return nil, nil, s.mappingRefused(err)
 	}
 	s.srv.stats.rewrite(verb.String())
 	ap := netip.AddrPortFrom(gw, m.Public.Port())
 	if verb == ftp.VerbPORT {
-		return ftp.AppendPORT(nil, ap), m
+		return ftp.AppendPORT(nil, ap), m, ""
 	}
-	return ftp.AppendEPRT(nil, ap), m
+	return ftp.AppendEPRT(nil, ap), m, ""
 }
 
 // clientSideAddr is the gateway's address as the client sees it: the

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy/ftp"
 )
 
@@ -15,6 +16,7 @@ import (
 func (s *session) commands(ctx context.Context) string {
 	r := ftp.NewReader(s.client, s.maxLine())
 	lastLine := time.Now()
+	s.loginFrom = s.start
 	for {
 		st := s.srv.settings()
 		deadline, loginBy := s.readDeadline(st, lastLine)
@@ -57,6 +59,11 @@ func (s *session) commands(ctx context.Context) string {
 // for PORT/EPRT rewritten to a mapping's address. It returns a reason to
 // end the session, or "".
 func (s *session) command(ctx context.Context, c ftp.Command) string {
+	if dataVerb(c.Verb) {
+		// Whether it may open a data port depends on the login, which a
+		// pipelined PASS may be about to settle.
+		s.awaitLogin(ctx)
+	}
 	if r, ok := s.refusal(c); ok {
 		s.refuse(c.Verb, r)
 		return ""
@@ -72,7 +79,7 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 	p := pending{verb: c.Verb}
 	switch c.Verb {
 	case ftp.VerbPASV, ftp.VerbEPSV:
-		if c.Verb == ftp.VerbEPSV && bytes.EqualFold(ftp.TrimSpace(c.Arg), []byte("ALL")) {
+		if c.Verb == ftp.VerbEPSV && isEPSVAllArg(c.Arg) {
 			s.mu.Lock()
 			s.epsvAll = true
 			s.mu.Unlock()
@@ -86,9 +93,9 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 			return ""
 		}
 		s.replaceMapping(nil)
-		line, m := s.openActive(ctx, c.Verb, client)
+		line, m, why := s.openActive(ctx, c.Verb, client)
 		if m == nil {
-			s.reply(ftp.CodeCantOpenData, "Can't open data connection.")
+			s.reply(ftp.CodeCantOpenData, why)
 			return ""
 		}
 		s.replaceMapping(m)
@@ -97,9 +104,19 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		// port_promiscuous=NO), and must never learn the client's.
 		out = line
 	case ftp.VerbREIN:
+		// The login ends now, not at the server's reply: nothing is
+		// mapped on its strength from here on. A transfer in progress
+		// keeps its mapping (RFC 959: REIN lets it complete); a data port
+		// no transfer has claimed yet goes with the login. The client
+		// gets a new login window from now, as a new session would.
+		s.loginFrom = time.Now()
 		s.mu.Lock()
 		s.epsvAll = false
 		s.loggedIn = false
+		if s.current != nil {
+			s.current.Release(nat.ReasonLoggedOut)
+			s.current = nil
+		}
 		s.mu.Unlock()
 	case ftp.VerbUSER:
 		s.mu.Lock()
@@ -200,6 +217,13 @@ var refusals = [...]struct {
 	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbAUTH },
 	refusal{ftp.CodePolicyRefused, "AUTH is not supported through this gateway: FTPS is not available.", "auth-tls"},
 }, {
+	// No mapping before the server has accepted a login (a 230 forwarded
+	// to the client): a client that has not logged in must not be able to
+	// hold data ports. Servers answer these so before login themselves,
+	// EPSV ALL included.
+	func(s *session, c ftp.Command) bool { return dataVerb(c.Verb) && !s.isLoggedIn() },
+	refusal{ftp.CodeNotLoggedIn, "Please login with USER and PASS.", "login-required"},
+}, {
 	// RFC 2428: after EPSV ALL only EPSV may open a data connection.
 	func(s *session, c ftp.Command) bool {
 		switch c.Verb {
@@ -213,7 +237,33 @@ var refusals = [...]struct {
 	// RFC 2428: a 227 cannot carry an IPv6 address.
 	func(s *session, c ftp.Command) bool { return c.Verb == ftp.VerbPASV && !s.peer.Is4() },
 	refusal{ftp.CodeNetProtoNotSupported, "Network protocol not supported, use EPSV.", "pasv-on-ipv6"},
+}, {
+	// At most one live mapping per session: a transfer still holds one
+	// until its final reply. Pipelined PORT+RETR pairs would otherwise
+	// pin one port each. The command is refused rather than held back
+	// until the transfer ends: the command loop must keep reading, so
+	// that ABOR and STAT reach the server during a transfer.
+	func(s *session, c ftp.Command) bool { return opensData(c) && s.transferHoldsMapping() },
+	refusal{ftp.CodeCantOpenData, "Can't open data connection: a transfer is still in progress.", "transfer-in-progress"},
 }}
+
+// dataVerb reports whether v asks for a data port: PASV, EPSV (EPSV ALL
+// included), PORT, EPRT.
+func dataVerb(v ftp.Verb) bool {
+	switch v {
+	case ftp.VerbPASV, ftp.VerbEPSV, ftp.VerbPORT, ftp.VerbEPRT:
+		return true
+	}
+	return false
+}
+
+// opensData reports whether c opens a data mapping: a data verb other
+// than EPSV ALL.
+func opensData(c ftp.Command) bool {
+	return dataVerb(c.Verb) && !(c.Verb == ftp.VerbEPSV && isEPSVAllArg(c.Arg))
+}
+
+func isEPSVAllArg(arg []byte) bool { return bytes.EqualFold(ftp.TrimSpace(arg), []byte("ALL")) }
 
 // refusal returns the first entry of refusals that applies to c.
 func (s *session) refusal(c ftp.Command) (refusal, bool) {

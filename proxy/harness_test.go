@@ -195,6 +195,7 @@ type options struct {
 	login          time.Duration
 	maxSessions    int
 	maxPerIP       int
+	maxMappings    int // mappings per client address (nat.Config.MaxPerClient)
 }
 
 type harness struct {
@@ -231,6 +232,7 @@ func newHarness(t *testing.T, o options) *harness {
 		Ports:          nat.PortRange{Low: 20000, High: 20999},
 		ConnectTimeout: o.connectTimeout,
 		Logger:         log,
+		MaxPerClient:   o.maxMappings,
 	})
 	if err != nil {
 		t.Fatal(err)

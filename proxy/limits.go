@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"time"
 
 	"github.com/pasvgate/pasvgate/proxy/ftp"
@@ -81,14 +82,15 @@ func (s *session) queueFullLocked() {
 }
 
 // readDeadline is when the client's next command must have arrived: the
-// idle timeout after its last line, or the login deadline (loginBy) if the
-// session has not logged in and that comes first.
+// idle timeout after its last line, or the login deadline (loginBy: the
+// login timeout after the session began or its last REIN) if the session
+// is not logged in and that comes first.
 func (s *session) readDeadline(st *Settings, lastLine time.Time) (deadline, loginBy time.Time) {
 	deadline = lastLine.Add(durationOr(st.IdleTimeout, 10*time.Minute))
 	s.mu.Lock()
 	loggedIn := s.loggedIn
 	s.mu.Unlock()
-	loginBy = s.start.Add(st.LoginTimeout)
+	loginBy = s.loginFrom.Add(st.LoginTimeout)
 	if !loggedIn && st.LoginTimeout > 0 && loginBy.Before(deadline) {
 		deadline = loginBy
 	}
@@ -100,17 +102,26 @@ func (s *session) readDeadline(st *Settings, lastLine time.Time) (deadline, logi
 // reading; busy says a transfer is in progress, which counts as activity.
 func (s *session) timeout(st *Settings, lastLine, loginBy time.Time) (reason string, busy bool) {
 	s.mu.Lock()
-	busy, loggedIn := s.transfers > 0, s.loggedIn
+	busy, loggedIn := s.flowing > 0, s.loggedIn
 	s.mu.Unlock()
 	if !loggedIn && st.LoginTimeout > 0 && !time.Now().Before(loginBy) {
 		s.srv.stats.refuse("login-timeout")
 		s.log.Warn("session closed: no login in time", "login_timeout", st.LoginTimeout)
-		s.reply(ftp.CodeServiceUnavailable, "Login timeout: closing control connection.")
+		// Said at once, not queued behind replies still due: the session
+		// ends, and a command the server never answered would hold it.
+		s.say421AndEnd("Login timeout: closing control connection.", endLogin)
 		return endLogin, false
 	}
 	if busy {
 		// A long transfer keeps the control channel quiet; that is not
-		// idleness.
+		// idleness. A transfer counts from its preliminary reply (150 or
+		// 125), the one sign of its data connection the proxy has (the
+		// kernel forwards the data): in passive mode the server sends it
+		// once the client has connected, or as it waits for the client
+		// to; in active mode as it connects. Before it, a transfer
+		// command is only a command awaiting its reply, and a client that
+		// sends one and never connects, or a server that never answers,
+		// is idle.
 		return "", true
 	}
 	if time.Since(lastLine) < durationOr(st.IdleTimeout, 10*time.Minute) {
@@ -118,7 +129,7 @@ func (s *session) timeout(st *Settings, lastLine, loginBy time.Time) (reason str
 		return "", false
 	}
 	s.srv.stats.refuse("idle-timeout")
-	s.reply(ftp.CodeServiceUnavailable, "Idle timeout: closing control connection.")
+	s.say421AndEnd("Idle timeout: closing control connection.", endIdle)
 	return endIdle, false
 }
 
@@ -137,4 +148,65 @@ func (s *session) enqueue(p pending) string {
 	}
 	s.queue = append(s.queue, p)
 	return ""
+}
+
+// isLoggedIn reports whether the server has accepted a login (a 230 was
+// forwarded) since the session began or since the last REIN.
+func (s *session) isLoggedIn() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loggedIn
+}
+
+// awaitLogin lets the replies to login commands still in flight (USER,
+// PASS, ACCT) arrive before a data command is judged on the login, so that
+// a client that pipelines PASV behind its PASS is not refused for being
+// quick. It waits at most the write timeout; a server that takes longer to
+// answer a login leaves the session not logged in.
+func (s *session) awaitLogin(ctx context.Context) {
+	var deadline <-chan time.Time
+	for {
+		s.mu.Lock()
+		waiting := !s.loggedIn && !s.ended && s.loginPendingLocked()
+		s.mu.Unlock()
+		if !waiting {
+			return
+		}
+		if deadline == nil {
+			t := time.NewTimer(durationOr(s.srv.settings().WriteTimeout, 30*time.Second))
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-s.popped:
+		case <-deadline:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// loginPendingLocked reports whether a login command awaits its reply.
+func (s *session) loginPendingLocked() bool {
+	for _, p := range s.queue {
+		switch p.verb {
+		case ftp.VerbUSER, ftp.VerbPASS, ftp.VerbACCT:
+			return true
+		}
+	}
+	return false
+}
+
+// transferHoldsMapping reports whether a transfer command holds a data
+// mapping until its final reply.
+func (s *session) transferHoldsMapping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.queue {
+		if p.mapping != nil {
+			return true
+		}
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/netip"
 	"strconv"
 
@@ -47,6 +48,12 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 	}
 	if got := s.headVerb(); got != want {
 		s.log.Warn("passive reply refused: no matching command", "code", code, "pending", got.String())
+		return cant(), nil
+	}
+	if !s.isLoggedIn() {
+		// The PASV went out logged in, but a REIN has ended the login
+		// since: nothing is mapped without one.
+		s.log.Warn("passive reply refused: not logged in", "code", code)
 		return cant(), nil
 	}
 	server := addrPortOf(s.server.RemoteAddr())
@@ -104,14 +111,13 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 		s.log.Warn("passive reply refused: no IPv4 public address for 227", "public", public)
 		return cant(), nil
 	}
-	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Target: backend}
+	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Target: backend, Client: s.peer}
 	if st.SNAT {
 		req.SNAT = addrPortOf(s.server.LocalAddr()).Addr()
 	}
 	m, err := s.srv.NAT.Open(ctx, req)
 	if err != nil {
-		s.srv.stats.refuse("mapping-failed")
-		return cant(), nil
+		return ftp.AppendReply(nil, ftp.CodeCantOpenData, s.mappingRefused(err)), nil
 	}
 	s.srv.stats.rewrite(strconv.Itoa(code))
 	var line []byte
@@ -152,4 +158,16 @@ func (s *session) fixPassive(code int, text, raw []byte) []byte {
 	s.log.Info("227 rewritten: server advertised an address its clients cannot use",
 		"server", server.Addr(), "advertised", ap.Addr(), "port", ap.Port(), "rewritten", fixed)
 	return ftp.AppendPASV(nil, fixed)
+}
+
+// mappingRefused counts and logs why nat.Open refused a mapping, and
+// returns the text of the client's 425.
+func (s *session) mappingRefused(err error) string {
+	if errors.Is(err, nat.ErrClientLimit) {
+		s.srv.stats.refuse("max-mappings-per-ip")
+		s.log.Warn("mapping refused: the client's address holds its most data ports", "client", s.peer)
+		return "Can't open data connection: too many data connections from your address."
+	}
+	s.srv.stats.refuse("mapping-failed")
+	return "Can't open data connection."
 }

@@ -67,7 +67,8 @@ type Settings struct {
 	// DialTimeout bounds connecting to the upstream. Default 10 s.
 	DialTimeout time.Duration
 	// IdleTimeout ends a session whose client sends nothing for this long,
-	// unless a transfer is in progress. Default 10 min.
+	// unless a transfer is in progress (from its 150 or 125 reply to its
+	// final one). Default 10 min.
 	IdleTimeout time.Duration
 	// LoginTimeout ends a session that has not logged in (no 230 reply)
 	// this long after it started. Default 0: no limit.
@@ -83,7 +84,8 @@ type Settings struct {
 	// MaxSessions bounds concurrent sessions; 0 means no limit.
 	MaxSessions int
 	// MaxSessionsPerIP bounds concurrent sessions from one client
-	// address; 0 means no limit.
+	// address (an IPv6 client by its /64, as nat.ClientKey counts it); 0
+	// means no limit.
 	MaxSessionsPerIP int
 	// DestPolicy, in transparent mode, is the servers a client may be
 	// connected to; the zero value admits public addresses only.
@@ -120,7 +122,7 @@ type Server struct {
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
 	active   map[*session]struct{}
-	perIP    map[netip.Addr]int
+	perIP    map[netip.Prefix]int // sessions by nat.ClientKey
 	draining bool
 	idle     chan struct{} // closed when active becomes empty while draining
 }
@@ -299,15 +301,15 @@ func (s *Server) admit(ss *session) string {
 		return "shutting down"
 	case st.MaxSessions > 0 && len(s.active) >= st.MaxSessions:
 		return "max-sessions"
-	case st.MaxSessionsPerIP > 0 && s.perIP[ss.peer] >= st.MaxSessionsPerIP:
+	case st.MaxSessionsPerIP > 0 && s.perIP[nat.ClientKey(ss.peer)] >= st.MaxSessionsPerIP:
 		return "max-sessions-per-ip"
 	}
 	if s.active == nil {
 		s.active = map[*session]struct{}{}
-		s.perIP = map[netip.Addr]int{}
+		s.perIP = map[netip.Prefix]int{}
 	}
 	s.active[ss] = struct{}{}
-	s.perIP[ss.peer]++
+	s.perIP[nat.ClientKey(ss.peer)]++
 	return ""
 }
 
@@ -316,8 +318,9 @@ func (s *Server) release(ss *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.active, ss)
-	if s.perIP[ss.peer]--; s.perIP[ss.peer] <= 0 {
-		delete(s.perIP, ss.peer)
+	k := nat.ClientKey(ss.peer)
+	if s.perIP[k]--; s.perIP[k] <= 0 {
+		delete(s.perIP, k)
 	}
 	if s.draining && len(s.active) == 0 && s.idle != nil {
 		select {

@@ -103,6 +103,8 @@ func (s *session) replies(ctx context.Context) string {
 			}
 			if code >= 200 {
 				s.popLocked(code)
+			} else {
+				s.preliminaryLocked()
 			}
 		} else {
 			s.midReply = true
@@ -130,8 +132,12 @@ func (s *session) popLocked(code int) {
 	}
 	p := s.queue[0]
 	s.queue = s.queue[:copy(s.queue, s.queue[1:])]
+	s.signalLocked()
 	if p.verb.IsTransfer() {
 		s.transfers--
+		if p.flowing {
+			s.flowing--
+		}
 		id := ""
 		if p.mapping != nil {
 			p.mapping.Release(nat.ReasonTransferDone)
@@ -152,6 +158,16 @@ func (s *session) popLocked(code int) {
 		s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service closing: pasvgate is shutting down."))
 		s.endLocked(endShutdown)
 	}
+}
+
+// preliminaryLocked records a 1xx reply to the command at the head: for a
+// transfer, its data connection is open or being opened (see timeout).
+func (s *session) preliminaryLocked() {
+	if len(s.queue) == 0 || !s.queue[0].verb.IsTransfer() || s.queue[0].flowing {
+		return
+	}
+	s.queue[0].flowing = true
+	s.flowing++
 }
 
 // isTLSFeature reports whether a FEAT continuation line advertises a TLS

@@ -20,7 +20,8 @@ import (
 //	passive.go   PASV/EPSV: the server's 227/229, checked, mapped, rewritten
 //	active.go    PORT/EPRT: the no-bounce check, mapped, rewritten
 //	replies.go   the server's replies, and pasvgate's own, in command order
-//	limits.go    what bounds a peer: line length, pipelining, idle and login time
+//	limits.go    what bounds a peer: line length, pipelining, idle and login
+//	             time, data ports only after login and one at a time
 
 // pending is one expected reply, in the order the server (or pasvgate) will
 // give it.
@@ -33,6 +34,9 @@ type pending struct {
 	// transfer log line.
 	arg  string
 	sent time.Time
+	// flowing says the transfer's preliminary reply (150, 125) has been
+	// forwarded: its data connection exists, or is being opened.
+	flowing bool
 	// local, if not nil, is a reply pasvgate made itself. It is queued
 	// behind server replies still to come so that the client sees replies
 	// in the order of its commands, and never inside a multi-line reply.
@@ -52,13 +56,18 @@ type session struct {
 	peer   netip.Addr // the client's address: the only source a data mapping admits
 	start  time.Time
 	canon  []byte // the commands goroutine's buffer for canonical lines
+	// loginFrom is when the login window (--login-timeout) opened: the
+	// session's start, or its last REIN. The commands goroutine's own.
+	loginFrom time.Time
 
 	mu        sync.Mutex
 	queue     []pending
-	midReply  bool         // a multi-line reply is half forwarded
-	current   *nat.Mapping // the data mapping from the latest PASV/EPSV
-	epsvAll   bool         // RFC 2428 EPSV ALL was sent
-	transfers int          // transfer commands whose final reply is still due
+	midReply  bool          // a multi-line reply is half forwarded
+	current   *nat.Mapping  // the data mapping from the latest PASV/EPSV
+	epsvAll   bool          // RFC 2428 EPSV ALL was sent
+	transfers int           // transfer commands whose final reply is still due
+	flowing   int           // those of them whose preliminary reply has come (pending.flowing)
+	popped    chan struct{} // a reply retired a command, or the session ended: see awaitLogin
 	ended     bool
 	reason    string
 	user      string // the last USER argument, for transfer logs
@@ -84,6 +93,7 @@ func (s *session) run(ctx context.Context) string {
 	setOOBInline(s.client)
 	setOOBInline(s.server)
 	s.queue = append(make([]pending, 0, 8), pending{}) // the server's greeting
+	s.popped = make(chan struct{}, 1)
 	stop := context.AfterFunc(ctx, func() {
 		s.say421AndEnd("Service closing: pasvgate is shutting down.", endShutdown)
 	})
@@ -154,6 +164,7 @@ func (s *session) endLocked(reason string) {
 	if !s.ended {
 		s.ended = true
 		s.reason = reason
+		s.signalLocked()
 	}
 	s.client.Close()
 	s.server.Close()
@@ -173,6 +184,14 @@ func (s *session) replaceMappingLocked(m *nat.Mapping) {
 		s.current.Release(nat.ReasonReplaced)
 	}
 	s.current = m
+}
+
+// signalLocked wakes the commands goroutine if it waits on s.popped.
+func (s *session) signalLocked() {
+	select {
+	case s.popped <- struct{}{}:
+	default:
+	}
 }
 
 // writeClientLocked writes to the client under s.mu. A failed write ends

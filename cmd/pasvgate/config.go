@@ -40,6 +40,7 @@ type Config struct {
 	LoginTimeout       time.Duration `yaml:"login-timeout"`
 	MaxSessions        int           `yaml:"max-sessions"`
 	MaxSessionsPerIP   int           `yaml:"max-sessions-per-ip"`
+	MaxMappingsPerIP   int           `yaml:"max-mappings-per-ip"`
 	Keepalive          time.Duration `yaml:"keepalive"`
 	Metrics            string        `yaml:"metrics"`
 	DebugPprof         bool          `yaml:"debug-pprof"`
@@ -65,17 +66,37 @@ func defaults() Config {
 		DataConnectTimeout: 30 * time.Second,
 		IdleTimeout:        10 * time.Minute,
 		LoginTimeout:       time.Minute,
-		Keepalive:          30 * time.Second,
-		DrainTimeout:       time.Minute,
-		DialTimeout:        10 * time.Second,
-		MaxLine:            ftp.DefaultMaxLine,
-		LogFormat:          "text",
-		LogLevel:           "info",
-		Backend:            backendAuto,
-		IptablesPath:       "iptables",
-		RuleTimeout:        5 * time.Second,
-		SNAT:               true,
-		ConnMark:           iptables.DefaultConnMark,
+		// Limits safe on the internet, each in its own terms:
+		//  - max-sessions: 2 descriptors a session, so 1,000 sessions fit
+		//    in 4,096 descriptors (a common hard limit, which Go raises
+		//    the soft one to at start) with room for the rest, and in the
+		//    unit's LimitNOFILE=65536 many times; and no more sessions than
+		//    the default data range has ports, so that, each session
+		//    holding at most one data port, every session can have one.
+		//  - max-sessions-per-ip: clients open 1 to 10 sessions from one
+		//    address (FileZilla 2 to 3, lftp's parallel mirror up to 10);
+		//    20 leaves room for a small office behind one NAT, and one
+		//    address takes at most 2% of max-sessions.
+		//  - max-mappings-per-ip: one address holds at most 5% of the
+		//    default 1,000-port range, so 20 addresses are needed to fill
+		//    it; above max-sessions-per-ip, so a client with all its
+		//    sessions transferring has room left for ports whose removal
+		//    is still under way (they count until their rules are gone).
+		// A gateway in front of a big NAT'd site raises the per-IP pair.
+		MaxSessions:      1000,
+		MaxSessionsPerIP: 20,
+		MaxMappingsPerIP: 50,
+		Keepalive:        30 * time.Second,
+		DrainTimeout:     time.Minute,
+		DialTimeout:      10 * time.Second,
+		MaxLine:          ftp.DefaultMaxLine,
+		LogFormat:        "text",
+		LogLevel:         "info",
+		Backend:          backendAuto,
+		IptablesPath:     "iptables",
+		RuleTimeout:      5 * time.Second,
+		SNAT:             true,
+		ConnMark:         iptables.DefaultConnMark,
 	}
 }
 
@@ -134,7 +155,8 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.PublicIface, "public-iface", c.PublicIface, "take the 227 address from this `interface`, following its changes (instead of --public-addr)")
 	fs.DurationVar(&c.LoginTimeout, "login-timeout", c.LoginTimeout, "end a session not logged in this long after it started (0: no limit)")
 	fs.IntVar(&c.MaxSessions, "max-sessions", c.MaxSessions, "most concurrent sessions (0: no limit)")
-	fs.IntVar(&c.MaxSessionsPerIP, "max-sessions-per-ip", c.MaxSessionsPerIP, "most concurrent sessions from one client address (0: no limit)")
+	fs.IntVar(&c.MaxSessionsPerIP, "max-sessions-per-ip", c.MaxSessionsPerIP, "most concurrent sessions from one client address, an IPv6 client by its /64 (0: no limit)")
+	fs.IntVar(&c.MaxMappingsPerIP, "max-mappings-per-ip", c.MaxMappingsPerIP, "most data ports one client address holds at once, an IPv6 client by its /64 (0: no limit)")
 	fs.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "TCP keepalive period on both legs of a session (negative: off)")
 	fs.StringVar(&c.Metrics, "metrics", c.Metrics, "serve Prometheus /metrics and /healthz on this `ADDR:PORT`")
 	fs.BoolVar(&c.DebugPprof, "debug-pprof", c.DebugPprof, "also serve Go's profiles (/debug/pprof/) on the --metrics address")
@@ -285,6 +307,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxSessions < 0 || c.MaxSessionsPerIP < 0 {
 		return bad("max-sessions", "limits must not be negative")
+	}
+	if c.MaxMappingsPerIP < 0 {
+		return bad("max-mappings-per-ip", "must not be negative")
 	}
 	if c.LoginTimeout < 0 {
 		return bad("login-timeout", "must not be negative")

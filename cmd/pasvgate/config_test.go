@@ -76,6 +76,7 @@ func TestBadConfigNamesTheFlag(t *testing.T) {
 		{append([]string{"--listen", "localhost:21"}, up...), "--listen"},
 		{append([]string{"--listen", "203.0.113.1"}, up...), "--listen"},
 		{append([]string{"--max-line", "10"}, up...), "--max-line"},
+		{append([]string{"--max-mappings-per-ip", "-1"}, up...), "--max-mappings-per-ip"},
 		{append([]string{"--log-format", "xml"}, up...), "--log-format"},
 		{append([]string{"--log-level", "loud"}, up...), "--log-level"},
 		{append([]string{"--idle-timeout", "0s"}, up...), "--idle-timeout"},
@@ -136,5 +137,28 @@ func TestExitCodes(t *testing.T) {
 	}
 	if got := realMain([]string{"version"}); got != 0 {
 		t.Errorf("version exit = %d, want 0", got)
+	}
+}
+
+// TestLimitDefaults: the limits a gateway ships with are on (issue 12), and
+// each is set by its key and overridden by its flag; 0 turns one off.
+func TestLimitDefaults(t *testing.T) {
+	c, err := loadConfig([]string{"--upstream", "192.0.2.10:21"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxSessions != 1000 || c.MaxSessionsPerIP != 20 || c.MaxMappingsPerIP != 50 {
+		t.Fatalf("limits by default: max-sessions %d, max-sessions-per-ip %d, max-mappings-per-ip %d; want 1000, 20, 50",
+			c.MaxSessions, c.MaxSessionsPerIP, c.MaxMappingsPerIP)
+	}
+	p := writeConfig(t, "upstream: 192.0.2.10:21\nmax-mappings-per-ip: 7\nmax-sessions: 0\n")
+	if c, err = loadConfig([]string{"--config", p}); err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxMappingsPerIP != 7 || c.MaxSessions != 0 {
+		t.Fatalf("from the file: max-mappings-per-ip %d, max-sessions %d; want 7, 0", c.MaxMappingsPerIP, c.MaxSessions)
+	}
+	if c, err = loadConfig([]string{"--config", p, "--max-mappings-per-ip", "0"}); err != nil || c.MaxMappingsPerIP != 0 {
+		t.Fatalf("the flag over the file: %d, %v; want 0", c.MaxMappingsPerIP, err)
 	}
 }

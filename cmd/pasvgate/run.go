@@ -173,6 +173,7 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		RemoveTimeout:  cfg.RuleTimeout,
 		Logger:         log,
 		Flows:          flows,
+		MaxPerClient:   cfg.MaxMappingsPerIP,
 		ObserveInstall: func(d time.Duration, err error) {
 			result := "ok"
 			if err != nil {
@@ -447,6 +448,7 @@ func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
 		}
 	}
 	g.srv.Reload(cfg.settings(pub.current()))
+	g.table.SetMaxPerClient(cfg.MaxMappingsPerIP)
 	if pub != old {
 		g.pub.Store(pub)
 		old.stop()

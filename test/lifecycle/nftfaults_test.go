@@ -424,8 +424,11 @@ func killWith1000(t *testing.T, ns *netns.NS, pasvgate string, timeout time.Dura
 			t.Skipf("RLIMIT_NOFILE %d is too low for %d sessions (%v)", lim.Cur, n, err)
 		}
 	}
+	// 1,000 sessions from one client address: above every per-address
+	// limit a gateway ships with.
 	p := startQuiet(t, ns, pasvgate, "run", "--listen", "203.0.113.1:21", "--upstream", "192.0.2.10:21",
 		"--data-ports", "40000-41999", "--backend", "nftables", "--data-connect-timeout", timeout.String(),
+		"--max-sessions", "0", "--max-sessions-per-ip", "0", "--max-mappings-per-ip", "0",
 		"--log-level", "warn")
 	t.Cleanup(func() {
 		if t.Failed() {

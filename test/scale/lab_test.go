@@ -184,7 +184,7 @@ func newLab(tb testing.TB) *lab {
 		"--backend", "nftables",
 		"--data-ports", "40000-41999",
 		"--data-connect-timeout", "2m",
-		"--max-sessions", "0", "--max-sessions-per-ip", "0",
+		"--max-sessions", "0", "--max-sessions-per-ip", "0", "--max-mappings-per-ip", "0",
 		"--metrics", metricsAddr,
 		"--log-level", "warn")
 	l.waitHealthy(tb)
