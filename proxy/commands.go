@@ -99,6 +99,15 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 	case ftp.VerbREIN:
 		s.mu.Lock()
 		s.epsvAll = false
+		p.loggedIn = s.loggedIn
+		if s.loggedIn {
+			// A logout opens a new login window, from now, as a new
+			// connection would have: the session's own may be long
+			// past, and ending it there would answer REIN with
+			// nothing. A session that never logged in keeps its
+			// window, or REIN would let it stay without ever logging in.
+			s.loginFrom = time.Now()
+		}
 		s.loggedIn = false
 		s.mu.Unlock()
 	case ftp.VerbUSER:

@@ -37,6 +37,12 @@ type pending struct {
 	// behind server replies still to come so that the client sees replies
 	// in the order of its commands, and never inside a multi-line reply.
 	local []byte
+	// end, with local, is the reason the session ends once local has
+	// been sent: a closing 421 that waits its turn (see closeWith).
+	end string
+	// loggedIn, for REIN, is whether the session was logged in before
+	// it: a server that refuses REIN leaves its login as it was.
+	loggedIn bool
 }
 
 // session is one client's control connection and its connection to the
@@ -60,10 +66,12 @@ type session struct {
 	epsvAll   bool         // RFC 2428 EPSV ALL was sent
 	transfers int          // transfer commands whose final reply is still due
 	ended     bool
+	over      chan struct{} // closed when the session ends
 	reason    string
-	user      string // the last USER argument, for transfer logs
-	loggedIn  bool   // a 230 reply has been forwarded
-	draining  bool   // the server is shutting down: end after the transfer
+	user      string    // the last USER argument, for transfer logs
+	loggedIn  bool      // a 230 reply has been forwarded
+	loginFrom time.Time // when the login window began: the start, or the REIN of a logged-in session
+	draining  bool      // the server is shutting down: end after the transfer
 }
 
 // Reasons a session ends, for its log line.
@@ -83,6 +91,8 @@ const (
 func (s *session) run(ctx context.Context) string {
 	setOOBInline(s.client)
 	setOOBInline(s.server)
+	s.over = make(chan struct{})
+	s.loginFrom = s.start
 	s.queue = append(make([]pending, 0, 8), pending{}) // the server's greeting
 	stop := context.AfterFunc(ctx, func() {
 		s.say421AndEnd("Service closing: pasvgate is shutting down.", endShutdown)
@@ -154,6 +164,7 @@ func (s *session) endLocked(reason string) {
 	if !s.ended {
 		s.ended = true
 		s.reason = reason
+		close(s.over)
 	}
 	s.client.Close()
 	s.server.Close()
