@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -198,10 +199,53 @@ func (s *session) writeClientLocked(b []byte) {
 	}
 }
 
+// writeServer sends b to the server. A Telnet Synch in it (IAC DM, which
+// clients send before ABOR with the DM as TCP urgent data) goes on as the
+// client sent it: the DM byte as urgent data, so that a server that acts
+// on the urgent signal (vsftpd async_abor_enable, others that read the
+// control connection only then during a transfer) sees the abort.
+// pasvgate reads the DM inline (setOOBInline), so the line holds it in
+// place; without this the server would get it as a plain byte.
 func (s *session) writeServer(b []byte) error {
 	_ = s.server.SetWriteDeadline(time.Now().Add(durationOr(s.srv.settings().WriteTimeout, 30*time.Second)))
-	_, err := s.server.Write(b)
+	dm := ftp.SynchIndex(b)
+	if dm < 0 {
+		_, err := s.server.Write(b)
+		return err
+	}
+	if _, err := s.server.Write(b[:dm]); err != nil {
+		return err
+	}
+	if err := writeUrgent(s.server, b[dm]); err != nil {
+		return err
+	}
+	_, err := s.server.Write(b[dm+1:])
 	return err
+}
+
+// writeUrgent sends one byte as TCP urgent data (MSG_OOB): the kernel
+// sets the urgent pointer to it, which raises SIGURG at the peer.
+func writeUrgent(c net.Conn, b byte) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		_, err := c.Write([]byte{b})
+		return err
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("sending urgent data: %w", err)
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		_, serr = syscall.SendmsgN(int(fd), []byte{b}, nil, nil, syscall.MSG_OOB)
+		return serr != syscall.EAGAIN
+	}); err != nil {
+		return fmt.Errorf("sending urgent data: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("sending urgent data: %w", serr)
+	}
+	return nil
 }
 
 // setOOBInline keeps TCP urgent data in the byte stream. A client's Telnet
