@@ -92,7 +92,6 @@ const (
 func (s *session) run(ctx context.Context) string {
 	setOOBInline(s.client)
 	setOOBInline(s.server)
-	s.over = make(chan struct{})
 	s.loginFrom = s.start
 	s.queue = append(make([]pending, 0, 8), pending{}) // the server's greeting
 	stop := context.AfterFunc(ctx, func() {
