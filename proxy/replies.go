@@ -198,7 +198,7 @@ func (s *session) popLocked(code int) {
 			"mapping", id, "duration_ms", time.Since(p.sent).Milliseconds(), "code", code, "result", result)
 	}
 	if p.verb == ftp.VerbREIN && code >= 300 {
-		// Refused (vsftpd and ProFTPD answer 502): the server kept the
+		// Refused (vsftpd answers 502): the server kept the
 		// login, so pasvgate does too.
 		s.loggedIn = p.loggedIn
 	}
