@@ -16,7 +16,9 @@ import (
 func (s *session) commands(ctx context.Context) string {
 	r := ftp.NewReader(s.client, s.maxLine())
 	lastLine := time.Now()
+	s.mu.Lock()
 	s.loginFrom = s.start
+	s.mu.Unlock()
 	for {
 		st := s.srv.settings()
 		deadline, loginBy := s.readDeadline(st, lastLine)
@@ -109,9 +111,17 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		// keeps its mapping (RFC 959: REIN lets it complete); a data port
 		// no transfer has claimed yet goes with the login. The client
 		// gets a new login window from now, as a new session would.
-		s.loginFrom = time.Now()
 		s.mu.Lock()
 		s.epsvAll = false
+		p.loggedIn = s.loggedIn
+		if s.loggedIn {
+			// A logout opens a new login window, from now, as a new
+			// connection would have: the session's own may be long
+			// past, and ending it there would answer REIN with
+			// nothing. A session that never logged in keeps its
+			// window, or REIN would let it stay without ever logging in.
+			s.loginFrom = time.Now()
+		}
 		s.loggedIn = false
 		if s.current != nil {
 			s.current.Release(nat.ReasonLoggedOut)

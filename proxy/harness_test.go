@@ -138,6 +138,9 @@ func newTap(t *testing.T, upstream string) *tap {
 			if err != nil {
 				return
 			}
+			// As FTP servers do: a Telnet Synch's DM, which pasvgate
+			// sends as urgent data, stays in the recorded stream.
+			setOOBInline(t, c)
 			u, err := net.Dial("tcp", upstream)
 			if err != nil {
 				c.Close()

@@ -19,6 +19,13 @@ const maxPending = 64
 // Servers send one line; a few more is generous.
 const maxPassiveLines = 8
 
+// replyGrace bounds how long a session that pasvgate ends with its own
+// 421 (idle or login timeout, an endless line) waits for the replies the
+// server still owes, so that the 421 comes after them (closeWith). A
+// server answers in milliseconds; one that has not in this long is not
+// waited for.
+const replyGrace = 5 * time.Second
+
 // maxLine is the longest control line, in either direction, that the
 // session reads (--max-line).
 func (s *session) maxLine() int {
@@ -46,8 +53,7 @@ func (s *session) lineTooLong() {
 func (s *session) lineEndless() string {
 	s.srv.stats.refuse("line-endless")
 	s.log.Warn("session closed: client line goes on past twice the limit", "max", s.maxLine())
-	s.say421AndEnd("Command line too long: closing control connection.", endLineEndless)
-	return endLineEndless
+	return s.closeWith("Command line too long: closing control connection.", endLineEndless)
 }
 
 // passiveTooLong ends the session of a server whose 227/229 reply has
@@ -82,15 +88,15 @@ func (s *session) queueFullLocked() {
 }
 
 // readDeadline is when the client's next command must have arrived: the
-// idle timeout after its last line, or the login deadline (loginBy: the
-// login timeout after the session began or its last REIN) if the session
-// is not logged in and that comes first.
+// idle timeout after its last line, or the login deadline (loginBy) if the
+// session has not logged in and that comes first. The login window runs
+// from the session's start, or from the REIN that logged it out.
 func (s *session) readDeadline(st *Settings, lastLine time.Time) (deadline, loginBy time.Time) {
 	deadline = lastLine.Add(durationOr(st.IdleTimeout, 10*time.Minute))
 	s.mu.Lock()
-	loggedIn := s.loggedIn
+	loggedIn, loginFrom := s.loggedIn, s.loginFrom
 	s.mu.Unlock()
-	loginBy = s.loginFrom.Add(st.LoginTimeout)
+	loginBy = loginFrom.Add(st.LoginTimeout)
 	if !loggedIn && st.LoginTimeout > 0 && loginBy.Before(deadline) {
 		deadline = loginBy
 	}
@@ -107,10 +113,7 @@ func (s *session) timeout(st *Settings, lastLine, loginBy time.Time) (reason str
 	if !loggedIn && st.LoginTimeout > 0 && !time.Now().Before(loginBy) {
 		s.srv.stats.refuse("login-timeout")
 		s.log.Warn("session closed: no login in time", "login_timeout", st.LoginTimeout)
-		// Said at once, not queued behind replies still due: the session
-		// ends, and a command the server never answered would hold it.
-		s.say421AndEnd("Login timeout: closing control connection.", endLogin)
-		return endLogin, false
+		return s.closeWith("Login timeout: closing control connection.", endLogin), false
 	}
 	if busy {
 		// A long transfer keeps the control channel quiet; that is not
@@ -129,8 +132,7 @@ func (s *session) timeout(st *Settings, lastLine, loginBy time.Time) (reason str
 		return "", false
 	}
 	s.srv.stats.refuse("idle-timeout")
-	s.say421AndEnd("Idle timeout: closing control connection.", endIdle)
-	return endIdle, false
+	return s.closeWith("Idle timeout: closing control connection.", endIdle), false
 }
 
 // enqueue records the reply a forwarded command is owed, or returns

@@ -133,7 +133,8 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 
 // fixPassive handles a 227/229 in transparent mode, where the client
 // connects out to the server itself through the router's masquerade. A
-// 229, and a 227 that names the server's own address, pass unchanged. A 227
+// 229 passes unchanged; a 227 that names the server's own address is sent
+// in canonical form with that address. A 227
 // that names anything else (a private or loopback address, another host) is
 // rewritten to the server's address the client dialed: the fix for a
 // server that advertises the wrong passive address.
@@ -148,7 +149,10 @@ func (s *session) fixPassive(code int, text, raw []byte) []byte {
 		return ftp.AppendReply(nil, ftp.CodeCantOpenData, "Can't open data connection.")
 	}
 	if ap.Addr() == server.Addr() {
-		return raw
+		// Sent as pasvgate formats it, not as the server wrote it: an odd
+		// 227 (more numbers, several lines) could read as another address
+		// to a client than to pasvgate, which checked this one.
+		return ftp.AppendPASV(nil, ap)
 	}
 	if !server.Addr().Is4() {
 		return ftp.AppendReply(nil, ftp.CodeCantOpenData, "Can't open data connection.")

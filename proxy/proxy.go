@@ -357,6 +357,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		client: c,
 		peer:   client.Addr(),
 		start:  time.Now(),
+		over:   make(chan struct{}),
 	}
 	if why := s.admit(sess); why != "" {
 		s.stats.refuseSession(why)

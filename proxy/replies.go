@@ -30,6 +30,52 @@ func (s *session) reply(code int, text string) {
 	s.writeClientLocked(line)
 }
 
+// closeWith ends the session with a 421 of pasvgate's own, in its turn:
+// at once if nothing is owed to the client, or else after the replies
+// still due from the server (and pasvgate's own queued behind them), and
+// never inside a multi-line reply, so that the client reads every reply
+// it is owed and then why the session ends. It blocks the caller (the
+// commands goroutine, which reads no more commands) until then, but no
+// longer than replyGrace: a server that does not answer in time does not
+// hold the session, and the 421 then goes out of turn, as RFC 959 lets a
+// 421 answer any command, unless a multi-line reply is half sent. It
+// returns reason.
+func (s *session) closeWith(text, reason string) string {
+	line := ftp.AppendReply(nil, ftp.CodeServiceUnavailable, text)
+	s.mu.Lock()
+	switch {
+	case s.ended:
+		s.mu.Unlock()
+		return reason
+	case !s.midReply && len(s.queue) == 0:
+		s.writeClientLocked(line)
+		s.endLocked(reason)
+		s.mu.Unlock()
+		return reason
+	}
+	// Past maxPending: a bounded one more, and the last, since no command
+	// is read after it.
+	s.queue = append(s.queue, pending{local: line, end: reason})
+	s.mu.Unlock()
+	t := time.NewTimer(replyGrace)
+	defer t.Stop()
+	select {
+	case <-s.over:
+	case <-t.C:
+		s.mu.Lock()
+		if !s.ended {
+			s.log.Warn("the server still owes replies: closing without them", "owed", len(s.queue)-1,
+				"mid_reply", s.midReply, "reason", reason)
+			if !s.midReply {
+				s.writeClientLocked(line)
+			}
+			s.endLocked(reason)
+		}
+		s.mu.Unlock()
+	}
+	return reason
+}
+
 // replies relays the server's replies to the client until the server goes
 // away, and returns why.
 func (s *session) replies(ctx context.Context) string {
@@ -101,9 +147,16 @@ func (s *session) replies(ctx context.Context) string {
 			if code == ftp.CodeLoggedIn {
 				s.loggedIn = true
 			}
-			if code >= 200 {
+			switch {
+			case len(s.queue) > 0 && s.queue[0].local != nil:
+				// pasvgate's own replies lead the queue only when they
+				// were queued during a multi-line reply that answered no
+				// command (a server's notice): it has ended, so they go
+				// now, and it retires no command.
+				s.flushLocked()
+			case code >= 200:
 				s.popLocked(code)
-			} else {
+			default:
 				s.preliminaryLocked()
 			}
 		} else {
@@ -150,10 +203,12 @@ func (s *session) popLocked(code int) {
 		s.log.Info("transfer", "user", s.user, "command", p.verb.String(), "file", p.arg,
 			"mapping", id, "duration_ms", time.Since(p.sent).Milliseconds(), "code", code, "result", result)
 	}
-	for len(s.queue) > 0 && s.queue[0].local != nil {
-		s.writeClientLocked(s.queue[0].local)
-		s.queue = s.queue[:copy(s.queue, s.queue[1:])]
+	if p.verb == ftp.VerbREIN && code >= 300 {
+		// Refused (vsftpd answers 502): the server kept the
+		// login, so pasvgate does too.
+		s.loggedIn = p.loggedIn
 	}
+	s.flushLocked()
 	if s.draining && s.transfers == 0 && !s.ended {
 		s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service closing: pasvgate is shutting down."))
 		s.endLocked(endShutdown)
@@ -168,6 +223,20 @@ func (s *session) preliminaryLocked() {
 	}
 	s.queue[0].flowing = true
 	s.flowing++
+}
+
+// flushLocked sends the replies of pasvgate's own at the head of the
+// queue, which wait for nothing but the end of the reply before them. A
+// closing 421 among them (closeWith) is the last: it ends the session.
+func (s *session) flushLocked() {
+	for len(s.queue) > 0 && s.queue[0].local != nil && !s.ended {
+		p := s.queue[0]
+		s.queue = s.queue[:copy(s.queue, s.queue[1:])]
+		s.writeClientLocked(p.local)
+		if p.end != "" {
+			s.endLocked(p.end)
+		}
+	}
 }
 
 // isTLSFeature reports whether a FEAT continuation line advertises a TLS

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -41,6 +42,12 @@ type pending struct {
 	// behind server replies still to come so that the client sees replies
 	// in the order of its commands, and never inside a multi-line reply.
 	local []byte
+	// end, with local, is the reason the session ends once local has
+	// been sent: a closing 421 that waits its turn (see closeWith).
+	end string
+	// loggedIn, for REIN, is whether the session was logged in before
+	// it: a server that refuses REIN leaves its login as it was.
+	loggedIn bool
 }
 
 // session is one client's control connection and its connection to the
@@ -57,7 +64,8 @@ type session struct {
 	start  time.Time
 	canon  []byte // the commands goroutine's buffer for canonical lines
 	// loginFrom is when the login window (--login-timeout) opened: the
-	// session's start, or its last REIN. The commands goroutine's own.
+	// session's start, or the REIN of a logged-in session. Written by the
+	// commands goroutine under mu.
 	loginFrom time.Time
 
 	mu        sync.Mutex
@@ -69,6 +77,7 @@ type session struct {
 	flowing   int           // those of them whose preliminary reply has come (pending.flowing)
 	popped    chan struct{} // a reply retired a command, or the session ended: see awaitLogin
 	ended     bool
+	over      chan struct{} // closed when the session ends
 	reason    string
 	user      string // the last USER argument, for transfer logs
 	loggedIn  bool   // a 230 reply has been forwarded
@@ -165,6 +174,7 @@ func (s *session) endLocked(reason string) {
 		s.ended = true
 		s.reason = reason
 		s.signalLocked()
+		close(s.over)
 	}
 	s.client.Close()
 	s.server.Close()
@@ -206,10 +216,53 @@ func (s *session) writeClientLocked(b []byte) {
 	}
 }
 
+// writeServer sends b to the server. A Telnet Synch in it (IAC DM, which
+// clients send before ABOR with the DM as TCP urgent data) goes on as the
+// client sent it: the DM byte as urgent data, so that a server that acts
+// on the urgent signal (vsftpd async_abor_enable, others that read the
+// control connection only then during a transfer) sees the abort.
+// pasvgate reads the DM inline (setOOBInline), so the line holds it in
+// place; without this the server would get it as a plain byte.
 func (s *session) writeServer(b []byte) error {
 	_ = s.server.SetWriteDeadline(time.Now().Add(durationOr(s.srv.settings().WriteTimeout, 30*time.Second)))
-	_, err := s.server.Write(b)
+	dm := ftp.SynchIndex(b)
+	if dm < 0 {
+		_, err := s.server.Write(b)
+		return err
+	}
+	if _, err := s.server.Write(b[:dm]); err != nil {
+		return err
+	}
+	if err := writeUrgent(s.server, b[dm]); err != nil {
+		return err
+	}
+	_, err := s.server.Write(b[dm+1:])
 	return err
+}
+
+// writeUrgent sends one byte as TCP urgent data (MSG_OOB): the kernel
+// sets the urgent pointer to it, which raises SIGURG at the peer.
+func writeUrgent(c net.Conn, b byte) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		_, err := c.Write([]byte{b})
+		return err
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("sending urgent data: %w", err)
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		_, serr = syscall.SendmsgN(int(fd), []byte{b}, nil, nil, syscall.MSG_OOB)
+		return serr != syscall.EAGAIN
+	}); err != nil {
+		return fmt.Errorf("sending urgent data: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("sending urgent data: %w", serr)
+	}
+	return nil
 }
 
 // setOOBInline keeps TCP urgent data in the byte stream. A client's Telnet

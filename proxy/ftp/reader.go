@@ -33,6 +33,7 @@ var ErrMalformed = errors.New("ftp: malformed")
 // Telnet bytes (RFC 854) that an FTP control connection may carry.
 const (
 	telnetSE   = 240 // end of subnegotiation; 240-249 are two-byte commands
+	telnetDM   = 242 // Data Mark: the byte a Telnet Synch sends urgent
 	telnetSB   = 250 // subnegotiation, up to IAC SE (RFC 855)
 	telnetWILL = 251 // WILL, WONT, DO and DONT (251-254) take an option byte
 	telnetIAC  = 255
@@ -324,6 +325,24 @@ func HasTelnetNegotiation(raw []byte) bool {
 		}
 		if c := raw[i+j+1]; c == telnetSB || (c >= telnetWILL && c != telnetIAC) {
 			return true
+		}
+		i += j + 2 // past IAC IAC, or IAC and a two-byte command
+	}
+}
+
+// SynchIndex returns the index in raw of the DM byte of the first Telnet
+// Synch (IAC DM, RFC 854), or -1 if raw has none. The Synch is the DM
+// sent as TCP urgent data (RFC 959 4.1.3: IP, then Synch, then ABOR); a
+// proxy that relays the line must send that byte urgent again, or a
+// server that waits for the urgent signal never sees the abort.
+func SynchIndex(raw []byte) int {
+	for i := 0; ; {
+		j := bytes.IndexByte(raw[i:], telnetIAC)
+		if j < 0 || i+j+1 >= len(raw) {
+			return -1
+		}
+		if raw[i+j+1] == telnetDM {
+			return i + j + 1
 		}
 		i += j + 2 // past IAC IAC, or IAC and a two-byte command
 	}

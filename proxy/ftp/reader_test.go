@@ -340,3 +340,26 @@ func TestHasTelnetNegotiation(t *testing.T) {
 		}
 	}
 }
+
+// TestSynchIndex finds the DM of a Telnet Synch, the byte a proxy must
+// send on as urgent data, and no DM that is data (after an escaped IAC)
+// or another Telnet command.
+func TestSynchIndex(t *testing.T) {
+	for _, tc := range []struct {
+		raw  string
+		want int
+	}{
+		{"\xff\xf4\xff\xf2ABOR\r\n", 3},
+		{"\xff\xf2ABOR\r\n", 1},
+		{"ABOR\r\n", -1},
+		{"\xff\xf4ABOR\r\n", -1},
+		{"STOR a\xff\xff\xf2b\r\n", -1}, // IAC IAC is a data 0xFF; 0xF2 after it is data
+		{"STOR a\xff\xff\xff\xf2\r\n", 9},
+		{"\xff", -1},
+		{"", -1},
+	} {
+		if got := SynchIndex([]byte(tc.raw)); got != tc.want {
+			t.Errorf("SynchIndex(%q) = %d, want %d", tc.raw, got, tc.want)
+		}
+	}
+}

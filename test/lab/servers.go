@@ -88,6 +88,12 @@ type ServerOptions struct {
 	// compiled-in default, which the lab keeps otherwise). Other kinds
 	// ignore it.
 	DataFromPort20 bool
+	// AsyncAbor makes vsftpd act on a Telnet Synch during a transfer
+	// (async_abor_enable=YES): on the urgent signal (SIGURG) it reads the
+	// control connection, and an ABOR there stops the transfer (426, then
+	// 226). Without it vsftpd reads no command until the transfer ends.
+	// Other kinds ignore it.
+	AsyncAbor bool
 	// Binary is the program to run, for kinds that are built rather than
 	// installed (BuiltIn: a testftpd binary, see BuildGo). Empty means the
 	// installed location for the other kinds.
@@ -297,6 +303,9 @@ func vsftpdSetup(s *Server, dir, addr string, opt ServerOptions) (string, []stri
 	}
 	if opt.DataFromPort20 {
 		conf += "connect_from_port_20=YES\n"
+	}
+	if opt.AsyncAbor {
+		conf += "async_abor_enable=YES\n"
 	}
 	path := filepath.Join(dir, "vsftpd.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
