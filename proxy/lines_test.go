@@ -48,9 +48,11 @@ func TestEndlessLineClosesSession(t *testing.T) {
 	c.login()
 	done := make(chan error, 1)
 	go func() {
-		// Up to 1 MiB, in pieces; the write fails once pasvgate closes.
+		// Up to 64 MiB, in pieces; a write fails once pasvgate has closed
+		// and its reset has come back. (1 MiB could all fit in the
+		// socket buffers before that.)
 		chunk := strings.Repeat("z", 4096)
-		for range 256 {
+		for range 16384 {
 			if _, err := io.WriteString(c.c, chunk); err != nil {
 				done <- err
 				return
@@ -69,7 +71,7 @@ func TestEndlessLineClosesSession(t *testing.T) {
 		t.Fatalf("connection still open after the 421: %v", err)
 	}
 	if err := <-done; err == nil {
-		t.Error("pasvgate read 1 MiB of one line without closing the session")
+		t.Error("the client wrote 64 MiB of one line and pasvgate never closed the session")
 	}
 	h.waitLog(t, "reason=\"endless line\"")
 	if sent := h.tap.sent(); strings.Contains(sent, "zzz") {
