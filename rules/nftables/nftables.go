@@ -400,7 +400,7 @@ func (b *Backend) build(ctx context.Context, o *objects, restore []entry, ics []
 		c.AddTable(o.table)
 		c.DelTable(o.table)
 		c.AddTable(o.table)
-		for _, s := range []*nftables.Set{o.dnat, o.snat} {
+		for _, s := range o.sets() {
 			if err := c.AddSet(s, nil); err != nil {
 				return err
 			}
@@ -452,8 +452,13 @@ func (b *Backend) addRules(ctx context.Context, o *objects) error {
 	return nil
 }
 
-// addElements adds the elements of es, each with what is left of its
-// timeout at now, in batches of maxBatchMappings mappings.
+// addElements adds the map elements of es, each with what is left of its
+// timeout at now, in batches of maxBatchMappings mappings. It puts back
+// no SetUnused element: a table rebuilt after it was deleted from outside
+// cannot tell which mappings were used already, and putting one back
+// would let a used mapping admit a second connection. So a mapping that
+// had not been used when its table was deleted admits nothing after the
+// rebuild either.
 func (b *Backend) addElements(ctx context.Context, o *objects, es []entry, now time.Time) error {
 	for chunk := range slices.Chunk(es, maxBatchMappings) {
 		var all elems
@@ -476,7 +481,7 @@ func addBatch(c *nftables.Conn, o *objects, el elems) error {
 	for _, x := range []struct {
 		s  *nftables.Set
 		es []nftables.SetElement
-	}{{o.dnat, el.dnat}, {o.snat, el.snat}} {
+	}{{o.dnat, el.dnat}, {o.snat, el.snat}, {o.unused, el.unused}} {
 		for chunk := range slices.Chunk(x.es, maxMessageElements) {
 			if err := c.SetAddElements(x.s, chunk); err != nil {
 				return err
@@ -486,12 +491,12 @@ func addBatch(c *nftables.Conn, o *objects, el elems) error {
 	return c.Flush()
 }
 
-// delBatch sends one batch that deletes m's elements.
+// delBatch sends one batch that deletes the given elements.
 func delBatch(c *nftables.Conn, o *objects, el elems) error {
 	for _, x := range []struct {
 		s  *nftables.Set
 		es []nftables.SetElement
-	}{{o.dnat, el.dnat}, {o.snat, el.snat}} {
+	}{{o.unused, el.unused}, {o.dnat, el.dnat}, {o.snat, el.snat}} {
 		if len(x.es) == 0 {
 			continue
 		}
@@ -604,8 +609,8 @@ func (b *Backend) tableExists(ctx context.Context, o *objects) (bool, error) {
 func (b *Backend) deleteEach(ctx context.Context, o *objects, el elems) (int, error) {
 	n := 0
 	var errs []error
-	for _, one := range []elems{{dnat: el.dnat}, {snat: el.snat}} {
-		if len(one.dnat)+len(one.snat) == 0 {
+	for _, one := range []elems{{unused: el.unused}, {dnat: el.dnat}, {snat: el.snat}} {
+		if len(one.dnat)+len(one.snat)+len(one.unused) == 0 {
 			continue
 		}
 		err := b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, one) })
@@ -619,13 +624,15 @@ func (b *Backend) deleteEach(ctx context.Context, o *objects, el elems) (int, er
 	return n, errors.Join(errs...)
 }
 
-// Remove deletes m's elements with one netlink batch. m must be what this
-// process installed under m.ID. Connections it admitted keep flowing. If
-// the batch fails because an element is missing, Remove deletes what is
-// left one element at a time: a mapping whose timeout has passed was
-// removed by the kernel, which is not an error; one whose elements all
-// vanished before then was removed from outside, which is
-// rules.ErrNotInstalled.
+// Remove deletes m's elements with two netlink batches. m must be what
+// this process installed under m.ID. Connections it admitted keep
+// flowing. The first batch deletes m's SetUnused element, so that nothing
+// more is admitted; the kernel deleted it already if m was used, which is
+// the usual case and not an error. The second deletes the map elements.
+// If it fails because an element is missing, Remove deletes what is left
+// one element at a time: a mapping whose timeout has passed was removed by
+// the kernel, which is not an error; one whose map elements all vanished
+// before then was removed from outside, which is rules.ErrNotInstalled.
 func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	if err := b.lock(ctx); err != nil {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
@@ -643,6 +650,12 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
 	}
 	el := elementsOf(e.m, b.cfg.Timeout)
+	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, elems{unused: el.unused}) })
+	if err != nil && !IsNotExist(err) {
+		// m stays in the index: a later Remove finishes the job.
+		return fmt.Errorf("removing %s: deleting from set %s %s %s: %w", m.ID, o.f.nft, TableName, SetUnused, err)
+	}
+	el.unused = nil
 	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, el) })
 	if err == nil {
 		b.del(e.m)
@@ -762,17 +775,18 @@ func (b *Backend) Flush(ctx context.Context) error {
 }
 
 // indexKeys are the keys under which byKey finds m: its dnat key (same
-// source and public address) and its snat key (same source, target and
+// source and public address), its snat key (same source, target and
 // public port), which is taken whether or not m has SNAT, because a
 // mapping without SNAT whose connections matched another's snat element
-// would be SNATed.
-func indexKeys(m rules.Mapping) [2]string {
-	return [2]string{"d" + string(pubKey(m)), "s" + string(snatKey(m))}
+// would be SNATed, and its SetUnused key (same source and public port),
+// because one mapping's first connection would use up the other.
+func indexKeys(m rules.Mapping) [3]string {
+	return [3]string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
 }
 
 // conflict returns the ID of an installed mapping that m duplicates: same
-// ID, same source and public address, or same source, target and public
-// port.
+// ID, same source and public address, same source, target and public
+// port, or same source and public port.
 func (b *Backend) conflict(m rules.Mapping) (string, bool) {
 	if _, ok := b.idx[m.ID]; ok {
 		return m.ID, true
