@@ -10,25 +10,40 @@
 // # What it puts in the kernel
 //
 // Two tables named TableName, one in family ip and one in family ip6, and
-// nothing outside them. Each holds two maps and three base chains with
-// static rules (ip6 is the same with ip6 types):
+// nothing outside them. Each holds two maps, a set and four base chains
+// with static rules (ip6 is the same with ip6 types):
 //
 //	table ip pasvgate {
 //		map dnat_map { ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service; flags timeout }
 //		map snat_map { ipv4_addr . ipv4_addr . inet_service . inet_service : ipv4_addr; flags timeout }
+//		set unused_set { ipv4_addr . inet_service; flags dynamic,timeout }
 //		chain prerouting { type nat hook prerouting priority dstnat; policy accept;
-//			meta l4proto tcp ip saddr . ip daddr . tcp dport @dnat_map ct mark set ct mark | MARK
-//			meta l4proto tcp dnat ip to ip saddr . ip daddr . tcp dport map @dnat_map }
+//			meta l4proto tcp ip saddr . tcp dport @unused_set ip saddr . ip daddr . tcp dport @dnat_map ct mark set ct mark | MARK
+//			meta l4proto tcp ip saddr . tcp dport @unused_set dnat ip to ip saddr . ip daddr . tcp dport map @dnat_map }
 //		chain output { type nat hook output priority dstnat; the same two rules }
 //		chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//			meta l4proto tcp ct mark & MARK == MARK delete @unused_set { ip saddr . ct original proto-dst }
 //			meta l4proto tcp ct mark & MARK == MARK snat ip to ip saddr . ip daddr . tcp dport . ct original proto-dst map @snat_map }
+//		chain input { type nat hook input priority srcnat; policy accept;
+//			the delete rule of postrouting }
 //	}
 //
-// The rules never change while pasvgate runs. A mapping is one or two map
-// elements, added with one netlink batch and removed with another:
-// (Source . Public address . Public port) -> Target in dnat_map, and,
-// when the mapping has SNAT, (Source . Target . Public port) -> SNAT in
-// snat_map. No rule is added per transfer.
+// The rules never change while pasvgate runs. A mapping is two or three
+// elements, added with one netlink batch: (Source . Public address .
+// Public port) -> Target in dnat_map, (Source . Public port) in
+// unused_set, and, when the mapping has SNAT, (Source . Target . Public
+// port) -> SNAT in snat_map. No rule is added per transfer.
+//
+// A mapping admits one connection, the first, like the kernel FTP
+// helper's expectations: the prerouting and output rules DNAT and mark
+// only while the mapping's unused_set element is there, and the kernel
+// deletes it itself with the first packet of the first connection, in the
+// nat chains of postrouting and input, where that packet has passed the
+// forward hook and its NAT is decided. The connection keeps its NAT in
+// conntrack; a second one from the same client is not DNATed and is
+// refused by the gateway itself. See consumeExprs. Remove deletes the
+// unused_set element (already gone for a used mapping, which is not an
+// error), then the map elements.
 //
 // Every element carries a comment "id=ID created=UNIX" (List rebuilds the
 // mappings from them, also after a restart, so Created survives) and a
@@ -92,12 +107,15 @@
 // If the tables are deleted from outside (`nft flush ruleset`, a firewall
 // reload that flushes everything), the next Install gets ENOENT, rebuilds
 // the missing tables with every live mapping of this process (with what
-// is left of its timeout), logs it and tries once more. Until then no
+// is left of its timeout), logs it and tries once more. The rebuilt
+// mappings admit nothing: whether each had been used went with its
+// unused_set element, and a used one must not admit a second connection. Until then no
 // mapping works, and open transfers stall if no other nat chain is left.
 // A table that is only flushed (rules gone, table kept) is not noticed.
 //
-// Duplicates (same ID; same source and public address; or same source,
-// target and public port, which the snat key cannot tell apart) are
+// Duplicates (same ID; same source and public address; same source,
+// target and public port, which the snat key cannot tell apart; or same
+// source and public port, which the unused_set key cannot) are
 // refused from an index of this process's mappings, since adding an
 // element that is already there does not fail. An element of another
 // process with the same key and other data is refused by the kernel and
@@ -507,7 +525,7 @@ func delBatch(c *nftables.Conn, o *objects, el elems) error {
 	return c.Flush()
 }
 
-// Install makes m live with one netlink batch of one or two elements,
+// Install makes m live with one netlink batch of two or three elements,
 // each with the kernel timeout Config.Timeout. The batch is one
 // transaction, so m is in the kernel whole or not at all. If the batch
 // fails because pasvgate's table is gone, Install rebuilds the missing
