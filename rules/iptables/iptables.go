@@ -1,7 +1,9 @@
 // Package iptables is pasvgate's iptables backend: a rules.Backend that
-// turns each mapping into a DNAT rule, a FORWARD accept and, optionally, an
-// SNAT rule, kept in pasvgate's own chains (ChainDNAT, ChainSNAT,
-// ChainForward, ChainAdmit) that the built-in chains jump to. It works with
+// turns each mapping into a DNAT rule, a FORWARD accept, an SNAT rule (or,
+// without SNAT, a rule that only records the first connection) and a rule
+// that records the first connection delivered locally, kept in pasvgate's
+// own chains (ChainDNAT, ChainSNAT, ChainInput, ChainForward, ChainAdmit)
+// that the built-in chains jump to. It works with
 // iptables-legacy and iptables-nft, for IPv4 and, through ip6tables, IPv6.
 //
 // Its callers are package nat, through rules.Backend, which installs a
@@ -28,9 +30,10 @@
 // two on the xtables lock.
 //
 // A mapping admits one connection, the first (see mappingRules): its
-// ChainSNAT rule records the client in an xt_recent list of the mapping's
-// own with the first connection's first packet, and its DNAT rule DNATs
-// only clients not in that list. The kernel does it alone, so no window
+// ChainSNAT rule (ChainInput's, for a connection delivered locally)
+// records the client in an xt_recent list of the mapping's own with the
+// first connection's first packet, and its DNAT rule DNATs only clients
+// not in that list. The kernel does it alone, so no window
 // is left for a userspace round trip; a used mapping stays installed until
 // Remove, which treats it like any other.
 //

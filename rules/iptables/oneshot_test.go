@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -160,4 +161,57 @@ func (w *warnings) get() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.got...)
+}
+
+// TestOneShotLocalTarget is TestOneShot for a mapping whose target is the
+// gateway itself, whose data connection goes to INPUT and never reaches
+// POSTROUTING.
+func TestOneShotLocalTarget(t *testing.T) {
+	netns.RequireRoot(t)
+	ctx := context.Background()
+	forEachBinary(t, func(t *testing.T, path string) {
+		l := newLab(t, path)
+		for _, a := range []labAddrs{lab4, lab6} {
+			target := netip.AddrPortFrom(a.gwInside, serverPort+1)
+			ln, err := l.gw.Listen("tcp", target.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+				}
+			}()
+			t.Cleanup(func() { ln.Close(); <-done })
+
+			m := rules.Mapping{ID: "m-local", Source: a.client, Public: netip.AddrPortFrom(a.public, 40001),
+				Target: target, Created: time.Now()}
+			if err := l.b.Install(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+			first, err := l.g.Dial(t, a.client, m.Public, 3*time.Second)
+			if err != nil {
+				t.Fatalf("%v: first connection: %v", a.public, err)
+			}
+			if err := netns.Echo(first, "to the gateway"); err != nil {
+				t.Fatalf("%v: first connection: %v", a.public, err)
+			}
+			if c, err := l.g.Dial(t, a.client, m.Public, time.Second); err == nil {
+				c.Close()
+				t.Errorf("%v: a second connection to a used mapping got through", a.public)
+			}
+			if err := netns.Echo(first, "still flowing"); err != nil {
+				t.Errorf("%v: first connection after a second was refused: %v", a.public, err)
+			}
+			if err := l.b.Remove(ctx, m); err != nil {
+				t.Errorf("%v: Remove = %v, want nil", a.public, err)
+			}
+		}
+	})
 }

@@ -21,6 +21,11 @@ const (
 	// mapping's first connection (see mappingRules) and SNATs it when the
 	// mapping has Mapping.SNAT. POSTROUTING jumps to it.
 	ChainSNAT = "PASVGATE-SNAT"
+	// ChainInput (nat table) holds one rule per mapping that records the
+	// mapping's first connection when its target is the gateway itself,
+	// whose connections go to INPUT and never reach POSTROUTING. INPUT
+	// jumps to it.
+	ChainInput = "PASVGATE-INPUT"
 	// ChainForward (filter table) holds a static rule that accepts the
 	// established flows pasvgate admitted, then one rule per mapping that
 	// sends the mapping's new connection to ChainAdmit. FORWARD jumps to it.
@@ -101,13 +106,14 @@ var jumps = []jump{
 	{tableNAT, "PREROUTING", ChainDNAT},
 	{tableNAT, "OUTPUT", ChainDNAT},
 	{tableNAT, "POSTROUTING", ChainSNAT},
+	{tableNAT, "INPUT", ChainInput},
 }
 
 // ownChains are pasvgate's chains per table, in an order in which each
 // chain's references come before the chain (so -X can follow it).
 var ownChains = map[string][]string{
 	tableFilter: {ChainForward, ChainAdmit},
-	tableNAT:    {ChainDNAT, ChainSNAT},
+	tableNAT:    {ChainDNAT, ChainSNAT, ChainInput},
 }
 
 // tables is the order tables are written in: filter first, so that a
@@ -118,7 +124,7 @@ var tables = []string{tableFilter, tableNAT}
 // interception chains included.
 func isOwnChain(c string) bool {
 	switch c {
-	case ChainDNAT, ChainSNAT, ChainForward, ChainAdmit, ChainIntercept, ChainTProxy:
+	case ChainDNAT, ChainSNAT, ChainInput, ChainForward, ChainAdmit, ChainIntercept, ChainTProxy:
 		return true
 	}
 	return false
@@ -201,7 +207,7 @@ func fullMask(a netip.Addr) string {
 }
 
 // mappingRules are m's rules in install order: the FORWARD accept, then the
-// ChainSNAT rule, the DNAT last. m must be valid.
+// ChainSNAT and ChainInput rules, the DNAT last. m must be valid.
 //
 // The FORWARD and ChainSNAT rules match the connection's original
 // destination (conntrack --ctorigdst/--ctorigdstport, that is Public), not
@@ -220,14 +226,16 @@ func fullMask(a netip.Addr) string {
 // a connection's first packet only, with the client still its source. A
 // first packet that the host's FORWARD drops does not use the mapping up,
 // so its retransmission, once accepted, still gets through. The ChainSNAT
-// rule of a mapping without SNAT returns instead of SNATing.
+// rule of a mapping without SNAT returns instead of SNATing. The
+// ChainInput rule does the same --set for a mapping whose target is the
+// gateway itself, whose connection goes to INPUT instead of POSTROUTING,
+// and never SNATs: a data connection delivered locally is not SNATed.
 //
 // Two first packets from one client that cross PREROUTING before either
 // reaches POSTROUTING (microseconds apart) both get through; the server
 // accepts one of them on its passive port. What one-shot closes is the
 // later connection, made after the server has given that port to someone
-// else. A mapping whose target is the gateway itself is not used up: its
-// connection goes to INPUT, not POSTROUTING.
+// else.
 func mappingRules(m rules.Mapping) []rule {
 	comment := []string{"-m", "comment", "--comment", mappingComment(m)}
 	src, tgt := host(m.Source), host(m.Target.Addr())
@@ -243,15 +251,19 @@ func mappingRules(m rules.Mapping) []rule {
 		r := append([]string{"-m", "recent"}, op...)
 		return append(r, "--name", recentName(m), "--mask", fullMask(m.Source), "--rsource")
 	}
-	snat := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
-		"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
-	snat = append(append(snat, recent("--set")...), comment...)
+	first := func() []string {
+		r := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
+			"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
+		return append(append(r, recent("--set")...), comment...)
+	}
+	snat := first()
 	if m.SNAT.IsValid() {
 		snat = append(snat, "-j", "SNAT", "--to-source", m.SNAT.String())
 	} else {
 		snat = append(snat, "-j", "RETURN")
 	}
-	out = append(out, rule{tableNAT, ChainSNAT, snat})
+	out = append(out, rule{tableNAT, ChainSNAT, snat},
+		rule{tableNAT, ChainInput, append(first(), "-j", "RETURN")})
 
 	dnat := []string{"-s", src, "-d", host(m.Public.Addr()), "-p", "tcp", "-m", "tcp", "--dport", pubPort}
 	dnat = append(append(dnat, recent("!", "--rcheck")...), comment...)
