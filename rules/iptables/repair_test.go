@@ -67,7 +67,7 @@ func TestRepair(t *testing.T) {
 		// the repair puts the damaged family's mappings back without
 		// their DNAT rule.
 		spent bool
-		cmds       [][]string // arguments to the family's iptables binary
+		cmds  [][]string // arguments to the family's iptables binary
 	}{
 		{name: "firewall reload", siteIntact: true, spent: true},
 		{name: "flush built-in chains", cmds: [][]string{{"-F", "FORWARD"}, {"-t", "nat", "-F", "PREROUTING"}, {"-t", "nat", "-F", "OUTPUT"}, {"-t", "nat", "-F", "POSTROUTING"}}},
