@@ -1,9 +1,7 @@
 // Package iptables is pasvgate's iptables backend: a rules.Backend that
-// turns each mapping into a DNAT rule, a FORWARD accept, an SNAT rule (or,
-// without SNAT, a rule that only records the first connection) and a rule
-// that records the first connection delivered locally, kept in pasvgate's
-// own chains (ChainDNAT, ChainSNAT, ChainInput, ChainForward, ChainAdmit)
-// that the built-in chains jump to. It works with
+// turns each mapping into a DNAT rule, a FORWARD accept and, optionally, an
+// SNAT rule, kept in pasvgate's own chains (ChainDNAT, ChainSNAT,
+// ChainForward, ChainAdmit) that the built-in chains jump to. It works with
 // iptables-legacy and iptables-nft, for IPv4 and, through ip6tables, IPv6.
 //
 // Its callers are package nat, through rules.Backend, which installs a
@@ -29,13 +27,11 @@
 // another commit changed the ruleset first; iptables-legacy serialises the
 // two on the xtables lock.
 //
-// A mapping admits one connection, the first (see mappingRules): its
-// ChainSNAT rule (ChainInput's, for a connection delivered locally)
-// records the client in an xt_recent list of the mapping's own with the
-// first connection's first packet, and its DNAT rule DNATs only clients
-// not in that list. The kernel does it alone, so no window
-// is left for a userspace round trip; a used mapping stays installed until
-// Remove, which treats it like any other.
+// A mapping admits one connection, the first (see mappingRules): its DNAT
+// rule DNATs only a client not yet in an xt_recent list of the mapping's
+// own, and adds the client to it as it DNATs. The kernel does it alone, so
+// no window is left for a userspace round trip; a used mapping stays
+// installed until Remove, which treats it like any other.
 //
 // Connections admitted by a mapping keep flowing after it is removed: the
 // mapping's FORWARD rule sends the connection's first packet to ChainAdmit,

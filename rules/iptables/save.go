@@ -243,7 +243,8 @@ func (st *saved) hasOwn() bool {
 }
 
 // hasNATRules reports whether st holds any of the nat rules of the mapping
-// id, and so whether the kernel still holds its xt_recent list.
+// id, and so whether the kernel still holds its xt_recent list (its DNAT
+// rule names it).
 func (st *saved) hasNATRules(id string) bool {
 	return slices.ContainsFunc(st.rulesOf(id), func(r savedRule) bool { return r.table == tableNAT })
 }
@@ -308,7 +309,7 @@ func (r savedRule) fill(m *rules.Mapping) {
 	case "SNAT":
 		setAddr(&m.SNAT, r.opt("--to-source"))
 		fallthrough
-	case ChainAdmit, "RETURN":
+	case ChainAdmit:
 		setAddrPort(&m.Target, parseHost(r.opt("-d")), r.opt("--dport"))
 		setAddrPort(&m.Public, parseHost(r.opt("--ctorigdst")), r.opt("--ctorigdstport"))
 	}

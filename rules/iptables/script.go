@@ -17,15 +17,9 @@ const (
 	// jumps to it for traffic from outside, OUTPUT for clients on the
 	// gateway itself.
 	ChainDNAT = "PASVGATE-DNAT"
-	// ChainSNAT (nat table) holds one rule per mapping that records the
-	// mapping's first connection (see mappingRules) and SNATs it when the
-	// mapping has Mapping.SNAT. POSTROUTING jumps to it.
+	// ChainSNAT (nat table) holds one SNAT rule per mapping that has
+	// Mapping.SNAT. POSTROUTING jumps to it.
 	ChainSNAT = "PASVGATE-SNAT"
-	// ChainInput (nat table) holds one rule per mapping that records the
-	// mapping's first connection when its target is the gateway itself,
-	// whose connections go to INPUT and never reach POSTROUTING. INPUT
-	// jumps to it.
-	ChainInput = "PASVGATE-INPUT"
 	// ChainForward (filter table) holds a static rule that accepts the
 	// established flows pasvgate admitted, then one rule per mapping that
 	// sends the mapping's new connection to ChainAdmit. FORWARD jumps to it.
@@ -106,14 +100,13 @@ var jumps = []jump{
 	{tableNAT, "PREROUTING", ChainDNAT},
 	{tableNAT, "OUTPUT", ChainDNAT},
 	{tableNAT, "POSTROUTING", ChainSNAT},
-	{tableNAT, "INPUT", ChainInput},
 }
 
 // ownChains are pasvgate's chains per table, in an order in which each
 // chain's references come before the chain (so -X can follow it).
 var ownChains = map[string][]string{
 	tableFilter: {ChainForward, ChainAdmit},
-	tableNAT:    {ChainDNAT, ChainSNAT, ChainInput},
+	tableNAT:    {ChainDNAT, ChainSNAT},
 }
 
 // tables is the order tables are written in: filter first, so that a
@@ -124,7 +117,7 @@ var tables = []string{tableFilter, tableNAT}
 // interception chains included.
 func isOwnChain(c string) bool {
 	switch c {
-	case ChainDNAT, ChainSNAT, ChainInput, ChainForward, ChainAdmit, ChainIntercept, ChainTProxy:
+	case ChainDNAT, ChainSNAT, ChainForward, ChainAdmit, ChainIntercept, ChainTProxy:
 		return true
 	}
 	return false
@@ -207,35 +200,35 @@ func fullMask(a netip.Addr) string {
 }
 
 // mappingRules are m's rules in install order: the FORWARD accept, then the
-// ChainSNAT and ChainInput rules, the DNAT last. m must be valid.
+// SNAT if any, the DNAT last. m must be valid.
 //
-// The FORWARD and ChainSNAT rules match the connection's original
-// destination (conntrack --ctorigdst/--ctorigdstport, that is Public), not
-// just Target: they admit and rewrite exactly the connection the DNAT rule
-// made, and never a connection made straight to Target.
+// The FORWARD and SNAT rules match the connection's original destination
+// (conntrack --ctorigdst/--ctorigdstport, that is Public), not just Target:
+// they admit and rewrite exactly the connection the DNAT rule made, and
+// never a connection made straight to Target.
 //
 // A mapping admits one connection, the first, like the kernel FTP
-// helper's expectations, with the xt_recent list recentName(m): the
-// ChainSNAT rule adds the source to it (--set) with the first packet of
-// the first connection, and the DNAT rule DNATs only while the source is
-// not in it (! --rcheck). So a second connection from the same client
-// (another source port: a new conntrack entry) is not DNATed; it is
-// addressed to the gateway itself, and refused there. Both run in the
-// kernel, with no round trip to pasvgate. ChainSNAT is where NAT has been
-// decided and the packet has passed FORWARD: the nat POSTROUTING chain sees
-// a connection's first packet only, with the client still its source. A
-// first packet that the host's FORWARD drops does not use the mapping up,
-// so its retransmission, once accepted, still gets through. The ChainSNAT
-// rule of a mapping without SNAT returns instead of SNATing. The
-// ChainInput rule does the same --set for a mapping whose target is the
-// gateway itself, whose connection goes to INPUT instead of POSTROUTING,
-// and never SNATs: a data connection delivered locally is not SNATed.
+// helper's expectations, with the xt_recent list recentName(m): the DNAT
+// rule DNATs only a source that is not in the list (! --rcheck), and adds
+// it (--set) as it DNATs. The nat table sees a connection's first packet
+// only, so a second connection from the same client (another source port:
+// a new conntrack entry) finds the client in the list and is not DNATed;
+// it is addressed to the gateway itself, and refused there. The kernel
+// does it alone, with no round trip to pasvgate. The first connection's
+// DNAT is in its conntrack entry, and its SNAT rule does not look at the
+// list, so it keeps flowing.
 //
-// Two first packets from one client that cross PREROUTING before either
-// reaches POSTROUTING (microseconds apart) both get through; the server
-// accepts one of them on its passive port. What one-shot closes is the
-// later connection, made after the server has given that port to someone
-// else.
+// The check and the --set are two matches of one rule, a few instructions
+// apart, which is the whole window left: two first packets of one client
+// that both pass the check before either is added both get through (the
+// server accepts one of them on its passive port; what one-shot closes is
+// a later connection, after the server has given that port to someone
+// else). Doing the --set later, in POSTROUTING once the packet has passed
+// FORWARD, would keep a first packet that FORWARD drops from using the
+// mapping up, but measured a window of hundreds of microseconds under load
+// (two first packets crossing PREROUTING on two CPUs before either reaches
+// POSTROUTING); pasvgate's own FORWARD accept is the first rule of FORWARD,
+// so that drop does not happen unless someone puts a rule above it.
 func mappingRules(m rules.Mapping) []rule {
 	comment := []string{"-m", "comment", "--comment", mappingComment(m)}
 	src, tgt := host(m.Source), host(m.Target.Addr())
@@ -247,26 +240,19 @@ func mappingRules(m rules.Mapping) []rule {
 	fwd = append(append(fwd, comment...), "-j", ChainAdmit)
 	out := []rule{{tableFilter, ChainForward, fwd}}
 
+	if m.SNAT.IsValid() {
+		snat := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
+			"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
+		snat = append(append(snat, comment...), "-j", "SNAT", "--to-source", m.SNAT.String())
+		out = append(out, rule{tableNAT, ChainSNAT, snat})
+	}
+
 	recent := func(op ...string) []string {
 		r := append([]string{"-m", "recent"}, op...)
 		return append(r, "--name", recentName(m), "--mask", fullMask(m.Source), "--rsource")
 	}
-	first := func() []string {
-		r := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
-			"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
-		return append(append(r, recent("--set")...), comment...)
-	}
-	snat := first()
-	if m.SNAT.IsValid() {
-		snat = append(snat, "-j", "SNAT", "--to-source", m.SNAT.String())
-	} else {
-		snat = append(snat, "-j", "RETURN")
-	}
-	out = append(out, rule{tableNAT, ChainSNAT, snat},
-		rule{tableNAT, ChainInput, append(first(), "-j", "RETURN")})
-
 	dnat := []string{"-s", src, "-d", host(m.Public.Addr()), "-p", "tcp", "-m", "tcp", "--dport", pubPort}
-	dnat = append(append(dnat, recent("!", "--rcheck")...), comment...)
+	dnat = append(append(append(dnat, recent("!", "--rcheck")...), recent("--set")...), comment...)
 	dnat = append(dnat, "-j", "DNAT", "--to-destination", m.Target.String())
 	return append(out, rule{tableNAT, ChainDNAT, dnat})
 }
