@@ -242,6 +242,13 @@ func (st *saved) hasOwn() bool {
 	return false
 }
 
+// hasNATRules reports whether st holds any of the nat rules of the mapping
+// id, and so whether the kernel still holds its xt_recent list (its DNAT
+// rule names it).
+func (st *saved) hasNATRules(id string) bool {
+	return slices.ContainsFunc(st.rulesOf(id), func(r savedRule) bool { return r.table == tableNAT })
+}
+
 // mappings rebuilds the mappings whose rules st holds, ordered by ID. Each
 // of a mapping's rules tells most of it (the FORWARD and SNAT rules carry
 // Public in their conntrack match), so a mapping of which only some rules

@@ -185,6 +185,20 @@ func host(a netip.Addr) string {
 	return netip.PrefixFrom(a, a.BitLen()).String()
 }
 
+// recentName is the name of m's xt_recent list, which holds m's source
+// once m has admitted its connection. The kernel keeps a list while a rule
+// names it, and frees it with the last such rule.
+func recentName(m rules.Mapping) string { return commentTag + "-" + m.ID }
+
+// fullMask is the --mask of an xt_recent match on a host address of a's
+// family, as iptables-save prints it.
+func fullMask(a netip.Addr) string {
+	if a.Is4() {
+		return "255.255.255.255"
+	}
+	return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+}
+
 // mappingRules are m's rules in install order: the FORWARD accept, then the
 // SNAT if any, the DNAT last. m must be valid.
 //
@@ -192,6 +206,29 @@ func host(a netip.Addr) string {
 // (conntrack --ctorigdst/--ctorigdstport, that is Public), not just Target:
 // they admit and rewrite exactly the connection the DNAT rule made, and
 // never a connection made straight to Target.
+//
+// A mapping admits one connection, the first, like the kernel FTP
+// helper's expectations, with the xt_recent list recentName(m): the DNAT
+// rule DNATs only a source that is not in the list (! --rcheck), and adds
+// it (--set) as it DNATs. The nat table sees a connection's first packet
+// only, so a second connection from the same client (another source port:
+// a new conntrack entry) finds the client in the list and is not DNATed;
+// it is addressed to the gateway itself, and refused there. The kernel
+// does it alone, with no round trip to pasvgate. The first connection's
+// DNAT is in its conntrack entry, and its SNAT rule does not look at the
+// list, so it keeps flowing.
+//
+// The check and the --set are two matches of one rule, a few instructions
+// apart, which is the whole window left: two first packets of one client
+// that both pass the check before either is added both get through (the
+// server accepts one of them on its passive port; what one-shot closes is
+// a later connection, after the server has given that port to someone
+// else). Doing the --set later, in POSTROUTING once the packet has passed
+// FORWARD, would keep a first packet that FORWARD drops from using the
+// mapping up, but measured a window of hundreds of microseconds under load
+// (two first packets crossing PREROUTING on two CPUs before either reaches
+// POSTROUTING); pasvgate's own FORWARD accept is the first rule of FORWARD,
+// so that drop does not happen unless someone puts a rule above it.
 func mappingRules(m rules.Mapping) []rule {
 	comment := []string{"-m", "comment", "--comment", mappingComment(m)}
 	src, tgt := host(m.Source), host(m.Target.Addr())
@@ -210,9 +247,25 @@ func mappingRules(m rules.Mapping) []rule {
 		out = append(out, rule{tableNAT, ChainSNAT, snat})
 	}
 
+	recent := func(op ...string) []string {
+		r := append([]string{"-m", "recent"}, op...)
+		return append(r, "--name", recentName(m), "--mask", fullMask(m.Source), "--rsource")
+	}
 	dnat := []string{"-s", src, "-d", host(m.Public.Addr()), "-p", "tcp", "-m", "tcp", "--dport", pubPort}
-	dnat = append(append(dnat, comment...), "-j", "DNAT", "--to-destination", m.Target.String())
+	dnat = append(append(append(dnat, recent("!", "--rcheck")...), recent("--set")...), comment...)
+	dnat = append(dnat, "-j", "DNAT", "--to-destination", m.Target.String())
 	return append(out, rule{tableNAT, ChainDNAT, dnat})
+}
+
+// rulesOf are m's rules as mappingRules makes them or, if spent, without
+// the DNAT rule: a mapping that a repair put back without knowing whether
+// it had admitted its connection must admit nothing.
+func rulesOf(m rules.Mapping, spent bool) []rule {
+	rs := mappingRules(m)
+	if spent {
+		rs = slices.DeleteFunc(rs, func(r rule) bool { return r.chain == ChainDNAT })
+	}
+	return rs
 }
 
 // script is iptables-restore input built one table section at a time.
@@ -285,12 +338,12 @@ func installScript(m rules.Mapping, mark uint32, check bool) string {
 	return s.String()
 }
 
-// removeScript is the one iptables-restore batch that removes m: the nat
-// section first (DNAT, then SNAT), so that no new connection is DNATed once
-// its FORWARD accept is gone.
-func removeScript(m rules.Mapping) string {
+// removeScript is the one iptables-restore batch that removes m (spent as
+// rulesOf says): the nat section first (DNAT, then SNAT), so that no new
+// connection is DNATed once its FORWARD accept is gone.
+func removeScript(m rules.Mapping, spent bool) string {
 	var s script
-	rs := mappingRules(m)
+	rs := rulesOf(m, spent)
 	for _, t := range []string{tableNAT, tableFilter} {
 		for i := len(rs) - 1; i >= 0; i-- {
 			if rs[i].table == t {
@@ -322,13 +375,17 @@ func blindRollbackScript(m rules.Mapping) string {
 // rules exactly what it should be, whatever st (that family's
 // iptables-save) shows: every own chain is declared, which creates it or,
 // under --noflush, empties it; each jump is put first in its built-in chain
-// exactly once; the static rules are written; then the rules of ms. Each
-// table is replaced in one commit, so established flows never see a gap.
+// exactly once; the static rules are written; then the rules of ms, those
+// whose ID is in spent without their DNAT rule. Each table is replaced in
+// one commit, so established flows never see a gap. A mapping whose rules
+// st still holds keeps its xt_recent list, and so whether it was used,
+// through the commit: the new rules find the list while the old ones still
+// hold it.
 //
 // Setup uses it with no mappings to sweep an earlier process's leftovers;
 // Install uses it with every mapping it has installed to repair what was
 // changed from outside.
-func resetScript(st *saved, mark uint32, ms []rules.Mapping) string {
+func resetScript(st *saved, mark uint32, ms []rules.Mapping, spent map[string]bool) string {
 	var s script
 	static := staticRules(mark)
 	for _, t := range tables {
@@ -355,7 +412,7 @@ func resetScript(st *saved, mark uint32, ms []rules.Mapping) string {
 			}
 		}
 		for _, m := range ms {
-			for _, r := range mappingRules(m) {
+			for _, r := range rulesOf(m, spent[m.ID]) {
 				if r.table == t {
 					s.add(t, r.line("-A"))
 				}

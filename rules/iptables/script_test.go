@@ -31,6 +31,7 @@ func TestMappingRules(t *testing.T) {
 				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40001",
 				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "SNAT", "--to-source", "192.0.2.1"}},
 			{tableNAT, ChainDNAT, []string{"-s", "203.0.113.10/32", "-d", "203.0.113.2/32", "-p", "tcp", "-m", "tcp", "--dport", "40001",
+				"-m", "recent", "!", "--rcheck", "--name", "pasvgate-m-a1", "--mask", "255.255.255.255", "--rsource", "-m", "recent", "--set", "--name", "pasvgate-m-a1", "--mask", "255.255.255.255", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "DNAT", "--to-destination", "192.0.2.10:30000"}},
 		}},
 		{"IPv4 without SNAT or Created", noSNAT, []rule{
@@ -38,6 +39,7 @@ func TestMappingRules(t *testing.T) {
 				"-m", "conntrack", "--ctstate", "NEW", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40002",
 				"-m", "comment", "--comment", "pasvgate id=m-b1", "-j", "PASVGATE-ADMIT"}},
 			{tableNAT, ChainDNAT, []string{"-s", "203.0.113.10/32", "-d", "203.0.113.2/32", "-p", "tcp", "-m", "tcp", "--dport", "40002",
+				"-m", "recent", "!", "--rcheck", "--name", "pasvgate-m-b1", "--mask", "255.255.255.255", "--rsource", "-m", "recent", "--set", "--name", "pasvgate-m-b1", "--mask", "255.255.255.255", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-b1", "-j", "DNAT", "--to-destination", "192.0.2.10:30000"}},
 		}},
 		{"IPv6", rulestest.Sample6("m-6", 40003), []rule{
@@ -45,6 +47,7 @@ func TestMappingRules(t *testing.T) {
 				"-m", "conntrack", "--ctstate", "NEW", "--ctorigdst", "2001:db8:1::2", "--ctorigdstport", "40003",
 				"-m", "comment", "--comment", "pasvgate id=m-6 created=1700000000", "-j", "PASVGATE-ADMIT"}},
 			{tableNAT, ChainDNAT, []string{"-s", "2001:db8:1::10/128", "-d", "2001:db8:1::2/128", "-p", "tcp", "-m", "tcp", "--dport", "40003",
+				"-m", "recent", "!", "--rcheck", "--name", "pasvgate-m-6", "--mask", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "--rsource", "-m", "recent", "--set", "--name", "pasvgate-m-6", "--mask", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-6 created=1700000000", "-j", "DNAT", "--to-destination", "[2001:db8:2::10]:30000"}},
 		}},
 	}
@@ -70,7 +73,7 @@ func TestInstallRemoveScripts(t *testing.T) {
 	m := rulestest.Sample("m-a1", 40001)
 	const fwd = `PASVGATE-FORWARD -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate NEW --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j PASVGATE-ADMIT`
 	const snat = `PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1`
-	const dnat = `PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000`
+	const dnat = `PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m recent ! --rcheck --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m recent --set --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000`
 	wantInstall := `*filter
 -C FORWARD -m comment --comment pasvgate -j PASVGATE-FORWARD
 -C PASVGATE-ADMIT -m comment --comment "pasvgate admit" -j CONNMARK --set-xmark 0x10000000/0x10000000
@@ -93,7 +96,7 @@ COMMIT
 		t.Errorf("installScript without checks:\n%s\nwant:\n%s", got, wantNoCheck)
 	}
 	wantRemove := "*nat\n-D " + dnat + "\n-D " + snat + "\nCOMMIT\n*filter\n-D " + fwd + "\nCOMMIT\n"
-	if got := removeScript(m); got != wantRemove {
+	if got := removeScript(m, false); got != wantRemove {
 		t.Errorf("removeScript:\n%s\nwant:\n%s", got, wantRemove)
 	}
 	wantBlind := "*filter\n-D " + fwd + "\nCOMMIT\n*nat\n-D " + snat + "\n-D " + dnat + "\nCOMMIT\n"
@@ -150,7 +153,7 @@ func TestResetScript(t *testing.T) {
 	}
 	m := rulestest.Sample("m-z", 40009)
 	m.SNAT = netip.Addr{}
-	got := resetScript(st, DefaultConnMark, []rules.Mapping{m})
+	got := resetScript(st, DefaultConnMark, []rules.Mapping{m}, nil)
 	want := `*filter
 :PASVGATE-FORWARD - [0:0]
 :PASVGATE-ADMIT - [0:0]
@@ -167,7 +170,7 @@ COMMIT
 :PASVGATE-SNAT - [0:0]
 -D PREROUTING -m comment --comment pasvgate -j PASVGATE-DNAT
 -I PREROUTING 1 -m comment --comment pasvgate -j PASVGATE-DNAT
--A PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40009 -m comment --comment "pasvgate id=m-z created=1700000000" -j DNAT --to-destination 192.0.2.10:30000
+-A PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40009 -m recent ! --rcheck --name pasvgate-m-z --mask 255.255.255.255 --rsource -m recent --set --name pasvgate-m-z --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-z created=1700000000" -j DNAT --to-destination 192.0.2.10:30000
 COMMIT
 `
 	if got != want {
@@ -176,7 +179,7 @@ COMMIT
 
 	// From nothing, everything is created.
 	empty, _ := parseSave("")
-	got = resetScript(empty, DefaultConnMark, nil)
+	got = resetScript(empty, DefaultConnMark, nil, nil)
 	for _, l := range []string{
 		"-I FORWARD 1 -m comment --comment pasvgate -j PASVGATE-FORWARD",
 		"-I PREROUTING 1 -m comment --comment pasvgate -j PASVGATE-DNAT",
