@@ -134,6 +134,16 @@ func (m Mapping) Validate() error {
 // Backend turns mappings into kernel state. Implementations are safe for
 // concurrent use. Every method takes a context so that a stuck kernel call
 // (a held xtables lock, a slow netlink socket) can be bounded by the caller.
+//
+// Mappings are one-shot, like the kernel FTP helper's expectations: an
+// installed mapping admits exactly one data connection, the first one from
+// Source to Public that gets through the gateway, and that connection keeps
+// flowing for its whole life. Any later connection that matches the
+// mapping, from another source port of the same client included, is not
+// forwarded, even while the mapping is still installed. The kernel itself
+// uses a mapping up, with the first connection's first packet, with no
+// call into pasvgate; so Remove is what takes out a mapping never used,
+// and the rest of a used one, and it succeeds for both.
 type Backend interface {
 	// Setup prepares the backend's own chains or tables and the hooks that
 	// lead to them, and removes every mapping left by an earlier process.
@@ -144,8 +154,10 @@ type Backend interface {
 	// in the kernel. It returns ErrInvalid for a mapping that fails
 	// Validate and ErrExists for a duplicate.
 	Install(ctx context.Context, m Mapping) error
-	// Remove takes m out of the kernel. Connections it already admitted
-	// keep flowing. It returns ErrNotInstalled if m is not installed.
+	// Remove takes m out of the kernel. The connection it already
+	// admitted keeps flowing. A mapping the kernel has used up is still
+	// installed, and removing it is not an error. It returns
+	// ErrNotInstalled if m is not installed.
 	Remove(ctx context.Context, m Mapping) error
 	// List returns the installed mappings.
 	List(ctx context.Context) ([]Mapping, error)

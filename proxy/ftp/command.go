@@ -1,7 +1,6 @@
 package ftp
 
 import (
-	"bytes"
 	"strconv"
 )
 
@@ -86,19 +85,119 @@ func (v Verb) IsTransfer() bool {
 	return false
 }
 
-// ParseCommand splits a command line's text into its verb and argument.
-// The verb is everything before the first space, matched without regard
-// to case; the argument is what follows the first run of spaces after it,
-// nil if nothing does. Only a space separates, as in the servers, so that
-// "PORT\t..." is not a PORT here when it is not one there. An unknown verb
-// gives VerbOther and still its argument. It does not allocate.
+// Command is one command line from a client, parsed once: what the proxy
+// decides on (Verb, Arg) and what it came from (Text, Raw). The slices are
+// those of Reader.ReadLine and valid as long as they are.
+type Command struct {
+	Verb Verb
+	// Arg is the argument (see ParseCommand), nil if there is none.
+	Arg []byte
+	// Text is the line's text, Telnet and terminator removed.
+	Text []byte
+	// Raw is the line's bytes as received.
+	Raw []byte
+}
+
+// ParseLine parses a line as Reader.ReadLine returns it.
+func ParseLine(raw, text []byte) Command {
+	verb, arg := ParseCommand(text)
+	return Command{Verb: verb, Arg: arg, Text: text, Raw: raw}
+}
+
+// NoVerb reports whether the line is empty or starts with whitespace, and
+// so has no verb. Servers disagree on such a line: ProFTPD drops it without
+// a reply, vsftpd and pure-ftpd answer 500. A proxy that forwarded it could
+// not know whether a reply is owed.
+func (c Command) NoVerb() bool {
+	return len(c.Text) == 0 || IsSpace(c.Text[0])
+}
+
+// AppendCanonical appends the command as one canonical line: the verb's
+// name in upper case, and if there is an argument one space and the
+// argument byte for byte, then CRLF (written as AppendLine writes text). A
+// canonical line reads the same to every server, whatever separator or
+// case the client used. c.Verb must not be VerbOther, whose name is not
+// the client's word.
+func (c Command) AppendCanonical(dst []byte) []byte {
+	dst = append(dst, c.Verb.String()...)
+	if len(c.Arg) == 0 {
+		return append(dst, '\r', '\n')
+	}
+	return AppendLine(append(dst, ' '), c.Arg)
+}
+
+// How servers split a command line into verb and argument. Read in their
+// sources (vsftpd 3.0 ftpcmdio.c vsf_cmdio_get_cmd_and_arg and str.c
+// str_split_char; ProFTPD 1.3 src/main.c pr_cmd_read and make_ftp_cmd,
+// src/str.c pr_str_get_word; pure-ftpd 1.0 src/ftp_parser.c sfgets and
+// parser). All three end a line at LF and drop the CR before it.
+//
+//   - vsftpd: the verb ends at the first space, and only a space: a TAB,
+//     VT, FF or CR stays in the verb, which is then unknown (500). The
+//     verb is upper-cased. The argument is everything after that one
+//     space, as is (leading and trailing spaces kept). A leading space
+//     makes the verb empty (500). Every NUL in the line becomes LF in the
+//     text, before the split.
+//   - ProFTPD: a line that starts with whitespace (isspace: SP HT LF VT FF
+//     CR), or is empty, is dropped with no reply at all; one leading CR is
+//     skipped first. The verb ends at the first whitespace byte of any of
+//     those kinds, and its letters are upper-cased before dispatch. The
+//     argument is everything after that one byte, as is (cmd->arg, which
+//     RETR, STOR and the like use); its words, split at runs of
+//     whitespace, are argv, and PORT and EPRT take exactly one word, so
+//     "PORT\t\t1,2,3,4,5,6 " is a PORT. CR NUL in the argument loses its
+//     NUL (RFC 2640); a NUL elsewhere ends the string there.
+//   - pure-ftpd: while reading, every control byte but CR (C0, DEL, and by
+//     default C1 too) is replaced by '_', so a TAB, VT or FF never
+//     separates: "PORT\t1,2,3,4,5,6" reads as "PORT_1,2,3,4,5,6" (500).
+//     The verb is the letters (and '@', for its "P@SW" alias of PASV) at
+//     the start, lower-cased; it must be followed by the end of the line or
+//     one whitespace byte, which is a space or a bare CR, else 500. The
+//     argument is everything after that byte, as is (a build option trims
+//     runs of whitespace on both sides instead). A line that starts with
+//     whitespace has no verb (500).
+//
+// So no server reads a verb across whitespace, every server reads it in
+// any case, and for all three the argument starts one byte after the verb.
+// ParseCommand reads the verb the widest way (ProFTPD's: any whitespace),
+// so that every line any of them takes as a PORT is a PORT here too; the
+// proxy then sends the lines it acts on in the canonical form, which all
+// of them read alike. Lines with a bare CR or a NUL, and lines with no
+// verb, the proxy refuses itself.
+
+// IsSpace reports whether c is whitespace to an FTP server reading a
+// command: ASCII SP, HT, LF, VT, FF or CR (C isspace in the C locale).
+func IsSpace(c byte) bool {
+	return c == ' ' || ('\t' <= c && c <= '\r')
+}
+
+// TrimSpace returns b without the whitespace (IsSpace) at either end: a
+// one-word argument as ProFTPD takes it ("EPSV ALL "). Unlike
+// bytes.TrimSpace it leaves non-ASCII spaces, which no server trims.
+func TrimSpace(b []byte) []byte {
+	for len(b) > 0 && IsSpace(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && IsSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// ParseCommand splits a command line's text into its verb and argument, as
+// servers do (see above). The verb is everything before the first
+// whitespace byte (IsSpace), matched without regard to ASCII case; the
+// argument is everything after that one byte, as is, and nil if that is
+// nothing. A line that starts with whitespace has no verb: VerbOther (see
+// Command.NoVerb). An unknown verb gives VerbOther and still its argument.
+// It does not allocate.
 func ParseCommand(text []byte) (Verb, []byte) {
 	word, rest := text, []byte(nil)
-	if i := bytes.IndexByte(text, ' '); i >= 0 {
-		word, rest = text[:i], text[i:]
-	}
-	for len(rest) > 0 && rest[0] == ' ' {
-		rest = rest[1:]
+	for i, c := range text {
+		if IsSpace(c) {
+			word, rest = text[:i], text[i+1:]
+			break
+		}
 	}
 	if len(rest) == 0 {
 		rest = nil

@@ -15,27 +15,52 @@ func TestParseCommand(t *testing.T) {
 		{"uSeR anonymous", VerbUSER, "anonymous"},
 		{"PASS", VerbPASS, "<nil>"},
 		{"PASV ", VerbPASV, "<nil>"},
-		{"PASV    ", VerbPASV, "<nil>"},
+		// The argument starts one byte after the verb, as in every server:
+		// a file name may start or end with spaces.
+		{"PASV    ", VerbPASV, "   "},
 		{"PORT 192,0,2,1,4,1", VerbPORT, "192,0,2,1,4,1"},
-		{"PORT   192,0,2,1,4,1 ", VerbPORT, "192,0,2,1,4,1 "},
+		{"PORT   192,0,2,1,4,1 ", VerbPORT, "  192,0,2,1,4,1 "},
 		{"EPRT |2|2001:db8::1|5282|", VerbEPRT, "|2|2001:db8::1|5282|"},
 		{"ccc", VerbCCC, "<nil>"},
 		{"STOR a b  c", VerbSTOR, "a b  c"},
-		{"RETR  x", VerbRETR, "x"},
+		{"RETR  x", VerbRETR, " x"},
+		{"RETR x ", VerbRETR, "x "},
 		{"MLSD", VerbMLSD, "<nil>"},
 		{"XPWD", VerbOther, "<nil>"},
 		{"SITE CHMOD 755 x", VerbOther, "CHMOD 755 x"},
 		{"", VerbOther, "<nil>"},
 		{" ", VerbOther, "<nil>"},
+		// No verb: a line that starts with whitespace.
 		{" USER x", VerbOther, "USER x"},
+		{"\tPORT 1,2,3,4,5,6", VerbOther, "PORT 1,2,3,4,5,6"},
 		{"USERS x", VerbOther, "x"},
 		{"US", VerbOther, "<nil>"},
-		{"PORT\t1,2,3,4,5,6", VerbOther, "<nil>"},
+		// Any whitespace ends the verb, as in ProFTPD: issue 12's verb
+		// smuggling.
+		{"PORT\t1,2,3,4,5,6", VerbPORT, "1,2,3,4,5,6"},
+		{"port\t1,2,3,4,5,6", VerbPORT, "1,2,3,4,5,6"},
+		{"EPRT\t|1|192.0.2.99|22|", VerbEPRT, "|1|192.0.2.99|22|"},
+		{"PORT\v1,2,3,4,5,6", VerbPORT, "1,2,3,4,5,6"},
+		{"PORT\f1,2,3,4,5,6", VerbPORT, "1,2,3,4,5,6"},
+		{"PORT\r1,2,3,4,5,6", VerbPORT, "1,2,3,4,5,6"},
+		{"PORT \t1,2,3,4,5,6", VerbPORT, "\t1,2,3,4,5,6"},
+		{"PASV\t", VerbPASV, "<nil>"},
+		{"EPSV\tALL", VerbEPSV, "ALL"},
+		{"AUTH\tTLS", VerbAUTH, "TLS"},
+		{"LPSV\t", VerbLPSV, "<nil>"},
+		{"REIN\t", VerbREIN, "<nil>"},
+		{"RETR\tx", VerbRETR, "x"},
+		{"QUIT\r", VerbQUIT, "<nil>"},
+		// Not whitespace: these stay in the verb, which is then unknown.
 		{"CCC\x00", VerbOther, "<nil>"},
 		{"CC\x00", VerbOther, "<nil>"},
+		{"PORT\x001,2,3,4,5,6", VerbOther, "<nil>"},
+		{"PORT\xa01,2,3,4,5,6", VerbOther, "<nil>"},
+		{"PORT\x851,2,3,4,5,6", VerbOther, "<nil>"},
+		{"PORT_1,2,3,4,5,6", VerbOther, "<nil>"},
+		{"PORT,1,2,3,4,5,6", VerbOther, "<nil>"},
 		{"PO\xd2T", VerbOther, "<nil>"},
 		{"P0RT x", VerbOther, "x"},
-		{"QUIT\r", VerbOther, "<nil>"},
 		{"\xff\xf4ABOR", VerbOther, "<nil>"},
 	}
 	for _, tt := range tests {
@@ -46,6 +71,37 @@ func TestParseCommand(t *testing.T) {
 		}
 		if verb != tt.verb || got != tt.arg {
 			t.Errorf("ParseCommand(%q) = %v, %q; want %v, %q", tt.text, verb, got, tt.verb, tt.arg)
+		}
+	}
+}
+
+func TestCommandNoVerb(t *testing.T) {
+	for text, want := range map[string]bool{
+		"": true, " ": true, " USER x": true, "\tPORT 1,2,3,4,5,6": true, "\vNOOP": true,
+		"NOOP": false, "x": false, "\xffNOOP": false, "PORT\t1,2,3,4,5,6": false,
+	} {
+		if got := ParseLine(nil, []byte(text)).NoVerb(); got != want {
+			t.Errorf("%q: NoVerb() = %v, want %v", text, got, want)
+		}
+	}
+}
+
+func TestAppendCanonical(t *testing.T) {
+	tests := []struct{ text, want string }{
+		{"PORT\t192,0,2,99,0,22", "PORT 192,0,2,99,0,22\r\n"},
+		{"port 1,2,3,4,5,6", "PORT 1,2,3,4,5,6\r\n"},
+		{"EPRT\f|1|192.0.2.99|22|", "EPRT |1|192.0.2.99|22|\r\n"},
+		{"pasv", "PASV\r\n"},
+		{"PASV\t", "PASV\r\n"},
+		{"epsv\tall", "EPSV all\r\n"},
+		{"Retr\t a file \t", "RETR  a file \t\r\n"},
+		{"RETR \xffname", "RETR \xff\xffname\r\n"},
+		{"REIN", "REIN\r\n"},
+	}
+	for _, tt := range tests {
+		c := ParseLine(nil, []byte(tt.text))
+		if got := string(c.AppendCanonical(nil)); got != tt.want {
+			t.Errorf("canonical %q = %q, want %q", tt.text, got, tt.want)
 		}
 	}
 }

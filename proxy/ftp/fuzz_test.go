@@ -252,10 +252,15 @@ func FuzzParseCommand(f *testing.F) {
 		if verb >= numVerbs {
 			t.Fatalf("ParseCommand(%q) = Verb(%d)", text, verb)
 		}
-		if arg != nil && (len(arg) == 0 || arg[0] == ' ' || !bytes.HasSuffix(text, arg)) {
-			t.Fatalf("ParseCommand(%q) argument %q", text, arg)
+		// The verb is what ProFTPD reads: everything up to the first
+		// whitespace byte; the argument is everything after that byte.
+		word, rest := text, []byte(nil)
+		if i := bytes.IndexFunc(text, func(r rune) bool { return r < 0x80 && IsSpace(byte(r)) }); i >= 0 {
+			word, rest = text[:i], text[i+1:]
 		}
-		word, _, _ := bytes.Cut(text, []byte(" "))
+		if !bytes.Equal(arg, rest) || (arg != nil && len(arg) == 0) {
+			t.Fatalf("ParseCommand(%q) argument %q, want %q", text, arg, rest)
+		}
 		up := asciiUpper(word)
 		if verb != VerbOther && up != verb.String() {
 			t.Fatalf("ParseCommand(%q) = %v", text, verb)
@@ -268,9 +273,23 @@ func FuzzParseCommand(f *testing.F) {
 			}
 			return
 		}
-		again := append([]byte(verb.String()+" "), arg...)
-		if v, a := ParseCommand(again); v != verb || !bytes.Equal(a, arg) {
-			t.Fatalf("ParseCommand(%q) = %v, %q; want %v, %q", again, v, a, verb, arg)
+		// The canonical line reads back, through the Reader, as the same
+		// command, and to vsftpd (verb up to the first space, upper-cased)
+		// as the same verb.
+		if bytes.IndexByte(text, '\n') >= 0 {
+			return // the Reader never gives a line with LF in it
+		}
+		c := ParseLine(nil, text)
+		line := c.AppendCanonical(nil)
+		_, back, err := NewReader(bytes.NewReader(line), len(line)+1).ReadLine()
+		if err != nil {
+			t.Fatalf("canonical %q of %q: %v", line, text, err)
+		}
+		if v, a := ParseCommand(back); v != verb || !bytes.Equal(a, arg) {
+			t.Fatalf("canonical %q of %q reads back as %v, %q; want %v, %q", line, text, v, a, verb, arg)
+		}
+		if w, _, _ := bytes.Cut(back, []byte(" ")); string(w) != verb.String() {
+			t.Fatalf("canonical %q of %q: vsftpd reads verb %q", line, text, w)
 		}
 	})
 }

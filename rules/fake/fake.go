@@ -3,13 +3,15 @@
 // install before Setup, refuses duplicates, refuses to remove what is not
 // installed, and records every operation so that a test can assert exactly
 // what was asked of it. It can be told to fail, to exercise 425 and
-// rollback paths.
+// rollback paths. Connect plays the kernel's datapath: like the real
+// backends, the fake admits one connection per mapping.
 package fake
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 
@@ -38,7 +40,10 @@ type Backend struct {
 	mu        sync.Mutex
 	setUp     bool
 	installed map[string]rules.Mapping
-	ops       []Op
+	// used holds the IDs of installed mappings that admitted their
+	// connection.
+	used map[string]bool
+	ops  []Op
 	// failInstall is consulted before each Install; a non-nil result fails it.
 	failInstall func(rules.Mapping) error
 	failRemove  func(rules.Mapping) error
@@ -71,6 +76,7 @@ func (b *Backend) Setup(context.Context) error {
 	defer b.mu.Unlock()
 	b.setUp = true
 	b.installed = map[string]rules.Mapping{}
+	b.used = map[string]bool{}
 	b.notify()
 	return nil
 }
@@ -129,8 +135,25 @@ func (b *Backend) remove(m rules.Mapping) error {
 		}
 	}
 	delete(b.installed, m.ID)
+	delete(b.used, m.ID)
 	b.notify()
 	return nil
+}
+
+// Connect is a new data connection from from to to, as the kernel would
+// see it: it reports the mapping that admits it, if any. A mapping admits
+// one connection, the first: Connect uses it up, as the real backends'
+// kernel rules do, and it stays installed until Remove.
+func (b *Backend) Connect(from netip.Addr, to netip.AddrPort) (rules.Mapping, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id, m := range b.installed {
+		if m.Source == from && m.Public == to && !b.used[id] {
+			b.used[id] = true
+			return m, true
+		}
+	}
+	return rules.Mapping{}, false
 }
 
 // List returns the installed mappings ordered by ID.
@@ -157,7 +180,7 @@ func (b *Backend) List(context.Context) ([]rules.Mapping, error) {
 func (b *Backend) Flush(context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.installed = nil
+	b.installed, b.used = nil, nil
 	b.setUp = false
 	b.notify()
 	return nil

@@ -45,3 +45,37 @@ func TestInjectedFailure(t *testing.T) {
 		t.Fatalf("Remove = %v with %d left, want the injected error and the mapping kept", err, b.Len())
 	}
 }
+
+// TestOneShot checks that the fake's datapath admits one connection per
+// mapping, from its source only, and that a used mapping is still removed
+// without error.
+func TestOneShot(t *testing.T) {
+	var b fake.Backend
+	ctx := context.Background()
+	if err := b.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	m := rulestest.Sample("m-1", 40001)
+	if err := b.Install(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	intruder := m.Source.Next()
+	if _, ok := b.Connect(intruder, m.Public); ok {
+		t.Errorf("a connection from another address was admitted")
+	}
+	if got, ok := b.Connect(m.Source, m.Public); !ok || got.ID != m.ID {
+		t.Fatalf("first connection = %v, %v; want admitted by %s", got, ok, m.ID)
+	}
+	if _, ok := b.Connect(m.Source, m.Public); ok {
+		t.Errorf("a second connection was admitted")
+	}
+	if err := b.Remove(ctx, m); err != nil {
+		t.Errorf("Remove of a used mapping = %v, want nil", err)
+	}
+	if err := b.Install(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Connect(m.Source, m.Public); !ok {
+		t.Errorf("a mapping installed again after Remove admits nothing")
+	}
+}

@@ -57,7 +57,7 @@ func benchInstallRemove(b *testing.B, path string, n int, cfg Config) {
 		if err != nil {
 			return err
 		}
-		if err := x.b.restore(ctx, x.b.fam4, resetScript(st, x.b.cfg.ConnMark, others)); err != nil {
+		if err := x.b.restore(ctx, x.b.fam4, resetScript(st, x.b.cfg.ConnMark, others, nil)); err != nil {
 			return err
 		}
 		for _, m := range others {

@@ -1,7 +1,9 @@
 // Package iptables is pasvgate's iptables backend: a rules.Backend that
-// turns each mapping into a DNAT rule, a FORWARD accept and, optionally, an
-// SNAT rule, kept in pasvgate's own chains (ChainDNAT, ChainSNAT,
-// ChainForward, ChainAdmit) that the built-in chains jump to. It works with
+// turns each mapping into a DNAT rule, a FORWARD accept, an SNAT rule (or,
+// without SNAT, a rule that only records the first connection) and a rule
+// that records the first connection delivered locally, kept in pasvgate's
+// own chains (ChainDNAT, ChainSNAT, ChainInput, ChainForward, ChainAdmit)
+// that the built-in chains jump to. It works with
 // iptables-legacy and iptables-nft, for IPv4 and, through ip6tables, IPv6.
 //
 // Its callers are package nat, through rules.Backend, which installs a
@@ -26,6 +28,14 @@
 // the removal too. iptables-nft-restore --noflush retries on its own when
 // another commit changed the ruleset first; iptables-legacy serialises the
 // two on the xtables lock.
+//
+// A mapping admits one connection, the first (see mappingRules): its
+// ChainSNAT rule (ChainInput's, for a connection delivered locally)
+// records the client in an xt_recent list of the mapping's own with the
+// first connection's first packet, and its DNAT rule DNATs only clients
+// not in that list. The kernel does it alone, so no window
+// is left for a userspace round trip; a used mapping stays installed until
+// Remove, which treats it like any other.
 //
 // Connections admitted by a mapping keep flowing after it is removed: the
 // mapping's FORWARD rule sends the connection's first packet to ChainAdmit,
@@ -189,6 +199,9 @@ type Backend struct {
 	mu   sync.Mutex
 	idx  map[string]rules.Mapping
 	bySP map[srcPub]string
+	// spent holds the IDs of mappings in idx that a repair put back
+	// without their DNAT rule (see recoverInstall).
+	spent map[string]bool
 	// ics holds the interceptions this process installed since Setup:
 	// Intercept and StopIntercept make the kernel's interception state
 	// exactly this set, and a repair puts it back.
@@ -400,6 +413,7 @@ func (b *Backend) Setup(ctx context.Context) error {
 	b.mu.Lock()
 	b.idx = map[string]rules.Mapping{}
 	b.bySP = map[srcPub]string{}
+	b.spent = map[string]bool{}
 	b.mu.Unlock()
 	b.ics = intercept.Set{}
 	b.setUp = true
@@ -441,7 +455,7 @@ func (b *Backend) setupFamily(ctx context.Context, f *family) error {
 	if left := st.mappings(); len(left) > 0 {
 		b.log.Info("removing mappings left by an earlier process", "family", f.name, "count", len(left))
 	}
-	if err := b.restore(ctx, f, resetScript(st, b.cfg.ConnMark, nil)); err != nil {
+	if err := b.restore(ctx, f, resetScript(st, b.cfg.ConnMark, nil, nil)); err != nil {
 		return fmt.Errorf("emptying chains: %w", err)
 	}
 	// resetScript leaves the interception chains alone: they exist only
@@ -527,15 +541,25 @@ func (b *Backend) recoverInstall(ctx context.Context, f *family, m rules.Mapping
 		b.log.Warn("pasvgate's rules were changed from outside; putting them back",
 			"family", f.name, "missing", missing, "mappings", len(b.sortedIndex()))
 		ms := []rules.Mapping{}
+		// A mapping none of whose nat rules is left lost its xt_recent
+		// list with them, and with it whether it admitted its
+		// connection: it is put back without its DNAT rule, so that a
+		// used mapping never admits a second connection, at the cost of
+		// one not used yet admitting none.
+		spent := map[string]bool{}
 		for _, o := range b.sortedIndex() {
 			if o.Is6() == f.v6 {
 				ms = append(ms, o)
+				if b.isSpent(o.ID) || !st.hasNATRules(o.ID) {
+					spent[o.ID] = true
+				}
 			}
 		}
-		err := b.restore(ctx, f, resetScript(st, b.cfg.ConnMark, append(ms, m)))
+		err := b.restore(ctx, f, resetScript(st, b.cfg.ConnMark, append(ms, m), spent))
 		if err == nil {
 			f.checked = time.Now()
 			b.add(m)
+			b.markSpent(spent)
 			b.repairIntercept(ctx, f, st)
 			return nil
 		}
@@ -573,7 +597,7 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	}
 	o, f, err := b.removable(m)
 	if err == nil {
-		err = b.restore(ctx, f, removeScript(o))
+		err = b.restore(ctx, f, removeScript(o, b.isSpent(o.ID)))
 		if err == nil {
 			b.del(o)
 		}
@@ -665,7 +689,7 @@ func (b *Backend) Flush(ctx context.Context) error {
 	}
 	defer b.unlock()
 	b.mu.Lock()
-	b.idx, b.bySP = nil, nil
+	b.idx, b.bySP, b.spent = nil, nil, nil
 	b.mu.Unlock()
 	b.setUp, b.ics = false, nil
 	var errs []error
@@ -719,6 +743,21 @@ func (b *Backend) del(m rules.Mapping) {
 	defer b.mu.Unlock()
 	delete(b.idx, m.ID)
 	delete(b.bySP, srcPub{m.Source, m.Public})
+	delete(b.spent, m.ID)
+}
+
+func (b *Backend) isSpent(id string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.spent[id]
+}
+
+func (b *Backend) markSpent(ids map[string]bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for id := range ids {
+		b.spent[id] = true
+	}
 }
 
 func (b *Backend) sortedIndex() []rules.Mapping {

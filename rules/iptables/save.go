@@ -242,6 +242,12 @@ func (st *saved) hasOwn() bool {
 	return false
 }
 
+// hasNATRules reports whether st holds any of the nat rules of the mapping
+// id, and so whether the kernel still holds its xt_recent list.
+func (st *saved) hasNATRules(id string) bool {
+	return slices.ContainsFunc(st.rulesOf(id), func(r savedRule) bool { return r.table == tableNAT })
+}
+
 // mappings rebuilds the mappings whose rules st holds, ordered by ID. Each
 // of a mapping's rules tells most of it (the FORWARD and SNAT rules carry
 // Public in their conntrack match), so a mapping of which only some rules
@@ -302,7 +308,7 @@ func (r savedRule) fill(m *rules.Mapping) {
 	case "SNAT":
 		setAddr(&m.SNAT, r.opt("--to-source"))
 		fallthrough
-	case ChainAdmit:
+	case ChainAdmit, "RETURN":
 		setAddrPort(&m.Target, parseHost(r.opt("-d")), r.opt("--dport"))
 		setAddrPort(&m.Public, parseHost(r.opt("--ctorigdst")), r.opt("--ctorigdstport"))
 	}

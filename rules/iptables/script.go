@@ -17,9 +17,15 @@ const (
 	// jumps to it for traffic from outside, OUTPUT for clients on the
 	// gateway itself.
 	ChainDNAT = "PASVGATE-DNAT"
-	// ChainSNAT (nat table) holds one SNAT rule per mapping that has
-	// Mapping.SNAT. POSTROUTING jumps to it.
+	// ChainSNAT (nat table) holds one rule per mapping that records the
+	// mapping's first connection (see mappingRules) and SNATs it when the
+	// mapping has Mapping.SNAT. POSTROUTING jumps to it.
 	ChainSNAT = "PASVGATE-SNAT"
+	// ChainInput (nat table) holds one rule per mapping that records the
+	// mapping's first connection when its target is the gateway itself,
+	// whose connections go to INPUT and never reach POSTROUTING. INPUT
+	// jumps to it.
+	ChainInput = "PASVGATE-INPUT"
 	// ChainForward (filter table) holds a static rule that accepts the
 	// established flows pasvgate admitted, then one rule per mapping that
 	// sends the mapping's new connection to ChainAdmit. FORWARD jumps to it.
@@ -100,13 +106,14 @@ var jumps = []jump{
 	{tableNAT, "PREROUTING", ChainDNAT},
 	{tableNAT, "OUTPUT", ChainDNAT},
 	{tableNAT, "POSTROUTING", ChainSNAT},
+	{tableNAT, "INPUT", ChainInput},
 }
 
 // ownChains are pasvgate's chains per table, in an order in which each
 // chain's references come before the chain (so -X can follow it).
 var ownChains = map[string][]string{
 	tableFilter: {ChainForward, ChainAdmit},
-	tableNAT:    {ChainDNAT, ChainSNAT},
+	tableNAT:    {ChainDNAT, ChainSNAT, ChainInput},
 }
 
 // tables is the order tables are written in: filter first, so that a
@@ -117,7 +124,7 @@ var tables = []string{tableFilter, tableNAT}
 // interception chains included.
 func isOwnChain(c string) bool {
 	switch c {
-	case ChainDNAT, ChainSNAT, ChainForward, ChainAdmit, ChainIntercept, ChainTProxy:
+	case ChainDNAT, ChainSNAT, ChainInput, ChainForward, ChainAdmit, ChainIntercept, ChainTProxy:
 		return true
 	}
 	return false
@@ -185,13 +192,50 @@ func host(a netip.Addr) string {
 	return netip.PrefixFrom(a, a.BitLen()).String()
 }
 
+// recentName is the name of m's xt_recent list, which holds m's source
+// once m has admitted its connection. The kernel keeps a list while a rule
+// names it, and frees it with the last such rule.
+func recentName(m rules.Mapping) string { return commentTag + "-" + m.ID }
+
+// fullMask is the --mask of an xt_recent match on a host address of a's
+// family, as iptables-save prints it.
+func fullMask(a netip.Addr) string {
+	if a.Is4() {
+		return "255.255.255.255"
+	}
+	return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+}
+
 // mappingRules are m's rules in install order: the FORWARD accept, then the
-// SNAT if any, the DNAT last. m must be valid.
+// ChainSNAT and ChainInput rules, the DNAT last. m must be valid.
 //
-// The FORWARD and SNAT rules match the connection's original destination
-// (conntrack --ctorigdst/--ctorigdstport, that is Public), not just Target:
-// they admit and rewrite exactly the connection the DNAT rule made, and
-// never a connection made straight to Target.
+// The FORWARD and ChainSNAT rules match the connection's original
+// destination (conntrack --ctorigdst/--ctorigdstport, that is Public), not
+// just Target: they admit and rewrite exactly the connection the DNAT rule
+// made, and never a connection made straight to Target.
+//
+// A mapping admits one connection, the first, like the kernel FTP
+// helper's expectations, with the xt_recent list recentName(m): the
+// ChainSNAT rule adds the source to it (--set) with the first packet of
+// the first connection, and the DNAT rule DNATs only while the source is
+// not in it (! --rcheck). So a second connection from the same client
+// (another source port: a new conntrack entry) is not DNATed; it is
+// addressed to the gateway itself, and refused there. Both run in the
+// kernel, with no round trip to pasvgate. ChainSNAT is where NAT has been
+// decided and the packet has passed FORWARD: the nat POSTROUTING chain sees
+// a connection's first packet only, with the client still its source. A
+// first packet that the host's FORWARD drops does not use the mapping up,
+// so its retransmission, once accepted, still gets through. The ChainSNAT
+// rule of a mapping without SNAT returns instead of SNATing. The
+// ChainInput rule does the same --set for a mapping whose target is the
+// gateway itself, whose connection goes to INPUT instead of POSTROUTING,
+// and never SNATs: a data connection delivered locally is not SNATed.
+//
+// Two first packets from one client that cross PREROUTING before either
+// reaches POSTROUTING (microseconds apart) both get through; the server
+// accepts one of them on its passive port. What one-shot closes is the
+// later connection, made after the server has given that port to someone
+// else.
 func mappingRules(m rules.Mapping) []rule {
 	comment := []string{"-m", "comment", "--comment", mappingComment(m)}
 	src, tgt := host(m.Source), host(m.Target.Addr())
@@ -203,16 +247,39 @@ func mappingRules(m rules.Mapping) []rule {
 	fwd = append(append(fwd, comment...), "-j", ChainAdmit)
 	out := []rule{{tableFilter, ChainForward, fwd}}
 
-	if m.SNAT.IsValid() {
-		snat := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
-			"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
-		snat = append(append(snat, comment...), "-j", "SNAT", "--to-source", m.SNAT.String())
-		out = append(out, rule{tableNAT, ChainSNAT, snat})
+	recent := func(op ...string) []string {
+		r := append([]string{"-m", "recent"}, op...)
+		return append(r, "--name", recentName(m), "--mask", fullMask(m.Source), "--rsource")
 	}
+	first := func() []string {
+		r := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
+			"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
+		return append(append(r, recent("--set")...), comment...)
+	}
+	snat := first()
+	if m.SNAT.IsValid() {
+		snat = append(snat, "-j", "SNAT", "--to-source", m.SNAT.String())
+	} else {
+		snat = append(snat, "-j", "RETURN")
+	}
+	out = append(out, rule{tableNAT, ChainSNAT, snat},
+		rule{tableNAT, ChainInput, append(first(), "-j", "RETURN")})
 
 	dnat := []string{"-s", src, "-d", host(m.Public.Addr()), "-p", "tcp", "-m", "tcp", "--dport", pubPort}
-	dnat = append(append(dnat, comment...), "-j", "DNAT", "--to-destination", m.Target.String())
+	dnat = append(append(dnat, recent("!", "--rcheck")...), comment...)
+	dnat = append(dnat, "-j", "DNAT", "--to-destination", m.Target.String())
 	return append(out, rule{tableNAT, ChainDNAT, dnat})
+}
+
+// rulesOf are m's rules as mappingRules makes them or, if spent, without
+// the DNAT rule: a mapping that a repair put back without knowing whether
+// it had admitted its connection must admit nothing.
+func rulesOf(m rules.Mapping, spent bool) []rule {
+	rs := mappingRules(m)
+	if spent {
+		rs = slices.DeleteFunc(rs, func(r rule) bool { return r.chain == ChainDNAT })
+	}
+	return rs
 }
 
 // script is iptables-restore input built one table section at a time.
@@ -285,12 +352,12 @@ func installScript(m rules.Mapping, mark uint32, check bool) string {
 	return s.String()
 }
 
-// removeScript is the one iptables-restore batch that removes m: the nat
-// section first (DNAT, then SNAT), so that no new connection is DNATed once
-// its FORWARD accept is gone.
-func removeScript(m rules.Mapping) string {
+// removeScript is the one iptables-restore batch that removes m (spent as
+// rulesOf says): the nat section first (DNAT, then SNAT), so that no new
+// connection is DNATed once its FORWARD accept is gone.
+func removeScript(m rules.Mapping, spent bool) string {
 	var s script
-	rs := mappingRules(m)
+	rs := rulesOf(m, spent)
 	for _, t := range []string{tableNAT, tableFilter} {
 		for i := len(rs) - 1; i >= 0; i-- {
 			if rs[i].table == t {
@@ -322,13 +389,17 @@ func blindRollbackScript(m rules.Mapping) string {
 // rules exactly what it should be, whatever st (that family's
 // iptables-save) shows: every own chain is declared, which creates it or,
 // under --noflush, empties it; each jump is put first in its built-in chain
-// exactly once; the static rules are written; then the rules of ms. Each
-// table is replaced in one commit, so established flows never see a gap.
+// exactly once; the static rules are written; then the rules of ms, those
+// whose ID is in spent without their DNAT rule. Each table is replaced in
+// one commit, so established flows never see a gap. A mapping whose rules
+// st still holds keeps its xt_recent list, and so whether it was used,
+// through the commit: the new rules find the list while the old ones still
+// hold it.
 //
 // Setup uses it with no mappings to sweep an earlier process's leftovers;
 // Install uses it with every mapping it has installed to repair what was
 // changed from outside.
-func resetScript(st *saved, mark uint32, ms []rules.Mapping) string {
+func resetScript(st *saved, mark uint32, ms []rules.Mapping, spent map[string]bool) string {
 	var s script
 	static := staticRules(mark)
 	for _, t := range tables {
@@ -355,7 +426,7 @@ func resetScript(st *saved, mark uint32, ms []rules.Mapping) string {
 			}
 		}
 		for _, m := range ms {
-			for _, r := range mappingRules(m) {
+			for _, r := range rulesOf(m, spent[m.ID]) {
 				if r.table == t {
 					s.add(t, r.line("-A"))
 				}

@@ -29,22 +29,46 @@ func TestMappingRules(t *testing.T) {
 				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "PASVGATE-ADMIT"}},
 			{tableNAT, ChainSNAT, []string{"-s", "203.0.113.10/32", "-d", "192.0.2.10/32", "-p", "tcp", "-m", "tcp", "--dport", "30000",
 				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40001",
+				"-m", "recent", "--set", "--name", "pasvgate-m-a1", "--mask", "255.255.255.255", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "SNAT", "--to-source", "192.0.2.1"}},
+			{tableNAT, ChainInput, []string{"-s", "203.0.113.10/32", "-d", "192.0.2.10/32", "-p", "tcp", "-m", "tcp", "--dport", "30000",
+				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40001",
+				"-m", "recent", "--set", "--name", "pasvgate-m-a1", "--mask", "255.255.255.255", "--rsource",
+				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "RETURN"}},
 			{tableNAT, ChainDNAT, []string{"-s", "203.0.113.10/32", "-d", "203.0.113.2/32", "-p", "tcp", "-m", "tcp", "--dport", "40001",
+				"-m", "recent", "!", "--rcheck", "--name", "pasvgate-m-a1", "--mask", "255.255.255.255", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "DNAT", "--to-destination", "192.0.2.10:30000"}},
 		}},
 		{"IPv4 without SNAT or Created", noSNAT, []rule{
 			{tableFilter, ChainForward, []string{"-s", "203.0.113.10/32", "-d", "192.0.2.10/32", "-p", "tcp", "-m", "tcp", "--dport", "30000",
 				"-m", "conntrack", "--ctstate", "NEW", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40002",
 				"-m", "comment", "--comment", "pasvgate id=m-b1", "-j", "PASVGATE-ADMIT"}},
+			{tableNAT, ChainSNAT, []string{"-s", "203.0.113.10/32", "-d", "192.0.2.10/32", "-p", "tcp", "-m", "tcp", "--dport", "30000",
+				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40002",
+				"-m", "recent", "--set", "--name", "pasvgate-m-b1", "--mask", "255.255.255.255", "--rsource",
+				"-m", "comment", "--comment", "pasvgate id=m-b1", "-j", "RETURN"}},
+			{tableNAT, ChainInput, []string{"-s", "203.0.113.10/32", "-d", "192.0.2.10/32", "-p", "tcp", "-m", "tcp", "--dport", "30000",
+				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40002",
+				"-m", "recent", "--set", "--name", "pasvgate-m-b1", "--mask", "255.255.255.255", "--rsource",
+				"-m", "comment", "--comment", "pasvgate id=m-b1", "-j", "RETURN"}},
 			{tableNAT, ChainDNAT, []string{"-s", "203.0.113.10/32", "-d", "203.0.113.2/32", "-p", "tcp", "-m", "tcp", "--dport", "40002",
+				"-m", "recent", "!", "--rcheck", "--name", "pasvgate-m-b1", "--mask", "255.255.255.255", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-b1", "-j", "DNAT", "--to-destination", "192.0.2.10:30000"}},
 		}},
 		{"IPv6", rulestest.Sample6("m-6", 40003), []rule{
 			{tableFilter, ChainForward, []string{"-s", "2001:db8:1::10/128", "-d", "2001:db8:2::10/128", "-p", "tcp", "-m", "tcp", "--dport", "30000",
 				"-m", "conntrack", "--ctstate", "NEW", "--ctorigdst", "2001:db8:1::2", "--ctorigdstport", "40003",
 				"-m", "comment", "--comment", "pasvgate id=m-6 created=1700000000", "-j", "PASVGATE-ADMIT"}},
+			{tableNAT, ChainSNAT, []string{"-s", "2001:db8:1::10/128", "-d", "2001:db8:2::10/128", "-p", "tcp", "-m", "tcp", "--dport", "30000",
+				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "2001:db8:1::2", "--ctorigdstport", "40003",
+				"-m", "recent", "--set", "--name", "pasvgate-m-6", "--mask", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "--rsource",
+				"-m", "comment", "--comment", "pasvgate id=m-6 created=1700000000", "-j", "RETURN"}},
+			{tableNAT, ChainInput, []string{"-s", "2001:db8:1::10/128", "-d", "2001:db8:2::10/128", "-p", "tcp", "-m", "tcp", "--dport", "30000",
+				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "2001:db8:1::2", "--ctorigdstport", "40003",
+				"-m", "recent", "--set", "--name", "pasvgate-m-6", "--mask", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "--rsource",
+				"-m", "comment", "--comment", "pasvgate id=m-6 created=1700000000", "-j", "RETURN"}},
 			{tableNAT, ChainDNAT, []string{"-s", "2001:db8:1::10/128", "-d", "2001:db8:1::2/128", "-p", "tcp", "-m", "tcp", "--dport", "40003",
+				"-m", "recent", "!", "--rcheck", "--name", "pasvgate-m-6", "--mask", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-6 created=1700000000", "-j", "DNAT", "--to-destination", "[2001:db8:2::10]:30000"}},
 		}},
 	}
@@ -69,8 +93,9 @@ func TestMappingRules(t *testing.T) {
 func TestInstallRemoveScripts(t *testing.T) {
 	m := rulestest.Sample("m-a1", 40001)
 	const fwd = `PASVGATE-FORWARD -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate NEW --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j PASVGATE-ADMIT`
-	const snat = `PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1`
-	const dnat = `PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000`
+	const snat = `PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m recent --set --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1`
+	const input = `PASVGATE-INPUT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m recent --set --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j RETURN`
+	const dnat = `PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m recent ! --rcheck --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000`
 	wantInstall := `*filter
 -C FORWARD -m comment --comment pasvgate -j PASVGATE-FORWARD
 -C PASVGATE-ADMIT -m comment --comment "pasvgate admit" -j CONNMARK --set-xmark 0x10000000/0x10000000
@@ -81,22 +106,24 @@ COMMIT
 -C PREROUTING -m comment --comment pasvgate -j PASVGATE-DNAT
 -C OUTPUT -m comment --comment pasvgate -j PASVGATE-DNAT
 -C POSTROUTING -m comment --comment pasvgate -j PASVGATE-SNAT
+-C INPUT -m comment --comment pasvgate -j PASVGATE-INPUT
 -A ` + snat + `
+-A ` + input + `
 -A ` + dnat + `
 COMMIT
 `
 	if got := installScript(m, DefaultConnMark, true); got != wantInstall {
 		t.Errorf("installScript:\n%s\nwant:\n%s", got, wantInstall)
 	}
-	wantNoCheck := "*filter\n-A " + fwd + "\nCOMMIT\n*nat\n-A " + snat + "\n-A " + dnat + "\nCOMMIT\n"
+	wantNoCheck := "*filter\n-A " + fwd + "\nCOMMIT\n*nat\n-A " + snat + "\n-A " + input + "\n-A " + dnat + "\nCOMMIT\n"
 	if got := installScript(m, DefaultConnMark, false); got != wantNoCheck {
 		t.Errorf("installScript without checks:\n%s\nwant:\n%s", got, wantNoCheck)
 	}
-	wantRemove := "*nat\n-D " + dnat + "\n-D " + snat + "\nCOMMIT\n*filter\n-D " + fwd + "\nCOMMIT\n"
-	if got := removeScript(m); got != wantRemove {
+	wantRemove := "*nat\n-D " + dnat + "\n-D " + input + "\n-D " + snat + "\nCOMMIT\n*filter\n-D " + fwd + "\nCOMMIT\n"
+	if got := removeScript(m, false); got != wantRemove {
 		t.Errorf("removeScript:\n%s\nwant:\n%s", got, wantRemove)
 	}
-	wantBlind := "*filter\n-D " + fwd + "\nCOMMIT\n*nat\n-D " + snat + "\n-D " + dnat + "\nCOMMIT\n"
+	wantBlind := "*filter\n-D " + fwd + "\nCOMMIT\n*nat\n-D " + snat + "\n-D " + input + "\n-D " + dnat + "\nCOMMIT\n"
 	if got := blindRollbackScript(m); got != wantBlind {
 		t.Errorf("blindRollbackScript:\n%s\nwant:\n%s", got, wantBlind)
 	}
@@ -133,13 +160,16 @@ COMMIT
 :OUTPUT ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
 :PASVGATE-DNAT - [0:0]
+:PASVGATE-INPUT - [0:0]
 :PASVGATE-SNAT - [0:0]
 -A PREROUTING -d 203.0.113.5/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 192.0.2.20:80
 -A PREROUTING -m comment --comment pasvgate -j PASVGATE-DNAT
 -A OUTPUT -m comment --comment pasvgate -j PASVGATE-DNAT
 -A POSTROUTING -m comment --comment pasvgate -j PASVGATE-SNAT
--A PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000
--A PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1
+-A INPUT -m comment --comment pasvgate -j PASVGATE-INPUT
+-A PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m recent ! --rcheck --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000
+-A PASVGATE-INPUT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m recent --set --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j RETURN
+-A PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m recent --set --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1
 COMMIT
 `
 
@@ -150,7 +180,7 @@ func TestResetScript(t *testing.T) {
 	}
 	m := rulestest.Sample("m-z", 40009)
 	m.SNAT = netip.Addr{}
-	got := resetScript(st, DefaultConnMark, []rules.Mapping{m})
+	got := resetScript(st, DefaultConnMark, []rules.Mapping{m}, nil)
 	want := `*filter
 :PASVGATE-FORWARD - [0:0]
 :PASVGATE-ADMIT - [0:0]
@@ -165,9 +195,12 @@ COMMIT
 *nat
 :PASVGATE-DNAT - [0:0]
 :PASVGATE-SNAT - [0:0]
+:PASVGATE-INPUT - [0:0]
 -D PREROUTING -m comment --comment pasvgate -j PASVGATE-DNAT
 -I PREROUTING 1 -m comment --comment pasvgate -j PASVGATE-DNAT
--A PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40009 -m comment --comment "pasvgate id=m-z created=1700000000" -j DNAT --to-destination 192.0.2.10:30000
+-A PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40009 -m recent --set --name pasvgate-m-z --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-z created=1700000000" -j RETURN
+-A PASVGATE-INPUT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40009 -m recent --set --name pasvgate-m-z --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-z created=1700000000" -j RETURN
+-A PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40009 -m recent ! --rcheck --name pasvgate-m-z --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-z created=1700000000" -j DNAT --to-destination 192.0.2.10:30000
 COMMIT
 `
 	if got != want {
@@ -176,12 +209,13 @@ COMMIT
 
 	// From nothing, everything is created.
 	empty, _ := parseSave("")
-	got = resetScript(empty, DefaultConnMark, nil)
+	got = resetScript(empty, DefaultConnMark, nil, nil)
 	for _, l := range []string{
 		"-I FORWARD 1 -m comment --comment pasvgate -j PASVGATE-FORWARD",
 		"-I PREROUTING 1 -m comment --comment pasvgate -j PASVGATE-DNAT",
 		"-I OUTPUT 1 -m comment --comment pasvgate -j PASVGATE-DNAT",
 		"-I POSTROUTING 1 -m comment --comment pasvgate -j PASVGATE-SNAT",
+		"-I INPUT 1 -m comment --comment pasvgate -j PASVGATE-INPUT",
 	} {
 		if !strings.Contains(got, l+"\n") {
 			t.Errorf("resetScript from nothing lacks %q:\n%s", l, got)
@@ -210,10 +244,13 @@ COMMIT
 -D PREROUTING -m comment --comment pasvgate -j PASVGATE-DNAT
 -D OUTPUT -m comment --comment pasvgate -j PASVGATE-DNAT
 -D POSTROUTING -m comment --comment pasvgate -j PASVGATE-SNAT
+-D INPUT -m comment --comment pasvgate -j PASVGATE-INPUT
 -F PASVGATE-DNAT
 -F PASVGATE-SNAT
+-F PASVGATE-INPUT
 -X PASVGATE-DNAT
 -X PASVGATE-SNAT
+-X PASVGATE-INPUT
 COMMIT
 `
 	if got := flushScript(st); got != want {
@@ -250,14 +287,14 @@ func TestParseSave(t *testing.T) {
 	if n, first := st.count(jumps[1].rule()); n != 1 || first {
 		t.Errorf("PREROUTING jump count = %d, %v; want 1, not first", n, first)
 	}
-	if got := len(st.rulesOf("m-a1")); got != 3 {
-		t.Errorf("rulesOf(m-a1) = %d rules, want 3", got)
+	if got := len(st.rulesOf("m-a1")); got != 4 {
+		t.Errorf("rulesOf(m-a1) = %d rules, want 4", got)
 	}
 	if got := len(st.rulesOf("m-zz")); got != 0 {
 		t.Errorf("rulesOf(m-zz) = %d rules, want 0", got)
 	}
 	got := deleteScript(st.rulesOf("m-a1"))
-	if !strings.HasPrefix(got, "*filter\n-D PASVGATE-FORWARD -s 203.0.113.10/32") || strings.Count(got, "-D ") != 3 {
+	if !strings.HasPrefix(got, "*filter\n-D PASVGATE-FORWARD -s 203.0.113.10/32") || strings.Count(got, "-D ") != 4 {
 		t.Errorf("deleteScript:\n%s", got)
 	}
 
@@ -273,8 +310,8 @@ func TestParseSave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := damaged.damage(DefaultConnMark); len(d) != 7 {
-		t.Errorf("damage = %q, want chain SNAT, four jumps, two admit rules", d)
+	if d := damaged.damage(DefaultConnMark); len(d) != 8 {
+		t.Errorf("damage = %q, want chain SNAT, five jumps, two admit rules", d)
 	}
 	// What is left of the mapping is still listed.
 	if ms := damaged.mappings(); len(ms) != 1 || ms[0].Public != want.Public || ms[0].Target != want.Target || ms[0].SNAT.IsValid() {

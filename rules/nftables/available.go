@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 	"time"
-
-	"github.com/google/nftables"
 )
 
 // Available reports whether the kernel of the calling process's network
@@ -44,7 +42,7 @@ func available(nsfd int, noIPv6 bool) error {
 		// One rule per batch, for the reason addRules gives.
 		for _, r := range o.rules(DefaultCtMark) {
 			x.c.AddTable(o.table)
-			for _, s := range []*nftables.Set{o.dnat, o.snat} {
+			for _, s := range o.sets() {
 				if err := x.c.AddSet(s, nil); err != nil {
 					return fmt.Errorf("nftables backend unavailable: %w", err)
 				}

@@ -13,14 +13,16 @@ import (
 	"github.com/pasvgate/pasvgate/rules"
 )
 
-// A mapping is one element of SetDNAT and, when it has SNAT, one of
-// SetSNAT. Each carries the kernel timeout and the same comment,
+// A mapping is one element of SetDNAT, one of SetUnused until its data
+// connection comes, and, when it has SNAT, one of SetSNAT. Each carries
+// the kernel timeout; those of the maps carry the same comment,
 // "id=ID created=UNIX-SECONDS", from which List rebuilds the mapping after
 // a restart.
 
 // elems are one mapping's elements.
 type elems struct {
 	dnat, snat []nftables.SetElement // snat is empty without SNAT
+	unused     []nftables.SetElement
 }
 
 // port is a port as a key field: big-endian, padded to a register.
@@ -39,6 +41,11 @@ func snatKey(m rules.Mapping) []byte {
 	k := append(m.Source.AsSlice(), m.Target.Addr().AsSlice()...)
 	k = append(k, port(m.Target.Port())...)
 	return append(k, port(m.Public.Port())...)
+}
+
+// unusedKey is the SetUnused key of m.
+func unusedKey(m rules.Mapping) []byte {
+	return append(m.Source.AsSlice(), port(m.Public.Port())...)
 }
 
 // comment is the comment on each of m's elements.
@@ -82,6 +89,7 @@ func elementsOf(m rules.Mapping, timeout time.Duration) elems {
 	if m.SNAT.IsValid() {
 		e.snat = []nftables.SetElement{{Key: snatKey(m), Val: m.SNAT.AsSlice(), Timeout: timeout, Comment: c}}
 	}
+	e.unused = []nftables.SetElement{{Key: unusedKey(m), Timeout: timeout, Comment: c}}
 	return e
 }
 

@@ -289,7 +289,7 @@ func TestElementTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := newObjects(fam4, TableName, 0)
-	for _, s := range []*nftables.Set{o.dnat, o.snat} {
+	for _, s := range o.sets() {
 		es, err := c.GetSetElements(s)
 		if err != nil {
 			t.Fatal(err)

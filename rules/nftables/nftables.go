@@ -10,25 +10,40 @@
 // # What it puts in the kernel
 //
 // Two tables named TableName, one in family ip and one in family ip6, and
-// nothing outside them. Each holds two maps and three base chains with
-// static rules (ip6 is the same with ip6 types):
+// nothing outside them. Each holds two maps, a set and four base chains
+// with static rules (ip6 is the same with ip6 types):
 //
 //	table ip pasvgate {
 //		map dnat_map { ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service; flags timeout }
 //		map snat_map { ipv4_addr . ipv4_addr . inet_service . inet_service : ipv4_addr; flags timeout }
+//		set unused_set { ipv4_addr . inet_service; flags dynamic,timeout }
 //		chain prerouting { type nat hook prerouting priority dstnat; policy accept;
-//			meta l4proto tcp ip saddr . ip daddr . tcp dport @dnat_map ct mark set ct mark | MARK
-//			meta l4proto tcp dnat ip to ip saddr . ip daddr . tcp dport map @dnat_map }
+//			meta l4proto tcp ip saddr . tcp dport @unused_set ip saddr . ip daddr . tcp dport @dnat_map ct mark set ct mark | MARK
+//			meta l4proto tcp ip saddr . tcp dport @unused_set dnat ip to ip saddr . ip daddr . tcp dport map @dnat_map }
 //		chain output { type nat hook output priority dstnat; the same two rules }
 //		chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//			meta l4proto tcp ct mark & MARK == MARK delete @unused_set { ip saddr . ct original proto-dst }
 //			meta l4proto tcp ct mark & MARK == MARK snat ip to ip saddr . ip daddr . tcp dport . ct original proto-dst map @snat_map }
+//		chain input { type nat hook input priority srcnat; policy accept;
+//			the delete rule of postrouting }
 //	}
 //
-// The rules never change while pasvgate runs. A mapping is one or two map
-// elements, added with one netlink batch and removed with another:
-// (Source . Public address . Public port) -> Target in dnat_map, and,
-// when the mapping has SNAT, (Source . Target . Public port) -> SNAT in
-// snat_map. No rule is added per transfer.
+// The rules never change while pasvgate runs. A mapping is two or three
+// elements, added with one netlink batch: (Source . Public address .
+// Public port) -> Target in dnat_map, (Source . Public port) in
+// unused_set, and, when the mapping has SNAT, (Source . Target . Public
+// port) -> SNAT in snat_map. No rule is added per transfer.
+//
+// A mapping admits one connection, the first, like the kernel FTP
+// helper's expectations: the prerouting and output rules DNAT and mark
+// only while the mapping's unused_set element is there, and the kernel
+// deletes it itself with the first packet of the first connection, in the
+// nat chains of postrouting and input, where that packet has passed the
+// forward hook and its NAT is decided. The connection keeps its NAT in
+// conntrack; a second one from the same client is not DNATed and is
+// refused by the gateway itself. See consumeExprs. Remove deletes the
+// unused_set element (already gone for a used mapping, which is not an
+// error), then the map elements.
 //
 // Every element carries a comment "id=ID created=UNIX" (List rebuilds the
 // mappings from them, also after a restart, so Created survives) and a
@@ -92,12 +107,15 @@
 // If the tables are deleted from outside (`nft flush ruleset`, a firewall
 // reload that flushes everything), the next Install gets ENOENT, rebuilds
 // the missing tables with every live mapping of this process (with what
-// is left of its timeout), logs it and tries once more. Until then no
+// is left of its timeout), logs it and tries once more. The rebuilt
+// mappings admit nothing: whether each had been used went with its
+// unused_set element, and a used one must not admit a second connection. Until then no
 // mapping works, and open transfers stall if no other nat chain is left.
 // A table that is only flushed (rules gone, table kept) is not noticed.
 //
-// Duplicates (same ID; same source and public address; or same source,
-// target and public port, which the snat key cannot tell apart) are
+// Duplicates (same ID; same source and public address; same source,
+// target and public port, which the snat key cannot tell apart; or same
+// source and public port, which the unused_set key cannot) are
 // refused from an index of this process's mappings, since adding an
 // element that is already there does not fail. An element of another
 // process with the same key and other data is refused by the kernel and
@@ -400,7 +418,7 @@ func (b *Backend) build(ctx context.Context, o *objects, restore []entry, ics []
 		c.AddTable(o.table)
 		c.DelTable(o.table)
 		c.AddTable(o.table)
-		for _, s := range []*nftables.Set{o.dnat, o.snat} {
+		for _, s := range o.sets() {
 			if err := c.AddSet(s, nil); err != nil {
 				return err
 			}
@@ -452,8 +470,13 @@ func (b *Backend) addRules(ctx context.Context, o *objects) error {
 	return nil
 }
 
-// addElements adds the elements of es, each with what is left of its
-// timeout at now, in batches of maxBatchMappings mappings.
+// addElements adds the map elements of es, each with what is left of its
+// timeout at now, in batches of maxBatchMappings mappings. It puts back
+// no SetUnused element: a table rebuilt after it was deleted from outside
+// cannot tell which mappings were used already, and putting one back
+// would let a used mapping admit a second connection. So a mapping that
+// had not been used when its table was deleted admits nothing after the
+// rebuild either.
 func (b *Backend) addElements(ctx context.Context, o *objects, es []entry, now time.Time) error {
 	for chunk := range slices.Chunk(es, maxBatchMappings) {
 		var all elems
@@ -476,7 +499,7 @@ func addBatch(c *nftables.Conn, o *objects, el elems) error {
 	for _, x := range []struct {
 		s  *nftables.Set
 		es []nftables.SetElement
-	}{{o.dnat, el.dnat}, {o.snat, el.snat}} {
+	}{{o.dnat, el.dnat}, {o.snat, el.snat}, {o.unused, el.unused}} {
 		for chunk := range slices.Chunk(x.es, maxMessageElements) {
 			if err := c.SetAddElements(x.s, chunk); err != nil {
 				return err
@@ -486,12 +509,12 @@ func addBatch(c *nftables.Conn, o *objects, el elems) error {
 	return c.Flush()
 }
 
-// delBatch sends one batch that deletes m's elements.
+// delBatch sends one batch that deletes the given elements.
 func delBatch(c *nftables.Conn, o *objects, el elems) error {
 	for _, x := range []struct {
 		s  *nftables.Set
 		es []nftables.SetElement
-	}{{o.dnat, el.dnat}, {o.snat, el.snat}} {
+	}{{o.unused, el.unused}, {o.dnat, el.dnat}, {o.snat, el.snat}} {
 		if len(x.es) == 0 {
 			continue
 		}
@@ -502,7 +525,7 @@ func delBatch(c *nftables.Conn, o *objects, el elems) error {
 	return c.Flush()
 }
 
-// Install makes m live with one netlink batch of one or two elements,
+// Install makes m live with one netlink batch of two or three elements,
 // each with the kernel timeout Config.Timeout. The batch is one
 // transaction, so m is in the kernel whole or not at all. If the batch
 // fails because pasvgate's table is gone, Install rebuilds the missing
@@ -604,8 +627,8 @@ func (b *Backend) tableExists(ctx context.Context, o *objects) (bool, error) {
 func (b *Backend) deleteEach(ctx context.Context, o *objects, el elems) (int, error) {
 	n := 0
 	var errs []error
-	for _, one := range []elems{{dnat: el.dnat}, {snat: el.snat}} {
-		if len(one.dnat)+len(one.snat) == 0 {
+	for _, one := range []elems{{unused: el.unused}, {dnat: el.dnat}, {snat: el.snat}} {
+		if len(one.dnat)+len(one.snat)+len(one.unused) == 0 {
 			continue
 		}
 		err := b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, one) })
@@ -619,13 +642,15 @@ func (b *Backend) deleteEach(ctx context.Context, o *objects, el elems) (int, er
 	return n, errors.Join(errs...)
 }
 
-// Remove deletes m's elements with one netlink batch. m must be what this
-// process installed under m.ID. Connections it admitted keep flowing. If
-// the batch fails because an element is missing, Remove deletes what is
-// left one element at a time: a mapping whose timeout has passed was
-// removed by the kernel, which is not an error; one whose elements all
-// vanished before then was removed from outside, which is
-// rules.ErrNotInstalled.
+// Remove deletes m's elements with two netlink batches. m must be what
+// this process installed under m.ID. Connections it admitted keep
+// flowing. The first batch deletes m's SetUnused element, so that nothing
+// more is admitted; the kernel deleted it already if m was used, which is
+// the usual case and not an error. The second deletes the map elements.
+// If it fails because an element is missing, Remove deletes what is left
+// one element at a time: a mapping whose timeout has passed was removed by
+// the kernel, which is not an error; one whose map elements all vanished
+// before then was removed from outside, which is rules.ErrNotInstalled.
 func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	if err := b.lock(ctx); err != nil {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
@@ -643,6 +668,12 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
 	}
 	el := elementsOf(e.m, b.cfg.Timeout)
+	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, elems{unused: el.unused}) })
+	if err != nil && !IsNotExist(err) {
+		// m stays in the index: a later Remove finishes the job.
+		return fmt.Errorf("removing %s: deleting from set %s %s %s: %w", m.ID, o.f.nft, TableName, SetUnused, err)
+	}
+	el.unused = nil
 	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, el) })
 	if err == nil {
 		b.del(e.m)
@@ -762,17 +793,18 @@ func (b *Backend) Flush(ctx context.Context) error {
 }
 
 // indexKeys are the keys under which byKey finds m: its dnat key (same
-// source and public address) and its snat key (same source, target and
+// source and public address), its snat key (same source, target and
 // public port), which is taken whether or not m has SNAT, because a
 // mapping without SNAT whose connections matched another's snat element
-// would be SNATed.
-func indexKeys(m rules.Mapping) [2]string {
-	return [2]string{"d" + string(pubKey(m)), "s" + string(snatKey(m))}
+// would be SNATed, and its SetUnused key (same source and public port),
+// because one mapping's first connection would use up the other.
+func indexKeys(m rules.Mapping) [3]string {
+	return [3]string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
 }
 
 // conflict returns the ID of an installed mapping that m duplicates: same
-// ID, same source and public address, or same source, target and public
-// port.
+// ID, same source and public address, same source, target and public
+// port, or same source and public port.
 func (b *Backend) conflict(m rules.Mapping) (string, bool) {
 	if _, ok := b.idx[m.ID]; ok {
 		return m.ID, true

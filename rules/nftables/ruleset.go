@@ -24,9 +24,14 @@ const (
 	// ChainOutput (nat, hook output, priority dstnat) does the same for
 	// a client on the gateway itself.
 	ChainOutput = "output"
-	// ChainPostrouting (nat, hook postrouting, priority srcnat) SNATs a
-	// mapping's data connection when the mapping has SNAT.
+	// ChainPostrouting (nat, hook postrouting, priority srcnat) uses up
+	// a mapping with its data connection's first packet and SNATs the
+	// connection when the mapping has SNAT.
 	ChainPostrouting = "postrouting"
+	// ChainInput (nat, hook input, priority srcnat) uses up a mapping
+	// whose target is the gateway itself, whose data connection never
+	// reaches postrouting.
+	ChainInput = "input"
 
 	// SetDNAT is the map (source . public address . public port) ->
 	// (target address . target port). Its elements are the mappings:
@@ -37,13 +42,20 @@ const (
 	// public port) -> SNAT address, with an element for each mapping that
 	// has SNAT.
 	SetSNAT = "snat_map"
+	// SetUnused is the set (source . public port) of the mappings whose
+	// data connection has not come yet. A mapping DNATs only while its
+	// element is there, and the kernel deletes the element itself when
+	// the first connection leaves the gateway: a mapping admits one
+	// connection. See consumeExprs.
+	SetUnused = "unused_set"
 )
 
 // Comments on the static rules, shown by `nft list ruleset`.
 const (
-	commentMark = "pasvgate: mark mapped data connections"
-	commentDNAT = "pasvgate: dnat mapped data connections"
-	commentSNAT = "pasvgate: snat mapped data connections"
+	commentMark    = "pasvgate: mark mapped data connections"
+	commentDNAT    = "pasvgate: dnat mapped data connections"
+	commentSNAT    = "pasvgate: snat mapped data connections"
+	commentConsume = "pasvgate: one connection per mapping"
 )
 
 // family is one address family's table and the layout of its keys.
@@ -73,10 +85,13 @@ func (f *family) words() uint32 { return f.alen / 4 }
 // look up. The table is named TableName except in Available's throw-away
 // check.
 type objects struct {
-	f          *family
-	table      *nftables.Table
-	dnat, snat *nftables.Set
+	f                  *family
+	table              *nftables.Table
+	dnat, snat, unused *nftables.Set
 }
+
+// sets are o's sets in the order they are created.
+func (o *objects) sets() []*nftables.Set { return []*nftables.Set{o.dnat, o.snat, o.unused} }
 
 func newObjects(f *family, tableName string, timeout time.Duration) *objects {
 	t := &nftables.Table{Name: tableName, Family: f.tf}
@@ -94,9 +109,18 @@ func newObjects(f *family, tableName string, timeout time.Duration) *objects {
 		}
 	}
 	svc := nftables.TypeInetService
+	id++
+	unused := &nftables.Set{
+		ID: id, Table: t, Name: SetUnused, KeyType: nftables.MustConcatSetType(f.atype, svc),
+		Concatenation: true, HasTimeout: true, Timeout: timeout, KeyByteOrder: binaryutil.BigEndian,
+		// Dynamic (NFT_SET_EVAL): the rules delete from it.
+		Dynamic: true,
+		Comment: "pasvgate: source . public port of mappings not used yet",
+	}
 	return &objects{
-		f:     f,
-		table: t,
+		unused: unused,
+		f:      f,
+		table:  t,
 		dnat: mk(SetDNAT, nftables.MustConcatSetType(f.atype, f.atype, svc),
 			nftables.MustConcatSetType(f.atype, svc),
 			"pasvgate mappings: source . public address . public port : target address . target port"),
@@ -110,7 +134,7 @@ func newObjects(f *family, tableName string, timeout time.Duration) *objects {
 // is the layout of a concatenated set key.
 func reg(i uint32) uint32 { return unix.NFT_REG32_00 + i }
 
-// chains are the three base chains of a table.
+// chains are the four base chains of a table.
 func (o *objects) chains() []*nftables.Chain {
 	accept := nftables.ChainPolicyAccept
 	mk := func(name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
@@ -121,6 +145,7 @@ func (o *objects) chains() []*nftables.Chain {
 		mk(ChainPrerouting, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
 		mk(ChainOutput, nftables.ChainHookOutput, nftables.ChainPriorityNATDest),
 		mk(ChainPostrouting, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource),
+		mk(ChainInput, nftables.ChainHookInput, nftables.ChainPriorityNATSource),
 	}
 }
 
@@ -135,7 +160,10 @@ func (o *objects) rules(mark uint32) []*nftables.Rule {
 			&nftables.Rule{Table: o.table, Chain: c, Exprs: o.markExprs(mark), UserData: comment(commentMark)},
 			&nftables.Rule{Table: o.table, Chain: c, Exprs: o.dnatExprs(), UserData: comment(commentDNAT)})
 	}
-	return append(rs, &nftables.Rule{Table: o.table, Chain: ch[2], Exprs: o.snatExprs(mark), UserData: comment(commentSNAT)})
+	return append(rs,
+		&nftables.Rule{Table: o.table, Chain: ch[2], Exprs: o.consumeExprs(mark), UserData: comment(commentConsume)},
+		&nftables.Rule{Table: o.table, Chain: ch[2], Exprs: o.snatExprs(mark), UserData: comment(commentSNAT)},
+		&nftables.Rule{Table: o.table, Chain: ch[3], Exprs: o.consumeExprs(mark), UserData: comment(commentConsume)})
 }
 
 // ne is a 32-bit value as registers hold ct state and ct mark.
@@ -160,8 +188,8 @@ func (o *objects) loadPubKey() []expr.Any {
 	}
 }
 
-// markExprs: meta l4proto tcp ip saddr . ip daddr . tcp dport @dnat_map
-// ct mark set ct mark | MARK
+// markExprs: meta l4proto tcp ip saddr . tcp dport @unused_set
+// ip saddr . ip daddr . tcp dport @dnat_map ct mark set ct mark | MARK
 //
 // A nat chain sees only a connection's first packet, which is exactly
 // when to mark it; the mark stays on the conntrack entry, for both
@@ -172,6 +200,7 @@ func (o *objects) loadPubKey() []expr.Any {
 // in `nft list ruleset`, as if every packet were marked.
 func (o *objects) markExprs(mark uint32) []expr.Any {
 	e := tcpOnly()
+	e = append(e, o.unusedLookup()...)
 	e = append(e, o.loadPubKey()...)
 	return append(e,
 		&expr.Lookup{SourceRegister: reg(0), SetName: o.dnat.Name},
@@ -183,10 +212,12 @@ func (o *objects) markExprs(mark uint32) []expr.Any {
 	)
 }
 
-// dnatExprs: meta l4proto tcp dnat to ip saddr . ip daddr . tcp dport map @dnat_map
+// dnatExprs: meta l4proto tcp ip saddr . tcp dport @unused_set
+// dnat to ip saddr . ip daddr . tcp dport map @dnat_map
 func (o *objects) dnatExprs() []expr.Any {
 	w := o.f.words()
 	e := tcpOnly()
+	e = append(e, o.unusedLookup()...)
 	e = append(e, o.loadPubKey()...)
 	return append(e,
 		&expr.Lookup{SourceRegister: reg(0), DestRegister: reg(0), IsDestRegSet: true, SetName: o.dnat.Name},
@@ -229,3 +260,70 @@ func (o *objects) snatExprs(mark uint32) []expr.Any {
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: o.f.proto, RegAddrMin: reg(0)},
 	)
 }
+
+// unusedLookup is `ip saddr . tcp dport @unused_set`: the mapping the
+// packet is for has not admitted a connection yet.
+func (o *objects) unusedLookup() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg(0), Base: expr.PayloadBaseNetworkHeader, Offset: o.f.saddr, Len: o.f.alen},
+		&expr.Payload{DestRegister: reg(o.f.words()), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: reg(0), SetName: o.unused.Name},
+	}
+}
+
+// consumeExprs: meta l4proto tcp ct mark & MARK == MARK
+// delete @unused_set { ip saddr . ct original proto-dst }
+//
+// This is what makes a mapping one-shot, like the kernel FTP helper's
+// expectations: the first connection a mapping DNATs deletes the
+// mapping's element of SetUnused, and the prerouting and output rules
+// DNAT and mark nothing without it. So a second connection from the same
+// client to the same public port (another source port: a new conntrack
+// entry) is not DNATed: it is addressed to the gateway itself and refused
+// there. The kernel does it from the datapath, with no round trip to
+// pasvgate.
+//
+// It runs where NAT has been decided and the first packet has passed the
+// forward hook: in the nat chains of postrouting (forwarded and local
+// clients) and input (a mapping whose target is the gateway), which see a
+// connection's first packet only, before the snat rule (snat ends the
+// chain). There the packet's source is still the client, and conntrack's
+// original tuple holds the public port it dialled. The connection's
+// DNAT is in its conntrack entry already, and its SNAT is decided by the
+// next rule: both stay for the connection's life. A first packet that
+// the host firewall drops in forward does not use the mapping up, so its
+// retransmission, once accepted, still gets through; one that gets
+// through keeps its conntrack entry, so its retransmissions do not need
+// the element.
+//
+// The key is the client and the public port because the public address
+// is in the packet only before DNAT, and google/nftables v0.3.0 cannot
+// send `ct original ip daddr` (see snatExprs). Install refuses two
+// mappings with the same source and public port, so the key is a
+// mapping's. The mark restricts the delete to connections a mapping
+// made. dnat_map and snat_map elements are not deleted here: without
+// the SetUnused element they admit nothing (snat needs the mark, which
+// only a mapping's DNAT sets), and Remove or the timeout takes them out.
+//
+// Two first packets from one client that cross prerouting before either
+// reaches postrouting (microseconds apart) both get through; the server
+// accepts one of them on its passive port. What one-shot closes is the
+// later connection, made after the server has given that port to someone
+// else.
+func (o *objects) consumeExprs(mark uint32) []expr.Any {
+	w := o.f.words()
+	e := tcpOnly()
+	return append(e,
+		&expr.Ct{Register: unix.NFT_REG_1, Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: unix.NFT_REG_1, DestRegister: unix.NFT_REG_1, Len: 4,
+			Mask: ne(mark), Xor: ne(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: unix.NFT_REG_1, Data: ne(mark)},
+		&expr.Payload{DestRegister: reg(0), Base: expr.PayloadBaseNetworkHeader, Offset: o.f.saddr, Len: o.f.alen},
+		&expr.Ct{Register: reg(w), Key: expr.CtKeyPROTODST, Direction: 0 /* IP_CT_DIR_ORIGINAL */},
+		&expr.Dynset{SrcRegKey: reg(0), SetName: o.unused.Name, Operation: dynsetOpDelete},
+	)
+}
+
+// dynsetOpDelete is NFT_DYNSET_OP_DELETE, which
+// golang.org/x/sys/unix does not name.
+const dynsetOpDelete = 2

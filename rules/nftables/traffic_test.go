@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -151,14 +152,17 @@ func testTraffic(t *testing.T, fw hostFirewall, a labAddrs) {
 
 // TestRebuild deletes pasvgate's tables from outside (nft flush ruleset)
 // and checks that the next Install puts both back, with the mappings
-// that were live.
+// that were live, but none of them re-armed: a mapping used before the
+// tables were deleted must not admit a second connection, and one not
+// used yet cannot be told apart from it, so it admits nothing either.
 func TestRebuild(t *testing.T) {
 	netns.RequireRoot(t)
 	hostFirewall{bins: []string{"nft"}}.require(t)
 	ctx := context.Background()
 	l := newLab(t, Config{})
 	v4, v6 := lab4.mapping("m-before", 40001, true), lab6.mapping("m-before6", 40001, false)
-	for _, m := range []rules.Mapping{v4, v6} {
+	pending := lab4.mapping("m-pending", 40003, false)
+	for _, m := range []rules.Mapping{v4, v6, pending} {
 		if err := l.b.Install(ctx, m); err != nil {
 			t.Fatal(err)
 		}
@@ -167,22 +171,27 @@ func TestRebuild(t *testing.T) {
 	l.connects(t, lab6.client, v6.Public, lab6.client)
 
 	l.gw.MustRun(t, "nft", "flush", "ruleset")
-	l.refused(t, lab4.client, v4.Public)
+	l.refused(t, lab4.client, pending.Public)
 
 	after := lab4.mapping("m-after", 40002, false)
 	if err := l.b.Install(ctx, after); err != nil {
 		t.Fatalf("Install after the tables were deleted: %v", err)
 	}
 	l.connects(t, lab4.client, after.Public, lab4.client)
-	l.connects(t, lab4.client, v4.Public, lab4.gwInside)
+	l.refused(t, lab4.client, after.Public)
+	l.refused(t, lab4.client, v4.Public)
+	l.refused(t, lab4.client, pending.Public)
 	// The IPv6 table was rebuilt too, although only an IPv4 mapping was
 	// installed.
-	l.connects(t, lab6.client, v6.Public, lab6.client)
+	l.refused(t, lab6.client, v6.Public)
 	ms, err := l.b.List(ctx)
-	if err != nil || len(ms) != 3 {
-		t.Fatalf("List after the rebuild = %v, %v; want 3 mappings", ms, err)
+	if err != nil || len(ms) != 4 {
+		t.Fatalf("List after the rebuild = %v, %v; want 4 mappings", ms, err)
 	}
-	for _, m := range []rules.Mapping{v4, v6, after} {
+	if !strings.Contains(stableRuleset(t, l.gw), "table ip6 pasvgate") {
+		t.Errorf("the ip6 table was not rebuilt")
+	}
+	for _, m := range []rules.Mapping{v4, v6, pending, after} {
 		if err := l.b.Remove(ctx, m); err != nil {
 			t.Errorf("Remove %s: %v", m.ID, err)
 		}

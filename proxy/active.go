@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/pasvgate/pasvgate/nat"
+	"github.com/pasvgate/pasvgate/proxy/ftp"
+)
+
+// checkActive applies the no-bounce rule to PORT/EPRT: the address must be
+// the client's own and the port unprivileged. It returns the client's data
+// address and true when the command may pass, or the refusal to give.
+func (s *session) checkActive(verb ftp.Verb, arg []byte) (netip.AddrPort, refusal, bool) {
+	var ap netip.AddrPort
+	var err error
+	if verb == ftp.VerbPORT {
+		ap, err = ftp.ParsePORT(arg)
+	} else {
+		ap, err = ftp.ParseEPRT(arg)
+	}
+	switch {
+	case err != nil:
+		return ap, refusal{ftp.CodeArgSyntaxError, "Syntax error in " + verb.String() + " address.", "malformed"}, false
+	case ap.Addr().Is4() != s.peer.Is4():
+		if s.peer.Is4() {
+			return ap, refusal{ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (1)", "wrong-family"}, false
+		}
+		return ap, refusal{ftp.CodeNetProtoNotSupported, "Network protocol not supported, use (2)", "wrong-family"}, false
+	case ap.Addr() != s.peer:
+		return ap, refusal{ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: address is not yours.", "bounce-address"}, false
+	case ap.Port() < 1024:
+		return ap, refusal{ftp.CodeSyntaxError, "Illegal " + verb.String() + " command: privileged port.", "bounce-port"}, false
+	}
+	return ap, refusal{}, true
+}
+
+// openActive maps the server's data connection back to the client's
+// PORT/EPRT address and returns the rewritten command: the gateway's
+// address towards the server and a public port Q. A mapping admits only the
+// server, to the client's address and port. It returns a nil mapping when
+// nothing could be installed.
+func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.AddrPort) ([]byte, *nat.Mapping) {
+	server := addrPortOf(s.server.RemoteAddr())
+	gw := addrPortOf(s.server.LocalAddr()).Addr()
+	if verb == ftp.VerbPORT && !gw.Is4() {
+		s.log.Warn("PORT refused: the server is reached over IPv6", "server", server)
+		return nil, nil
+	}
+	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client}
+	if !s.srv.transparent() {
+		// Reverse mode: the client sees the data connection come from the
+		// gateway's public side, the address it dialed.
+		req.SNAT = s.clientSideAddr()
+	}
+	m, err := s.srv.NAT.Open(ctx, req)
+	if err != nil {
+		s.srv.stats.refuse("mapping-failed")
+		return nil, nil
+	}
+	s.srv.stats.rewrite(verb.String())
+	ap := netip.AddrPortFrom(gw, m.Public.Port())
+	if verb == ftp.VerbPORT {
+		return ftp.AppendPORT(nil, ap), m
+	}
+	return ftp.AppendEPRT(nil, ap), m
+}
+
+// clientSideAddr is the gateway's address as the client sees it: the
+// public address if it is set, local and of the client's family, otherwise
+// the address the client's control connection arrived at.
+func (s *session) clientSideAddr() netip.Addr {
+	local := addrPortOf(s.client.LocalAddr()).Addr()
+	pub := s.srv.publicAddr()
+	if pub.IsValid() && pub.Is4() == local.Is4() && (s.srv.IsLocal == nil || s.srv.IsLocal(pub)) {
+		return pub
+	}
+	return local
+}
