@@ -32,8 +32,9 @@ type entry struct {
 	// ref names an existing test that also proves the entry; when run is
 	// nil the entry is that test's, and the table says so.
 	ref string
-	// fault entries may break the canary while they last; it must work
-	// again once the entry has recovered.
+	// fault entries, and those that restart pasvgate with other flags,
+	// may break the canary while they last; it must work again once the
+	// entry is over.
 	fault bool
 	// script, for server entries, is the hostile server's part.
 	script script
@@ -61,6 +62,7 @@ func catalogue() []entry {
 	all = append(all, clientEntries()...)
 	all = append(all, serverEntries()...)
 	all = append(all, faultEntries()...)
+	all = append(all, itemEntries()...)
 	return all
 }
 
@@ -84,6 +86,9 @@ func TestCatalogue(t *testing.T) {
 	for i, e := range all {
 		if e.run == nil {
 			outs[i] = outcome{got: "-", result: "ref", why: "proved by " + e.ref}
+			if strings.HasPrefix(e.ref, "none") {
+				outs[i] = outcome{got: "-", result: "MISSING", why: "no test proves it yet"}
+			}
 			continue
 		}
 		t.Run(e.id, func(t *testing.T) {
@@ -108,14 +113,17 @@ func runEntry(t *testing.T, h *harness, cn *canary, i int, e entry) outcome {
 	start := time.Now()
 	smp := h.sample()
 	got, err := e.run(h, ev)
+	t.Logf("%s ran in %v", e.id, time.Since(start).Round(time.Millisecond))
 	var why []string
 	if err != nil {
 		why = append(why, err.Error())
 	}
 	// Invariants.
+	t1 := time.Now()
 	if err := h.noRules(); err != nil {
 		why = append(why, err.Error())
 	}
+	t.Logf("rules list empty after %v", time.Since(t1).Round(time.Millisecond))
 	if !e.fault {
 		if _, err := cn.since(start); err != nil {
 			why = append(why, "canary during the entry: "+err.Error())
@@ -138,7 +146,9 @@ func runEntry(t *testing.T, h *harness, cn *canary, i int, e entry) outcome {
 	// broke the bound, the next starts from a fresh process, so that each
 	// is charged only with its own.
 	if changed || smp.peakRSS > rssBound {
+		t2 := time.Now()
 		h.startPasvgate(nil, h.baseArgs()...)
+		t.Logf("pasvgate restarted in %v", time.Since(t2).Round(time.Millisecond))
 	}
 	if len(why) > 0 {
 		o.result = "FAIL"
@@ -163,6 +173,9 @@ func printTable(w io.Writer, all []entry, outs []outcome, baseline int64, took t
 	for i, e := range all {
 		o := outs[i]
 		inv := "no rule, RSS, canary"
+		if e.side == "item" {
+			inv = "-"
+		}
 		if e.inv != "" {
 			inv += "; " + e.inv
 		}
@@ -181,9 +194,10 @@ func printTable(w io.Writer, all []entry, outs []outcome, baseline int64, took t
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", e.id, e.side, e.input, e.want, cut(o.got, 40), inv, rss, res)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "entries: %d ok, %d FAIL, %d by reference, %d not run\n", counts["ok"], counts["FAIL"], counts["ref"], counts[""])
+	fmt.Fprintf(w, "entries: %d ok, %d FAIL, %d by reference, %d MISSING, %d not run\n",
+		counts["ok"], counts["FAIL"], counts["ref"], counts["MISSING"], counts[""])
 	for i, e := range all {
-		if o := outs[i]; o.result == "FAIL" || o.result == "ref" {
+		if o := outs[i]; o.result == "FAIL" || o.result == "ref" || o.result == "MISSING" {
 			fmt.Fprintf(w, "  %s %s: %s\n", e.id, o.result, o.why)
 		}
 	}

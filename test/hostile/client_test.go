@@ -2,7 +2,6 @@ package hostile
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -218,6 +217,11 @@ func (h *harness) download(from string, pause func()) error {
 	}
 	defer dc.Close()
 	_ = dc.SetDeadline(time.Now().Add(30 * time.Second))
+	if pause != nil {
+		// A small window keeps most of the file on the server's side
+		// while paused: it crosses the gateway after the pause.
+		_ = dc.(*net.TCPConn).SetReadBuffer(32 << 10)
+	}
 	if _, err := c.expect("RETR payload.bin", "150"); err != nil {
 		return err
 	}
@@ -314,11 +318,4 @@ func printable(s string) string {
 		q = q[:45] + "..."
 	}
 	return q
-}
-
-// readAllBounded reads c until EOF or max bytes.
-func readAllBounded(c net.Conn, max int64) ([]byte, error) {
-	var b bytes.Buffer
-	_, err := io.Copy(&b, io.LimitReader(c, max))
-	return b.Bytes(), err
 }

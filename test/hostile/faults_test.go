@@ -27,9 +27,9 @@ func faultEntries() []entry {
 			fault: true, run: serverStalling},
 		{id: "F04", side: "fault", input: "xtables lock held (iptables-legacy, --rule-timeout 1s)", want: "425, then 227 once free",
 			fault: true, run: xtablesLockHeld, ref: "also TestLockHeld (rules/iptables)"},
-		{id: "F05", side: "fault", input: "nftables batch refused by the kernel", want: "425, session goes on",
-			ref: "TestNftInstallRefusedGives425 (test/lifecycle)"},
-		{id: "F06", side: "fault", input: "nft flush ruleset mid-transfer", want: "transfer byte-exact; next transfer ok",
+		{id: "F05", side: "fault", input: "nftables batch refused (a foreign element holds the key)", want: "425, session goes on, then 227",
+			inv: "refusal logged", fault: true, run: nftBatchRefused, ref: "also TestNftInstallRefusedGives425 (test/lifecycle)"},
+		{id: "F06", side: "fault", input: "nft flush ruleset mid-transfer", want: "next transfer ok (in flight: cut by the kernel)",
 			fault: true, run: nftFlushMidTransfer},
 		{id: "F07", side: "fault", input: "iptables -F, -t nat -F mid-transfer (iptables-nft)", want: "transfer byte-exact; next transfer ok",
 			fault: true, run: iptablesFlushMidTransfer},
@@ -204,8 +204,7 @@ func xtablesLockHeld(h *harness, e *env) (string, error) {
 		return r, fmt.Errorf("PASV with the lock held: %q, %v; want 425", r, err)
 	}
 	got := fmt.Sprintf("425 after %.1fs", took.Seconds())
-	r, err = c.expect("PASV", "227")
-	if err != nil {
+	if _, err := c.expect("PASV", "227"); err != nil {
 		return got, fmt.Errorf("once the lock is free: %w", err)
 	}
 	return got + ", then 227", nil
@@ -219,13 +218,17 @@ func nftFlushMidTransfer(h *harness, e *env) (string, error) {
 	if ferr != nil {
 		return "", ferr
 	}
+	// The NAT hooks go with the last nat chain, so the kernel stops
+	// translating the flow in flight: nothing pasvgate can keep. What it
+	// must do is build its table again for the next transfer.
+	inFlight := "in flight ok"
 	if errs[0] != nil {
-		return "transfer cut", fmt.Errorf("the transfer in flight: %w", errs[0])
+		inFlight = "in flight cut"
 	}
 	if err := h.download(e.from, nil); err != nil {
-		return "transfer ok", fmt.Errorf("the next transfer: %w", err)
+		return inFlight, fmt.Errorf("the next transfer: %w", err)
 	}
-	return "transfer ok, next ok", nil
+	return inFlight + ", next ok", nil
 }
 
 func iptablesFlushMidTransfer(h *harness, e *env) (string, error) {
@@ -350,4 +353,56 @@ func sighupUnderLoad(h *harness, e *env) (string, error) {
 		return got, errors.New("no reload was logged")
 	}
 	return got, nil
+}
+
+// nftBatchRefused makes the kernel refuse pasvgate's install batch: with
+// one public data port, an element of another process already holds the
+// dnat_map key the client's mapping needs.
+func nftBatchRefused(h *harness, e *env) (string, error) {
+	p := h.startPasvgate(nil, withArgs(h.baseArgs(), "--data-ports", "40000-40000")...)
+	key := e.from + " . " + publicAddr + " . 40000"
+	if _, err := h.lab.GW.Run(context.Background(), "nft", "add", "element", "ip", "pasvgate", "dnat_map",
+		"{ "+key+` timeout 1h comment "not pasvgate's" : 192.0.2.99 . 21 }`); err != nil {
+		return "", err
+	}
+	deleted := false
+	del := func() {
+		if !deleted {
+			deleted = true
+			_, _ = h.lab.GW.Run(context.Background(), "nft", "delete", "element", "ip", "pasvgate", "dnat_map", "{ "+key+" }")
+		}
+	}
+	defer del()
+	c, err := loggedIn(h, e)
+	if err != nil {
+		return "", err
+	}
+	defer c.close()
+	r, err := c.cmd("PASV")
+	if err != nil || !strings.HasPrefix(r, "425") {
+		return r, fmt.Errorf("PASV with the key taken: %q, %v; want 425", r, err)
+	}
+	logged := false
+	for i := 0; i < 100 && !logged; i++ {
+		logged = strings.Contains(p.output(), "mapping install failed")
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !logged {
+		return "425", errors.New("the refused install was not logged")
+	}
+	if _, err := c.expect("NOOP", "200"); err != nil {
+		return "425", err
+	}
+	del()
+	// The one port may be the canary's for a moment.
+	for i := 0; i < 100; i++ {
+		if r, err = c.cmd("PASV"); err != nil || strings.HasPrefix(r, "227") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil || isPublic227(r) != nil {
+		return "425", fmt.Errorf("PASV once the key is free: %q, %v", r, err)
+	}
+	return "425, 200, then 227", nil
 }

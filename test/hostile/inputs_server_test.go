@@ -128,7 +128,61 @@ func serverEntries() []entry {
 				_ = s.send(pasv227(port))
 				s.serve()
 			}), run: oneShot},
+		{id: "S22", side: "server", input: "one-shot pinhole, iptables backend (iptables-nft)", want: "refused",
+			inv: "server accepted 1", fault: true, script: afterPASV(func(s *sconn) {
+				ln, port, err := s.passiveListener("oneshot")
+				if err != nil {
+					return
+				}
+				defer ln.Close()
+				_ = s.send(pasv227(port))
+				s.serve()
+			}), run: func(h *harness, e *env) (string, error) {
+				h.startPasvgate(nil, withArgs(h.baseArgs(), "--backend", "iptables", "--iptables-path", "iptables-nft")...)
+				return oneShot(h, e)
+			}},
+		{id: "S23", side: "server", input: "unsolicited multi-line 211 while pasvgate refuses LPSV", want: "211, then 502, then 200",
+			script: func(s *sconn) {
+				if !s.login() {
+					return
+				}
+				_ = s.send("211-Unsolicited news.\r\n")
+				if s.until("NOOP") {
+					_ = s.send("211 End.\r\n200 OK.\r\n")
+				}
+				s.serve()
+			}, run: ownReplyDuringUnsolicited},
 	}
+}
+
+// ownReplyDuringUnsolicited sends LPSV (which pasvgate answers itself)
+// and NOOP while the server is in the middle of a multi-line reply nobody
+// asked for: pasvgate's 502 must not be lost.
+func ownReplyDuringUnsolicited(h *harness, e *env) (string, error) {
+	c, err := h.scriptLogin(e)
+	if err != nil {
+		return "", err
+	}
+	defer c.close()
+	if l, err := c.line(); err != nil || !strings.HasPrefix(l, "211-") {
+		return l, fmt.Errorf("the unsolicited reply's first line: %q, %v", l, err)
+	}
+	if err := c.send("LPSV\r\nNOOP\r\n"); err != nil {
+		return "", err
+	}
+	var got []string
+	for i := 0; i < 3; i++ {
+		r, err := c.replyWithin(3 * time.Second)
+		if err != nil {
+			break
+		}
+		got = append(got, r[:3])
+	}
+	g := strings.Join(got, ", ")
+	if g != "211, 502, 200" {
+		return g, fmt.Errorf("replies %s, want 211, 502, 200", g)
+	}
+	return g, nil
 }
 
 // dialScript dials from the entry's address and sends the selector of its

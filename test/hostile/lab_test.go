@@ -216,7 +216,9 @@ func (h *harness) startFTPD() {
 func (h *harness) baseArgs() []string {
 	args := []string{"run", "--listen", pgListen, "--upstream", serverAddr + ":21",
 		"--backend", "nftables", "--data-ports", dataPorts, "--metrics", "127.0.0.1:9121",
-		"--idle-timeout", idleTimeout.String(), "--login-timeout", loginTimeout.String()}
+		"--idle-timeout", idleTimeout.String(), "--login-timeout", loginTimeout.String(),
+		// Restarts between entries need not wait for the canary.
+		"--drain-timeout", "2s"}
 	if h.pgFlags["max-mappings-per-ip"] {
 		args = append(args, "--max-mappings-per-ip", strconv.Itoa(mappingsPerIP))
 	}
