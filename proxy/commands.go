@@ -23,9 +23,10 @@ func (s *session) commands(ctx context.Context) string {
 		switch {
 		case err == nil:
 		case errors.Is(err, ftp.ErrLineTooLong):
-			s.log.Warn("client line too long, dropped", "max", s.maxLine())
-			s.reply(ftp.CodeSyntaxError, "Command line too long.")
+			s.lineTooLong()
 			continue
+		case errors.Is(err, ftp.ErrLineEndless):
+			return s.lineEndless()
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			reason, busy := s.timeout(st, lastLine, loginBy)
 			if reason != "" {
@@ -43,6 +44,11 @@ func (s *session) commands(ctx context.Context) string {
 		if reason := s.command(ctx, ftp.ParseLine(raw, text)); reason != "" {
 			return reason
 		}
+		if reason := s.endedWith(); reason != "" {
+			// Ended by a reply that could not be queued: the lines still
+			// buffered are not read.
+			return reason
+		}
 	}
 }
 
@@ -56,9 +62,10 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		return ""
 	}
 	out := c.Raw
-	if canonical(c.Verb) {
-		// Sent as "VERB arg": what pasvgate acts on must mean the same to
-		// the server, whatever separator and case the client used.
+	if canonical(c.Verb) || !c.Canonical() {
+		// Sent as "VERB arg": what pasvgate acts on, and any line whose
+		// verb ends at a TAB, VT or FF (which pure-ftpd would drop without
+		// a reply), must mean the same to the server as to pasvgate.
 		s.canon = c.AppendCanonical(s.canon[:0])
 		out = s.canon
 	}
@@ -123,8 +130,9 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 }
 
 // canonical reports whether commands with verb v go to the server as
-// canonical lines (ftp.Command.AppendCanonical) rather than as they came:
-// the commands pasvgate acts on. PASV and EPSV (and EPSV ALL) make it
+// canonical lines (ftp.Command.AppendCanonical) even when the client's
+// line is already canonical but for case and Telnet commands: the
+// commands pasvgate acts on. PASV and EPSV (and EPSV ALL) make it
 // expect and rewrite a 227/229; transfer commands claim a data mapping and
 // are owed a final reply that releases it; REIN ends the login that
 // mappings depend on. PORT and EPRT are always rewritten (openActive).
@@ -178,6 +186,10 @@ var refusals = [...]struct {
 	// it would leave pasvgate waiting for a reply that may never come.
 	func(_ *session, c ftp.Command) bool { return c.NoVerb() },
 	refusal{ftp.CodeSyntaxError, "Command has no verb.", "no-verb"},
+}, {
+	// No command has one, and pure-ftpd drops such a line without a reply.
+	func(_ *session, c ftp.Command) bool { return c.BadVerb() },
+	refusal{ftp.CodeSyntaxError, "Command not understood.", "bad-verb"},
 }, {
 	// RFC 1639 addresses: pasvgate neither checks nor rewrites them.
 	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbLPRT || c.Verb == ftp.VerbLPSV },

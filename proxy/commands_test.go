@@ -98,22 +98,40 @@ func TestCanonicalCommands(t *testing.T) {
 	}
 }
 
-// TestNoVerbRefused checks that a line with no verb (empty, or starting
-// with whitespace) gets pasvgate's own 500 and is not forwarded: ProFTPD
-// would drop it without a reply, and pasvgate would wait for one forever.
-func TestNoVerbRefused(t *testing.T) {
+// TestLinesServersDropRefused checks that the lines some server drops
+// without any reply get pasvgate's own 500 and are not forwarded: with no
+// verb (empty, or starting with whitespace: ProFTPD), or a verb of other
+// bytes than letters and digits (pure-ftpd 1.0.50). Forwarded, each would
+// leave pasvgate waiting for a reply that never comes, and every later
+// reply matched to the wrong command. A verb ended by a TAB reaches the
+// server with a space instead, for the same reason.
+func TestLinesServersDropRefused(t *testing.T) {
 	h := newHarness(t, options{})
 	c := h.dial(t)
 	c.login()
-	for _, line := range []string{"", " NOOP", "\tPORT 127,0,0,9,200,10", " "} {
-		if got := c.cmd(line); got != "500 Command has no verb." {
-			t.Errorf("%q: reply %q, want pasvgate's 500", line, got)
+	for _, tc := range []struct{ line, want string }{
+		{"", "500 Command has no verb."},
+		{" NOOP", "500 Command has no verb."},
+		{"\tPORT 127,0,0,9,200,10", "500 Command has no verb."},
+		{" ", "500 Command has no verb."},
+		{"FOO_BAR", "500 Command not understood."},
+		{"PORT,127,0,0,9,200,10", "500 Command not understood."},
+		{"P@SW", "500 Command not understood."},
+	} {
+		if got := c.cmd(tc.line); got != tc.want {
+			t.Errorf("%q: reply %q, want %q", tc.line, got, tc.want)
 		}
 	}
-	if got := c.cmd("NOOP"); !strings.HasPrefix(got, "200") {
-		t.Fatalf("NOOP after the lines: %q", got)
+	if got := c.cmd("NOOP\t"); !strings.HasPrefix(got, "200") {
+		t.Fatalf("NOOP<TAB>: %q", got)
 	}
-	if sent := h.tap.sent(); strings.Contains(sent, " NOOP") || strings.Contains(sent, "127,0,0,9") || strings.Contains(sent, "\r\n\r\n") {
-		t.Errorf("a line with no verb reached the server: %q", sent)
+	sent := h.tap.sent()
+	for _, w := range []string{" NOOP", "127,0,0,9", "\r\n\r\n", "\r\n \r\n", "FOO", "P@SW", "\t"} {
+		if strings.Contains(sent, w) {
+			t.Errorf("%q reached the server: %q", w, sent)
+		}
+	}
+	if !strings.HasSuffix(sent, "\r\nNOOP\r\n") {
+		t.Errorf("NOOP<TAB> reached the server as %q, want NOOP", sent)
 	}
 }

@@ -6,10 +6,17 @@ import (
 	"github.com/pasvgate/pasvgate/proxy/ftp"
 )
 
-// maxPending bounds the commands a client may have outstanding at the server.
-// Real clients pipeline a handful at most; a client that sends thousands
-// without reading replies is refused rather than allowed to grow the queue.
+// maxPending bounds the replies a client may have outstanding: those the
+// server owes for its commands and pasvgate's own queued behind them (its
+// refusals). Real clients pipeline a handful at most; a client that sends
+// thousands without reading replies is disconnected rather than allowed to
+// grow the queue.
 const maxPending = 64
+
+// maxPassiveLines bounds the lines of a 227/229 reply, which pasvgate holds
+// back whole until its last line (its bytes are bounded by one --max-line).
+// Servers send one line; a few more is generous.
+const maxPassiveLines = 8
 
 // maxLine is the longest control line, in either direction, that the
 // session reads (--max-line).
@@ -18,6 +25,59 @@ func (s *session) maxLine() int {
 		return m
 	}
 	return ftp.DefaultMaxLine
+}
+
+// lineTooLong answers a command line that has passed --max-line, as soon
+// as it has: 500, before the rest of it arrives. The Reader drops the
+// line, and the session goes on if it ends within another --max-line
+// bytes: a client with a path too long for the limit has its write in
+// flight already, and is owed a reply and its session, as servers give.
+func (s *session) lineTooLong() {
+	s.srv.stats.refuse("line-too-long")
+	s.log.Warn("client line too long, dropped", "max", s.maxLine())
+	s.reply(ftp.CodeSyntaxError, "Command line too long.")
+}
+
+// lineEndless ends the session of a client whose over-long line has gone
+// on for more than twice --max-line: that is a flood, not a command, and
+// reading it to its end would let the client hold its session without
+// ever sending one. It returns the reason.
+func (s *session) lineEndless() string {
+	s.srv.stats.refuse("line-endless")
+	s.log.Warn("session closed: client line goes on past twice the limit", "max", s.maxLine())
+	s.say421AndEnd("Command line too long: closing control connection.", endLineEndless)
+	return endLineEndless
+}
+
+// passiveTooLong ends the session of a server whose 227/229 reply has
+// passed maxPassiveLines lines or --max-line bytes: pasvgate holds such a
+// reply whole, and a server that never ends it would grow the heap
+// without bound. The client is told 421, since its session ends. It
+// returns the reason.
+func (s *session) passiveTooLong(lines, bytes int) string {
+	s.srv.stats.refuse("passive-reply-too-long")
+	s.log.Warn("session closed: the server's 227/229 reply is too long",
+		"lines", lines, "bytes", bytes, "max_lines", maxPassiveLines, "max_bytes", s.maxLine())
+	s.say421AndEnd("Passive reply from the server too long: closing control connection.", endReplyTooLong)
+	return endReplyTooLong
+}
+
+// queueFullLocked ends the session of a client with maxPending replies
+// outstanding (the server's and pasvgate's own) and one more to come: it
+// has stopped reading its replies, or sends commands (refused or not)
+// faster than the server answers. Either way the queue must not grow. The
+// 421 goes out at once, out of turn, as the session's last word, unless it
+// would land inside a multi-line reply.
+func (s *session) queueFullLocked() {
+	if s.ended {
+		return
+	}
+	s.srv.stats.refuse("too-many-pending")
+	s.log.Warn("session closed: too many commands without reading their replies", "max", maxPending)
+	if !s.midReply {
+		s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Too many commands without reading replies."))
+	}
+	s.endLocked(endTooMany)
 }
 
 // readDeadline is when the client's next command must have arrived: the
@@ -64,19 +124,17 @@ func (s *session) timeout(st *Settings, lastLine, loginBy time.Time) (reason str
 
 // enqueue records the reply a forwarded command is owed, or returns
 // endTooMany (the client has been told 421) when the client has maxPending
-// commands outstanding already.
+// replies outstanding already.
 func (s *session) enqueue(p pending) string {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(s.queue) >= maxPending {
-		s.mu.Unlock()
-		s.log.Warn("session refused: too many pipelined commands", "max", maxPending)
-		s.reply(ftp.CodeServiceUnavailable, "Too many commands without reading replies.")
+		s.queueFullLocked()
 		return endTooMany
 	}
 	if p.verb.IsTransfer() {
 		s.transfers++
 	}
 	s.queue = append(s.queue, p)
-	s.mu.Unlock()
 	return ""
 }

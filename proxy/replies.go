@@ -10,12 +10,20 @@ import (
 	"github.com/pasvgate/pasvgate/proxy/ftp"
 )
 
-// reply sends the client a reply of pasvgate's own, in order.
+// reply sends the client a reply of pasvgate's own, in order: at once, or
+// queued behind the replies still due from the server. A queue already
+// maxPending long means a client that does not read its replies (or
+// floods refusals faster than the server answers): the session ends (see
+// queueFullLocked).
 func (s *session) reply(code int, text string) {
 	line := ftp.AppendReply(nil, code, text)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.midReply || len(s.queue) > 0 {
+		if len(s.queue) >= maxPending {
+			s.queueFullLocked()
+			return
+		}
 		s.queue = append(s.queue, pending{local: line})
 		return
 	}
@@ -28,14 +36,27 @@ func (s *session) replies(ctx context.Context) string {
 	r := ftp.NewReader(s.server, s.maxLine())
 	var st ftp.ReplyState
 	// A 227/229 reply is collected whole, as text to parse and as the raw
-	// bytes to forward when it needs no change.
+	// bytes to forward when it needs no change: up to maxPassiveLines
+	// lines and one --max-line of bytes (see passiveTooLong).
 	var held, heldRaw []byte
+	heldLines := 0
 	for {
 		raw, text, err := r.ReadLine()
 		switch {
 		case err == nil:
 		case errors.Is(err, ftp.ErrLineTooLong):
 			s.log.Warn("server line too long, dropped", "max", s.maxLine())
+			if len(heldRaw) > 0 {
+				// Dropped lines count too, or a reply of them would
+				// never end.
+				if heldLines++; heldLines > maxPassiveLines {
+					return s.passiveTooLong(heldLines, len(heldRaw))
+				}
+			}
+			continue
+		case errors.Is(err, ftp.ErrLineEndless):
+			// Bounded all the same: the Reader keeps none of it.
+			s.log.Warn("server line goes on past twice the limit, discarding it to its end", "max", s.maxLine())
 			continue
 		default:
 			s.mu.Lock()
@@ -55,6 +76,9 @@ func (s *session) replies(ctx context.Context) string {
 			// The address is rewritten on the whole reply: hold every line
 			// back until the last, so no line of it reaches the client
 			// with the server's address in it.
+			if heldLines++; heldLines > maxPassiveLines || len(heldRaw)+len(raw) > s.maxLine() {
+				return s.passiveTooLong(heldLines, len(heldRaw)+len(raw))
+			}
 			held = append(held, text...)
 			held = append(held, '\n')
 			heldRaw = append(heldRaw, raw...)
@@ -62,7 +86,7 @@ func (s *session) replies(ctx context.Context) string {
 				continue
 			}
 			s.passive(ctx, code, held, heldRaw)
-			held, heldRaw = held[:0], heldRaw[:0]
+			held, heldRaw, heldLines = held[:0], heldRaw[:0], 0
 			continue
 		}
 		if code == ftp.CodeSystemStatus && !last && s.headVerb() == ftp.VerbFEAT && isTLSFeature(text) {

@@ -74,6 +74,8 @@ const (
 	endShutdown     = "shutdown"
 	endTooMany      = "too many pipelined commands"
 	endLogin        = "login timeout"
+	endLineEndless  = "endless line"
+	endReplyTooLong = "server reply too long"
 )
 
 // run relays until either side ends, then closes both, releases the
@@ -139,6 +141,13 @@ func (s *session) end(reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.endLocked(reason)
+}
+
+// endedWith returns why the session ended, or "" while it runs.
+func (s *session) endedWith() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reason
 }
 
 func (s *session) endLocked(reason string) {

@@ -86,12 +86,18 @@ func (v Verb) IsTransfer() bool {
 }
 
 // Command is one command line from a client, parsed once: what the proxy
-// decides on (Verb, Arg) and what it came from (Text, Raw). The slices are
-// those of Reader.ReadLine and valid as long as they are.
+// decides on (Verb, Arg) and what it came from (Word, Sep, Text, Raw). The
+// slices are those of Reader.ReadLine and valid as long as they are.
 type Command struct {
 	Verb Verb
 	// Arg is the argument (see ParseCommand), nil if there is none.
 	Arg []byte
+	// Word is the verb as the client wrote it: Text up to the first
+	// whitespace byte. Empty when the line is empty or starts with
+	// whitespace.
+	Word []byte
+	// Sep is the whitespace byte that ended Word, 0 if none did.
+	Sep byte
 	// Text is the line's text, Telnet and terminator removed.
 	Text []byte
 	// Raw is the line's bytes as received.
@@ -100,26 +106,49 @@ type Command struct {
 
 // ParseLine parses a line as Reader.ReadLine returns it.
 func ParseLine(raw, text []byte) Command {
-	verb, arg := ParseCommand(text)
-	return Command{Verb: verb, Arg: arg, Text: text, Raw: raw}
+	word, sep, arg := splitCommand(text)
+	return Command{Verb: lookupVerb(word), Arg: arg, Word: word, Sep: sep, Text: text, Raw: raw}
 }
 
 // NoVerb reports whether the line is empty or starts with whitespace, and
-// so has no verb. Servers disagree on such a line: ProFTPD drops it without
-// a reply, vsftpd and pure-ftpd answer 500. A proxy that forwarded it could
-// not know whether a reply is owed.
-func (c Command) NoVerb() bool {
-	return len(c.Text) == 0 || IsSpace(c.Text[0])
+// so has no verb. ProFTPD (and pure-ftpd 1.0.50) drop such a line without
+// a reply, vsftpd answers 500: a proxy that forwarded it could not know
+// whether a reply is owed.
+func (c Command) NoVerb() bool { return len(c.Word) == 0 }
+
+// BadVerb reports whether the verb holds a byte other than an ASCII letter
+// or digit. No FTP command has one; vsftpd and ProFTPD answer such a line
+// 500, and pure-ftpd 1.0.50 drops it without a reply (its "P@SW" alias of
+// PASV aside).
+func (c Command) BadVerb() bool {
+	for _, b := range c.Word {
+		switch {
+		case 'A' <= b && b <= 'Z', 'a' <= b && b <= 'z', '0' <= b && b <= '9':
+		default:
+			return true
+		}
+	}
+	return false
 }
 
-// AppendCanonical appends the command as one canonical line: the verb's
-// name in upper case, and if there is an argument one space and the
-// argument byte for byte, then CRLF (written as AppendLine writes text). A
-// canonical line reads the same to every server, whatever separator or
-// case the client used. c.Verb must not be VerbOther, whose name is not
-// the client's word.
+// Canonical reports whether the line is already as AppendCanonical would
+// write it, but for the case of the verb (which every server ignores) and
+// Telnet commands: its verb, if followed by anything, is followed by one
+// space.
+func (c Command) Canonical() bool { return c.Sep == 0 || (c.Sep == ' ' && len(c.Arg) > 0) }
+
+// AppendCanonical appends the command as one canonical line: the verb in
+// upper case, and if there is an argument one space and the argument byte
+// for byte, then CRLF (written as AppendLine writes text). A canonical
+// line reads the same to every server, whatever separator or case the
+// client used.
 func (c Command) AppendCanonical(dst []byte) []byte {
-	dst = append(dst, c.Verb.String()...)
+	for _, b := range c.Word {
+		if 'a' <= b && b <= 'z' {
+			b -= 'a' - 'A'
+		}
+		dst = append(dst, b)
+	}
 	if len(c.Arg) == 0 {
 		return append(dst, '\r', '\n')
 	}
@@ -129,8 +158,10 @@ func (c Command) AppendCanonical(dst []byte) []byte {
 // How servers split a command line into verb and argument. Read in their
 // sources (vsftpd 3.0 ftpcmdio.c vsf_cmdio_get_cmd_and_arg and str.c
 // str_split_char; ProFTPD 1.3 src/main.c pr_cmd_read and make_ftp_cmd,
-// src/str.c pr_str_get_word; pure-ftpd 1.0 src/ftp_parser.c sfgets and
-// parser). All three end a line at LF and drop the CR before it.
+// src/str.c pr_str_get_word; pure-ftpd 1.0.50, Debian's, src/ftp_parser.c
+// sfgets and parser) and checked against the Debian packages in the lab
+// (test/interop TestVerbSmuggling). All three end a line at LF and drop
+// the CR before it.
 //
 //   - vsftpd: the verb ends at the first space, and only a space: a TAB,
 //     VT, FF or CR stays in the verb, which is then unknown (500). The
@@ -149,21 +180,24 @@ func (c Command) AppendCanonical(dst []byte) []byte {
 //     NUL (RFC 2640); a NUL elsewhere ends the string there.
 //   - pure-ftpd: while reading, every control byte but CR (C0, DEL, and by
 //     default C1 too) is replaced by '_', so a TAB, VT or FF never
-//     separates: "PORT\t1,2,3,4,5,6" reads as "PORT_1,2,3,4,5,6" (500).
-//     The verb is the letters (and '@', for its "P@SW" alias of PASV) at
-//     the start, lower-cased; it must be followed by the end of the line or
-//     one whitespace byte, which is a space or a bare CR, else 500. The
-//     argument is everything after that byte, as is (a build option trims
-//     runs of whitespace on both sides instead). A line that starts with
-//     whitespace has no verb (500).
+//     separates. The verb is the letters, digits and '@' (its "P@SW"
+//     alias of PASV) at the start, lower-cased; it must be followed by the
+//     end of the line or one whitespace byte, which is a space or a bare
+//     CR. The argument is everything after that byte, as is (a build
+//     option trims runs of whitespace on both sides instead). A line with
+//     no verb, or a verb followed by anything else ("PORT\t1,2,3,4,5,6"
+//     reads as "PORT_1,2,3,4,5,6"), is dropped without a reply in 1.0.50,
+//     and answered 500 by later versions.
 //
 // So no server reads a verb across whitespace, every server reads it in
 // any case, and for all three the argument starts one byte after the verb.
 // ParseCommand reads the verb the widest way (ProFTPD's: any whitespace),
-// so that every line any of them takes as a PORT is a PORT here too; the
-// proxy then sends the lines it acts on in the canonical form, which all
-// of them read alike. Lines with a bare CR or a NUL, and lines with no
-// verb, the proxy refuses itself.
+// so that every line any of them takes as a PORT is a PORT here too. The
+// proxy refuses itself the lines some server would drop without a reply
+// (no verb, a verb of other bytes than letters and digits, a bare CR or a
+// NUL), and sends the lines it acts on, and every line whose verb ends at
+// whitespace other than a space, in the canonical form, which all of them
+// read alike.
 
 // IsSpace reports whether c is whitespace to an FTP server reading a
 // command: ASCII SP, HT, LF, VT, FF or CR (C isspace in the C locale).
@@ -192,17 +226,22 @@ func TrimSpace(b []byte) []byte {
 // Command.NoVerb). An unknown verb gives VerbOther and still its argument.
 // It does not allocate.
 func ParseCommand(text []byte) (Verb, []byte) {
-	word, rest := text, []byte(nil)
+	word, _, arg := splitCommand(text)
+	return lookupVerb(word), arg
+}
+
+// splitCommand splits text at its first whitespace byte: the verb before
+// it, the byte (0 if none), and the argument after it (nil if empty).
+func splitCommand(text []byte) (word []byte, sep byte, arg []byte) {
 	for i, c := range text {
 		if IsSpace(c) {
-			word, rest = text[:i], text[i+1:]
-			break
+			if arg = text[i+1:]; len(arg) == 0 {
+				arg = nil
+			}
+			return text[:i], c, arg
 		}
 	}
-	if len(rest) == 0 {
-		rest = nil
-	}
-	return lookupVerb(word), rest
+	return text, 0, nil
 }
 
 func lookupVerb(word []byte) Verb {

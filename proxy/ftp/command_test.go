@@ -86,6 +86,29 @@ func TestCommandNoVerb(t *testing.T) {
 	}
 }
 
+func TestCommandBadVerb(t *testing.T) {
+	for text, want := range map[string]bool{
+		"NOOP": false, "noop x": false, "XSHA256 f": false, "PORT\t1,2,3,4,5,6": false, "": false,
+		"FOO_BAR": true, "P@SW": true, "PORT,1,2,3,4,5,6": true, "PORT_1": true, "R\xc3\xa9TR x": true,
+		"NOOP\x00": true, "CWD/x": true,
+	} {
+		if got := ParseLine(nil, []byte(text)).BadVerb(); got != want {
+			t.Errorf("%q: BadVerb() = %v, want %v", text, got, want)
+		}
+	}
+}
+
+func TestCommandCanonical(t *testing.T) {
+	for text, want := range map[string]bool{
+		"NOOP": true, "noop": true, "RETR x": true, "RETR  x": true, "\xff\xf4ABOR": true,
+		"NOOP ": false, "NOOP\t": false, "RETR\tx": false, "PORT\v1,2,3,4,5,6": false, "SITE\fx": false,
+	} {
+		if got := ParseLine(nil, []byte(text)).Canonical(); got != want {
+			t.Errorf("%q: Canonical() = %v, want %v", text, got, want)
+		}
+	}
+}
+
 func TestAppendCanonical(t *testing.T) {
 	tests := []struct{ text, want string }{
 		{"PORT\t192,0,2,99,0,22", "PORT 192,0,2,99,0,22\r\n"},
@@ -97,6 +120,9 @@ func TestAppendCanonical(t *testing.T) {
 		{"Retr\t a file \t", "RETR  a file \t\r\n"},
 		{"RETR \xffname", "RETR \xff\xffname\r\n"},
 		{"REIN", "REIN\r\n"},
+		{"noop\t", "NOOP\r\n"},
+		{"site\tchmod 644 x", "SITE chmod 644 x\r\n"},
+		{"xsha256\tf", "XSHA256 f\r\n"},
 	}
 	for _, tt := range tests {
 		c := ParseLine(nil, []byte(tt.text))

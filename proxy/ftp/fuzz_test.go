@@ -60,13 +60,18 @@ func refLines(data []byte, max int) []line {
 	var out []line
 	for len(data) > 0 {
 		i := bytes.IndexByte(data, '\n')
+		n := i + 1 // the line's length, terminator included
+		if i < 0 {
+			n = len(data)
+		}
 		switch {
-		case i < 0 && len(data) >= max:
+		case i < 0 && n >= max, i >= 0 && n > max:
 			out = append(out, tooLong)
+			if n > 2*max {
+				out = append(out, endless)
+			}
 		case i < 0:
 			out = append(out, cutShort)
-		case i+1 > max:
-			out = append(out, tooLong)
 		default:
 			out = append(out, line{raw: string(data[:i+1]), text: refText(data[:i])})
 		}
@@ -280,6 +285,9 @@ func FuzzParseCommand(f *testing.F) {
 			return // the Reader never gives a line with LF in it
 		}
 		c := ParseLine(nil, text)
+		if c.Verb != verb || !bytes.Equal(c.Arg, arg) || !bytes.Equal(c.Word, word) {
+			t.Fatalf("ParseLine(%q) = %v, %q, %q; want %v, %q, %q", text, c.Verb, c.Word, c.Arg, verb, word, arg)
+		}
 		line := c.AppendCanonical(nil)
 		_, back, err := NewReader(bytes.NewReader(line), len(line)+1).ReadLine()
 		if err != nil {

@@ -11,11 +11,20 @@ import (
 // direction of each session keeps a buffer this size.
 const DefaultMaxLine = 4096
 
-// ErrLineTooLong is returned by ReadLine for a line that exceeded the
-// limit. The line has been discarded through its terminator, and the next
-// ReadLine continues with the following line, so a session can answer 500
-// and go on.
+// ErrLineTooLong is returned by ReadLine as soon as a line has passed the
+// limit, before its end has arrived, so that a session can answer 500 at
+// once rather than when (or if) the line ends. Nothing of the line is
+// kept: the next ReadLine discards the rest of it through its terminator
+// and continues with the following line.
 var ErrLineTooLong = errors.New("ftp: line too long")
+
+// ErrLineEndless is returned by ReadLine, once per line and after
+// ErrLineTooLong, when an over-long line has gone on for more than twice
+// the limit without ending. A peer sending such a line is not a client
+// with a long path name: the proxy ends the session. A caller that goes on
+// reading gets the rest of the line discarded through its terminator, as
+// after ErrLineTooLong.
+var ErrLineEndless = errors.New("ftp: line too long, no end within twice the limit")
 
 // ErrMalformed is wrapped by every parse error in this package, so callers
 // can tell hostile or broken input (errors.Is) from their own mistakes.
@@ -54,6 +63,8 @@ type Reader struct {
 	text    []byte // the text of the last line when it had Telnet sequences
 	err     error  // read error to return once the buffer has no line left
 	discard bool   // skipping the rest of an over-long line
+	dropped int    // bytes of the over-long line skipped so far
+	endless bool   // ErrLineEndless was returned for the line being skipped
 }
 
 // NewReader reads lines from rd. max bounds the raw bytes of one line,
@@ -85,37 +96,75 @@ const initialBuffer = 512
 // terminator. Both are valid only until the next call, may share memory,
 // and must not be modified.
 //
-// A line longer than the limit gives ErrLineTooLong (raw and text nil)
-// once it has been discarded through its terminator. At EOF with nothing
-// pending ReadLine returns io.EOF; at EOF after part of a line, it drops
-// that part and returns io.ErrUnexpectedEOF (or ErrLineTooLong if the part
-// was already over the limit). Other read errors are returned as they are,
-// and a later call resumes where the failed one stopped.
+// A line longer than the limit gives ErrLineTooLong (raw and text nil) as
+// soon as the limit is passed; the next call discards the rest of it
+// through its terminator, keeping none of it, and returns the line after.
+// If the over-long line has not ended within twice the limit, a call
+// returns ErrLineEndless, once, and the next goes on discarding. At EOF
+// with nothing pending ReadLine returns io.EOF; at EOF after part of a
+// line, it drops that part and returns io.ErrUnexpectedEOF (io.EOF if the
+// part was over the limit, which has been reported). Other read errors
+// are returned as they are, and a later call resumes where the failed one
+// stopped.
 func (r *Reader) ReadLine() (raw, text []byte, err error) {
 	scanned := 0 // buf[r.r:r.r+scanned] holds no LF
 	for {
+		if r.discard {
+			if err := r.skip(); err != nil {
+				return nil, nil, err
+			}
+			if r.discard {
+				if r.err != nil {
+					return nil, nil, r.readErr()
+				}
+				r.fill()
+			}
+			continue
+		}
 		if i := bytes.IndexByte(r.buf[r.r+scanned:r.w], '\n'); i >= 0 {
 			start, end := r.r, r.r+scanned+i+1
 			r.r = end
-			if r.discard {
-				r.discard = false
-				return nil, nil, ErrLineTooLong
-			}
 			raw = r.buf[start:end:end]
 			return raw, r.decode(raw), nil
 		}
 		scanned = r.w - r.r
-		if r.discard || scanned >= r.max {
+		if scanned >= r.max {
 			// Keep nothing of an over-long line, so that it costs no
-			// more memory than a line at the limit.
-			r.discard = true
-			r.r, r.w, scanned = 0, 0, 0
+			// more memory than a line at the limit, and say so now.
+			r.discard, r.dropped, r.endless = true, scanned, false
+			r.r, r.w = 0, 0
+			return nil, nil, ErrLineTooLong
 		}
 		if r.err != nil {
 			return nil, nil, r.readErr()
 		}
 		r.fill()
 	}
+}
+
+// skip discards buffered bytes of an over-long line, through its LF if it
+// is there, and returns ErrLineEndless the first time the line passes
+// twice the limit. r.discard stays set while the line's end is still to
+// come.
+func (r *Reader) skip() error {
+	n := r.w - r.r
+	i := bytes.IndexByte(r.buf[r.r:r.w], '\n')
+	if i >= 0 {
+		n = i + 1
+	}
+	r.r += n
+	r.dropped += n
+	over := r.dropped > 2*r.max && !r.endless
+	if i >= 0 {
+		r.discard, r.dropped, r.endless = false, 0, false
+	} else {
+		r.r, r.w = 0, 0
+		r.endless = r.endless || over
+	}
+	if over {
+		return ErrLineEndless
+	}
+	return nil
 }
 
 // Buffered reports how many bytes have been read from the underlying
@@ -135,8 +184,9 @@ func (r *Reader) readErr() error {
 	}
 	switch {
 	case r.discard:
+		// The line was reported when it passed the limit.
 		r.discard = false
-		return ErrLineTooLong
+		return io.EOF
 	case r.w > r.r:
 		r.r = r.w
 		return io.ErrUnexpectedEOF

@@ -52,6 +52,7 @@ func ok(raw, text string) line { return line{raw: raw, text: text} }
 var (
 	eof      = line{err: io.EOF}
 	tooLong  = line{err: ErrLineTooLong}
+	endless  = line{err: ErrLineEndless}
 	cutShort = line{err: io.ErrUnexpectedEOF}
 )
 
@@ -75,7 +76,11 @@ func TestReader(t *testing.T) {
 		{"CR alone at EOF", "NOOP\r", 0, []line{cutShort, eof}},
 		{"line at the limit", "123456\r\n", 8, []line{ok("123456\r\n", "123456"), eof}},
 		{"one over the limit", "1234567\r\nOK\r\n", 8, []line{tooLong, ok("OK\r\n", "OK"), eof}},
-		{"far over the limit", strings.Repeat("A", 100) + "\r\nOK\n", 8, []line{tooLong, ok("OK\n", "OK"), eof}},
+		{"far over the limit", strings.Repeat("A", 100) + "\r\nOK\n", 8, []line{tooLong, endless, ok("OK\n", "OK"), eof}},
+		{"twice the limit", strings.Repeat("A", 14) + "\r\nOK\n", 8, []line{tooLong, ok("OK\n", "OK"), eof}},
+		{"one over twice the limit", strings.Repeat("A", 15) + "\r\nOK\n", 8, []line{tooLong, endless, ok("OK\n", "OK"), eof}},
+		{"endless at EOF", strings.Repeat("A", 17), 8, []line{tooLong, endless, eof}},
+		{"twice the limit at EOF", strings.Repeat("A", 16), 8, []line{tooLong, eof}},
 		{"over-long lines in a row", "123456789\n123456789\r\n12\n", 8, []line{tooLong, tooLong, ok("12\n", "12"), eof}},
 		{"LF just past the limit", "12345678\nOK\n", 8, []line{tooLong, ok("OK\n", "OK"), eof}},
 		{"over-long at EOF", "0123456789", 8, []line{tooLong, eof}},
@@ -162,7 +167,11 @@ func TestReaderErrorThenResume(t *testing.T) {
 		{"lines before the error come first", script{{"NOOP\r\nQU", errTimeout}, {"IT\r\n", nil}}, 0,
 			[]line{ok("NOOP\r\n", "NOOP"), {err: errTimeout}, ok("QUIT\r\n", "QUIT"), eof}},
 		{"discarding goes on", script{{"0123456789", errTimeout}, {"ab\r\nOK\r\n", nil}}, 8,
-			[]line{{err: errTimeout}, tooLong, ok("OK\r\n", "OK"), eof}},
+			[]line{tooLong, {err: errTimeout}, ok("OK\r\n", "OK"), eof}},
+		{"too long said before the end comes", script{{"0123456789", errTimeout}}, 8,
+			[]line{tooLong, {err: errTimeout}, eof}},
+		{"endless said before the end comes", script{{"0123456789abcdefg", errTimeout}, {"\nOK\n", nil}}, 8,
+			[]line{tooLong, endless, {err: errTimeout}, ok("OK\n", "OK"), eof}},
 		{"EOF ends a discard", script{{"0123456789", nil}}, 8, []line{tooLong, eof}},
 	}
 	for _, tt := range tests {

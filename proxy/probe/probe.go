@@ -625,7 +625,7 @@ func (c *ctrl) readReply(deadline time.Time) (reply, error) {
 	_ = c.conn.SetReadDeadline(deadline)
 	for {
 		_, text, err := c.r.ReadLine()
-		if errors.Is(err, ftp.ErrLineTooLong) {
+		if errors.Is(err, ftp.ErrLineTooLong) || errors.Is(err, ftp.ErrLineEndless) {
 			continue // dropped whole; the deadline bounds a flood of them
 		}
 		if err != nil {

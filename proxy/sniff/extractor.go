@@ -231,6 +231,8 @@ func (e *Extractor) Data(c Conn, dir Dir, b []byte, t time.Time) {
 		case errors.Is(err, ftp.ErrLineTooLong):
 			s.rep.LongLines++
 			continue
+		case errors.Is(err, ftp.ErrLineEndless):
+			continue // counted once, as too long
 		default:
 			// errMore: everything handed over has been read.
 			lf.src.rest = nil

@@ -132,7 +132,7 @@ func TestBounce(t *testing.T) {
 				t.Fatal(err)
 			}
 			logBefore := strings.Count(pg.proc.Output(), `"msg":"command refused"`)
-			codes, sum, err := bounceSession(t.Context(), l, fam.side, srv, fam.bounces, fam.eprt)
+			codes, sum, err := bounceSession(t.Context(), l, fam.side, srv, fam.bounces, fam.eprt, " ")
 			pkts, capErr := capture.Stop()
 			if err != nil {
 				t.Fatalf("session: %v", err)
@@ -196,9 +196,10 @@ type reply struct {
 
 // bounceSession logs in from the side's client address, sends every
 // attempt and reads its reply, then downloads lab.DataFile in active mode
-// (PORT, or EPRT when eprt) as the positive control. It returns the
-// attempts' replies and the download's SHA-256.
-func bounceSession(ctx context.Context, l *lab.Lab, sd side, srv *lab.Server, bounces []bounce, eprt bool) ([]reply, string, error) {
+// (PORT, or EPRT when eprt, with sep between verb and argument) as the
+// positive control. It returns the attempts' replies and the download's
+// SHA-256.
+func bounceSession(ctx context.Context, l *lab.Lab, sd side, srv *lab.Server, bounces []bounce, eprt bool, sep string) ([]reply, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	c, nc, err := l.RawLogin(ctx, lab.RawSession{NS: l.Client, Local: sd.client, Host: sd.gwPublic, User: srv.User, Password: srv.Password})
@@ -223,7 +224,7 @@ func bounceSession(ctx context.Context, l *lab.Lab, sd side, srv *lab.Server, bo
 	}
 	defer ln.Close()
 	_ = ln.SetDeadline(time.Now().Add(30 * time.Second))
-	cmd := lab.ActiveCommandFor(ln.Addr().(*net.TCPAddr).AddrPort(), eprt)
+	cmd := strings.Replace(lab.ActiveCommandFor(ln.Addr().(*net.TCPAddr).AddrPort(), eprt), " ", sep, 1)
 	if _, err := lab.RawCmd(c, 200, "%s", cmd); err != nil {
 		return out, "", fmt.Errorf("positive control: %w", err)
 	}

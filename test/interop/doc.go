@@ -29,7 +29,12 @@
 //   - TestIPv6: reverse mode over IPv6 (EPSV, EPRT) with one pasvgate for
 //     both families (ipv6_test.go);
 //   - TestBounce: PORT/EPRT bounce attempts and wrong-family commands,
-//     refused and never forwarded (bounce_test.go).
+//     refused and never forwarded (bounce_test.go);
+//   - TestVerbSmuggling: PORT/EPRT with the verb ended by a TAB, VT or FF,
+//     sent to ProFTPD, pure-ftpd and vsftpd directly (what each server
+//     makes of them) and through pasvgate (refused, never forwarded), and
+//     a TAB-separated PORT that works through pasvgate on every server
+//     (smuggle_test.go).
 //
 // Their servers and clients are chosen with -interop.active-servers
 // (default vsftpd) and -interop.active-clients. Transparent mode (the
@@ -40,7 +45,7 @@
 //
 //	go test ./test/interop -run TestMatrix -v
 //	go test ./test/interop -run TestMatrix -v -args -interop.modes=direct -interop.servers=vsftpd
-//	go test ./test/interop -run 'TestActive|TestIPv6|TestBounce' -v
+//	go test ./test/interop -run 'TestActive|TestIPv6|TestBounce|TestVerbSmuggling' -v
 //	PASVGATE_INTEROP_MODES=direct,static go test ./...
 //
 // The package has no code besides its tests and the jlclient command.

@@ -31,6 +31,7 @@ var (
 	flagIPTables = flag.String("interop.iptables", lab.EnvOr("PASVGATE_INTEROP_IPTABLES", lab.DefaultIPTables), "iptables binary of the gateway namespace, also given to pasvgate [$PASVGATE_INTEROP_IPTABLES]")
 	flagBackend  = flag.String("interop.backend", lab.EnvOr("PASVGATE_INTEROP_BACKEND", "iptables"), "pasvgate's --backend: iptables or nftables; with nftables the gw's FORWARD also gets the accept for its conntrack mark, as the README asks of operators [$PASVGATE_INTEROP_BACKEND]")
 	flagRate     = flag.Int("interop.rate", 512<<10, "bytes/s of the client's link (shaped), so the intruder probe runs while a transfer's mapping is open")
+	flagNSPrefix = flag.String("interop.ns-prefix", os.Getenv("PASVGATE_INTEROP_NS_PREFIX"), "namespace name prefix of the gateway labs instead of pglab- [$PASVGATE_INTEROP_NS_PREFIX]")
 	flagPasvgate = flag.String("interop.pasvgate", os.Getenv("PASVGATE_BIN"), "pasvgate binary (default: $PASVGATE_BIN, else built from ./cmd/pasvgate)")
 )
 
@@ -41,7 +42,7 @@ const nftMark = 0x10000000
 // labOptions are the lab options every pasvgate lab here starts from: the
 // gw's iptables and, for the nftables backend, its accept rule.
 func labOptions(rate int, ipv6 bool) lab.Options {
-	o := lab.Options{IPTables: *flagIPTables, ClientLinkRate: rate, IPv6: ipv6}
+	o := lab.Options{IPTables: *flagIPTables, ClientLinkRate: rate, IPv6: ipv6, NSPrefix: *flagNSPrefix}
 	if *flagBackend == "nftables" {
 		o.AcceptMark = nftMark
 	}

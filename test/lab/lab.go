@@ -134,6 +134,11 @@ type Options struct {
 	// it has) the one rule an operator adds for pasvgate's nftables
 	// backend: accept connections whose conntrack mark has these bits.
 	AcceptMark uint32
+	// NSPrefix, if set, replaces "pglab-" at the start of the namespace
+	// names (<prefix><pid>-<n>-c, -g and -s), for a run that must keep to
+	// a prefix of its own. Sweep does not know such names: only Close
+	// removes them.
+	NSPrefix string
 }
 
 // Lab is one instance of the topology. Its methods are safe for concurrent
@@ -196,7 +201,11 @@ func RequireRoot(tb testing.TB) {
 // tb.Cleanup. It fails tb if the topology cannot be built.
 func New(tb testing.TB, opt Options) *Lab {
 	tb.Helper()
-	l := newLab(tb, nsPrefix, "c", "g", "s", opt.IPTables)
+	prefix := nsPrefix
+	if opt.NSPrefix != "" {
+		prefix = opt.NSPrefix
+	}
+	l := newLab(tb, prefix, "c", "g", "s", opt.IPTables)
 	l.linkRate = opt.ClientLinkRate
 	l.IPv6 = opt.IPv6
 	l.acceptMark = opt.AcceptMark
