@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/rulestest"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
 
@@ -213,5 +214,22 @@ func TestOneShotLocalTarget(t *testing.T) {
 				t.Errorf("%v: Remove = %v, want nil", a.public, err)
 			}
 		}
+	})
+}
+
+// TestOneShotWindow measures, with PASVGATE_MEASURE_ONESHOT=1, what is
+// left of the one-shot window: how often a second connection from the
+// client, started a given time after the first, gets through too.
+func TestOneShotWindow(t *testing.T) {
+	netns.RequireRoot(t)
+	rulestest.RequireMeasure(t)
+	forEachBinary(t, func(t *testing.T, path string) {
+		l := newLab(t, path)
+		mk := func(id string, q uint16) rules.Mapping {
+			return rules.Mapping{ID: id, Source: lab4.client, Public: netip.AddrPortFrom(lab4.public, q),
+				Target: netip.AddrPortFrom(lab4.server, serverPort), SNAT: lab4.gwInside, Created: time.Now()}
+		}
+		rulestest.MeasureWindow(t, l.b, l.g, lab4.client, mk,
+			[]time.Duration{0, 20 * time.Microsecond, 100 * time.Microsecond, time.Millisecond, 10 * time.Millisecond}, 100)
 	})
 }

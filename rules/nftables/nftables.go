@@ -109,8 +109,9 @@
 // the missing tables with every live mapping of this process (with what
 // is left of its timeout), logs it and tries once more. The rebuilt
 // mappings admit nothing: whether each had been used went with its
-// unused_set element, and a used one must not admit a second connection. Until then no
-// mapping works, and open transfers stall if no other nat chain is left.
+// unused_set element, and a used one must not admit a second connection.
+// Until then no mapping works, and open transfers stall if no other nat
+// chain is left.
 // A table that is only flushed (rules gone, table kept) is not noticed.
 //
 // Duplicates (same ID; same source and public address; same source,

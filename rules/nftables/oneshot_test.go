@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/rulestest"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
 
@@ -171,4 +172,16 @@ func TestOneShotLocalTarget(t *testing.T) {
 			t.Errorf("%s: Remove = %v, want nil", a.name, err)
 		}
 	}
+}
+
+// TestOneShotWindow measures, with PASVGATE_MEASURE_ONESHOT=1, what is
+// left of the one-shot window: how often a second connection from the
+// client, started a given time after the first, gets through too.
+func TestOneShotWindow(t *testing.T) {
+	netns.RequireRoot(t)
+	rulestest.RequireMeasure(t)
+	l := newLab(t, Config{})
+	mk := func(id string, q uint16) rules.Mapping { return lab4.mapping(id, q, true) }
+	rulestest.MeasureWindow(t, l.b, l.g, lab4.client, mk,
+		[]time.Duration{0, 20 * time.Microsecond, 100 * time.Microsecond, time.Millisecond, 10 * time.Millisecond}, 100)
 }
