@@ -124,10 +124,22 @@ func runEntry(t *testing.T, h *harness, cn *canary, i int, e entry) outcome {
 		why = append(why, err.Error())
 	}
 	t.Logf("rules list empty after %v", time.Since(t1).Round(time.Millisecond))
+	var tail string
+	if p := h.proc(); p != nil {
+		tail = lastLines(p.output(), 15)
+	}
 	if !e.fault {
 		if _, err := cn.since(start); err != nil {
 			why = append(why, "canary during the entry: "+err.Error())
 		}
+	}
+	// A fault may leave pasvgate running with other flags: the canary
+	// after the entry, and the next entry, meet the catalogue's own.
+	h.mu.Lock()
+	changed := strings.Join(h.pgArgs, " ") != strings.Join(h.baseArgs(), " ")
+	h.mu.Unlock()
+	if changed {
+		h.startPasvgate(nil, h.baseArgs()...)
 	}
 	if err := h.download(canaryAddr, nil); err != nil {
 		why = append(why, "canary after the entry: "+err.Error())
@@ -135,28 +147,17 @@ func runEntry(t *testing.T, h *harness, cn *canary, i int, e entry) outcome {
 	smp.end()
 	if smp.peakRSS > rssBound {
 		why = append(why, fmt.Sprintf("VmRSS %d MiB over the %d MiB bound", smp.peakRSS>>20, rssBound>>20))
+		// The Go runtime keeps memory it once grew to: the next entry
+		// starts from a fresh process, so that each is charged only with
+		// its own.
+		h.startPasvgate(nil, h.baseArgs()...)
 	}
 	o := outcome{got: got, result: "ok", rss: smp.peakRSS, took: time.Since(start)}
-	// A fault may leave pasvgate running with other flags: the next entry
-	// meets the catalogue's own.
-	h.mu.Lock()
-	changed := strings.Join(h.pgArgs, " ") != strings.Join(h.baseArgs(), " ")
-	h.mu.Unlock()
-	// The Go runtime keeps memory it once grew to: after an entry that
-	// broke the bound, the next starts from a fresh process, so that each
-	// is charged only with its own.
-	if changed || smp.peakRSS > rssBound {
-		t2 := time.Now()
-		h.startPasvgate(nil, h.baseArgs()...)
-		t.Logf("pasvgate restarted in %v", time.Since(t2).Round(time.Millisecond))
-	}
 	if len(why) > 0 {
 		o.result = "FAIL"
 		o.why = strings.Join(why, "; ")
 		t.Errorf("%s (%s): %s", e.id, e.input, o.why)
-		if p := h.proc(); p != nil {
-			t.Logf("pasvgate's last lines:\n%s", lastLines(p.output(), 15))
-		}
+		t.Logf("pasvgate's last lines:\n%s", tail)
 	}
 	return o
 }

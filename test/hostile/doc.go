@@ -44,11 +44,11 @@
 //	C18 500 PORTs before login, pipelined   530 x500, no mapping at any time
 //	C19 31 pipelined PORT+RETR              at most one mapping of the session live
 //	C20 PASV from 5 sessions of one address 227 x4, then 425 (--max-mappings-per-ip 4)
-//	C21 default max-sessions-per-ip + 1     421 for the extra (a non-zero default)
+//	C21 default max-sessions-per-ip + 1     421 for the extra (non-zero defaults, --max-sessions too)
 //	C22 PASV, RETR, no data connection      421 at --idle-timeout, closed
 //	C23 5000 bytes without a newline        500 at once
 //	C24 1 MiB without a newline             500, then closed
-//	C25 2 MB of LPSV, replies never read    closed, RSS bounded
+//	C25 2 MB of LPSV, server not greeting   421, closed, RSS bounded
 //	C26 4 MB of NOOP, replies never read    421, closed, RSS bounded
 //	C27 slowloris before login (20)         421 at --login-timeout, closed
 //	C28 REIN after the login window         a reply, not a silent close
@@ -76,7 +76,10 @@
 //	S18 229 with port 70000                 425
 //	S19 ABOR after Telnet Synch             226; the server gets DM as urgent data
 //	S20 PASV never answered (stall)         421 at --idle-timeout, closed
-//	S21 one-shot pinhole: second connection refused; the server accepted one
+//	S21 one-shot pinhole (nftables)         second connection refused; the server accepted one
+//	S22 one-shot pinhole (iptables-nft)     the same
+//	S23 unsolicited multi-line reply while
+//	    pasvgate refuses LPSV               211, then pasvgate's 502, then 200
 //
 // Faults:
 //
@@ -84,11 +87,23 @@
 //	F02 server down                         421 for the open session and a new one
 //	F03 server stalling (SIGSTOP)           421 at --idle-timeout
 //	F04 xtables lock held                   425, then 227 once free
-//	F05 nftables batch refused              425 (TestNftInstallRefusedGives425)
-//	F06 nft flush ruleset mid-transfer      transfer byte-exact, next one works
+//	F05 nftables batch refused              425, the session goes on, then 227
+//	F06 nft flush ruleset mid-transfer      the next transfer works (the one in flight
+//	                                        is cut by the kernel: its NAT hooks go
+//	                                        with the last nat chain)
 //	F07 iptables -F mid-transfer            transfer byte-exact, next one works
 //	F08 public address changed mid-transfer transfer byte-exact, next 227 new address
 //	F09 SIGHUP under load                   every transfer byte-exact
+//
+// Items of the issue that no peer sees from outside the process (R01-R14:
+// the conntrack flush, removal retries, the destination policy, reloads,
+// shutdown, a second instance, configuration checks, probe's password,
+// age_ms, ...) are rows of the table too, naming the tests that prove them;
+// R05 (transparent mode always sends a canonical 227) has none yet.
+//
+// An entry whose run restarts pasvgate with other flags, or after which
+// pasvgate's RSS was over the bound (the Go runtime keeps memory it grew
+// to), is followed by a restart with the catalogue's own flags.
 //
 // TestCatalogue prints the table (input or fault, reply wanted and got,
 // invariants, peak RSS, result) and the RSS under the worst inputs. It

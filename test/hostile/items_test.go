@@ -6,7 +6,7 @@ package hostile
 func itemEntries() []entry {
 	return []entry{
 		{id: "R01", side: "item", input: "verb parsing as ProFTPD and pure-ftpd read it", want: "-",
-			ref: "TestParseCommand (proxy/ftp); in the lab C01-C06 check what the server received, whatever the server"},
+			ref: "TestVerbSmuggling (test/interop: ProFTPD, pure-ftpd, vsftpd), TestParseCommand (proxy/ftp)"},
 		{id: "R02", side: "item", input: "abnormal end: conntrack flush filtered in the kernel, off the removal queue", want: "-",
 			ref: "TestFlushFlowsKernel (rules/conntrack), TestRemovalsDoNotWaitForFlush (nat)"},
 		{id: "R03", side: "item", input: "failed removal retried with backoff, port kept out of the pool", want: "-",
