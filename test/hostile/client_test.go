@@ -256,6 +256,10 @@ type canary struct {
 	stop chan struct{}
 	done chan struct{}
 
+	// hold is held for each of the canary's transfers; an entry that
+	// needs the data range to itself holds it to pause the canary.
+	hold sync.Mutex
+
 	mu      sync.Mutex
 	results []canaryResult
 }
@@ -267,6 +271,7 @@ type canaryResult struct {
 
 func (h *harness) startCanary() *canary {
 	cn := &canary{h: h, stop: make(chan struct{}), done: make(chan struct{})}
+	h.canary = cn
 	go func() {
 		defer close(cn.done)
 		for i := 0; i < 100000; i++ {
@@ -275,7 +280,9 @@ func (h *harness) startCanary() *canary {
 				return
 			default:
 			}
+			cn.hold.Lock()
 			err := h.download(canaryAddr, nil)
+			cn.hold.Unlock()
 			cn.mu.Lock()
 			cn.results = append(cn.results, canaryResult{time.Now(), err})
 			cn.mu.Unlock()

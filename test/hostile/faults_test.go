@@ -359,6 +359,11 @@ func sighupUnderLoad(h *harness, e *env) (string, error) {
 // one public data port, an element of another process already holds the
 // dnat_map key the client's mapping needs.
 func nftBatchRefused(h *harness, e *env) (string, error) {
+	// The one data port is the entry's alone while it runs.
+	if h.canary != nil {
+		h.canary.hold.Lock()
+		defer h.canary.hold.Unlock()
+	}
 	p := h.startPasvgate(nil, withArgs(h.baseArgs(), "--data-ports", "40000-40000")...)
 	key := e.from + " . " + publicAddr + " . 40000"
 	if _, err := h.lab.GW.Run(context.Background(), "nft", "add", "element", "ip", "pasvgate", "dnat_map",
@@ -394,7 +399,7 @@ func nftBatchRefused(h *harness, e *env) (string, error) {
 		return "425", err
 	}
 	del()
-	// The one port may be the canary's for a moment.
+	// The port comes back once the refused install is rolled back.
 	for i := 0; i < 100; i++ {
 		if r, err = c.cmd("PASV"); err != nil || strings.HasPrefix(r, "227") {
 			break

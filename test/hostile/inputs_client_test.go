@@ -555,7 +555,16 @@ func reinAfterWindow(h *harness, e *env) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("REIN: no reply: %w", err)
 	}
-	return r, nil
+	if strings.HasPrefix(r, "421") {
+		return r, nil // the session ends, and the client was told
+	}
+	// Otherwise the session goes on, or ends with a 421: either way the
+	// next command gets a reply, never a silent close.
+	r2, err := c.replyWithinCmd("NOOP", 5*time.Second)
+	if err != nil {
+		return r, fmt.Errorf("NOOP after REIN's %q: no reply: %w", r[:3], err)
+	}
+	return r[:3] + ", then " + r2, nil
 }
 
 // replyWithinCmd sends a command and reads its reply within d.

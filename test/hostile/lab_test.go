@@ -163,6 +163,7 @@ type harness struct {
 	pgArgs  []string
 	pgFlags map[string]bool // the flags `pasvgate run -h` lists
 	pgHelp  string          // `pasvgate run -h`
+	canary  *canary
 }
 
 func newHarness(t *testing.T) *harness {
