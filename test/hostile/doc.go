@@ -41,17 +41,18 @@
 //	C15 PORT before login                   530, no mapping at any time
 //	C16 EPRT before login                   530, no mapping at any time
 //	C17 PASV before login                   530, no mapping at any time
-//	C18 500 PORTs before login, pipelined   530 x500, no mapping at any time
-//	C19 31 pipelined PORT+RETR              at most one mapping of the session live
+//	C18 500 PORTs before login (20 a batch) 530 x500, no mapping at any time
+//	C19 31 pipelined PORT+RETR, transfers
+//	    held (the client drops the SYNs)    at most one mapping of the session live
 //	C20 PASV from 5 sessions of one address 227 x4, then 425 (--max-mappings-per-ip 4)
 //	C21 default max-sessions-per-ip + 1     421 for the extra (non-zero defaults, --max-sessions too)
 //	C22 PASV, RETR, no data connection      421 at --idle-timeout, closed
 //	C23 5000 bytes without a newline        500 at once
 //	C24 1 MiB without a newline             500, then closed
 //	C25 2 MB of LPSV, server not greeting   421, closed, RSS bounded
-//	C26 4 MB of NOOP, replies never read    421, closed, RSS bounded
+//	C26 4 MB of NOOP, replies never read    closed (421 if readable), RSS bounded
 //	C27 slowloris before login (20)         421 at --login-timeout, closed
-//	C28 REIN after the login window         a reply, not a silent close
+//	C28 REIN after the login window         a reply, and one to the next command
 //	C29 IAC IP, IAC DM (urgent), ABOR       ABOR answered
 //
 // Server side, the hostile server's scripts:
