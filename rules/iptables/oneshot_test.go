@@ -230,6 +230,6 @@ func TestOneShotWindow(t *testing.T) {
 				Target: netip.AddrPortFrom(lab4.server, serverPort), SNAT: lab4.gwInside, Created: time.Now()}
 		}
 		rulestest.MeasureWindow(t, l.b, l.g, lab4.client, mk,
-			[]time.Duration{0, 20 * time.Microsecond, 100 * time.Microsecond, time.Millisecond, 10 * time.Millisecond}, 100)
+			rulestest.WindowDelays, 200)
 	})
 }

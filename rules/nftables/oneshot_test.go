@@ -183,5 +183,5 @@ func TestOneShotWindow(t *testing.T) {
 	l := newLab(t, Config{})
 	mk := func(id string, q uint16) rules.Mapping { return lab4.mapping(id, q, true) }
 	rulestest.MeasureWindow(t, l.b, l.g, lab4.client, mk,
-		[]time.Duration{0, 20 * time.Microsecond, 100 * time.Microsecond, time.Millisecond, 10 * time.Millisecond}, 100)
+		rulestest.WindowDelays, 200)
 }
