@@ -73,10 +73,18 @@ func newBackend(ctx context.Context, cfg Config, log *slog.Logger) (rules.Backen
 		ch = choice{name: d.Backend, reason: d.Reason}
 		log.Info("backend chosen", "backend", ch.name, "reason", ch.reason)
 	}
-	if ch.name == backendNftables && manage {
-		ch.hostFW = fw
-	}
 	b, err := makeBackend(cfg, log, ch.name)
+	if err == nil && ch.name == backendNftables && manage {
+		// The accept is checked right after the backend's own tables,
+		// which the same reload may have deleted.
+		c := hostfw.Config{Mark: cfg.ConnMark, Timeout: cfg.RuleTimeout, Logger: log}
+		if r, ok := b.(interface {
+			Repair(context.Context) (bool, error)
+		}); ok {
+			c.Repair = r.Repair
+		}
+		ch.hostFW = hostfw.New(c)
+	}
 	return b, ch, err
 }
 

@@ -32,6 +32,11 @@ type hostFirewall struct {
 	// reload loads it back, as the host's own firewall service does.
 	save   func(t *testing.T, gw *netns.NS) string
 	reload func(t *testing.T, gw *netns.NS, saved string)
+	// flushesRuleset: the reload deletes pasvgate's tables too, so the
+	// kernel has no nat hook until Run has them rebuilt, and a packet of
+	// an open connection in that gap meets no NAT and is reset by the
+	// gateway; the test waits for the repair before it sends.
+	flushesRuleset bool
 	// dump is the whole state, without counters, to compare.
 	dump func(t *testing.T, gw *netns.NS) string
 	// v6 is whether the firewall drops IPv6 forwarding too.
@@ -69,15 +74,18 @@ func xtablesFW(kind string) hostFirewall {
 	}
 }
 
-// nativeFW is table inet filter as distributions ship it, reloaded the
-// way `nft -f /etc/nftables.conf` does for a file that replaces its own
-// table (a file that starts with `flush ruleset` deletes pasvgate's
-// tables too: see the nftables backend's rebuild).
-func nativeFW() hostFirewall {
-	const conf = "table inet filter\ndelete table inet filter\n" +
-		"table inet filter {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n"
+// nativeFW is table inet filter as distributions ship it, reloaded with
+// `nft -f` of a file that replaces that table, or, if flushRuleset, of a
+// file that starts with `flush ruleset`, as Debian's /etc/nftables.conf
+// does, which deletes pasvgate's own tables too.
+func nativeFW(flushRuleset bool) hostFirewall {
+	const table = "table inet filter {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n"
+	conf, name := "table inet filter\ndelete table inet filter\n"+table, "nftables"
+	if flushRuleset {
+		conf, name = "flush ruleset\n"+table, "nftables-flush-ruleset"
+	}
 	return hostFirewall{
-		name: "nftables", v6: true, bins: []string{"nft"},
+		name: name, v6: true, bins: []string{"nft"}, flushesRuleset: flushRuleset,
 		setUp: func(t *testing.T, gw *netns.NS) {
 			gw.MustRun(t, "nft", "add", "table", "inet", "filter")
 			gw.MustRun(t, "nft", "add", "chain", "inet", "filter", "forward",
@@ -139,10 +147,13 @@ func mapping(id string, client, public, server netip.Addr, q uint16) rules.Mappi
 // they pass, in both families; a reload of the host's firewall in the
 // middle of a connection removes the accept, Run puts it back and logs
 // it, and the connection carries on (TCP retransmits over the gap); Remove
-// leaves the host's firewall exactly as its owner wrote it.
+// leaves the host's firewall exactly as its owner wrote it. A reload that
+// flushes the whole ruleset deletes the nftables backend's tables too: Run
+// has the backend rebuild them before it puts the accept back, and open
+// connections that sent nothing in that gap carry on as well.
 func TestHostFirewall(t *testing.T) {
 	netns.RequireRoot(t)
-	for _, fw := range []hostFirewall{xtablesFW("nft"), xtablesFW("legacy"), nativeFW()} {
+	for _, fw := range []hostFirewall{xtablesFW("nft"), xtablesFW("legacy"), nativeFW(false), nativeFW(true)} {
 		t.Run(fw.name, func(t *testing.T) {
 			fw.require(t)
 			testHostFirewall(t, fw)
@@ -166,7 +177,7 @@ func testHostFirewall(t *testing.T, fw hostFirewall) {
 	}
 	fw.setUp(t, gw)
 	saved, baseline := fw.save(t, gw), fw.dump(t, gw)
-	m := New(Config{Logger: log})
+	m := New(Config{Logger: log, Repair: b.Repair})
 	do := func(f func() error) {
 		t.Helper()
 		if err := gw.Do(f); err != nil {
@@ -238,6 +249,11 @@ func testHostFirewall(t *testing.T, fw hostFirewall) {
 		_ = gw.Do(func() error { m.Run(runCtx, 200*time.Millisecond); return nil })
 	}()
 	start := time.Now()
+	if fw.flushesRuleset {
+		for !strings.Contains(logs.String(), "put it back") && time.Since(start) < 10*time.Second {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	for i, c := range conns {
 		_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 		msg := "after the reload " + flows[i].client.String()
@@ -252,6 +268,9 @@ func testHostFirewall(t *testing.T, fw hostFirewall) {
 	t.Logf("open connections carried on %v after the reload", time.Since(start).Round(time.Millisecond))
 	stop()
 	<-done
+	if tables := gw.MustRun(t, "nft", "list", "tables"); !strings.Contains(tables, "table ip pasvgate") || !strings.Contains(tables, "table ip6 pasvgate") {
+		t.Errorf("pasvgate's tables are not back after the reload:\n%s", tables)
+	}
 	if !strings.Contains(logs.String(), "put it back") {
 		t.Errorf("putting the accept back was not logged:\n%s", logs.String())
 	}

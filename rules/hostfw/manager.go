@@ -33,6 +33,12 @@ type Config struct {
 	// Logger receives what is added, put back and removed. Default
 	// slog.Default().
 	Logger *slog.Logger
+	// Repair, if set, runs at each of Run's checks before the host's
+	// chains are read: the nftables backend's Repair, which puts its own
+	// tables back when a reload deleted the whole ruleset. A reload
+	// that deleted them took pasvgate's accept with it, which the same
+	// check then puts back.
+	Repair func(context.Context) (bool, error)
 }
 
 // Manager reads the host's forward chains and adds, checks and removes
@@ -164,8 +170,8 @@ func (m *Manager) add(ctx context.Context, c Chain) error {
 	return ipt.ensure(ctx, c.Table, m.cfg.Mark)
 }
 
-// Run calls Ensure every interval (DefaultInterval if not positive)
-// until ctx ends. Failures are logged, and tried again at the next tick.
+// Run calls Config.Repair, if set, then Ensure, every interval
+// (DefaultInterval if not positive) until ctx ends. Failures are logged, and tried again at the next tick.
 func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = DefaultInterval
@@ -178,6 +184,11 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 			cctx, cancel := context.WithTimeout(ctx, 4*m.cfg.Timeout)
+			if m.cfg.Repair != nil {
+				if _, err := m.cfg.Repair(cctx); err != nil && ctx.Err() == nil {
+					m.log.Warn("checking pasvgate's own tables", "err", err)
+				}
+			}
 			if _, err := m.Ensure(cctx); err != nil && ctx.Err() == nil {
 				m.log.Warn("checking the host firewall's forward chains", "err", err)
 			}
