@@ -49,6 +49,11 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
+	// xtMu guards xts, the go-iptables handles by binary: making one
+	// runs the binary once.
+	xtMu sync.Mutex
+	xts  map[string]*xtables
+
 	mu sync.Mutex
 	// added holds the chains (by String) this Manager put its accept
 	// in: finding one of them without it again means the host's
@@ -67,7 +72,7 @@ func New(cfg Config) *Manager {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger.With("host_firewall", "auto"), added: map[string]bool{}}
+	return &Manager{cfg: cfg, log: cfg.Logger.With("host_firewall", "auto"), added: map[string]bool{}, xts: map[string]*xtables{}}
 }
 
 // Inspect reads the host's forward chains: every nf_tables base chain on

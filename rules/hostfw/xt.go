@@ -26,20 +26,28 @@ type xtables struct {
 	bin string
 }
 
-// iptables makes the go-iptables handle for kind k and a family. It runs
-// the binary once (go-iptables asks its version).
+// iptables returns the go-iptables handle for kind k and a family, made
+// on first use, which runs the binary once (go-iptables asks its
+// version).
 func (m *Manager) iptables(k Kind, v6 bool) (*xtables, error) {
 	proto := goipt.ProtocolIPv4
 	if v6 {
 		proto = goipt.ProtocolIPv6
 	}
 	bin := binaryOf(k, v6)
+	m.xtMu.Lock()
+	defer m.xtMu.Unlock()
+	if x, ok := m.xts[bin]; ok {
+		return x, nil
+	}
 	secs := max(int(m.cfg.Timeout.Seconds()), 1)
 	ipt, err := goipt.New(goipt.Path(bin), goipt.IPFamily(proto), goipt.Timeout(secs))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", bin, err)
 	}
-	return &xtables{ipt: ipt, bin: bin}, nil
+	x := &xtables{ipt: ipt, bin: bin}
+	m.xts[bin] = x
+	return x, nil
 }
 
 // acceptSpec is the accept in ChainName, and jumpSpec the jump into it.
