@@ -32,6 +32,8 @@ type choice struct {
 	// hostFW keeps pasvgate's accept in the host's forward chains: set
 	// for the nftables backend under --host-firewall auto, nil otherwise.
 	hostFW *hostfw.Manager
+	// repair is the backend's Repair, run before each check of hostFW.
+	repair func(context.Context) (bool, error)
 }
 
 // newHostFW makes the host-firewall manager for cfg.
@@ -75,15 +77,14 @@ func newBackend(ctx context.Context, cfg Config, log *slog.Logger) (rules.Backen
 	}
 	b, err := makeBackend(cfg, log, ch.name)
 	if err == nil && ch.name == backendNftables && manage {
+		ch.hostFW = fw
 		// The accept is checked right after the backend's own tables,
 		// which the same reload may have deleted.
-		c := hostfw.Config{Mark: cfg.ConnMark, Timeout: cfg.RuleTimeout, Logger: log}
 		if r, ok := b.(interface {
 			Repair(context.Context) (bool, error)
 		}); ok {
-			c.Repair = r.Repair
+			ch.repair = r.Repair
 		}
-		ch.hostFW = hostfw.New(c)
 	}
 	return b, ch, err
 }

@@ -175,7 +175,7 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			ch.hostFW.Run(keepCtx, hostfw.DefaultInterval)
+			ch.hostFW.Run(keepCtx, hostfw.DefaultInterval, ch.repair)
 		}()
 		defer func() { stopKeep(); <-done }()
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"slices"
 	"strconv"
@@ -181,14 +182,22 @@ func acceptsMark(es []expr.Any, mark uint32) bool {
 // legacyTableExists reports whether iptables-legacy's filter table exists
 // in the calling thread's network namespace, for IPv6 if v6. Listing a
 // table that does not exist would create it (and hook it into the
-// stack), so nothing is asked of iptables-legacy unless it is there.
-func legacyTableExists(v6 bool) bool {
+// stack), so nothing is asked of iptables-legacy unless it is there. The
+// file is missing when the kernel has no ip_tables loaded; it is mode 0440
+// root, so reading it takes CAP_DAC_READ_SEARCH, which an error says.
+func legacyTableExists(v6 bool) (bool, error) {
 	name := "/proc/thread-self/net/ip_tables_names"
 	if v6 {
 		name = "/proc/thread-self/net/ip6_tables_names"
 	}
 	b, err := os.ReadFile(name)
-	return err == nil && strings.Contains("\n"+string(b), "\nfilter\n")
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading the iptables-legacy tables: %w", err)
+	}
+	return strings.Contains("\n"+string(b), "\nfilter\n"), nil
 }
 
 // readLegacy reads `iptables-legacy -S FORWARD` (lines) into a Chain of

@@ -177,7 +177,7 @@ func testHostFirewall(t *testing.T, fw hostFirewall) {
 	}
 	fw.setUp(t, gw)
 	saved, baseline := fw.save(t, gw), fw.dump(t, gw)
-	m := New(Config{Logger: log, Repair: b.Repair})
+	m := New(Config{Logger: log})
 	do := func(f func() error) {
 		t.Helper()
 		if err := gw.Do(f); err != nil {
@@ -246,7 +246,7 @@ func testHostFirewall(t *testing.T, fw hostFirewall) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = gw.Do(func() error { m.Run(runCtx, 200*time.Millisecond); return nil })
+		_ = gw.Do(func() error { m.Run(runCtx, 200*time.Millisecond, b.Repair); return nil })
 	}()
 	start := time.Now()
 	if fw.flushesRuleset {

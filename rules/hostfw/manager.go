@@ -33,12 +33,6 @@ type Config struct {
 	// Logger receives what is added, put back and removed. Default
 	// slog.Default().
 	Logger *slog.Logger
-	// Repair, if set, runs at each of Run's checks before the host's
-	// chains are read: the nftables backend's Repair, which puts its own
-	// tables back when a reload deleted the whole ruleset. A reload
-	// that deleted them took pasvgate's accept with it, which the same
-	// check then puts back.
-	Repair func(context.Context) (bool, error)
 }
 
 // Manager reads the host's forward chains and adds, checks and removes
@@ -53,6 +47,8 @@ type Manager struct {
 	// runs the binary once.
 	xtMu sync.Mutex
 	xts  map[string]*xtables
+	// legacyOnce warns once that iptables-legacy's tables cannot be read.
+	legacyOnce sync.Once
 
 	mu sync.Mutex
 	// added holds the chains (by String) this Manager put its accept
@@ -90,7 +86,15 @@ func (m *Manager) Inspect(ctx context.Context) ([]Chain, error) {
 		return nil, err
 	}
 	for _, v6 := range []bool{false, true} {
-		if !legacyTableExists(v6) {
+		ok, err := legacyTableExists(v6)
+		if err != nil {
+			// Without CAP_DAC_READ_SEARCH: an iptables-legacy FORWARD
+			// cannot be seen, so say so once, not at every check.
+			m.legacyOnce.Do(func() {
+				m.log.Warn("cannot tell whether iptables-legacy has a FORWARD chain: its forward policy is not checked", "err", err)
+			})
+		}
+		if !ok {
 			continue
 		}
 		ipt, err := m.iptables(IptablesLegacy, v6)
@@ -175,9 +179,13 @@ func (m *Manager) add(ctx context.Context, c Chain) error {
 	return ipt.ensure(ctx, c.Table, m.cfg.Mark)
 }
 
-// Run calls Config.Repair, if set, then Ensure, every interval
-// (DefaultInterval if not positive) until ctx ends. Failures are logged, and tried again at the next tick.
-func (m *Manager) Run(ctx context.Context, interval time.Duration) {
+// Run calls repair, if not nil, then Ensure, every interval
+// (DefaultInterval if not positive) until ctx ends. repair is the nftables
+// backend's Repair, which puts its own tables back when a reload deleted
+// the whole ruleset; such a reload took pasvgate's accept with it, which
+// the same check then puts back. Failures are logged, and tried again at
+// the next tick.
+func (m *Manager) Run(ctx context.Context, interval time.Duration, repair func(context.Context) (bool, error)) {
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
@@ -189,8 +197,8 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 			cctx, cancel := context.WithTimeout(ctx, 4*m.cfg.Timeout)
-			if m.cfg.Repair != nil {
-				if _, err := m.cfg.Repair(cctx); err != nil && ctx.Err() == nil {
+			if repair != nil {
+				if _, err := repair(cctx); err != nil && ctx.Err() == nil {
 					m.log.Warn("checking pasvgate's own tables", "err", err)
 				}
 			}
@@ -231,7 +239,10 @@ func (m *Manager) Remove(ctx context.Context) (int, error) {
 		errs = append(errs, err)
 	}
 	for _, v6 := range []bool{false, true} {
-		if !legacyTableExists(v6) {
+		// Unreadable without CAP_DAC_READ_SEARCH, which only hosts on
+		// iptables-legacy grant (and there it is readable): elsewhere
+		// there is no legacy chain of pasvgate's to remove.
+		if ok, _ := legacyTableExists(v6); !ok {
 			continue
 		}
 		ipt, err := m.iptables(IptablesLegacy, v6)
