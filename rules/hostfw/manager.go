@@ -88,10 +88,12 @@ func (m *Manager) Inspect(ctx context.Context) ([]Chain, error) {
 	for _, v6 := range []bool{false, true} {
 		ok, err := legacyTableExists(v6)
 		if err != nil {
-			// Without CAP_DAC_READ_SEARCH: an iptables-legacy FORWARD
-			// cannot be seen, so say so once, not at every check.
+			// Without CAP_DAC_READ_SEARCH, which only the unit for
+			// iptables-legacy hosts grants: elsewhere the kernel's
+			// ip_tables is loaded but unused, and a warning at every
+			// start would be noise. Said once, at debug.
 			m.legacyOnce.Do(func() {
-				m.log.Warn("cannot tell whether iptables-legacy has a FORWARD chain: its forward policy is not checked", "err", err)
+				m.log.Debug("cannot tell whether iptables-legacy has a FORWARD chain: its forward policy is not checked", "err", err)
 			})
 		}
 		if !ok {
