@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultTimeout is the default Config.Timeout.
@@ -223,11 +225,11 @@ func (m *Manager) Remove(ctx context.Context) (int, error) {
 	defer m.mu.Unlock()
 	var errs []error
 	n, err := m.removeNative()
-	if err != nil {
+	if err != nil && !noNFTables(err) {
 		errs = append(errs, err)
 	}
 	nftTables, err := m.iptablesNFTOwnChains()
-	if err != nil {
+	if err != nil && !noNFTables(err) {
 		errs = append(errs, err)
 	}
 	for _, t := range nftTables {
@@ -264,4 +266,11 @@ func (m *Manager) Remove(ctx context.Context) (int, error) {
 		m.log.Info("removed pasvgate's accept from the host firewall", "rules_and_chains", n)
 	}
 	return n, errors.Join(errs...)
+}
+
+// noNFTables reports whether err is the kernel saying it has no nf_tables
+// (a kernel with x_tables only), where nothing of pasvgate's can be in
+// nf_tables chains.
+func noNFTables(err error) bool {
+	return errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.ENOENT)
 }
