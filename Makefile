@@ -27,8 +27,8 @@ test: deps build
 	$(GO) test -race -count=1 -timeout 10m ./proxy/... ./cmd/...
 	$(GO) test -count=1 -timeout 18m $$($(GO) list ./... | grep -v -e '/pasvgate/proxy' -e '/pasvgate/cmd/')
 	# The pasvgate cells of the interop suite again, on iptables-legacy,
-	# then with the nftables backend (the gw's FORWARD DROP gets the one
-	# accept rule the README asks for).
+	# then with the nftables backend (the gw's FORWARD DROP gets no rule:
+	# pasvgate adds its own accept, --host-firewall auto).
 	PASVGATE_INTEROP_MODES=pasvgate PASVGATE_INTEROP_IPTABLES=/usr/sbin/iptables-legacy \
 		$(GO) test -count=1 -timeout 10m ./test/interop
 	PASVGATE_INTEROP_MODES=pasvgate PASVGATE_INTEROP_BACKEND=nftables \

@@ -5,14 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"slices"
-	"strconv"
-	"strings"
-
-	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/hostfw"
 	"github.com/pasvgate/pasvgate/rules/iptables"
 	"github.com/pasvgate/pasvgate/rules/nftables"
 )
@@ -20,67 +15,78 @@ import (
 // Backend names, as --backend takes them.
 const (
 	backendAuto     = "auto"
-	backendIptables = "iptables"
-	backendNftables = "nftables"
+	backendIptables = hostfw.Iptables
+	backendNftables = hostfw.Nftables
+)
+
+// --host-firewall values.
+const (
+	hostFirewallAuto  = "auto"
+	hostFirewallLeave = "leave"
 )
 
 // choice is the backend newBackend made, and why.
 type choice struct {
 	name   string // backendIptables or backendNftables
 	reason string
+	// hostFW keeps pasvgate's accept in the host's forward chains: set
+	// for the nftables backend under --host-firewall auto, nil otherwise.
+	hostFW *hostfw.Manager
+	// repair is the backend's Repair, run before each check of hostFW.
+	repair func(context.Context) (bool, error)
+}
+
+// newHostFW makes the host-firewall manager for cfg.
+func newHostFW(cfg Config, log *slog.Logger) *hostfw.Manager {
+	return hostfw.New(hostfw.Config{Mark: cfg.ConnMark, Timeout: cfg.RuleTimeout, Logger: log})
 }
 
 // newBackend makes the kernel backend the config names; for "auto" it
-// chooses (see chooseBackend) and logs the choice.
-func newBackend(cfg Config, log *slog.Logger) (rules.Backend, choice, error) {
+// lets rules/hostfw choose, and logs the choice. With the nftables
+// backend and --host-firewall auto, the choice carries the manager that
+// keeps pasvgate's accept in the host's forward chains; run adds it.
+func newBackend(ctx context.Context, cfg Config, log *slog.Logger) (rules.Backend, choice, error) {
 	var ch choice
+	fw := newHostFW(cfg, log)
+	manage := cfg.HostFirewall == hostFirewallAuto
 	switch cfg.Backend {
 	case backendNftables:
-		ch = choice{backendNftables, "--backend nftables"}
+		ch = choice{name: backendNftables, reason: "--backend nftables"}
 		if err := nftables.Available(); err != nil {
 			return nil, ch, fmt.Errorf("--backend nftables: %w", err)
 		}
-		// Chosen by hand: warn, in case the operator has not yet added
-		// the one forward rule this backend needs.
-		if b := forwardBlockers(cfg, log); len(b) > 0 {
-			log.Warn("the host firewall's forward chains drop by default and accept nothing of pasvgate's: "+
-				"data connections will be dropped until they accept its conntrack mark (README, \"The nftables backend\")",
-				"chains", b, "ctmark", fmt.Sprintf("0x%x", cfg.ConnMark))
+		if !manage {
+			// Chosen by hand, and the host's chains are the operator's:
+			// warn, in case they do not accept pasvgate's mark yet.
+			if b := fw.Blocking(ctx); len(b) > 0 {
+				log.Warn("the host firewall's forward chains drop by default and accept nothing of pasvgate's, and --host-firewall is leave: "+
+					"data connections will be dropped until they accept its conntrack mark (README, \"The nftables backend\")",
+					"chains", b, "ctmark", fmt.Sprintf("0x%x", cfg.ConnMark))
+			}
 		}
 	case backendIptables:
-		ch = choice{backendIptables, "--backend iptables"}
+		ch = choice{name: backendIptables, reason: "--backend iptables"}
 	default:
-		ch = chooseBackend(cfg, log)
-	}
-	if cfg.Backend == backendAuto {
+		method := ""
+		if cfg.Intercept != "" {
+			method = cfg.InterceptMethod
+		}
+		d := fw.Choose(ctx, method, manage)
+		ch = choice{name: d.Backend, reason: d.Reason}
 		log.Info("backend chosen", "backend", ch.name, "reason", ch.reason)
 	}
 	b, err := makeBackend(cfg, log, ch.name)
-	return b, ch, err
-}
-
-// chooseBackend is --backend auto: nftables when this kernel can run it
-// and the host's firewall lets its data connections through (a forward
-// chain that drops by default needs a rule for pasvgate's mark, which
-// pasvgate does not add; the iptables backend needs none, because it
-// inserts a jump into FORWARD), and when --intercept is asked for, if the
-// kernel has what the nftables backend intercepts with. iptables
-// otherwise.
-func chooseBackend(cfg Config, log *slog.Logger) choice {
-	if err := nftables.Available(); err != nil {
-		return choice{backendIptables, err.Error()}
-	}
-	if cfg.Intercept != "" {
-		if err := nftables.AvailableIntercept(cfg.InterceptMethod); err != nil {
-			return choice{backendIptables, "--intercept: " + err.Error()}
+	if err == nil && ch.name == backendNftables && manage {
+		ch.hostFW = fw
+		// The accept is checked right after the backend's own tables,
+		// which the same reload may have deleted.
+		if r, ok := b.(interface {
+			Repair(context.Context) (bool, error)
+		}); ok {
+			ch.repair = r.Repair
 		}
 	}
-	if b := forwardBlockers(cfg, log); len(b) > 0 {
-		return choice{backendIptables, fmt.Sprintf(
-			"the host firewall's forward chain %s drops by default and has no rule accepting conntrack mark 0x%x, "+
-				"which the nftables backend needs (README, \"The nftables backend\")", strings.Join(b, ", "), cfg.ConnMark)}
-	}
-	return choice{backendNftables, "the kernel supports it and the host firewall's forward chains let its data connections through"}
+	return b, ch, err
 }
 
 // makeBackend makes the named backend.
@@ -109,87 +115,6 @@ func makeBackend(cfg Config, log *slog.Logger, name string) (rules.Backend, erro
 		return nil, fmt.Errorf("--iptables-path %s: %w", cfg.IptablesPath, err)
 	}
 	return b, nil
-}
-
-// forwardBlockers names the host's forward chains that would drop the
-// nftables backend's data connections: nf_tables ones (which also covers
-// iptables-nft) and iptables-legacy's FORWARD in either family. A check
-// that cannot run is logged and counts as no blocker.
-func forwardBlockers(cfg Config, log *slog.Logger) []string {
-	out, err := nftables.ForwardBlockers(cfg.ConnMark)
-	if err != nil {
-		log.Warn("could not read the host's nftables forward chains", "err", err)
-	}
-	for _, fam := range []struct {
-		names string
-		proto goipt.Protocol
-		label string
-	}{
-		{"/proc/net/ip_tables_names", goipt.ProtocolIPv4, "iptables-legacy filter FORWARD"},
-		{"/proc/net/ip6_tables_names", goipt.ProtocolIPv6, "ip6tables-legacy filter FORWARD"},
-	} {
-		// The file lists the legacy tables that exist in this network
-		// namespace. Listing a table that does not exist would create it
-		// (and hook it into the stack), so only look when it is there.
-		names, err := os.ReadFile(fam.names)
-		if err != nil || !strings.Contains("\n"+string(names), "\nfilter\n") {
-			continue
-		}
-		path := "iptables-legacy"
-		if fam.proto == goipt.ProtocolIPv6 {
-			path = "ip6tables-legacy"
-		}
-		ipt, err := goipt.New(goipt.Path(path), goipt.IPFamily(fam.proto), goipt.Timeout(int(cfg.RuleTimeout.Seconds())))
-		if err != nil {
-			log.Warn("could not read the host's legacy FORWARD chain", "iptables", path, "err", err)
-			continue
-		}
-		lines, err := ipt.List("filter", "FORWARD")
-		if err != nil {
-			log.Warn("could not read the host's legacy FORWARD chain", "iptables", path, "err", err)
-			continue
-		}
-		if legacyBlocks(lines, cfg.ConnMark) {
-			out = append(out, fam.label)
-		}
-	}
-	return out
-}
-
-// legacyBlocks reads `iptables -S FORWARD`: a policy of DROP and no rule
-// in the chain itself that accepts the mark (`-m connmark --mark X/M`
-// with M sharing a bit of mark) or every DNATed connection (`--ctstate
-// DNAT`).
-func legacyBlocks(lines []string, mark uint32) bool {
-	if !slices.Contains(lines, "-P FORWARD DROP") {
-		return false
-	}
-	for _, l := range lines {
-		f := strings.Fields(l)
-		if len(f) < 2 || f[0] != "-A" || !strings.HasSuffix(l, "-j ACCEPT") || strings.Contains(l, " ! ") {
-			continue
-		}
-		for i := 1; i+1 < len(f); i++ {
-			switch f[i] {
-			case "--ctstate":
-				if strings.Contains(","+f[i+1]+",", ",DNAT,") {
-					return false
-				}
-			case "--mark":
-				if f[i-1] != "connmark" {
-					continue
-				}
-				_, m, ok := strings.Cut(f[i+1], "/")
-				if !ok {
-					m = "0xffffffff"
-				}
-				if v, err := strconv.ParseUint(m, 0, 32); err == nil && uint32(v)&mark != 0 {
-					return false
-				}
-			}
-		}
-	}
-	return true
 }
 
 // rulesBackends are the backends `pasvgate rules list|flush` acts on: the

@@ -55,6 +55,7 @@ type Config struct {
 	SNAT               bool          `yaml:"snat"`
 	ConnMark           uint32        `yaml:"connmark"`
 	JumpCheckInterval  time.Duration `yaml:"jump-check-interval"`
+	HostFirewall       string        `yaml:"host-firewall"`
 }
 
 // defaults are the values README.md promises.
@@ -97,6 +98,7 @@ func defaults() Config {
 		RuleTimeout:      5 * time.Second,
 		SNAT:             true,
 		ConnMark:         iptables.DefaultConnMark,
+		HostFirewall:     hostFirewallAuto,
 	}
 }
 
@@ -168,7 +170,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.IntVar(&c.MaxLine, "max-line", c.MaxLine, "longest control line accepted, in `bytes`")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn or error")
-	fs.StringVar(&c.Backend, "backend", c.Backend, "kernel backend: auto (nftables when the kernel and the host firewall allow, else iptables), iptables, or nftables (netlink, kernel-expiring entries; a host forward DROP needs one rule, see README)")
+	fs.StringVar(&c.Backend, "backend", c.Backend, "kernel backend: auto (nftables when the kernel and the host firewall allow, else iptables), iptables, or nftables (netlink, kernel-expiring entries)")
 	fs.StringVar(&c.IptablesPath, "iptables-path", c.IptablesPath, "iptables `binary`: iptables, iptables-nft, iptables-legacy or a path")
 	fs.DurationVar(&c.RuleTimeout, "rule-timeout", c.RuleTimeout, "bound on one rule operation, xtables lock wait included")
 	fs.BoolVar(&c.SNAT, "snat", c.SNAT, "give data connections the gateway's address towards the server as source")
@@ -180,6 +182,7 @@ func runFlags(c *Config) *flag.FlagSet {
 		c.ConnMark = uint32(m)
 		return nil
 	})
+	fs.StringVar(&c.HostFirewall, "host-firewall", c.HostFirewall, "auto: with the nftables backend, accept pasvgate's conntrack mark at the top of host forward chains that drop (see README); leave: never touch the host's chains")
 	fs.DurationVar(&c.JumpCheckInterval, "jump-check-interval", c.JumpCheckInterval, "how often an install re-checks the jumps into pasvgate's chains (0: every install)")
 	return fs
 }
@@ -362,6 +365,9 @@ func (c Config) validate() error {
 	}
 	if c.JumpCheckInterval < 0 {
 		return bad("jump-check-interval", "must not be negative")
+	}
+	if c.HostFirewall != hostFirewallAuto && c.HostFirewall != hostFirewallLeave {
+		return bad("host-firewall", "%q: want auto or leave", c.HostFirewall)
 	}
 	return nil
 }

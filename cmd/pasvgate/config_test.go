@@ -28,6 +28,7 @@ data-ports: 50000-50099
 data-connect-timeout: 15s
 snat: false
 log-format: json
+host-firewall: leave
 `)
 	c, err := loadConfig([]string{"--config", p, "--data-ports", "41000-41999", "--listen", "203.0.113.1:2100"})
 	if err != nil {
@@ -40,7 +41,7 @@ log-format: json
 		t.Errorf("listen = %v: a --listen flag replaces the file's list", c.Listen)
 	}
 	if len(c.Upstream) != 1 || c.Upstream[0] != "192.0.2.10:21" || c.PublicAddr != "203.0.113.2" || c.DataConnectTimeout != 15*time.Second ||
-		c.SNAT || c.LogFormat != "json" {
+		c.SNAT || c.LogFormat != "json" || c.HostFirewall != "leave" {
 		t.Errorf("file values lost: %+v", c)
 	}
 	if c.IdleTimeout != 10*time.Minute || c.MaxLine != 4096 {
@@ -81,6 +82,7 @@ func TestBadConfigNamesTheFlag(t *testing.T) {
 		{append([]string{"--log-level", "loud"}, up...), "--log-level"},
 		{append([]string{"--idle-timeout", "0s"}, up...), "--idle-timeout"},
 		{append([]string{"--backend", "pf"}, up...), "--backend"},
+		{append([]string{"--host-firewall", "off"}, up...), "--host-firewall"},
 		{[]string{"--upstream", "192.0.2.10"}, "--upstream"},
 	}
 	for _, tc := range cases {

@@ -19,6 +19,7 @@ import (
 	"github.com/pasvgate/pasvgate/proxy"
 	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/conntrack"
+	"github.com/pasvgate/pasvgate/rules/hostfw"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
@@ -139,14 +140,22 @@ type gateway struct {
 func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err error) {
 	g := &gateway{cfg: cfg, log: log, errs: make(chan error, 16), lns: map[string][]net.Listener{}}
 	var ch choice
-	if g.backend, ch, err = newBackend(cfg, log); err != nil {
+	setupCtx, cancel := context.WithTimeout(ctx, 4*cfg.RuleTimeout)
+	g.backend, ch, err = newBackend(setupCtx, cfg, log)
+	cancel()
+	if err != nil {
 		return err
 	}
 	g.backendName = ch.name
-	setupCtx, cancel := context.WithTimeout(ctx, 4*cfg.RuleTimeout)
+	setupCtx, cancel = context.WithTimeout(ctx, 4*cfg.RuleTimeout)
 	err = g.backend.Setup(setupCtx)
 	if err == nil {
 		sweepOther(setupCtx, cfg, ch.name, log)
+	}
+	if err == nil && ch.hostFW != nil {
+		if _, herr := ch.hostFW.Ensure(setupCtx); herr != nil {
+			err = fmt.Errorf("--host-firewall auto: %w", herr)
+		}
 	}
 	cancel()
 	if err != nil {
@@ -157,6 +166,19 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	// the drain: runCtx, not ctx.
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
+	if ch.hostFW != nil {
+		// A firewall reload removes pasvgate's accept: put it back. It
+		// stays after a stop, like the iptables backend's chains, so that
+		// transfers still in flight, and those across a restart, keep
+		// flowing; `rules flush` (the unit's ExecStopPost) removes it.
+		keepCtx, stopKeep := context.WithCancel(runCtx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			ch.hostFW.Run(keepCtx, hostfw.DefaultInterval, ch.repair)
+		}()
+		defer func() { stopKeep(); <-done }()
+	}
 	var flows nat.FlowFlusher
 	if f, ferr := conntrack.New(); ferr != nil {
 		log.Warn("conntrack clean-up is off", "err", ferr)
@@ -397,6 +419,7 @@ var restartOnly = []struct {
 	{"rule-timeout", func(o, n *Config) bool { return o.RuleTimeout != n.RuleTimeout }, func(o, n *Config) { n.RuleTimeout = o.RuleTimeout }},
 	{"connmark", func(o, n *Config) bool { return o.ConnMark != n.ConnMark }, func(o, n *Config) { n.ConnMark = o.ConnMark }},
 	{"jump-check-interval", func(o, n *Config) bool { return o.JumpCheckInterval != n.JumpCheckInterval }, func(o, n *Config) { n.JumpCheckInterval = o.JumpCheckInterval }},
+	{"host-firewall", func(o, n *Config) bool { return o.HostFirewall != n.HostFirewall }, func(o, n *Config) { n.HostFirewall = o.HostFirewall }},
 	{"intercept", func(o, n *Config) bool { return o.Intercept != n.Intercept }, func(o, n *Config) { n.Intercept = o.Intercept }},
 	{"intercept-method", func(o, n *Config) bool { return o.InterceptMethod != n.InterceptMethod }, func(o, n *Config) { n.InterceptMethod = o.InterceptMethod }},
 	{"metrics", func(o, n *Config) bool { return o.Metrics != n.Metrics }, func(o, n *Config) { n.Metrics = o.Metrics }},
@@ -533,6 +556,12 @@ func cmdRules(args []string) error {
 	defer cancel()
 	var ms []rules.Mapping
 	var errs []error
+	if args[0] == "flush" {
+		// pasvgate's accept in the host's forward chains, whichever
+		// backend and --host-firewall: it is pasvgate's own.
+		_, err := newHostFW(cfg, log).Remove(ctx)
+		errs = append(errs, err)
+	}
 	for _, b := range backends {
 		if args[0] == "flush" {
 			errs = append(errs, b.Flush(ctx))

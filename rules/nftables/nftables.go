@@ -70,9 +70,12 @@
 // does instead is set Config.CtMark on the conntrack entry of every
 // connection a mapping DNATs, on its first packet, in prerouting, before
 // any forward chain runs. The host firewall then needs one static rule,
-// added once, early in its forward chain, that accepts the mark; it
-// covers both directions and the connection's whole life, so admitted
-// connections also keep flowing after their mapping is gone:
+// early in its forward chain, that accepts the mark; it covers both
+// directions and the connection's whole life, so admitted connections
+// also keep flowing after their mapping is gone. This package does not
+// add it: package rules/hostfw does (pasvgate run, --host-firewall auto),
+// and puts it back after a firewall reload; Repair puts back this
+// backend's own tables when the reload deleted them too. By hand:
 //
 //	iptables  -I FORWARD -m connmark --mark 0x10000000/0x10000000 -j ACCEPT   (-nft or -legacy alike;
 //	ip6tables -I FORWARD -m connmark --mark 0x10000000/0x10000000 -j ACCEPT    both families)

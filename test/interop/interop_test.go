@@ -29,24 +29,18 @@ var (
 	flagServers  = flag.String("interop.servers", lab.EnvOr("PASVGATE_INTEROP_SERVERS", strings.Join(lab.Servers, ",")), "comma-separated servers to run [$PASVGATE_INTEROP_SERVERS]")
 	flagClients  = flag.String("interop.clients", lab.EnvOr("PASVGATE_INTEROP_CLIENTS", "curl,lftp,ftplib,jlaffaye,raw"), "comma-separated clients to run [$PASVGATE_INTEROP_CLIENTS]")
 	flagIPTables = flag.String("interop.iptables", lab.EnvOr("PASVGATE_INTEROP_IPTABLES", lab.DefaultIPTables), "iptables binary of the gateway namespace, also given to pasvgate [$PASVGATE_INTEROP_IPTABLES]")
-	flagBackend  = flag.String("interop.backend", lab.EnvOr("PASVGATE_INTEROP_BACKEND", "iptables"), "pasvgate's --backend: iptables or nftables; with nftables the gw's FORWARD also gets the accept for its conntrack mark, as the README asks of operators [$PASVGATE_INTEROP_BACKEND]")
+	flagBackend  = flag.String("interop.backend", lab.EnvOr("PASVGATE_INTEROP_BACKEND", "iptables"), "pasvgate's --backend: iptables or nftables; with nftables pasvgate adds the accept for its conntrack mark to the gw's FORWARD DROP itself (--host-firewall auto), which every cell's data connections then prove [$PASVGATE_INTEROP_BACKEND]")
 	flagRate     = flag.Int("interop.rate", 512<<10, "bytes/s of the client's link (shaped), so the intruder probe runs while a transfer's mapping is open")
 	flagNSPrefix = flag.String("interop.ns-prefix", os.Getenv("PASVGATE_INTEROP_NS_PREFIX"), "namespace name prefix of the gateway labs instead of pglab- [$PASVGATE_INTEROP_NS_PREFIX]")
 	flagPasvgate = flag.String("interop.pasvgate", os.Getenv("PASVGATE_BIN"), "pasvgate binary (default: $PASVGATE_BIN, else built from ./cmd/pasvgate)")
 )
 
-// nftMark is the conntrack mark pasvgate's nftables backend sets by
-// default, which a gateway with FORWARD DROP must accept.
-const nftMark = 0x10000000
-
-// labOptions are the lab options every pasvgate lab here starts from: the
-// gw's iptables and, for the nftables backend, its accept rule.
+// labOptions are the lab options every pasvgate lab here starts from:
+// the gw's iptables. The gw's FORWARD drops and gets no rule for the
+// nftables backend: pasvgate adds its own accept (--host-firewall auto,
+// the default), so every cell also proves that accept.
 func labOptions(rate int, ipv6 bool) lab.Options {
-	o := lab.Options{IPTables: *flagIPTables, ClientLinkRate: rate, IPv6: ipv6, NSPrefix: *flagNSPrefix}
-	if *flagBackend == "nftables" {
-		o.AcceptMark = nftMark
-	}
-	return o
+	return lab.Options{IPTables: *flagIPTables, ClientLinkRate: rate, IPv6: ipv6, NSPrefix: *flagNSPrefix}
 }
 
 // backendArgs are pasvgate's arguments naming its kernel backend.

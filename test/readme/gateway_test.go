@@ -101,29 +101,40 @@ func TestIPv6(t *testing.T) {
 
 var backendChosen = regexp.MustCompile(`msg="backend chosen" backend=(\S+)`)
 
-// TestAcceptRule runs the README's accept rules for the nftables backend
-// on a gateway whose forward policy drops, then the README's reverse-mode
-// command, whose --backend auto must then take nftables.
-func TestAcceptRule(t *testing.T) {
+// TestHostFirewallAccept runs the README's reverse-mode command on
+// gateways whose forward policy drops, with no rule for pasvgate (as "The
+// nftables backend" promises): --backend auto must take nftables and add
+// its own accept, a passive download goes through, the accept stays after
+// a clean stop, and the README's `rules flush` removes it, leaving the
+// host's firewall as it was.
+func TestHostFirewallAccept(t *testing.T) {
 	t.Parallel()
-	check := func(t *testing.T, l *lab.Lab, srv *lab.Server) {
+	check := func(t *testing.T, l *lab.Lab, srv *lab.Server, state func() string) {
+		before := state()
 		p := start(t, l, l.GW, readmeCommand(t, cmdReverse))
 		m := backendChosen.FindStringSubmatch(p.Output())
 		if m == nil || m[1] != "nftables" {
-			t.Fatalf("with the README's accept rule, --backend auto chose %v, want nftables:\n%s", m, p.Output())
+			t.Fatalf("on a drop-policy gateway, --backend auto chose %v, want nftables:\n%s", m, p.Output())
 		}
 		download(t, l, srv, lab.GWPublicAddr, false, false)
 		stop(t, p, cmdReverse, 40*time.Second)
 		checkNoMappings(t, l, l.GW)
+		if got := state(); !strings.Contains(got, "pasvgate host-firewall") {
+			t.Errorf("pasvgate's accept is gone after a clean stop:\n%s", got)
+		}
+		mustRun(t, l, l.GW, readmeCommand(t, cmdRulesFlush))
+		if got := state(); got != before {
+			t.Errorf("after %s the host firewall is\n%s\nwant\n%s", cmdRulesFlush, got, before)
+		}
 	}
 	t.Run("iptables", func(t *testing.T) {
 		t.Parallel()
 		// lab's gateway: FORWARD policy DROP in both families, with
 		// iptables-nft, the host's iptables.
 		l, srv := gatewayLab(t, lab.Options{IPv6: true})
-		mustRun(t, l, l.GW, readmeCommand(t, cmdAccept4))
-		mustRun(t, l, l.GW, readmeCommand(t, cmdAccept6))
-		check(t, l, srv)
+		check(t, l, srv, func() string {
+			return execOut(t, l, l.IPTables, "-w", "5", "-S", "FORWARD") + execOut(t, l, l.IP6Tables, "-w", "5", "-S", "FORWARD")
+		})
 	})
 	t.Run("nftables", func(t *testing.T) {
 		t.Parallel()
@@ -140,7 +151,16 @@ func TestAcceptRule(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		mustRun(t, l, l.GW, readmeCommand(t, cmdAcceptNft))
-		check(t, l, srv)
+		check(t, l, srv, func() string { return execOut(t, l, "nft", "list table inet filter") })
 	})
+}
+
+// execOut runs a command on the lab's gateway and returns its output.
+func execOut(t *testing.T, l *lab.Lab, name string, args ...string) string {
+	t.Helper()
+	out, err := l.Exec(t.Context(), l.GW, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -23,8 +23,9 @@
 // iptables backend once per iptables binary (-sidecar.iptables, default
 // both iptables-nft and iptables-legacy), and with its nftables backend
 // (`--backend nftables`) once, on a router whose own firewall is
-// iptables-nft's and holds the one accept rule the README asks for under a
-// forward policy of drop (-sidecar.backends, default both backends). The
+// iptables-nft's and holds its own accept for pasvgate's mark under a
+// forward policy of drop, as the README's --host-firewall leave asks, so
+// pasvgate adds none (-sidecar.backends, default both backends). The
 // nftables labs check the router's `nft list ruleset` where the iptables
 // labs check iptables-save, and their namespaces are named pgscn-.
 //

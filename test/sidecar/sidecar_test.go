@@ -299,10 +299,11 @@ func runLab(t *testing.T, bin string, v variant, method, router string, g, check
 	e := &env{l: l, v: v, method: method, bin: bin}
 	ctx := t.Context()
 	if v.nft() {
-		// What the README asks of an operator whose forward policy
-		// drops: accept what pasvgate's nftables backend marks. Without
-		// it active mode fails here: the server's data connection is
-		// forwarded into the LAN.
+		// The router's own accept of what pasvgate's nftables backend
+		// marks, as an operator adds it under --host-firewall leave;
+		// with it, pasvgate adds nothing to the router's FORWARD, which
+		// routerChecks compares. Without any, active mode fails here:
+		// the server's data connection is forwarded into the LAN.
 		if _, err := l.Exec(ctx, l.GW, l.IPTables, "-w", "5", "-I", "FORWARD",
 			"-m", "connmark", "--mark", ctMarkArg, "-j", "ACCEPT"); err != nil {
 			failAll(lab.StatusFail, oneLine(err.Error()))
