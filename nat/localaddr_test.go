@@ -26,7 +26,7 @@ type localLab struct {
 
 func newLocalLab(t *testing.T) *localLab {
 	t.Helper()
-	x := &localLab{t: t, n: netns.New(t, "pgla"), logs: &syncBuffer{}}
+	x := &localLab{t: t, n: netns.New(t, "rfcla"), logs: &syncBuffer{}}
 	x.n.MustRun(t, "ip", "link", "set", "lo", "up")
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(x.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
