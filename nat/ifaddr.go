@@ -14,26 +14,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/pasvgate/pasvgate/rules"
-)
-
-const (
-	// maxDumpAttempts bounds how often a netlink dump is repeated when
-	// the kernel flags it as interrupted (the table changed under it).
-	// Five is what containernetworking's netlinksafe uses; a dump that is
-	// interrupted that often is retried later by the caller instead.
-	maxDumpAttempts = 5
-	// relistMinDelay and relistMaxDelay bound the back-off after a failed
-	// listing or a dead subscription, so that a kernel that keeps failing
-	// costs at most one attempt per relistMaxDelay.
-	relistMinDelay = 100 * time.Millisecond
-	relistMaxDelay = 30 * time.Second
 )
 
 // AddrWatcher follows the address of one interface, so that a gateway
@@ -170,144 +156,24 @@ func (w *AddrWatcher) close() {
 	w.ns.Close()
 }
 
-// run owns the watcher's goroutine: it keeps a subscription alive until
-// ctx ends, subscribing again (and so listing again) whenever one dies,
-// for example when the kernel dropped events because the socket buffer
-// overflowed (ENOBUFS).
+// run owns the watcher's goroutine: it keeps a subscription to address
+// and link changes alive until ctx ends (see follower), listing the
+// interface's addresses again after every change that concerns it.
 func (w *AddrWatcher) run(ctx context.Context) {
 	defer close(w.stopped)
 	defer w.close()
-	delay := relistMinDelay
-	for {
-		subscribed, err := w.follow(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if subscribed {
-			delay = relistMinDelay
-		}
-		w.log.Warn("following public interface addresses failed; subscribing again",
-			"iface", w.iface, "err", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		delay = min(2*delay, relistMaxDelay)
+	f := &follower{
+		what:         "public interface addresses",
+		attrs:        []any{"iface", w.iface},
+		failed:       "following public interface addresses failed; subscribing again",
+		log:          w.log,
+		ns:           w.ns,
+		links:        true,
+		addrConcerns: w.addrConcerns,
+		linkConcerns: w.linkConcerns,
+		sync:         w.relist,
 	}
-}
-
-// follow subscribes to address and link changes, lists the interface's
-// addresses again (changes before the subscription are otherwise lost),
-// and then lists again after every change that concerns the interface. It
-// returns nil when ctx ends, or the reason the subscription died, and
-// whether it got as far as subscribing.
-func (w *AddrWatcher) follow(ctx context.Context) (subscribed bool, err error) {
-	// done stops the library's receive goroutines; they close their
-	// channels when they stop, and must be drained until then or they
-	// block forever on a send.
-	done := make(chan struct{})
-	addrCh := make(chan netlink.AddrUpdate, 64)
-	linkCh := make(chan netlink.LinkUpdate, 16)
-	var addrOK, linkOK bool
-	defer func() {
-		close(done)
-		if addrOK {
-			for range addrCh {
-			}
-		}
-		if linkOK {
-			for range linkCh {
-			}
-		}
-	}()
-
-	// kick asks for a listing from the library's goroutines without
-	// blocking them. Any reported error may mean an event was lost (a
-	// message that did not parse, an interrupted dump), and a listing is
-	// cheap and always right.
-	kick := make(chan struct{}, 1)
-	onError := func(err error) {
-		select {
-		case <-done: // the socket was closed on purpose
-			return
-		default:
-		}
-		w.log.Warn("netlink subscription error", "iface", w.iface, "err", err)
-		select {
-		case kick <- struct{}{}:
-		default:
-		}
-	}
-
-	// ListExisting makes the kernel replay the current addresses after
-	// the subscription is in place; the explicit listing below is still
-	// needed, because that replay carries no end marker and cannot say
-	// that the interface has no address.
-	err = netlink.AddrSubscribeWithOptions(addrCh, done, netlink.AddrSubscribeOptions{
-		Namespace:     w.nsOption(),
-		ErrorCallback: onError,
-		ListExisting:  true,
-	})
-	if err != nil {
-		return false, fmt.Errorf("subscribing to address changes: %w", err)
-	}
-	addrOK = true
-	// Renames and deletions of the interface itself come only as link
-	// events.
-	err = netlink.LinkSubscribeWithOptions(linkCh, done, netlink.LinkSubscribeOptions{
-		Namespace:     w.nsOption(),
-		ErrorCallback: onError,
-	})
-	if err != nil {
-		return false, fmt.Errorf("subscribing to link changes: %w", err)
-	}
-	linkOK = true
-
-	// retry is armed while listing fails; a change that arrives meanwhile
-	// lists at once anyway.
-	var retry <-chan time.Time
-	delay := relistMinDelay
-	dirty := true
-	for {
-		if dirty {
-			dirty = false
-			if err := w.relist(); err != nil {
-				w.log.Warn("listing public interface addresses failed", "iface", w.iface, "err", err, "retry_in", delay)
-				retry = time.After(delay)
-				delay = min(2*delay, relistMaxDelay)
-			} else {
-				retry = nil
-				delay = relistMinDelay
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return true, nil
-		case u, ok := <-addrCh:
-			if !ok {
-				return true, errors.New("address subscription ended")
-			}
-			dirty = w.addrConcerns(u)
-			// Coalesce a burst (an interface going away with many
-			// addresses) into one listing. The receives cannot block:
-			// len counts what is already queued.
-			for n := len(addrCh); n > 0; n-- {
-				dirty = w.addrConcerns(<-addrCh) || dirty
-			}
-		case u, ok := <-linkCh:
-			if !ok {
-				return true, errors.New("link subscription ended")
-			}
-			dirty = w.linkConcerns(u)
-		case <-kick:
-			dirty = true
-		case <-retry:
-			dirty = true
-		}
-	}
+	f.run(ctx)
 }
 
 // addrConcerns reports whether an address event may change the answer:
@@ -364,22 +230,6 @@ func (w *AddrWatcher) list() (addrs []netlink.Addr, index int, err error) {
 		return nil
 	})
 	return addrs, index, err
-}
-
-// retryInterrupted calls f again while it fails with
-// netlink.ErrDumpInterrupted, at most maxDumpAttempts times in all. The
-// kernel flags a dump as interrupted when the table changed while it was
-// read, so its result may miss entries; the library returns that partial
-// result with the error, and it is never used. This is the only place the
-// watcher retries a netlink call.
-func retryInterrupted(f func() error) error {
-	var err error
-	for range maxDumpAttempts {
-		if err = f(); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return err
-		}
-	}
-	return err
 }
 
 // apply records a listing: it picks the address to advertise and logs a
@@ -484,18 +334,4 @@ func pickAddr(addrs []netlink.Addr, cur netip.Addr, v6 bool) netip.Addr {
 		return cur
 	}
 	return slices.MinFunc(cands, netip.Addr.Compare)
-}
-
-// nsOption is the Namespace for a netlink subscription made on the calling
-// thread: nil when the thread is in w.ns already (always, outside tests),
-// since setns(2) needs CAP_SYS_ADMIN even to enter the namespace one is
-// in; &w.ns otherwise.
-func (w *AddrWatcher) nsOption() *netns.NsHandle {
-	if cur, err := netns.Get(); err == nil {
-		defer cur.Close()
-		if cur.Equal(w.ns) {
-			return nil
-		}
-	}
-	return &w.ns
 }

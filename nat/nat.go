@@ -8,6 +8,8 @@
 // It also supplies the public address when it follows an interface: an
 // AddrWatcher tracks the interface's address through netlink, and
 // cmd/pasvgate hands its Current to the proxy as Settings.PublicAddrFunc.
+// LocalAddrs, on the same subscription loop, tells the proxy which
+// addresses are this host's (Server.IsLocal).
 //
 // Its caller is package proxy, which decides what to map and when. nat knows
 // nothing of FTP; it reaches the kernel's rules only through rules.Backend,

@@ -11,11 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pasvgate/pasvgate/cmd/pasvgate/demoftpd"
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy"
 	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/fake"
-	"github.com/pasvgate/pasvgate/test/ftpd"
 )
 
 // cmdDemo runs the loopback demonstration: the built-in FTP server on
@@ -29,7 +29,7 @@ func cmdDemo(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := ftpd.Start(ctx, ftpd.Config{Listen: "127.0.0.2:0", PublicHost: "127.0.0.2", PassivePorts: [2]int{21000, 21099}})
+	srv, err := demoftpd.Start(ctx, demoftpd.Config{Listen: "127.0.0.2:0", PublicHost: "127.0.0.2", PassivePorts: [2]int{21000, 21099}})
 	if err != nil {
 		return fmt.Errorf("starting the built-in server: %w", err)
 	}

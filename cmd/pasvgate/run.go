@@ -165,7 +165,13 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	// Watchers and the metrics server live until the very end, after
 	// the drain: runCtx, not ctx.
 	runCtx, stopRun := context.WithCancel(context.Background())
-	defer stopRun()
+	var local *nat.LocalAddrs
+	defer func() {
+		stopRun()
+		if local != nil {
+			local.Wait()
+		}
+	}()
 	if ch.hostFW != nil {
 		// A firewall reload removes pasvgate's accept: put it back. It
 		// stays after a stop, like the iptables backend's chains, so that
@@ -228,11 +234,14 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		return err
 	}
 	g.pub.Store(pub)
+	if local, err = nat.WatchLocal(runCtx, log); err != nil {
+		return err
+	}
 	g.srv = &proxy.Server{
 		Settings:  cfg.settings(pub.current()),
 		Intercept: cfg.InterceptMethod,
 		NAT:       g.table,
-		IsLocal:   watchLocalAddrs(runCtx, nil, interfaceAddrs, log).has,
+		IsLocal:   local.Has,
 		Logger:    log,
 	}
 	serveCtx, cancelServe := context.WithCancel(context.Background())
@@ -325,6 +334,23 @@ func checkUpstreamLoop(cfg Config) error {
 		}
 	}
 	return nil
+}
+
+// interfaceAddrs lists every address of every interface, once.
+func interfaceAddrs() (map[netip.Addr]bool, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[netip.Addr]bool, len(addrs))
+	for _, x := range addrs {
+		if n, ok := x.(*net.IPNet); ok {
+			if b, ok := netip.AddrFromSlice(n.IP); ok {
+				set[b.Unmap()] = true
+			}
+		}
+	}
+	return set, nil
 }
 
 // healthy is /healthz: not while draining (ctx ended), nor while

@@ -52,25 +52,7 @@ func checkInterception(ic rules.Interception) error {
 // listening port, is refused with rules.ErrExists, as only one of them
 // could take effect. Intercept needs Setup first, as Install does.
 func (b *Backend) Intercept(ctx context.Context, ic rules.Interception) error {
-	if err := checkInterception(ic); err != nil {
-		return err
-	}
-	if err := b.lock(ctx); err != nil {
-		return fmt.Errorf("intercepting %s: %w", ic, err)
-	}
-	defer b.unlock()
-	if !b.setUp {
-		return fmt.Errorf("intercepting %s: %w", ic, ErrNotSetUp)
-	}
-	old, want, err := b.ics.Adding(ic)
-	if err == nil {
-		err = b.applyIntercepts(ctx, old, want, true)
-	}
-	if err != nil {
-		return fmt.Errorf("intercepting %s: %w", ic, err)
-	}
-	b.ics[ic] = true
-	return nil
+	return b.interceptor().Intercept(ctx, ic)
 }
 
 // StopIntercept removes ic, in the same steps as Intercept in the reverse
@@ -81,19 +63,25 @@ func (b *Backend) Intercept(ctx context.Context, ic rules.Interception) error {
 // much as it can, and reports what failed; Setup and Flush remove what is
 // left.
 func (b *Backend) StopIntercept(ctx context.Context, ic rules.Interception) error {
-	if err := checkInterception(ic); err != nil {
-		return err
+	return b.interceptor().StopIntercept(ctx, ic)
+}
+
+// interceptor is Intercept and StopIntercept over this backend's checks,
+// lock and steps.
+func (b *Backend) interceptor() intercept.Backend {
+	return intercept.Backend{
+		Check:  checkInterception,
+		Lock:   b.lock,
+		Unlock: b.unlock,
+		Ready: func() error {
+			if !b.setUp {
+				return ErrNotSetUp
+			}
+			return nil
+		},
+		Set:   func() intercept.Set { return b.ics },
+		Apply: b.applyIntercepts,
 	}
-	if err := b.lock(ctx); err != nil {
-		return fmt.Errorf("stopping interception %s: %w", ic, err)
-	}
-	defer b.unlock()
-	old, want := b.ics.Removing(ic)
-	delete(b.ics, ic)
-	if err := b.applyIntercepts(ctx, old, want, false); err != nil {
-		return fmt.Errorf("stopping interception %s: %w", ic, err)
-	}
-	return nil
 }
 
 // applyIntercepts moves the kernel's interception state from old to want

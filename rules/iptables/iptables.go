@@ -68,6 +68,7 @@ import (
 
 	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/internal/intercept"
+	"github.com/pasvgate/pasvgate/rules/internal/mapindex"
 	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 )
 
@@ -188,13 +189,12 @@ type Backend struct {
 	// written under both and read under either.
 	sem, rsem chan struct{}
 	setUp     bool
-	// mu guards idx and bySP, which an install and a removal both change.
-	// idx holds the mappings this process installed since Setup, by ID,
-	// and bySP the ID of each by source and public address: duplicate
-	// checks need no exec, and a repair can put every mapping back.
-	mu   sync.Mutex
-	idx  map[string]rules.Mapping
-	bySP map[srcPub]string
+	// mu guards idx and spent, which an install and a removal both
+	// change. idx holds the mappings this process installed since Setup,
+	// by ID and by source and public address: duplicate checks need no
+	// exec, and a repair can put every mapping back.
+	mu  sync.Mutex
+	idx mapindex.Index[srcPub, rules.Mapping]
 	// spent holds the IDs of mappings in idx that a repair put back
 	// without their DNAT rule (see recoverInstall).
 	spent map[string]bool
@@ -407,8 +407,7 @@ func (b *Backend) Setup(ctx context.Context) error {
 		}
 	}
 	b.mu.Lock()
-	b.idx = map[string]rules.Mapping{}
-	b.bySP = map[srcPub]string{}
+	b.idx = mapindex.New(func(m rules.Mapping) rules.Mapping { return m }, srcPubOf)
 	b.spent = map[string]bool{}
 	b.mu.Unlock()
 	b.ics = intercept.Set{}
@@ -495,8 +494,8 @@ func (b *Backend) Install(ctx context.Context, m rules.Mapping) error {
 	if !b.setUp {
 		return fmt.Errorf("installing %s: %w", m.ID, ErrNotSetUp)
 	}
-	if o, ok := b.conflict(m); ok {
-		return fmt.Errorf("installing %s: %w (as %s)", m.ID, rules.ErrExists, o.ID)
+	if id, ok := b.conflict(m); ok {
+		return fmt.Errorf("installing %s: %w (as %s)", m.ID, rules.ErrExists, id)
 	}
 	check := b.cfg.CheckInterval <= 0 || time.Since(f.checked) >= b.cfg.CheckInterval
 	err = b.restore(ctx, f, installScript(m, b.cfg.ConnMark, check))
@@ -618,9 +617,9 @@ func (b *Backend) removable(m rules.Mapping) (rules.Mapping, *family, error) {
 		return m, nil, ErrNotSetUp
 	}
 	b.mu.Lock()
-	o, ok := b.idx[m.ID]
+	o, ok := b.idx.Get(m.ID)
 	b.mu.Unlock()
-	if !ok || !sameMapping(o, m) {
+	if !ok || !mapindex.Same(o, m) {
 		return m, nil, rules.ErrNotInstalled
 	}
 	f, err := b.familyOf(o)
@@ -685,7 +684,7 @@ func (b *Backend) Flush(ctx context.Context) error {
 	}
 	defer b.unlock()
 	b.mu.Lock()
-	b.idx, b.bySP, b.spent = nil, nil, nil
+	b.idx, b.spent = mapindex.Index[srcPub, rules.Mapping]{}, nil
 	b.mu.Unlock()
 	b.setUp, b.ics = false, nil
 	var errs []error
@@ -713,32 +712,29 @@ func (b *Backend) Flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// conflict returns an installed mapping that m duplicates: same ID, or same
-// source and public address.
-func (b *Backend) conflict(m rules.Mapping) (rules.Mapping, bool) {
+// srcPubOf is the one key a mapping takes in idx: a second mapping from
+// the same source to the same public address would make its DNAT rule
+// unreachable.
+func srcPubOf(m rules.Mapping) []srcPub { return []srcPub{{m.Source, m.Public}} }
+
+// conflict returns the ID of an installed mapping that m duplicates: same
+// ID, or same source and public address.
+func (b *Backend) conflict(m rules.Mapping) (string, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if o, ok := b.idx[m.ID]; ok {
-		return o, true
-	}
-	if id, ok := b.bySP[srcPub{m.Source, m.Public}]; ok {
-		return b.idx[id], true
-	}
-	return rules.Mapping{}, false
+	return b.idx.Conflict(m)
 }
 
 func (b *Backend) add(m rules.Mapping) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.idx[m.ID] = m
-	b.bySP[srcPub{m.Source, m.Public}] = m.ID
+	b.idx.Add(m)
 }
 
 func (b *Backend) del(m rules.Mapping) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	delete(b.idx, m.ID)
-	delete(b.bySP, srcPub{m.Source, m.Public})
+	b.idx.Delete(m)
 	delete(b.spent, m.ID)
 }
 
@@ -759,17 +755,5 @@ func (b *Backend) markSpent(ids map[string]bool) {
 func (b *Backend) sortedIndex() []rules.Mapping {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	out := make([]rules.Mapping, 0, len(b.idx))
-	for _, m := range b.idx {
-		out = append(out, m)
-	}
-	slices.SortFunc(out, func(a, b rules.Mapping) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-// sameMapping reports whether a and b are the same mapping as far as the
-// kernel can tell: Created is kept to the second.
-func sameMapping(a, b rules.Mapping) bool {
-	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public &&
-		a.Target == b.Target && a.SNAT == b.SNAT && a.Created.Unix() == b.Created.Unix()
+	return b.idx.Sorted()
 }

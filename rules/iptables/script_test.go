@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/mapindex"
 	"github.com/pasvgate/pasvgate/rules/rulestest"
 )
 
@@ -238,7 +239,7 @@ func TestParseSave(t *testing.T) {
 	}
 	want := rulestest.Sample("m-a1", 40001)
 	ms := st.mappings()
-	if len(ms) != 1 || !sameMapping(ms[0], want) || !ms[0].Created.Equal(want.Created) {
+	if len(ms) != 1 || !mapindex.Same(ms[0], want) || !ms[0].Created.Equal(want.Created) {
 		t.Fatalf("mappings = %v, want [%v]", ms, want)
 	}
 	if d := st.damage(DefaultConnMark); len(d) != 0 {
@@ -305,7 +306,7 @@ func TestParseSaveRoundTrip(t *testing.T) {
 		t.Fatalf("mappings = %v, want %v", got, in)
 	}
 	for i, m := range []rules.Mapping{in[0], in[1], in[2]} {
-		if !sameMapping(got[i], m) {
+		if !mapindex.Same(got[i], m) {
 			t.Errorf("mapping %d = %v, want %v", i, got[i], m)
 		}
 	}

@@ -46,7 +46,7 @@ func benchInstallRemove(b *testing.B, n int) {
 	}
 	err := x.addElements(ctx, x.fams[0], others, now)
 	for _, e := range others {
-		x.add(e)
+		x.idx.Add(e)
 	}
 	x.unlock()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/mapindex"
 	"github.com/pasvgate/pasvgate/rules/rulestest"
 )
 
@@ -81,7 +82,7 @@ func TestRoundTrip(t *testing.T) {
 			}
 			got.SNAT = a
 		}
-		if !sameMapping(got, m) || got.Created.IsZero() != m.Created.IsZero() {
+		if !mapindex.Same(got, m) || got.Created.IsZero() != m.Created.IsZero() {
 			t.Errorf("decoded %v (created %v), want %v (created %v)", got, got.Created, m, m.Created)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/internal/mapindex"
 	"github.com/pasvgate/pasvgate/rules/rulestest"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
@@ -181,7 +182,7 @@ func TestRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) != 2 || !sameMapping(ms[0], m4) || !sameMapping(ms[1], m6) {
+	if len(ms) != 2 || !mapindex.Same(ms[0], m4) || !mapindex.Same(ms[1], m6) {
 		t.Fatalf("List from a new Backend = %v, want %v and %v", ms, m4, m6)
 	}
 	if err := b.Setup(ctx); err != nil {

@@ -157,6 +157,7 @@ import (
 
 	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/internal/intercept"
+	"github.com/pasvgate/pasvgate/rules/internal/mapindex"
 	"github.com/pasvgate/pasvgate/rules/internal/policyroute"
 )
 
@@ -269,11 +270,9 @@ type Backend struct {
 	conn  *conn
 	setUp bool
 	// idx holds the mappings this process installed since Setup and has
-	// not removed, by ID, and byKey the ID of each by its dnat key and by
-	// its snat key: duplicate checks need no netlink call, and a rebuild
-	// can put every live mapping back.
-	idx   map[string]entry
-	byKey map[string]string
+	// not removed, by ID and by the keys of indexKeys: duplicate checks
+	// need no netlink call, and a rebuild can put every live mapping back.
+	idx mapindex.Index[string, entry]
 	// ics holds the interceptions this process installed since Setup:
 	// Intercept and StopIntercept make the kernel's interception state
 	// exactly this set, and a rebuild puts it back.
@@ -403,8 +402,7 @@ func (b *Backend) Setup(ctx context.Context) error {
 			b.log.Info("removed TPROXY policy routing left by an earlier process", "family", o.f.name, "rules_and_routes", n)
 		}
 	}
-	b.idx = map[string]entry{}
-	b.byKey = map[string]string{}
+	b.idx = mapindex.New(func(e entry) rules.Mapping { return e.m }, indexKeys)
 	b.ics = intercept.Set{}
 	b.setUp = true
 	b.log.Info("set up", "tables", TableName, "timeout", b.cfg.Timeout, "ctmark", fmt.Sprintf("0x%x", b.cfg.CtMark))
@@ -550,7 +548,7 @@ func (b *Backend) Install(ctx context.Context, m rules.Mapping) error {
 	if !b.setUp {
 		return fmt.Errorf("installing %s: %w", m.ID, ErrNotSetUp)
 	}
-	if id, ok := b.conflict(m); ok {
+	if id, ok := b.idx.Conflict(m); ok {
 		return fmt.Errorf("installing %s: %w (as %s)", m.ID, rules.ErrExists, id)
 	}
 	now := time.Now()
@@ -568,7 +566,7 @@ func (b *Backend) Install(ctx context.Context, m rules.Mapping) error {
 	}
 	switch {
 	case err == nil:
-		b.add(e)
+		b.idx.Add(e)
 		return nil
 	case isClash(err):
 		return fmt.Errorf("installing %s: %w: the kernel holds another process's element with its key", m.ID, rules.ErrExists)
@@ -600,7 +598,7 @@ func (b *Backend) rebuild(ctx context.Context, o *objects) error {
 			}
 		}
 		var live []entry
-		for _, e := range b.sortedIndex() {
+		for _, e := range b.idx.Sorted() {
 			if e.m.Is6() == x.f.v6 {
 				live = append(live, e)
 			}
@@ -663,8 +661,8 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	if !b.setUp {
 		return fmt.Errorf("removing %s: %w", m.ID, ErrNotSetUp)
 	}
-	e, ok := b.idx[m.ID]
-	if !ok || !sameMapping(e.m, m) {
+	e, ok := b.idx.Get(m.ID)
+	if !ok || !mapindex.Same(e.m, m) {
 		return fmt.Errorf("removing %s: %w", m.ID, rules.ErrNotInstalled)
 	}
 	o, err := b.objectsOf(e.m)
@@ -680,7 +678,7 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	el.unused = nil
 	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, el) })
 	if err == nil {
-		b.del(e.m)
+		b.idx.Delete(e.m)
 		return nil
 	}
 	if !IsNotExist(err) {
@@ -691,7 +689,7 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	if derr != nil {
 		return fmt.Errorf("removing %s: deleting elements one by one from %s %s: %w", m.ID, o.f.nft, TableName, derr)
 	}
-	b.del(e.m)
+	b.idx.Delete(e.m)
 	switch {
 	case n == 0 && time.Now().Before(e.expires):
 		return fmt.Errorf("removing %s: %w: its elements were deleted from outside pasvgate", m.ID, rules.ErrNotInstalled)
@@ -772,7 +770,7 @@ func (b *Backend) Flush(ctx context.Context) error {
 		return fmt.Errorf("flushing: %w", err)
 	}
 	defer b.unlock()
-	b.setUp, b.idx, b.byKey, b.ics = false, nil, nil, nil
+	b.setUp, b.idx, b.ics = false, mapindex.Index[string, entry]{}, nil
 	var errs []error
 	err := b.do(ctx, func(c *nftables.Conn) error {
 		for _, o := range b.fams {
@@ -796,57 +794,12 @@ func (b *Backend) Flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// indexKeys are the keys under which byKey finds m: its dnat key (same
+// indexKeys are the keys under which idx finds m: its dnat key (same
 // source and public address), its snat key (same source, target and
 // public port), which is taken whether or not m has SNAT, because a
 // mapping without SNAT whose connections matched another's snat element
 // would be SNATed, and its SetUnused key (same source and public port),
 // because one mapping's first connection would use up the other.
-func indexKeys(m rules.Mapping) [3]string {
-	return [3]string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
-}
-
-// conflict returns the ID of an installed mapping that m duplicates: same
-// ID, same source and public address, same source, target and public
-// port, or same source and public port.
-func (b *Backend) conflict(m rules.Mapping) (string, bool) {
-	if _, ok := b.idx[m.ID]; ok {
-		return m.ID, true
-	}
-	for _, k := range indexKeys(m) {
-		if id, ok := b.byKey[k]; ok {
-			return id, true
-		}
-	}
-	return "", false
-}
-
-func (b *Backend) add(e entry) {
-	b.idx[e.m.ID] = e
-	for _, k := range indexKeys(e.m) {
-		b.byKey[k] = e.m.ID
-	}
-}
-
-func (b *Backend) del(m rules.Mapping) {
-	delete(b.idx, m.ID)
-	for _, k := range indexKeys(m) {
-		delete(b.byKey, k)
-	}
-}
-
-func (b *Backend) sortedIndex() []entry {
-	out := make([]entry, 0, len(b.idx))
-	for _, e := range b.idx {
-		out = append(out, e)
-	}
-	slices.SortFunc(out, func(a, b entry) int { return strings.Compare(a.m.ID, b.m.ID) })
-	return out
-}
-
-// sameMapping reports whether a and b are the same mapping as far as the
-// kernel can tell: Created is kept to the second.
-func sameMapping(a, b rules.Mapping) bool {
-	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public &&
-		a.Target == b.Target && a.SNAT == b.SNAT && a.Created.Unix() == b.Created.Unix()
+func indexKeys(m rules.Mapping) []string {
+	return []string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
 }

@@ -105,3 +105,69 @@ func Change(ctx context.Context, ruleSteps, policySteps []Step, old, want []rule
 	}
 	return errors.Join(errs...)
 }
+
+// Backend is what Intercept and StopIntercept need of a kernel backend;
+// both backends' rules.Interceptor methods are these two, over their own
+// checks, lock and steps.
+type Backend struct {
+	// Check validates an interception for this backend, before the lock.
+	Check func(rules.Interception) error
+	// Lock takes the backend's lock, waiting no longer than ctx, and
+	// Unlock releases it.
+	Lock   func(ctx context.Context) error
+	Unlock func()
+	// Ready returns the error for a backend that Intercept may not use
+	// (not set up), nil otherwise. It is called under the lock.
+	Ready func() error
+	// Set returns the backend's interceptions; called under the lock,
+	// and changed under it.
+	Set func() Set
+	// Apply moves the kernel's interception state from old to want (the
+	// backend's steps through Change).
+	Apply func(ctx context.Context, old, want []rules.Interception, rollback bool) error
+}
+
+// Intercept installs ic: all or nothing, and again puts back what was
+// removed from outside (see Set.Adding). It needs Ready.
+func (b Backend) Intercept(ctx context.Context, ic rules.Interception) error {
+	if err := b.Check(ic); err != nil {
+		return err
+	}
+	if err := b.Lock(ctx); err != nil {
+		return fmt.Errorf("intercepting %s: %w", ic, err)
+	}
+	defer b.Unlock()
+	if err := b.Ready(); err != nil {
+		return fmt.Errorf("intercepting %s: %w", ic, err)
+	}
+	s := b.Set()
+	old, want, err := s.Adding(ic)
+	if err == nil {
+		err = b.Apply(ctx, old, want, true)
+	}
+	if err != nil {
+		return fmt.Errorf("intercepting %s: %w", ic, err)
+	}
+	s[ic] = true
+	return nil
+}
+
+// StopIntercept removes ic, going on after a failed step so as to remove
+// as much as it can, and reporting what failed. Removing what is not
+// installed is not an error, and it does not need Ready.
+func (b Backend) StopIntercept(ctx context.Context, ic rules.Interception) error {
+	if err := b.Check(ic); err != nil {
+		return err
+	}
+	if err := b.Lock(ctx); err != nil {
+		return fmt.Errorf("stopping interception %s: %w", ic, err)
+	}
+	defer b.Unlock()
+	s := b.Set()
+	old, want := s.Removing(ic)
+	delete(s, ic)
+	if err := b.Apply(ctx, old, want, false); err != nil {
+		return fmt.Errorf("stopping interception %s: %w", ic, err)
+	}
+	return nil
+}

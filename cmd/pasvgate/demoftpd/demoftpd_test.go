@@ -1,4 +1,4 @@
-package ftpd
+package demoftpd
 
 import (
 	"bytes"
