@@ -33,6 +33,9 @@ func (r *runner) once(ctx context.Context, g gateway, verbose bool, args ...stri
 	var res load.Result
 	err := g.up(ctx, verbose)
 	if err == nil {
+		if ca, ok := g.(clientArgs); ok {
+			args = append(ca.clientArgs(), args...)
+		}
 		res, err = r.load(ctx, r.l.client, g.target(), args...)
 	}
 	if err == nil {
