@@ -66,6 +66,7 @@ type options struct {
 	legacy     bool
 	nftables   bool
 	cpuProfile string
+	trace      string
 	server     string
 	pasvgate   string
 	noops      int
@@ -88,6 +89,7 @@ func main() {
 	flag.BoolVar(&o.legacy, "legacy", true, "also measure pasvgate with iptables-legacy (column A2)")
 	flag.BoolVar(&o.nftables, "nftables", true, "also measure pasvgate with its nftables backend (column N)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of pasvgate (column D, or N with -defaults=false) during back-to-back small downloads to this `file`")
+	flag.StringVar(&o.trace, "trace", "", "write a Go execution trace of pasvgate (the column -cpuprofile profiles) during 2 s of back-to-back small downloads to this `file`")
 	flag.StringVar(&o.server, "server", "vsftpd", "FTP server: vsftpd or testftpd (the built-in one)")
 	flag.StringVar(&o.pasvgate, "pasvgate", "", "pasvgate binary to measure (default: build ./cmd/pasvgate)")
 	flag.IntVar(&o.noops, "noops", 1000, "NOOP round trips per round")
@@ -211,8 +213,8 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		gws, pgs = append(gws, d), append(pgs, d)
 		profiled = d
 	}
-	if o.cpuProfile != "" && profiled == nil {
-		return errors.New("-cpuprofile profiles column D or N: it needs -defaults or -nftables")
+	if (o.cpuProfile != "" || o.trace != "") && profiled == nil {
+		return errors.New("-cpuprofile and -trace profile column D or N: they need -defaults or -nftables")
 	}
 	b := &staticGW{k: "B", name: "kernel helper", l: l, rules: helperRules,
 		dial: mustAddrPort(gwPublic + ":21"), wantData: gwPublic, helper: true}
@@ -329,6 +331,14 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 			return fmt.Errorf("CPU profile: %w", err)
 		}
 		rep.cpuProfile, rep.cpuProfiled = o.cpuProfile, profiled.key()
+	}
+
+	if o.trace != "" {
+		fmt.Fprintf(progress, "bench: execution trace of %s\n", profiled.key())
+		if err := r.trace(ctx, profiled, o.trace); err != nil {
+			return fmt.Errorf("execution trace: %w", err)
+		}
+		rep.trace, rep.cpuProfiled = o.trace, profiled.key()
 	}
 
 	// The server on its own, client in the server namespace: the ceiling

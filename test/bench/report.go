@@ -30,6 +30,8 @@ type report struct {
 	// cpuProfile is where -cpuprofile wrote pasvgate's CPU profile, and
 	// cpuProfiled the column it profiled.
 	cpuProfile, cpuProfiled string
+	// trace is where -trace wrote pasvgate's execution trace.
+	trace string
 	// note says why fewer rounds ran than asked for, if they did.
 	note string
 	// version is what `pasvgate version` printed.
@@ -191,6 +193,9 @@ func (r *report) write(w io.Writer) {
 		len(r.serverOnly.DownMBps), median(r.serverOnly.DownMBps), median(r.serverOnly.UpMBps))
 	if r.cpuProfile != "" {
 		fmt.Fprintf(w, "CPU profile of %s (5 s of back-to-back small downloads): %s (go tool pprof -top BINARY %s)\n", r.cpuProfiled, r.cpuProfile, r.cpuProfile)
+	}
+	if r.trace != "" {
+		fmt.Fprintf(w, "execution trace of %s (2 s of back-to-back small downloads): %s (go tool trace -pprof=sched %s)\n", r.cpuProfiled, r.trace, r.trace)
 	}
 	fmt.Fprintf(w, "issue 4's reference for the kernel helper on this machine: ~1,900 PASV 1 KiB downloads/s, 230 sessions/s, ~2,800 MB/s down, 1,000 MB/s up\n")
 }
