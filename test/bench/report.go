@@ -116,8 +116,8 @@ func (r *report) pasvgateKeys() []string {
 }
 
 // stat is the median over rounds of one metric for one gateway, with the
-// range. ok is false when the gateway was not measured on it (column R
-// runs NOOPs only).
+// range. ok is false when the gateway was not measured on it (its column
+// is not in this run, or the metric was left out of its workload).
 func (r *report) stat(key string, m metric) (med, lo, hi float64, ok bool) {
 	var v []float64
 	for _, res := range r.results[key] {
