@@ -146,5 +146,8 @@ func (r *runner) pprof(ctx context.Context, g *pasvgateGW, kind string, seconds 
 	}()
 	// Enough downloads to outlast the profile: about 1,000 a second.
 	_, err := r.load(ctx, r.l.client, g.target(), "-gets", "5000")
+	if err != nil {
+		err = fmt.Errorf("%w\n%s's output:\n%s", err, g.key(), tail(g.logTail(), 4000))
+	}
 	return errors.Join(err, <-got, r.finish(ctx, g))
 }
