@@ -39,9 +39,10 @@ test: deps build
 demo:
 	bash test/demo.sh
 
-# bench compares pasvgate (iptables-nft and -legacy), the kernel's FTP helper
-# and plain routing in one netns lab, rounds interleaved (root; ~3 minutes),
-# after the proxy's NOOP micro-benchmark.
+# bench compares pasvgate (iptables-nft and -legacy, nftables, default flags),
+# the kernel's FTP helper, plain routing, the floor (a plain relay) and ProFTPD
+# mod_proxy in one netns lab, rounds interleaved (root; ~5 minutes), after the
+# proxy's NOOP micro-benchmark.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./proxy/...
 	$(GO) run ./test/bench -pasvgate $(BIN)

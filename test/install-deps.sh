@@ -7,6 +7,9 @@
 # (all three provide ftp-server), so their .debs are only unpacked with
 # `dpkg -x` under $PASVGATE_TEST_CACHE (default /var/cache/pasvgate-test) and
 # run from there; their shared libraries are installed as normal packages.
+# proftpd-mod-proxy (the bench's userspace peer, mod_proxy as a reverse
+# proxy) depends on proftpd-core, so it is unpacked the same way and loaded
+# from there.
 #
 # No FTP service may run on the host itself: the tests start every server
 # inside a network namespace. So maintainer scripts are kept from starting
@@ -27,14 +30,15 @@ CACHE=${PASVGATE_TEST_CACHE:-/var/cache/pasvgate-test}
 # which ftplib runs.
 PKGS=(iptables nftables conntrack curl lftp vsftpd python3 tcpdump iproute2 strace libcap2-bin util-linux)
 
-# Runtime libraries of the unpacked pure-ftpd and proftpd-core binaries (their
+# Runtime libraries of the unpacked pure-ftpd, proftpd-core and mod_proxy (their
 # Depends lines, less the packaging helpers they only need to install).
 LIBS=(libc6 libcap2 libcrypt1 libpam0g libssl3 libsodium23
 	libacl1 libhiredis0.14 libidn2-0 libmemcached11 libmemcachedutil2
-	libncursesw6 libpcre2-8-0 libpcre2-posix3 libtinfo6 zlib1g)
+	libncursesw6 libpcre2-8-0 libpcre2-posix3 libtinfo6 zlib1g libsqlite3-0)
 
 # Unpacked packages: name and the binary that must run from the unpacked tree.
-UNPACK=(pure-ftpd:usr/sbin/pure-ftpd proftpd-core:usr/sbin/proftpd)
+UNPACK=(pure-ftpd:usr/sbin/pure-ftpd proftpd-core:usr/sbin/proftpd
+	proftpd-mod-proxy:usr/lib/proftpd/mod_proxy.so)
 
 missing=()
 for p in "${PKGS[@]}" "${LIBS[@]}"; do
@@ -45,7 +49,7 @@ done
 
 need_download=0
 for u in "${UNPACK[@]}"; do
-	[ -x "$CACHE/${u%%:*}/${u#*:}" ] || need_download=1
+	[ -e "$CACHE/${u%%:*}/${u#*:}" ] || need_download=1
 done
 
 # apt-get update only when something has to come from the archive and the
@@ -55,7 +59,7 @@ if [ "${#missing[@]}" -gt 0 ] || [ "$need_download" = 1 ]; then
 	if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
 		update=1
 	else
-		for p in "${missing[@]}" pure-ftpd proftpd-core; do
+		for p in "${missing[@]}" pure-ftpd proftpd-core proftpd-mod-proxy; do
 			if ! apt-cache show "$p" >/dev/null 2>&1; then
 				update=1
 				break
@@ -94,7 +98,7 @@ for u in "${UNPACK[@]}"; do
 	pkg=${u%%:*}
 	bin=${u#*:}
 	dest=$CACHE/$pkg
-	if [ -x "$dest/$bin" ]; then
+	if [ -e "$dest/$bin" ]; then
 		continue
 	fi
 	tmp=$(mktemp -d)

@@ -45,7 +45,10 @@ type pasvgateGW struct {
 	// ipt is the iptables whose FORWARD policy drops while this column
 	// runs, and the iptables backend's --iptables-path.
 	k, ipt string
-	// backend is pasvgate's --backend: iptables or nftables.
+	// backend is pasvgate's --backend: iptables or nftables; empty for
+	// column D, pasvgate with its default flags (--backend auto, its own
+	// accept in the host firewall, --log-level info), which must have
+	// chosen nftables on the lab's DROP-policy gw.
 	backend string
 	l       *lab
 	bin     string
@@ -63,6 +66,9 @@ type pasvgateGW struct {
 
 func (g *pasvgateGW) key() string { return g.k }
 func (g *pasvgateGW) title() string {
+	if g.backend == "" {
+		return "pasvgate, default flags (auto: nftables, its own host-firewall accept, info log)"
+	}
 	if g.backend == "nftables" {
 		return "pasvgate (nftables backend)"
 	}
@@ -90,18 +96,52 @@ func (g *pasvgateGW) up(ctx context.Context, verbose bool) error {
 		level = "info"
 	}
 	g.verbose = verbose
-	args := append([]string{"run",
+	args := []string{"run",
 		"--listen", gwPublic + ":21", "--upstream", serverAddr + ":21", "--public-addr", gwPublic2,
-		"--data-ports", dataPorts, "--backend", g.backend, "--iptables-path", g.ipt,
-		"--log-level", level, "--log-format", "json"}, g.extra...)
-	p, err := startProc(g.l.gw, g.bin, args...)
+		"--data-ports", dataPorts, "--log-format", "json"}
+	if g.backend != "" {
+		args = append(args, "--backend", g.backend, "--iptables-path", g.ipt, "--log-level", level)
+	}
+	p, err := startProc(g.l.gw, g.bin, append(args, g.extra...)...)
 	if err != nil {
 		return err
 	}
 	g.p = p
 	// Greeted from the client's side: pasvgate is listening, has swept and
 	// set up its chains, and reaches the server.
-	return waitBanner(ctx, g.l.client, g.target().String(), p)
+	if err := waitBanner(ctx, g.l.client, g.target().String(), p); err != nil {
+		return err
+	}
+	if g.backend == "" {
+		return g.wantBackend("nftables")
+	}
+	return nil
+}
+
+// wantBackend checks that the start-up line of the default-flags column
+// names the backend the bench is about: under the lab's DROP policy,
+// --backend auto must take nftables now that pasvgate adds its own accept.
+func (g *pasvgateGW) wantBackend(want string) error {
+	// The line may follow the first greeting by a little.
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		for _, l := range g.p.output() {
+			var rec struct {
+				Msg     string `json:"msg"`
+				Backend string `json:"backend"`
+			}
+			if json.Unmarshal([]byte(l.text), &rec) != nil || rec.Msg != "pasvgate started" {
+				continue
+			}
+			if rec.Backend != want {
+				return fmt.Errorf("pasvgate with default flags started with backend=%s, want %s:\n%s", rec.Backend, want, g.p.outputText())
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pasvgate with default flags logged no start-up line:\n%s", g.p.outputText())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (g *pasvgateGW) check(_ context.Context, res load.Result) error {
@@ -139,7 +179,11 @@ func (g *pasvgateGW) down(ctx context.Context) error {
 		}
 		g.p = nil
 	}
-	if _, err := run(ctx, g.l.gw, "", g.bin, "rules", "flush", "--backend", g.backend, "--iptables-path", g.ipt); err != nil {
+	flush := []string{"rules", "flush"}
+	if g.backend != "" {
+		flush = append(flush, "--backend", g.backend, "--iptables-path", g.ipt)
+	}
+	if _, err := run(ctx, g.l.gw, "", g.bin, flush...); err != nil {
 		errs = append(errs, err)
 	}
 	if g.backend == "nftables" {

@@ -25,11 +25,12 @@ const (
 	gwPublic2   = "203.0.113.2" // pasvgate's --public-addr: 227 replies point here
 	gwPrivate   = "192.0.2.1"
 	serverAddr  = "192.0.2.10"
-	nsPrefix    = "pgbench"
 	iptNFT      = "iptables-nft"
 	iptLegacy   = "iptables-legacy"
 	serverPorts = "30000-30999" // the FTP server's passive range
-	dataPorts   = "40000-40999" // pasvgate's public data range
+	// serverPortsIpt is serverPorts in iptables' syntax.
+	serverPortsIpt = "30000:30999"
+	dataPorts      = "40000-40999" // pasvgate's public data range
 )
 
 // Built-in chains of the tables any gateway of the bench uses.
@@ -59,7 +60,7 @@ type lab struct {
 }
 
 // newLab builds the topology. On error it deletes whatever it made.
-func newLab(ctx context.Context, legacy bool) (l *lab, retErr error) {
+func newLab(ctx context.Context, legacy bool, nsPrefix string) (l *lab, retErr error) {
 	if err := netns.Sweep(nsPrefix); err != nil {
 		return nil, fmt.Errorf("sweeping namespaces of dead benches: %w", err)
 	}

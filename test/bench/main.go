@@ -8,17 +8,22 @@
 // measures the same client program (cmd/ftpload, run inside the client
 // namespace) through each gateway in turn:
 //
-//	A   pasvgate in the gw, iptables-nft
+//	A   pasvgate in the gw, iptables-nft (-iptables, on by default)
 //	A2  the same with iptables-legacy (-legacy, on by default)
 //	N   pasvgate with its nftables backend (-nftables, on by default),
 //	    under the same iptables-nft FORWARD DROP plus the one accept for
-//	    its conntrack mark that the README asks of operators
+//	    its conntrack mark, added by hand, and logging at warn
+//	D   pasvgate with its default flags (-defaults, on by default):
+//	    --backend auto, which must choose nftables, its own accept in the
+//	    host firewall, --log-level info
 //	B   the kernel helper: static DNAT of port 21, CT --helper ftp
 //	C   plain routing without NAT
-//	R   a plain Go TCP relay of the control channel, NOOPs only: the
-//	    floor for any userspace proxy's round trip
+//	F   the floor: a plain Go TCP relay of the control channel over a
+//	    static DNAT+SNAT data path (relay.go)
+//	M   ProFTPD mod_proxy as a reverse proxy: the userspace peer
+//	    (-modproxy, on by default when test/install-deps.sh unpacked it)
 //
-// Rounds are interleaved (A, A2, B, C, R; A, A2, B, C, R; ...) and the
+// Rounds are interleaved (A, A2, N, D, B, C, F, M; A, ...) and the
 // table shows medians over rounds, so that drift on the machine hits every
 // gateway alike. Between two gateways the gw's rules must be back at the
 // baseline and its conntrack table is flushed.
@@ -54,9 +59,14 @@ import (
 // options are the command-line flags.
 type options struct {
 	rounds     int
+	nsPrefix   string
+	iptables   bool
+	defaults   bool
+	modProxy   bool
 	legacy     bool
 	nftables   bool
 	cpuProfile string
+	trace      string
 	server     string
 	pasvgate   string
 	noops      int
@@ -72,9 +82,14 @@ type options struct {
 func main() {
 	var o options
 	flag.IntVar(&o.rounds, "rounds", 5, "measured rounds; each runs every gateway once")
+	flag.StringVar(&o.nsPrefix, "ns-prefix", "pgbench", "prefix of the lab's network namespace names")
+	flag.BoolVar(&o.iptables, "iptables", true, "measure pasvgate with its iptables backend on iptables-nft (column A)")
+	flag.BoolVar(&o.defaults, "defaults", true, "measure pasvgate with its default flags (column D)")
+	flag.BoolVar(&o.modProxy, "modproxy", true, "measure ProFTPD mod_proxy as a reverse proxy (column M), if unpacked")
 	flag.BoolVar(&o.legacy, "legacy", true, "also measure pasvgate with iptables-legacy (column A2)")
 	flag.BoolVar(&o.nftables, "nftables", true, "also measure pasvgate with its nftables backend (column N)")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of pasvgate (column N) during back-to-back small downloads to this `file`")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of pasvgate (column D, or N with -defaults=false) during back-to-back small downloads to this `file`")
+	flag.StringVar(&o.trace, "trace", "", "write a Go execution trace of pasvgate (the column -cpuprofile profiles) during 2 s of back-to-back small downloads to this `file`")
 	flag.StringVar(&o.server, "server", "vsftpd", "FTP server: vsftpd or testftpd (the built-in one)")
 	flag.StringVar(&o.pasvgate, "pasvgate", "", "pasvgate binary to measure (default: build ./cmd/pasvgate)")
 	flag.IntVar(&o.noops, "noops", 1000, "NOOP round trips per round")
@@ -85,7 +100,7 @@ func main() {
 	flag.IntVar(&o.profile, "profile", 20, "single small downloads timed phase by phase, per gateway")
 	flag.DurationVar(&o.profileGap, "profile-gap", 200*time.Millisecond, "pause between profiled downloads (0: back to back)")
 	flag.DurationVar(&o.timeout, "timeout", 12*time.Minute, "bound on the whole bench")
-	relayListen := flag.String("relay", "", "internal: run as column R's relay, listening on `ADDR:PORT`")
+	relayListen := flag.String("relay", "", "internal: run as column F's relay, listening on `ADDR:PORT`")
 	relayUpstream := flag.String("relay-upstream", "", "internal: the relay's upstream `ADDR:PORT`")
 	flag.Parse()
 	if *relayListen != "" {
@@ -159,7 +174,7 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		return fmt.Errorf("writing the server's files: %w", err)
 	}
 
-	l, err := newLab(ctx, o.legacy)
+	l, err := newLab(ctx, o.legacy, o.nsPrefix)
 	if err != nil {
 		return err
 	}
@@ -176,9 +191,12 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		}
 	}()
 
-	a := &pasvgateGW{k: "A", ipt: iptNFT, backend: "iptables", l: l, bin: bins.pasvgate}
-	gws := []gateway{a}
-	pgs := []*pasvgateGW{a}
+	var gws []gateway
+	var pgs []*pasvgateGW
+	if o.iptables {
+		a := &pasvgateGW{k: "A", ipt: iptNFT, backend: "iptables", l: l, bin: bins.pasvgate}
+		gws, pgs = append(gws, a), append(pgs, a)
+	}
 	if o.legacy {
 		a2 := &pasvgateGW{k: "A2", ipt: iptLegacy, backend: "iptables", l: l, bin: bins.pasvgate}
 		gws, pgs = append(gws, a2), append(pgs, a2)
@@ -188,11 +206,18 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		n = &pasvgateGW{k: "N", ipt: iptNFT, backend: "nftables", l: l, bin: bins.pasvgate}
 		gws, pgs = append(gws, n), append(pgs, n)
 	}
-	if o.cpuProfile != "" && n == nil {
-		return errors.New("-cpuprofile profiles column N: it needs -nftables")
+	// The CPU profile is of D, what users run, or else of N.
+	profiled := n
+	if o.defaults {
+		d := &pasvgateGW{k: "D", ipt: iptNFT, l: l, bin: bins.pasvgate}
+		gws, pgs = append(gws, d), append(pgs, d)
+		profiled = d
+	}
+	if (o.cpuProfile != "" || o.trace != "") && profiled == nil {
+		return errors.New("-cpuprofile and -trace profile column D or N: they need -defaults or -nftables")
 	}
 	b := &staticGW{k: "B", name: "kernel helper", l: l, rules: helperRules,
-		dial: a.target(), wantData: gwPublic, helper: true}
+		dial: mustAddrPort(gwPublic + ":21"), wantData: gwPublic, helper: true}
 	c := &staticGW{k: "C", name: "routed, no NAT", l: l, rules: routedRules,
 		dial: mustAddrPort(serverAddr + ":21"), wantData: serverAddr}
 	gws = append(gws, b, c)
@@ -201,6 +226,17 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		return err
 	}
 	gws = append(gws, &relayGW{l: l, self: self})
+	if o.modProxy && !modProxyAvailable() {
+		fmt.Fprintln(progress, "bench: proftpd-core or proftpd-mod-proxy not unpacked (test/install-deps.sh): column M left out")
+		o.modProxy = false
+	}
+	if o.modProxy {
+		dir, err := os.MkdirTemp(dataDir, "modproxy-")
+		if err != nil {
+			return err
+		}
+		gws = append(gws, &modProxyGW{l: l, dir: dir})
+	}
 
 	files := []string{"-small", smallFile, "-small-size", fmt.Sprint(smallSize),
 		"-big", bigFile, "-big-size", fmt.Sprint(bigSize), "-upload", uploadFile, "-upload-size", fmt.Sprint(bigSize)}
@@ -212,9 +248,6 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 	fmt.Fprintf(progress, "bench: lab up after %.1fs; check round\n", time.Since(start).Seconds())
 	for _, g := range gws {
 		args := []string{"-noops", "10", "-gets", "3", "-sessions", "3", "-bulk", "1"}
-		if isNoopsOnly(g) {
-			args = args[:2]
-		}
 		if _, err := r.once(ctx, g, false, args...); err != nil {
 			return fmt.Errorf("check round, %s (%s): %w", g.key(), g.title(), err)
 		}
@@ -248,11 +281,7 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		}
 		for _, g := range gws {
 			t := time.Now()
-			args := suite
-			if isNoopsOnly(g) {
-				args = suite[:2]
-			}
-			res, err := r.once(ctx, g, false, args...)
+			res, err := r.once(ctx, g, false, suite...)
 			if err != nil {
 				return fmt.Errorf("round %d, %s (%s): %w", round, g.key(), g.title(), err)
 			}
@@ -275,9 +304,6 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		fmt.Fprintf(progress, "bench: profile, %v apart\n", gap)
 		p := newProfile(gap)
 		for _, g := range gws {
-			if isNoopsOnly(g) {
-				continue
-			}
 			res, err := r.once(ctx, g, true, "-profile", fmt.Sprint(o.profile), "-profile-gap", gap.String())
 			if err != nil {
 				return fmt.Errorf("profile, %s (%s): %w", g.key(), g.title(), err)
@@ -300,11 +326,19 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 	}
 
 	if o.cpuProfile != "" {
-		fmt.Fprintf(progress, "bench: CPU profile of N\n")
-		if err := r.cpuProfile(ctx, n, o.cpuProfile); err != nil {
+		fmt.Fprintf(progress, "bench: CPU profile of %s\n", profiled.key())
+		if err := r.cpuProfile(ctx, profiled, o.cpuProfile); err != nil {
 			return fmt.Errorf("CPU profile: %w", err)
 		}
-		rep.cpuProfile = o.cpuProfile
+		rep.cpuProfile, rep.cpuProfiled = o.cpuProfile, profiled.key()
+	}
+
+	if o.trace != "" {
+		fmt.Fprintf(progress, "bench: execution trace of %s\n", profiled.key())
+		if err := r.trace(ctx, profiled, o.trace); err != nil {
+			return fmt.Errorf("execution trace: %w", err)
+		}
+		rep.trace, rep.cpuProfiled = o.trace, profiled.key()
 	}
 
 	// The server on its own, client in the server namespace: the ceiling

@@ -12,25 +12,48 @@ import (
 	"github.com/pasvgate/pasvgate/test/bench/load"
 )
 
-// relayGW is column R: a plain TCP relay in the gw, a separate Go process
-// like pasvgate that does nothing but read from one side and write to the
-// other (the bench itself, re-run with -relay). It carries the control
-// channel only, so no transfer can work through it and it is measured with
-// NOOPs alone: what any userspace control-channel proxy written in Go
-// costs per round trip on this machine, before it parses anything. It is
-// the floor to read pasvgate's NOOP numbers against.
+// relayGW is column F, the floor: a plain TCP relay of the control channel
+// in the gw, a separate Go process like pasvgate that does nothing but read
+// from one side and write to the other (the bench itself, re-run with
+// -relay), with the data connections on a static kernel path shaped like
+// pasvgate's: DNAT of the public data ports to the server, SNAT to the gw's
+// private address (the address the relay's control connection comes from,
+// so vsftpd's same-IP check passes as it does for pasvgate), and FORWARD
+// accepts under the lab's DROP policy. The relay does not parse, so its
+// 227s name the server; the client is told to connect PASV data to
+// gwPublic2 instead (ftpload -pasv-host), and EPSV's 229 already sends it
+// to the control address, gwPublic. With no rule call per transfer and no
+// line handling, it is what any control-channel proxy written in Go costs
+// on this machine over the kernel data path: pasvgate's floor.
 type relayGW struct {
 	l    *lab
 	self string // this program
 	p    *proc
 }
 
-func (g *relayGW) key() string            { return "R" }
-func (g *relayGW) title() string          { return "plain Go TCP relay, control channel only (NOOPs)" }
+// floorRules are column F's static data path (see relayGW).
+const floorRules = `*nat
+%[1]s PREROUTING -d ` + gwPublic2 + `/32 -p tcp -m tcp --dport ` + serverPortsIpt + ` -m comment --comment pgbench -j DNAT --to-destination ` + serverAddr + `
+%[1]s PREROUTING -d ` + gwPublic + `/32 -p tcp -m tcp --dport ` + serverPortsIpt + ` -m comment --comment pgbench -j DNAT --to-destination ` + serverAddr + `
+%[1]s POSTROUTING -d ` + serverAddr + `/32 -p tcp -m tcp --dport ` + serverPortsIpt + ` -m comment --comment pgbench -j SNAT --to-source ` + gwPrivate + `
+COMMIT
+*filter
+%[1]s FORWARD -m conntrack --ctstate ESTABLISHED -m comment --comment pgbench -j ACCEPT
+%[1]s FORWARD -s ` + clientAddr + `/32 -d ` + serverAddr + `/32 -p tcp -m tcp --dport ` + serverPortsIpt + ` -m conntrack --ctstate NEW -m comment --comment pgbench -j ACCEPT
+COMMIT
+`
+
+func (g *relayGW) key() string { return "F" }
+func (g *relayGW) title() string {
+	return "floor: plain Go TCP relay of the control channel, static DNAT+SNAT data path"
+}
 func (g *relayGW) target() netip.AddrPort { return netip.MustParseAddrPort(gwPublic + ":21") }
-func (g *relayGW) noopsOnly() bool        { return true }
+func (g *relayGW) clientArgs() []string   { return []string{"-pasv-host", gwPublic2} }
 
 func (g *relayGW) up(ctx context.Context, _ bool) error {
+	if _, err := run(ctx, g.l.gw, fmt.Sprintf(floorRules, "-A"), iptNFT+"-restore", "--noflush", "--wait", "5"); err != nil {
+		return err
+	}
 	p, err := startProc(g.l.gw, g.self, "-relay", gwPublic+":21", "-relay-upstream", serverAddr+":21")
 	if err != nil {
 		return err
@@ -39,27 +62,34 @@ func (g *relayGW) up(ctx context.Context, _ bool) error {
 	return waitBanner(ctx, g.l.client, g.target().String(), p)
 }
 
-func (g *relayGW) check(context.Context, load.Result) error { return nil }
-
-func (g *relayGW) down(context.Context) error {
-	if g.p == nil {
-		return nil
+func (g *relayGW) check(_ context.Context, res load.Result) error {
+	if err := wantData(res.PASVAddr, gwPublic2, serverPorts); err != nil {
+		return fmt.Errorf("floor PASV: %w", err)
 	}
-	err := g.p.stop(10 * time.Second)
-	g.p = nil
-	if err != nil {
-		return fmt.Errorf("relay did not stop cleanly: %w", err)
+	if res.EPSVAddr != "" {
+		if err := wantData(res.EPSVAddr, gwPublic, serverPorts); err != nil {
+			return fmt.Errorf("floor EPSV: %w", err)
+		}
 	}
 	return nil
 }
 
-// noopsOnly is implemented by gateways that carry no data connection.
-type noopsOnly interface{ noopsOnly() bool }
-
-func isNoopsOnly(g gateway) bool {
-	n, ok := g.(noopsOnly)
-	return ok && n.noopsOnly()
+func (g *relayGW) down(ctx context.Context) error {
+	var errs []error
+	if g.p != nil {
+		if err := g.p.stop(10 * time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("relay did not stop cleanly: %w", err))
+		}
+		g.p = nil
+	}
+	if _, err := run(ctx, g.l.gw, fmt.Sprintf(floorRules, "-D"), iptNFT+"-restore", "--noflush", "--wait", "5"); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
+
+// clientArgs is implemented by gateways whose client needs more flags.
+type clientArgs interface{ clientArgs() []string }
 
 // relay is `bench -relay LISTEN -relay-upstream ADDR`: it relays every
 // connection to LISTEN to ADDR until ctx ends, then closes them all and

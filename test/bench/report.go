@@ -27,8 +27,11 @@ type report struct {
 	memory     map[string][2][]int64 // VmRSS, VmHWM in kB, per round
 	serverOnly load.Result
 	elapsed    time.Duration
-	// cpuProfile is where -cpuprofile wrote pasvgate's CPU profile.
-	cpuProfile string
+	// cpuProfile is where -cpuprofile wrote pasvgate's CPU profile, and
+	// cpuProfiled the column it profiled.
+	cpuProfile, cpuProfiled string
+	// trace is where -trace wrote pasvgate's execution trace.
+	trace string
 	// note says why fewer rounds ran than asked for, if they did.
 	note string
 	// version is what `pasvgate version` printed.
@@ -113,8 +116,8 @@ func (r *report) pasvgateKeys() []string {
 }
 
 // stat is the median over rounds of one metric for one gateway, with the
-// range. ok is false when the gateway was not measured on it (column R
-// runs NOOPs only).
+// range. ok is false when the gateway was not measured on it (its column
+// is not in this run, or the metric was left out of its workload).
 func (r *report) stat(key string, m metric) (med, lo, hi float64, ok bool) {
 	var v []float64
 	for _, res := range r.results[key] {
@@ -160,8 +163,9 @@ func (r *report) write(w io.Writer) {
 	for _, k := range r.keys() {
 		fmt.Fprintf(tw, "%s\t", k)
 	}
-	for _, k := range r.pasvgateKeys() {
-		fmt.Fprintf(tw, "%s/B\t", k)
+	ratios := r.ratioColumns()
+	for _, rc := range ratios {
+		fmt.Fprintf(tw, "%s/%s\t", rc[0], rc[1])
 	}
 	fmt.Fprintln(tw)
 	for _, m := range r.metrics() {
@@ -173,8 +177,8 @@ func (r *report) write(w io.Writer) {
 				fmt.Fprintf(tw, "-\t")
 			}
 		}
-		for _, k := range r.pasvgateKeys() {
-			fmt.Fprintf(tw, "%.2f\t", ratio(r.med(k, m), r.med("B", m)))
+		for _, rc := range ratios {
+			fmt.Fprintf(tw, "%.2f\t", ratio(r.med(rc[0], m), r.med(rc[1], m)))
 		}
 		fmt.Fprintln(tw)
 	}
@@ -188,9 +192,31 @@ func (r *report) write(w io.Writer) {
 	fmt.Fprintf(w, "\nserver alone (client in the server namespace, no gateway; median of %d): download %.0f MB/s, upload %.0f MB/s\n",
 		len(r.serverOnly.DownMBps), median(r.serverOnly.DownMBps), median(r.serverOnly.UpMBps))
 	if r.cpuProfile != "" {
-		fmt.Fprintf(w, "CPU profile of N (5 s of back-to-back small downloads): %s (go tool pprof -top BINARY %s)\n", r.cpuProfile, r.cpuProfile)
+		fmt.Fprintf(w, "CPU profile of %s (5 s of back-to-back small downloads): %s (go tool pprof -top BINARY %s)\n", r.cpuProfiled, r.cpuProfile, r.cpuProfile)
+	}
+	if r.trace != "" {
+		fmt.Fprintf(w, "execution trace of %s (2 s of back-to-back small downloads): %s (go tool trace -pprof=sched %s)\n", r.cpuProfiled, r.trace, r.trace)
 	}
 	fmt.Fprintf(w, "issue 4's reference for the kernel helper on this machine: ~1,900 PASV 1 KiB downloads/s, 230 sessions/s, ~2,800 MB/s down, 1,000 MB/s up\n")
+}
+
+// ratioColumns are the ratio columns of the main table, as {column,
+// against}: every pasvgate column and mod_proxy against the kernel helper,
+// and every pasvgate column against the floor.
+func (r *report) ratioColumns() [][2]string {
+	var rc [][2]string
+	has := func(k string) bool { return len(r.results[k]) > 0 }
+	for _, k := range append(r.pasvgateKeys(), "M") {
+		if has(k) {
+			rc = append(rc, [2]string{k, "B"})
+		}
+	}
+	if has("F") {
+		for _, k := range r.pasvgateKeys() {
+			rc = append(rc, [2]string{k, "F"})
+		}
+	}
+	return rc
 }
 
 func (r *report) keys() []string {
@@ -235,9 +261,30 @@ func (r *report) writeTargets(w io.Writer) {
 		// packets are matched; a NOOP meets neither.
 		fmt.Fprintf(w, "  (a NOOP takes the same path through every pasvgate column: their difference is noise)\n")
 	}
-	if n, _, _, ok := r.stat("R", noop); ok {
-		fmt.Fprintf(w, "  R   a plain Go relay of the control channel: NOOP %+.1f µs vs B (p50 %+.1f µs): the floor for a userspace proxy here\n",
-			n-bNoop, r.med("R", r.metrics()[1])-r.med("B", r.metrics()[1]))
+	if _, _, _, ok := r.stat("F", noop); ok {
+		// Issue 13: one small download's time, from the downloads/s rows,
+		// against the floor's; and every rate against mod_proxy's.
+		fmt.Fprintf(w, "\ntargets (issue 13), per-transfer time vs the floor (F) (<= +0.1 ms), small transfers and sessions vs M:\n")
+		per := func(k string, m metric) float64 {
+			if v := r.med(k, m); v > 0 {
+				return 1000 / v
+			}
+			return 0
+		}
+		for _, k := range r.pasvgateKeys() {
+			fmt.Fprintf(w, "  %-3s", k)
+			for _, m := range []metric{ms[2], ms[3]} {
+				d := per(k, m) - per("F", m)
+				fmt.Fprintf(w, " %s %.3f ms vs F's %.3f (%+.3f: %s);", strings.SplitN(m.name, " ", 2)[0], per(k, m), per("F", m), d, verdict(d <= 0.1))
+			}
+			if _, _, _, ok := r.stat("M", ms[2]); ok {
+				for _, m := range []metric{ms[2], ms[3], ms[4]} {
+					x := ratio(r.med(k, m), r.med("M", m))
+					fmt.Fprintf(w, " %s %.2f x M (%s);", strings.SplitN(m.name, " (", 2)[0], x, verdict(x > 1))
+				}
+			}
+			fmt.Fprintln(w)
+		}
 	}
 }
 

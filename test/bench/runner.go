@@ -33,6 +33,9 @@ func (r *runner) once(ctx context.Context, g gateway, verbose bool, args ...stri
 	var res load.Result
 	err := g.up(ctx, verbose)
 	if err == nil {
+		if ca, ok := g.(clientArgs); ok {
+			args = append(ca.clientArgs(), args...)
+		}
 		res, err = r.load(ctx, r.l.client, g.target(), args...)
 	}
 	if err == nil {
@@ -96,22 +99,34 @@ func roundLine(res load.Result) string {
 // rate the rule calls limit. pasvgate serves the profile on its --metrics
 // address, which only the gw namespace can reach.
 func (r *runner) cpuProfile(ctx context.Context, g *pasvgateGW, file string) error {
+	return r.pprof(ctx, g, "profile", 5, file)
+}
+
+// trace writes to file a Go execution trace of pasvgate in g during the
+// same workload as cpuProfile: where its goroutines wait, off the CPU
+// (`go tool trace -pprof=sched|syscall|sync|net FILE`).
+func (r *runner) trace(ctx context.Context, g *pasvgateGW, file string) error {
+	return r.pprof(ctx, g, "trace", 2, file)
+}
+
+// pprof fetches /debug/pprof/KIND?seconds=SECONDS from pasvgate in g into
+// file while the client downloads small files back to back.
+func (r *runner) pprof(ctx context.Context, g *pasvgateGW, kind string, seconds int, file string) error {
 	const metrics = "127.0.0.1:9121"
-	const seconds = 5
 	g.extra = []string{"--metrics", metrics, "--debug-pprof"}
 	defer func() { g.extra = nil }()
 	if err := g.up(ctx, false); err != nil {
 		return errors.Join(err, r.finish(ctx, g))
 	}
 	client := &http.Client{
-		Timeout: 2 * seconds * time.Second,
+		Timeout: 2 * time.Duration(seconds) * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return r.l.gw.Dial(ctx, network, "", addr)
 		}},
 	}
 	got := make(chan error, 1)
 	go func() {
-		resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metrics, seconds))
+		resp, err := client.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", metrics, kind, seconds))
 		if err != nil {
 			got <- err
 			return
@@ -131,5 +146,8 @@ func (r *runner) cpuProfile(ctx context.Context, g *pasvgateGW, file string) err
 	}()
 	// Enough downloads to outlast the profile: about 1,000 a second.
 	_, err := r.load(ctx, r.l.client, g.target(), "-gets", "5000")
+	if err != nil {
+		err = fmt.Errorf("%w\n%s's output:\n%s", err, g.key(), tail(g.logTail(), 4000))
+	}
 	return errors.Join(err, <-got, r.finish(ctx, g))
 }

@@ -75,6 +75,10 @@ func serverFiles(dir string, smallSize, bigSize int64) (string, error) {
 // address its control connection comes from, and the kernel helper and
 // plain routing leave the client's address on both.
 //
+// Anonymous users are asked for a password (no_anon_password=NO), as
+// most servers do: mod_proxy (column M) relays the USER and waits for a
+// PASS, and does not take a 230 to USER for a login.
+//
 // isolate and isolate_network are off: with them vsftpd makes new PID and
 // network namespaces for every session, which would make the server, not
 // the gateway, what a sessions-per-second number measures.
@@ -85,7 +89,7 @@ listen_port=21
 background=NO
 anonymous_enable=YES
 local_enable=NO
-no_anon_password=YES
+no_anon_password=NO
 anon_root=%s
 write_enable=YES
 anon_upload_enable=YES

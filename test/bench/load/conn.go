@@ -11,7 +11,8 @@
 // The client always dials exactly the address a 227 reply names, and for a
 // 229 reply the control connection's address: a client that quietly fell
 // back to the control address would measure a path the gateway never set
-// up. It allocates little per operation (one reusable command buffer,
+// up. The one exception is asked for by name (Config.PASVHost), for the
+// floor's relay, which passes the server's 227 on untouched. It allocates little per operation (one reusable command buffer,
 // replies read in place) so that its own cost stays small next to the
 // gateway's.
 package load
@@ -51,6 +52,9 @@ type Conn struct {
 	peer    netip.AddrPort
 	timeout time.Duration
 	dialer  net.Dialer
+	// pasvHost, when valid, replaces the host of every 227 (see
+	// Config.PASVHost).
+	pasvHost netip.Addr
 
 	wbuf  []byte // the command being sent, reused
 	first []byte // copy of a multi-line reply's first line, reused
@@ -252,7 +256,11 @@ func (c *Conn) Passive(epsv bool) (netip.AddrPort, error) {
 		}
 		return netip.AddrPortFrom(c.peer.Addr(), port), nil
 	}
-	return parsePASV(text)
+	ap, err := parsePASV(text)
+	if err == nil && c.pasvHost.IsValid() {
+		ap = netip.AddrPortFrom(c.pasvHost, ap.Port())
+	}
+	return ap, err
 }
 
 // Timing is the breakdown of one transfer, as the client sees it.

@@ -13,6 +13,12 @@ import (
 type Config struct {
 	// Addr is the control address to dial.
 	Addr netip.AddrPort
+	// PASVHost, when valid, is the host every PASV data connection goes
+	// to, in place of the 227's (its port is kept). The bench's floor
+	// relays the control channel without parsing it, so its 227s name the
+	// server, and static DNAT on this address takes the data connection
+	// there, as the kernel path of a proxy that rewrote the 227 would.
+	PASVHost netip.Addr
 	// Timeout bounds every single step: a connect, a reply, a transfer.
 	Timeout time.Duration
 
@@ -117,7 +123,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 // oneSession runs the NOOPs, the sequential small downloads and the bulk
 // transfers, in that order, in one control session.
 func oneSession(ctx context.Context, cfg Config, res *Result) error {
-	c, err := Dial(ctx, cfg.Addr, cfg.Timeout)
+	c, err := dial(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -220,7 +226,7 @@ func sessions(ctx context.Context, cfg Config, res *Result) error {
 	buf := make([]byte, 64<<10)
 	start := time.Now()
 	for i := range cfg.Sessions {
-		c, err := Dial(ctx, cfg.Addr, cfg.Timeout)
+		c, err := dial(ctx, cfg)
 		if err != nil {
 			return fmt.Errorf("session %d: %w", i, err)
 		}
@@ -247,7 +253,7 @@ func sessions(ctx context.Context, cfg Config, res *Result) error {
 
 // profile times single small downloads phase by phase, spaced apart.
 func profile(ctx context.Context, cfg Config, res *Result) error {
-	c, err := Dial(ctx, cfg.Addr, cfg.Timeout)
+	c, err := dial(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -279,6 +285,16 @@ func profile(ctx context.Context, cfg Config, res *Result) error {
 		}
 	}
 	return c.Quit()
+}
+
+// dial opens a control connection as cfg says.
+func dial(ctx context.Context, cfg Config) (*Conn, error) {
+	c, err := Dial(ctx, cfg.Addr, cfg.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	c.pasvHost = cfg.PASVHost
+	return c, nil
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }

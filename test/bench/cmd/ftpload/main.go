@@ -23,9 +23,11 @@ func main() {
 	var (
 		cfg      load.Config
 		addr     string
+		pasvHost string
 		deadline time.Duration
 	)
 	flag.StringVar(&addr, "addr", "", "control `address:port` to dial")
+	flag.StringVar(&pasvHost, "pasv-host", "", "connect PASV data connections to this `IP` instead of the 227's host (the floor's relay does not rewrite 227)")
 	flag.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "bound on each step (connect, reply, transfer)")
 	flag.DurationVar(&deadline, "deadline", 5*time.Minute, "bound on the whole run")
 	flag.IntVar(&cfg.Noops, "noops", 0, "NOOP round trips in one session")
@@ -48,6 +50,12 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Addr = ap
+	if pasvHost != "" {
+		if cfg.PASVHost, err = netip.ParseAddr(pasvHost); err != nil {
+			fmt.Fprintln(os.Stderr, "ftpload: -pasv-host:", err)
+			os.Exit(2)
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
