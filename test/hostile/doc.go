@@ -75,7 +75,7 @@
 //	S16 227 with a NUL in the address       425, no mapping
 //	S17 227 with a bare CR, second address  227 public or 425; no mapping to it
 //	S18 229 with port 70000                 425
-//	S19 ABOR after Telnet Synch             226; the server gets DM as urgent data
+//	S19 ABOR after Telnet Synch             226 (DM as urgent data: TestSynchSentUrgent, TestAsyncAbort)
 //	S20 PASV never answered (stall)         421 at --idle-timeout, closed
 //	S21 one-shot pinhole (nftables)         second connection refused; the server accepted one
 //	S22 one-shot pinhole (iptables-nft)     the same

@@ -155,7 +155,7 @@ func serverStalling(h *harness, e *env) (string, error) {
 	if err := c.send("PASV\r\n"); err != nil {
 		return "", err
 	}
-	last, err := c.untilClosed(idleTimeout + 3*time.Second)
+	last, err := c.untilClosed(idleTimeout + replyGrace + 3*time.Second)
 	if err != nil {
 		return last, err
 	}

@@ -395,7 +395,7 @@ func idlePendingTransfer(h *harness, e *env) (string, error) {
 	if err := c.send("RETR payload.bin\r\n"); err != nil {
 		return "", err
 	}
-	last, err := c.untilClosed(idleTimeout + 3*time.Second)
+	last, err := c.untilClosed(idleTimeout + replyGrace + 3*time.Second)
 	if err != nil {
 		return last, err
 	}
@@ -525,7 +525,7 @@ func slowloris(h *harness, e *env) (string, error) {
 					}
 				}
 			}()
-			last, err := c.untilClosed(loginTimeout + 3*time.Second)
+			last, err := c.untilClosed(loginTimeout + replyGrace + 3*time.Second)
 			if err == nil && !strings.HasPrefix(last, "421") {
 				err = fmt.Errorf("closed with %q, want 421", last)
 			}

@@ -114,8 +114,9 @@ func serverEntries() []entry {
 		{id: "S18", side: "server", input: "229 with port 70000", want: "425",
 			inv: "no mapping", script: afterVerb("EPSV", sendThenServe("229 Entering Extended Passive Mode (|||70000|)\r\n")),
 			run: cmdThen("EPSV", wantReply("425"))},
-		{id: "S19", side: "server", input: "ABOR after Telnet Synch: does the server get DM as urgent data?", want: "226",
-			inv: "server gets the DM urgent", script: aborScript, run: aborSynch},
+		{id: "S19", side: "server", input: "ABOR after Telnet Synch", want: "226",
+			ref: "the DM as urgent data at the server: TestSynchSentUrgent (proxy), TestAsyncAbort (test/interop, vsftpd async_abor_enable=YES)",
+			script: aborScript, run: aborSynch},
 		{id: "S20", side: "server", input: "server stalls: PASV never answered", want: "421 at idle-timeout, closed",
 			script: afterPASV(func(s *sconn) { s.until("\x00never") }), run: pasvThen(closedAfter("421"))},
 		{id: "S21", side: "server", input: "one-shot pinhole: second connection to the same public port", want: "refused",
@@ -274,7 +275,7 @@ func closedWith(code string) func(*harness, *env) (string, error) {
 func closedAfter(code string) func(c *ctl) (string, error) {
 	return func(c *ctl) (string, error) {
 		t0 := time.Now()
-		last, err := c.untilClosed(idleTimeout + 3*time.Second)
+		last, err := c.untilClosed(idleTimeout + replyGrace + 3*time.Second)
 		if err != nil {
 			return last, err
 		}
@@ -563,12 +564,14 @@ func aborSynch(h *harness, e *env) (string, error) {
 	if err != nil || !strings.HasPrefix(r, "226") {
 		return r, fmt.Errorf("ABOR: %q, %v", r, err)
 	}
-	u := h.hs.noted("urgent")
-	got := r[:3] + ", urgent at server: " + u
-	if u != "yes" {
-		return got, fmt.Errorf("the server did not get the DM as urgent data (%s)", u)
-	}
-	return got, nil
+	// Whether the DM came as urgent data this script cannot tell reliably:
+	// once its line reader has read past the urgent mark, the kernel
+	// forgets the urgent byte (tcp_recvmsg clears urg_data), so a recv
+	// with MSG_OOB after the ABOR line finds nothing. The tests named in
+	// the entry's ref read it before that: a fake server without
+	// SO_OOBINLINE, and vsftpd with async_abor_enable=YES, which acts on
+	// SIGURG.
+	return r[:3] + ", urgent seen by this script: " + h.hs.noted("urgent"), nil
 }
 
 // oneShot gets a 227, makes its data connection and keeps it, then

@@ -14,7 +14,7 @@ func itemEntries() []entry {
 		{id: "R04", side: "item", input: "transparent mode: LAN client to a private destination", want: "421",
 			ref: "TestDestinationPolicy (test/sidecar), TestDestPolicy (proxy)"},
 		{id: "R05", side: "item", input: "transparent mode: always a canonical 227", want: "-",
-			ref: "none found"},
+			ref: "TestTransparentPASVCanonical (proxy)"},
 		{id: "R06", side: "item", input: "interception port with several listeners", want: "-",
 			ref: "TestListenOverlap (cmd/pasvgate)"},
 		{id: "R07", side: "item", input: "/healthz during reloads (race); a reload with a restart-only key keeps the upstream change", want: "-",

@@ -48,6 +48,9 @@ const (
 const (
 	idleTimeout  = 4 * time.Second
 	loginTimeout = 2 * time.Second
+	// replyGrace is proxy's: how long pasvgate waits, at a timeout, for
+	// a reply the server still owes before its own 421 goes out of turn.
+	replyGrace = 5 * time.Second
 )
 
 // rssBound is the documented bound on pasvgate's resident memory under the
