@@ -148,7 +148,8 @@ func (b *Backend) Connect(from netip.Addr, to netip.AddrPort) (rules.Mapping, bo
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for id, m := range b.installed {
-		if m.Source == from && m.Public == to && !b.used[id] {
+		dialed := m.Dialed.IsValid() && netip.AddrPortFrom(m.Dialed, m.Public.Port()) == to
+		if m.Source == from && (m.Public == to || dialed) && !b.used[id] {
 			b.used[id] = true
 			return m, true
 		}

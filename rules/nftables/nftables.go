@@ -32,7 +32,11 @@
 // elements, added with one netlink batch: (Source . Public address .
 // Public port) -> Target in dnat_map, (Source . Public port) in
 // unused_set, and, when the mapping has SNAT, (Source . Target . Public
-// port) -> SNAT in snat_map. No rule is added per transfer.
+// port) -> SNAT in snat_map. A mapping with a Dialed address has one more
+// dnat_map element, (Source . Dialed . Public port) -> Target: the
+// unused_set and snat_map keys hold no gateway address, so both
+// addresses share them, and the first connection to either uses the
+// mapping up for both. No rule is added per transfer.
 //
 // A mapping admits one connection, the first, like the kernel FTP
 // helper's expectations: the prerouting and output rules DNAT and mark
@@ -749,14 +753,30 @@ func (b *Backend) list(ctx context.Context) ([]rules.Mapping, error) {
 			}
 			snatOf[k] = a
 		}
+		// A Dialed address's element joins its mapping's by ID; one
+		// whose main element is gone is reported on its own.
+		dialedOf := map[string]netip.Addr{}
+		var ms []rules.Mapping
 		for _, e := range dnat {
-			m, err := o.f.decodeDNAT(e)
+			m, dialed, err := o.f.decodeDNAT(e)
 			if err != nil {
 				b.log.Warn("ignoring an element that is not a pasvgate mapping", "family", o.f.nft, "map", o.dnat.Name, "err", err)
 				continue
 			}
+			if dialed {
+				dialedOf[m.ID] = m.Public.Addr()
+				continue
+			}
+			ms = append(ms, m)
+		}
+		for _, m := range ms {
 			m.SNAT = snatOf[string(snatKey(m))]
+			m.Dialed = dialedOf[m.ID]
+			delete(dialedOf, m.ID)
 			out = append(out, m)
+		}
+		for id := range dialedOf {
+			b.log.Warn("ignoring a dialed-address element whose mapping is gone", "family", o.f.nft, "map", o.dnat.Name, "mapping", id)
 		}
 	}
 	slices.SortFunc(out, func(a, b rules.Mapping) int { return strings.Compare(a.ID, b.ID) })
@@ -802,8 +822,13 @@ func (b *Backend) Flush(ctx context.Context) error {
 // mapping without SNAT whose connections matched another's snat element
 // would be SNATed, and its SetUnused key (same source and public port),
 // because one mapping's first connection would use up the other.
-func indexKeys(m rules.Mapping) [3]string {
-	return [3]string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
+func indexKeys(m rules.Mapping) []string {
+	ks := []string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
+	if m.Dialed.IsValid() {
+		// The Dialed element is a dnat key like any other.
+		ks = append(ks, "d"+string(dialedKey(m)))
+	}
+	return ks
 }
 
 // conflict returns the ID of an installed mapping that m duplicates: same
@@ -847,6 +872,6 @@ func (b *Backend) sortedIndex() []entry {
 // sameMapping reports whether a and b are the same mapping as far as the
 // kernel can tell: Created is kept to the second.
 func sameMapping(a, b rules.Mapping) bool {
-	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public &&
+	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public && a.Dialed == b.Dialed &&
 		a.Target == b.Target && a.SNAT == b.SNAT && a.Created.Unix() == b.Created.Unix()
 }
