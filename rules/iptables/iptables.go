@@ -29,7 +29,9 @@
 //
 // A mapping admits one connection, the first (see mappingRules): its DNAT
 // rule DNATs only a client not yet in an xt_recent list of the mapping's
-// own, and adds the client to it as it DNATs. The kernel does it alone, so
+// own, and adds the client to it as it DNATs. A mapping with a Dialed
+// address has a second set of rules for it, whose DNAT rule names the
+// same list, so that one connection, to either address, uses it up. The kernel does it alone, so
 // no window is left for a userspace round trip; a used mapping stays
 // installed until Remove, which treats it like any other.
 //
@@ -714,31 +716,47 @@ func (b *Backend) Flush(ctx context.Context) error {
 }
 
 // conflict returns an installed mapping that m duplicates: same ID, or same
-// source and public address.
+// source and public address (Public's or Dialed's, either way round).
 func (b *Backend) conflict(m rules.Mapping) (rules.Mapping, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if o, ok := b.idx[m.ID]; ok {
 		return o, true
 	}
-	if id, ok := b.bySP[srcPub{m.Source, m.Public}]; ok {
-		return b.idx[id], true
+	for _, k := range spKeys(m) {
+		if id, ok := b.bySP[k]; ok {
+			return b.idx[id], true
+		}
 	}
 	return rules.Mapping{}, false
+}
+
+// spKeys are the keys of m in bySP: one per gateway address that admits
+// its connection.
+func spKeys(m rules.Mapping) []srcPub {
+	ks := []srcPub{{m.Source, m.Public}}
+	if m.Dialed.IsValid() {
+		ks = append(ks, srcPub{m.Source, netip.AddrPortFrom(m.Dialed, m.Public.Port())})
+	}
+	return ks
 }
 
 func (b *Backend) add(m rules.Mapping) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.idx[m.ID] = m
-	b.bySP[srcPub{m.Source, m.Public}] = m.ID
+	for _, k := range spKeys(m) {
+		b.bySP[k] = m.ID
+	}
 }
 
 func (b *Backend) del(m rules.Mapping) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.idx, m.ID)
-	delete(b.bySP, srcPub{m.Source, m.Public})
+	for _, k := range spKeys(m) {
+		delete(b.bySP, k)
+	}
 	delete(b.spent, m.ID)
 }
 
@@ -770,6 +788,6 @@ func (b *Backend) sortedIndex() []rules.Mapping {
 // sameMapping reports whether a and b are the same mapping as far as the
 // kernel can tell: Created is kept to the second.
 func sameMapping(a, b rules.Mapping) bool {
-	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public &&
+	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public && a.Dialed == b.Dialed &&
 		a.Target == b.Target && a.SNAT == b.SNAT && a.Created.Unix() == b.Created.Unix()
 }
