@@ -635,7 +635,13 @@ func (b *Backend) tableExists(ctx context.Context, o *objects) (bool, error) {
 func (b *Backend) deleteEach(ctx context.Context, o *objects, el elems) (int, error) {
 	n := 0
 	var errs []error
-	for _, one := range []elems{{unused: el.unused}, {dnat: el.dnat}, {snat: el.snat}} {
+	ones := []elems{{unused: el.unused}, {snat: el.snat}}
+	for _, d := range el.dnat {
+		// A mapping's two dnat elements (Public's and Dialed's) one at a
+		// time too.
+		ones = append(ones, elems{dnat: []nftables.SetElement{d}})
+	}
+	for _, one := range ones {
 		if len(one.dnat)+len(one.snat)+len(one.unused) == 0 {
 			continue
 		}
