@@ -714,9 +714,8 @@ func (b *Backend) Flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-
 // conflict returns the ID of an installed mapping that m duplicates: same
-// ID, or same source and public address.
+// ID, or same source and public address (Public's or Dialed's).
 func (b *Backend) conflict(m rules.Mapping) (string, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

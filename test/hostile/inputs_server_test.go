@@ -115,7 +115,7 @@ func serverEntries() []entry {
 			inv: "no mapping", script: afterVerb("EPSV", sendThenServe("229 Entering Extended Passive Mode (|||70000|)\r\n")),
 			run: cmdThen("EPSV", wantReply("425"))},
 		{id: "S19", side: "server", input: "ABOR after Telnet Synch", want: "226",
-			ref: "the DM as urgent data at the server: TestSynchSentUrgent (proxy), TestAsyncAbort (test/interop, vsftpd async_abor_enable=YES)",
+			ref:    "the DM as urgent data at the server: TestSynchSentUrgent (proxy), TestAsyncAbort (test/interop, vsftpd async_abor_enable=YES)",
 			script: aborScript, run: aborSynch},
 		{id: "S20", side: "server", input: "server stalls: PASV never answered", want: "421 at idle-timeout, closed",
 			script: afterPASV(func(s *sconn) { s.until("\x00never") }), run: pasvThen(closedAfter("421"))},
