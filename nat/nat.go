@@ -137,6 +137,10 @@ type Request struct {
 	Source netip.Addr
 	// Public is the gateway address the data connection will be made to.
 	Public netip.Addr
+	// Dialed, if valid, is a second gateway address that admits the data
+	// connection on the same port (rules.Mapping.Dialed): the address the
+	// client dialed, for clients that ignore the 227's address.
+	Dialed netip.Addr
 	// Target is where the data connection is forwarded.
 	Target netip.AddrPort
 	// SNAT, if valid, is the source address given to the forwarded connection.
@@ -345,6 +349,7 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 			ID:      t.newID(),
 			Source:  req.Source,
 			Public:  netip.AddrPortFrom(req.Public, port),
+			Dialed:  req.Dialed,
 			Target:  req.Target,
 			SNAT:    req.SNAT,
 			Created: now.Truncate(time.Second),
@@ -387,9 +392,13 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 	t.opened++
 	m.timer = time.AfterFunc(t.cfg.ConnectTimeout, func() { m.release(ReasonConnectTimeout, true) })
 	t.mu.Unlock()
-	t.log.Info("mapping opened", "session", req.Session, "id", m.ID, "source", req.Source,
-		"public", m.Public, "target", req.Target, "snat", req.SNAT,
+	attrs := []any{"session", req.Session, "id", m.ID, "source", req.Source, "public", m.Public}
+	if req.Dialed.IsValid() {
+		attrs = append(attrs, "dialed", req.Dialed)
+	}
+	attrs = append(attrs, "target", req.Target, "snat", req.SNAT,
 		"install_ms", float64(time.Since(start).Microseconds())/1000)
+	t.log.Info("mapping opened", attrs...)
 	return m, nil
 }
 

@@ -101,17 +101,25 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 	}
 	public := local.Addr()
 	match := local.Addr()
+	var dialed netip.Addr
 	if pub := s.srv.publicAddr(); code == ftp.CodeEnteringPassive && pub.IsValid() {
 		public = pub
 		if s.srv.IsLocal == nil || s.srv.IsLocal(public) {
 			match = public
+			// Some clients ignore the 227's address and connect back to
+			// the one they dialed (curl by default, Python ftplib, lftp's
+			// ftp:fix-pasv-address): the mapping admits them there too,
+			// on the same port, still once.
+			if d := local.Addr(); d != match && d.Is4() == match.Is4() && (s.srv.IsLocal == nil || s.srv.IsLocal(d)) {
+				dialed = d
+			}
 		}
 	}
 	if code == ftp.CodeEnteringPassive && !public.Is4() {
 		s.log.Warn("passive reply refused: no IPv4 public address for 227", "public", public)
 		return cant(), nil
 	}
-	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Target: backend, Client: s.peer}
+	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Dialed: dialed, Target: backend, Client: s.peer}
 	if st.SNAT {
 		req.SNAT = addrPortOf(s.server.LocalAddr()).Addr()
 	}

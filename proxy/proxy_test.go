@@ -93,6 +93,11 @@ func TestPASVRewriteExactReply(t *testing.T) {
 		m.Target.Addr() != netip.MustParseAddr(serverAddr) || m.SNAT != netip.MustParseAddr("127.0.0.1") {
 		t.Fatalf("mapping %v: want client %s -> %v => %s:P with SNAT to pasvgate's upstream address", m, clientDial, ap, serverAddr)
 	}
+	// Clients that ignore the 227's address connect back to the one
+	// they dialed: the mapping admits them there too.
+	if m.Dialed != netip.MustParseAddr(clientDial) {
+		t.Fatalf("mapping %v: want the dialed address %s as its second address", m, clientDial)
+	}
 	if strings.Contains(got, "127,0,0,2") {
 		t.Fatalf("the server's address leaked: %q", got)
 	}
@@ -124,8 +129,8 @@ func TestEPSVRewrite(t *testing.T) {
 	ms, _ := h.backend.List(t.Context())
 	// EPSV clients connect to the address they dialed, so that is what the
 	// mapping must match, whatever --public-addr says.
-	if len(ms) != 1 || ms[0].Public != netip.AddrPortFrom(netip.MustParseAddr(clientDial), port) {
-		t.Fatalf("installed %v, want %s:%d", ms, clientDial, port)
+	if len(ms) != 1 || ms[0].Public != netip.AddrPortFrom(netip.MustParseAddr(clientDial), port) || ms[0].Dialed.IsValid() {
+		t.Fatalf("installed %v, want %s:%d and no second address", ms, clientDial, port)
 	}
 }
 

@@ -33,6 +33,14 @@ type Mapping struct {
 	Source netip.Addr
 	// Public is the gateway address and port the data connection is made to.
 	Public netip.AddrPort
+	// Dialed, when valid, is a second gateway address that admits the data
+	// connection on Public's port: the address the client dialed for its
+	// control connection, for clients that ignore the address of a 227 and
+	// connect back to the one they dialed (curl by default, Python ftplib,
+	// lftp's ftp:fix-pasv-address). It must differ from Public's address.
+	// The mapping stays one-shot across both addresses: it admits one
+	// connection, the first, whichever address it arrives at.
+	Dialed netip.Addr
 	// Target is where the kernel forwards the data connection.
 	Target netip.AddrPort
 	// SNAT, when valid, is the source address the forwarded connection is
@@ -51,6 +59,9 @@ func (m Mapping) Is6() bool { return m.Public.Addr().Is6() }
 // String formats a mapping for logs.
 func (m Mapping) String() string {
 	s := fmt.Sprintf("%s %s->%s=>%s", m.ID, m.Source, m.Public, m.Target)
+	if m.Dialed.IsValid() {
+		s += " dialed " + m.Dialed.String()
+	}
 	if m.SNAT.IsValid() {
 		s += " snat " + m.SNAT.String()
 	}
@@ -92,7 +103,8 @@ func ValidID(id string) bool {
 // Validate checks a mapping before any backend acts on it: a usable ID,
 // valid unzoned addresses all of one family (an IPv4-mapped IPv6 address
 // counts as IPv6 and is refused, so that a 227 can never produce an ip6tables
-// rule or the reverse), and non-zero ports.
+// rule or the reverse), non-zero ports, and a Dialed address, if any, other
+// than Public's.
 func (m Mapping) Validate() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w %q: %s", ErrInvalid, m.ID, fmt.Sprintf(format, a...))
@@ -109,6 +121,12 @@ func (m Mapping) Validate() error {
 			name string
 			a    netip.Addr
 		}{"snat", m.SNAT})
+	}
+	if m.Dialed.IsValid() {
+		addrs = append(addrs, struct {
+			name string
+			a    netip.Addr
+		}{"dialed", m.Dialed})
 	}
 	is4 := m.Public.Addr().Is4()
 	for _, x := range addrs {
@@ -127,6 +145,9 @@ func (m Mapping) Validate() error {
 	}
 	if m.Public.Port() == 0 || m.Target.Port() == 0 {
 		return bad("port 0")
+	}
+	if m.Dialed == m.Public.Addr() {
+		return bad("dialed address %s is the public one", m.Dialed)
 	}
 	return nil
 }

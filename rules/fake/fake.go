@@ -103,13 +103,31 @@ func (b *Backend) install(m rules.Mapping) error {
 		}
 	}
 	for _, o := range b.installed {
-		if o.ID == m.ID || (o.Source == m.Source && o.Public == m.Public) {
+		if o.ID == m.ID || o.Source == m.Source && sharesAddr(o, m) {
 			return fmt.Errorf("installing %s: %w (as %s)", m.ID, rules.ErrExists, o.ID)
 		}
 	}
 	b.installed[m.ID] = m
 	b.notify()
 	return nil
+}
+
+// sharesAddr reports whether a and b admit connections to one gateway
+// address and port: Public or Dialed, either way round.
+func sharesAddr(a, b rules.Mapping) bool {
+	addrs := func(m rules.Mapping) []netip.AddrPort {
+		out := []netip.AddrPort{m.Public}
+		if m.Dialed.IsValid() {
+			out = append(out, netip.AddrPortFrom(m.Dialed, m.Public.Port()))
+		}
+		return out
+	}
+	for _, x := range addrs(a) {
+		if slices.Contains(addrs(b), x) {
+			return true
+		}
+	}
+	return false
 }
 
 // Remove deletes m; m must match what was installed under its ID exactly.
@@ -148,7 +166,8 @@ func (b *Backend) Connect(from netip.Addr, to netip.AddrPort) (rules.Mapping, bo
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for id, m := range b.installed {
-		if m.Source == from && m.Public == to && !b.used[id] {
+		dialed := m.Dialed.IsValid() && netip.AddrPortFrom(m.Dialed, m.Public.Port()) == to
+		if m.Source == from && (m.Public == to || dialed) && !b.used[id] {
 			b.used[id] = true
 			return m, true
 		}

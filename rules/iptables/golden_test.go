@@ -161,10 +161,11 @@ func lineDiff(want, got string) string {
 	return out.String()
 }
 
-// goldenMappings are installed by the golden test: IPv4 with and without
-// SNAT, and IPv6.
+// goldenMappings are installed by the golden test: IPv4 with SNAT and a
+// Dialed address, IPv4 without either, and IPv6.
 func goldenMappings() []rules.Mapping {
 	m1 := rulestest.Sample("m-1", 40001)
+	m1.Dialed = netip.MustParseAddr("203.0.113.1")
 	m2 := rulestest.Sample("m-2", 40002)
 	m2.Source = netip.MustParseAddr("203.0.113.20")
 	m2.SNAT = netip.Addr{}

@@ -29,7 +29,9 @@
 //
 // A mapping admits one connection, the first (see mappingRules): its DNAT
 // rule DNATs only a client not yet in an xt_recent list of the mapping's
-// own, and adds the client to it as it DNATs. The kernel does it alone, so
+// own, and adds the client to it as it DNATs. A mapping with a Dialed
+// address has a second set of rules for it, whose DNAT rule names the
+// same list, so that one connection, to either address, uses it up. The kernel does it alone, so
 // no window is left for a userspace round trip; a used mapping stays
 // installed until Remove, which treats it like any other.
 //
@@ -407,7 +409,7 @@ func (b *Backend) Setup(ctx context.Context) error {
 		}
 	}
 	b.mu.Lock()
-	b.idx = mapindex.New(func(m rules.Mapping) rules.Mapping { return m }, srcPubOf)
+	b.idx = mapindex.New(func(m rules.Mapping) rules.Mapping { return m }, spKeys)
 	b.spent = map[string]bool{}
 	b.mu.Unlock()
 	b.ics = intercept.Set{}
@@ -712,17 +714,24 @@ func (b *Backend) Flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// srcPubOf is the one key a mapping takes in idx: a second mapping from
-// the same source to the same public address would make its DNAT rule
-// unreachable.
-func srcPubOf(m rules.Mapping) []srcPub { return []srcPub{{m.Source, m.Public}} }
-
 // conflict returns the ID of an installed mapping that m duplicates: same
-// ID, or same source and public address.
+// ID, or same source and public address (Public's or Dialed's).
 func (b *Backend) conflict(m rules.Mapping) (string, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.idx.Conflict(m)
+}
+
+// spKeys are the keys of m in idx, one per gateway address that admits
+// its connection: a second mapping from the same source to the same
+// public address (Public's or Dialed's) would make its DNAT rule
+// unreachable.
+func spKeys(m rules.Mapping) []srcPub {
+	ks := []srcPub{{m.Source, m.Public}}
+	if m.Dialed.IsValid() {
+		ks = append(ks, srcPub{m.Source, netip.AddrPortFrom(m.Dialed, m.Public.Port())})
+	}
+	return ks
 }
 
 func (b *Backend) add(m rules.Mapping) {

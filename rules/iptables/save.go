@@ -273,6 +273,10 @@ func (st *saved) mappings() []rules.Mapping {
 				m = &rules.Mapping{ID: id, Created: created}
 				byID[id] = m
 			}
+			if slices.Contains(strings.Fields(r.opt("--comment")), dialedWord) {
+				r.fillDialed(m)
+				continue
+			}
 			r.fill(m)
 		}
 	}
@@ -312,6 +316,20 @@ func (r savedRule) fill(m *rules.Mapping) {
 	case ChainAdmit:
 		setAddrPort(&m.Target, parseHost(r.opt("-d")), r.opt("--dport"))
 		setAddrPort(&m.Public, parseHost(r.opt("--ctorigdst")), r.opt("--ctorigdstport"))
+	}
+}
+
+// fillDialed sets m.Dialed from a rule of m's Dialed address, unless m
+// has it already.
+func (r savedRule) fillDialed(m *rules.Mapping) {
+	if m.Dialed.IsValid() {
+		return
+	}
+	switch r.jumpsTo() {
+	case "DNAT":
+		m.Dialed = parseHost(r.opt("-d"))
+	case "SNAT", ChainAdmit:
+		m.Dialed = parseHost(r.opt("--ctorigdst"))
 	}
 }
 

@@ -229,10 +229,33 @@ func fullMask(a netip.Addr) string {
 // (two first packets crossing PREROUTING on two CPUs before either reaches
 // POSTROUTING); pasvgate's own FORWARD accept is the first rule of FORWARD,
 // so that drop does not happen unless someone puts a rule above it.
+//
+// A mapping with a Dialed address has the same three rules once more for
+// that address, on the same port and with the same xt_recent list.
 func mappingRules(m rules.Mapping) []rule {
-	comment := []string{"-m", "comment", "--comment", mappingComment(m)}
+	out := addrRules(m, m.Public.Addr(), mappingComment(m))
+	if m.Dialed.IsValid() {
+		// The Dialed address's rules name the same xt_recent list as
+		// Public's, so that the first connection to either address uses
+		// the mapping up for both. Their comment tells them apart.
+		out = append(out, addrRules(m, m.Dialed, mappingComment(m)+" "+dialedWord)...)
+	}
+	// Install order: filter, then SNAT, then DNAT, whatever the address.
+	order := map[string]int{ChainForward: 0, ChainSNAT: 1, ChainDNAT: 2}
+	slices.SortStableFunc(out, func(a, b rule) int { return order[a.chain] - order[b.chain] })
+	return out
+}
+
+// dialedWord ends the comment of the rules of a mapping's Dialed
+// address.
+const dialedWord = "via=dialed"
+
+// addrRules are the rules that admit m's connection to gateway address
+// pub on m's public port, with the given comment.
+func addrRules(m rules.Mapping, pubAddr netip.Addr, mc string) []rule {
+	comment := []string{"-m", "comment", "--comment", mc}
 	src, tgt := host(m.Source), host(m.Target.Addr())
-	pub, pubPort := m.Public.Addr().String(), strconv.Itoa(int(m.Public.Port()))
+	pub, pubPort := pubAddr.String(), strconv.Itoa(int(m.Public.Port()))
 	tport := strconv.Itoa(int(m.Target.Port()))
 
 	fwd := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
@@ -251,7 +274,7 @@ func mappingRules(m rules.Mapping) []rule {
 		r := append([]string{"-m", "recent"}, op...)
 		return append(r, "--name", recentName(m), "--mask", fullMask(m.Source), "--rsource")
 	}
-	dnat := []string{"-s", src, "-d", host(m.Public.Addr()), "-p", "tcp", "-m", "tcp", "--dport", pubPort}
+	dnat := []string{"-s", src, "-d", host(pubAddr), "-p", "tcp", "-m", "tcp", "--dport", pubPort}
 	dnat = append(append(append(dnat, recent("!", "--rcheck")...), recent("--set")...), comment...)
 	dnat = append(dnat, "-j", "DNAT", "--to-destination", m.Target.String())
 	return append(out, rule{tableNAT, ChainDNAT, dnat})

@@ -17,7 +17,14 @@ import (
 // connection comes, and, when it has SNAT, one of SetSNAT. Each carries
 // the kernel timeout; those of the maps carry the same comment,
 // "id=ID created=UNIX-SECONDS", from which List rebuilds the mapping after
-// a restart.
+// a restart. A mapping with a Dialed address has a second element of
+// SetDNAT, keyed on Dialed, whose comment ends in dialedWord; it shares
+// the one SetUnused element, keyed on source and port only, so whichever
+// address the first connection arrives at uses the mapping up for both.
+
+// dialedWord marks the comment of the SetDNAT element of a mapping's
+// Dialed address.
+const dialedWord = "via=dialed"
 
 // elems are one mapping's elements.
 type elems struct {
@@ -33,6 +40,12 @@ func port(p uint16) []byte {
 // pubKey is the SetDNAT key of m.
 func pubKey(m rules.Mapping) []byte {
 	k := append(m.Source.AsSlice(), m.Public.Addr().AsSlice()...)
+	return append(k, port(m.Public.Port())...)
+}
+
+// dialedKey is the SetDNAT key of m's Dialed address.
+func dialedKey(m rules.Mapping) []byte {
+	k := append(m.Source.AsSlice(), m.Dialed.AsSlice()...)
 	return append(k, port(m.Public.Port())...)
 }
 
@@ -59,8 +72,12 @@ func comment(m rules.Mapping) string {
 
 // parseComment reads back what comment wrote. Words it does not know are
 // ignored, so that a later version may add some.
-func parseComment(c string) (id string, created time.Time, ok bool) {
+func parseComment(c string) (id string, created time.Time, dialed, ok bool) {
 	for _, w := range strings.Fields(c) {
+		if w == dialedWord {
+			dialed = true
+			continue
+		}
 		k, v, _ := strings.Cut(w, "=")
 		switch k {
 		case "id":
@@ -71,7 +88,7 @@ func parseComment(c string) (id string, created time.Time, ok bool) {
 			}
 		}
 	}
-	return id, created, rules.ValidID(id)
+	return id, created, dialed, rules.ValidID(id)
 }
 
 // elementsOf makes m's elements with the given kernel timeout (whole
@@ -80,11 +97,12 @@ func parseComment(c string) (id string, created time.Time, ok bool) {
 func elementsOf(m rules.Mapping, timeout time.Duration) elems {
 	timeout = max(timeout.Truncate(time.Millisecond), time.Millisecond)
 	c := comment(m)
+	val := append(m.Target.Addr().AsSlice(), port(m.Target.Port())...)
 	e := elems{
-		dnat: []nftables.SetElement{{
-			Key: pubKey(m), Val: append(m.Target.Addr().AsSlice(), port(m.Target.Port())...),
-			Timeout: timeout, Comment: c,
-		}},
+		dnat: []nftables.SetElement{{Key: pubKey(m), Val: val, Timeout: timeout, Comment: c}},
+	}
+	if m.Dialed.IsValid() {
+		e.dnat = append(e.dnat, nftables.SetElement{Key: dialedKey(m), Val: val, Timeout: timeout, Comment: c + " " + dialedWord})
 	}
 	if m.SNAT.IsValid() {
 		e.snat = []nftables.SetElement{{Key: snatKey(m), Val: m.SNAT.AsSlice(), Timeout: timeout, Comment: c}}
@@ -124,14 +142,19 @@ func readPort(b []byte, off *int) (uint16, error) {
 }
 
 // decodeDNAT rebuilds a mapping, without SNAT, from an element of
-// SetDNAT.
-func (f *family) decodeDNAT(e nftables.SetElement) (rules.Mapping, error) {
-	var m rules.Mapping
-	id, created, ok := parseComment(e.Comment)
+// SetDNAT. For the element of a Dialed address (dialed), the address it
+// holds is in m.Public.
+func (f *family) decodeDNAT(e nftables.SetElement) (m rules.Mapping, dialed bool, err error) {
+	id, created, dialed, ok := parseComment(e.Comment)
 	if !ok {
-		return m, fmt.Errorf("element without a pasvgate id (comment %q)", e.Comment)
+		return m, dialed, fmt.Errorf("element without a pasvgate id (comment %q)", e.Comment)
 	}
-	m.ID, m.Created = id, created
+	m, err = f.decodeDNATKey(e, id, created)
+	return m, dialed, err
+}
+
+func (f *family) decodeDNATKey(e nftables.SetElement, id string, created time.Time) (rules.Mapping, error) {
+	m := rules.Mapping{ID: id, Created: created}
 	var err error
 	off := 0
 	var pub netip.Addr

@@ -71,9 +71,9 @@ func TestRoundTrip(t *testing.T) {
 			f = fam6
 		}
 		el := elementsOf(m, time.Minute)
-		got, err := f.decodeDNAT(el.dnat[0])
-		if err != nil {
-			t.Fatalf("%v: %v", m, err)
+		got, dialed, err := f.decodeDNAT(el.dnat[0])
+		if err != nil || dialed {
+			t.Fatalf("%v: %v (dialed %v)", m, err, dialed)
 		}
 		if len(el.snat) != 0 {
 			k, a, err := f.decodeSNAT(el.snat[0])
@@ -85,6 +85,25 @@ func TestRoundTrip(t *testing.T) {
 		if !mapindex.Same(got, m) || got.Created.IsZero() != m.Created.IsZero() {
 			t.Errorf("decoded %v (created %v), want %v (created %v)", got, got.Created, m, m.Created)
 		}
+	}
+}
+
+// TestDialedElement checks that a mapping with a Dialed address has a
+// second dnat element for that address, marked as such, with the same
+// target, and shares the mapping's one unused element.
+func TestDialedElement(t *testing.T) {
+	m := rulestest.Sample("m-d", 40001)
+	m.Dialed = netip.MustParseAddr("203.0.113.3")
+	el := elementsOf(m, time.Minute)
+	if len(el.dnat) != 2 || len(el.unused) != 1 || len(el.snat) != 1 {
+		t.Fatalf("elements: %d dnat, %d unused, %d snat; want 2, 1, 1", len(el.dnat), len(el.unused), len(el.snat))
+	}
+	got, dialed, err := fam4.decodeDNAT(el.dnat[1])
+	if err != nil || !dialed {
+		t.Fatalf("second dnat element: %v, dialed %v", err, dialed)
+	}
+	if got.ID != m.ID || got.Source != m.Source || got.Public != netip.AddrPortFrom(m.Dialed, m.Public.Port()) || got.Target != m.Target {
+		t.Errorf("second dnat element decodes as %v", got)
 	}
 }
 
@@ -102,7 +121,7 @@ func TestParseComment(t *testing.T) {
 		{"", "", 0, false},
 		{"hand-made element", "", 0, false},
 	} {
-		id, created, ok := parseComment(c.in)
+		id, created, _, ok := parseComment(c.in)
 		if ok != c.ok || ok && (id != c.id || (c.created == 0) != created.IsZero() || c.created != 0 && created.Unix() != c.created) {
 			t.Errorf("parseComment(%q) = %q, %v, %v", c.in, id, created, ok)
 		}

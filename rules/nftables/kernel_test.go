@@ -65,8 +65,8 @@ func golden(t *testing.T, name, got string) {
 }
 
 // TestRuleset pins what an operator sees in `nft list ruleset` after
-// Setup and after one IPv4 mapping with SNAT and one IPv6 mapping
-// without, and checks that removing them gives back the first.
+// Setup and after one IPv4 mapping with SNAT and a Dialed address and one
+// IPv6 mapping without either, and checks that removing them gives back the first.
 func TestRuleset(t *testing.T) {
 	requireNFT(t)
 	ctx := context.Background()
@@ -74,6 +74,7 @@ func TestRuleset(t *testing.T) {
 	base := stableRuleset(t, ns)
 	golden(t, "setup.golden", base)
 	m4, m6 := rulestest.Sample("m-1", 40001), rulestest.Sample6("m-2", 40002)
+	m4.Dialed = netip.MustParseAddr("203.0.113.1")
 	for _, m := range []rules.Mapping{m4, m6} {
 		if err := b.Install(ctx, m); err != nil {
 			t.Fatal(err)
@@ -99,6 +100,7 @@ func TestSavedRulesetLoads(t *testing.T) {
 	ctx := context.Background()
 	ns, b := ready(t, Config{})
 	m4, m6 := rulestest.Sample("m-1", 40001), rulestest.Sample6("m-2", 40002)
+	m4.Dialed = netip.MustParseAddr("203.0.113.1")
 	for _, m := range []rules.Mapping{m4, m6} {
 		if err := b.Install(ctx, m); err != nil {
 			t.Fatal(err)

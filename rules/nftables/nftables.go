@@ -32,7 +32,11 @@
 // elements, added with one netlink batch: (Source . Public address .
 // Public port) -> Target in dnat_map, (Source . Public port) in
 // unused_set, and, when the mapping has SNAT, (Source . Target . Public
-// port) -> SNAT in snat_map. No rule is added per transfer.
+// port) -> SNAT in snat_map. A mapping with a Dialed address has one more
+// dnat_map element, (Source . Dialed . Public port) -> Target: the
+// unused_set and snat_map keys hold no gateway address, so both
+// addresses share them, and the first connection to either uses the
+// mapping up for both. No rule is added per transfer.
 //
 // A mapping admits one connection, the first, like the kernel FTP
 // helper's expectations: the prerouting and output rules DNAT and mark
@@ -629,7 +633,13 @@ func (b *Backend) tableExists(ctx context.Context, o *objects) (bool, error) {
 func (b *Backend) deleteEach(ctx context.Context, o *objects, el elems) (int, error) {
 	n := 0
 	var errs []error
-	for _, one := range []elems{{unused: el.unused}, {dnat: el.dnat}, {snat: el.snat}} {
+	ones := []elems{{unused: el.unused}, {snat: el.snat}}
+	for _, d := range el.dnat {
+		// A mapping's two dnat elements (Public's and Dialed's) one at a
+		// time too.
+		ones = append(ones, elems{dnat: []nftables.SetElement{d}})
+	}
+	for _, one := range ones {
 		if len(one.dnat)+len(one.snat)+len(one.unused) == 0 {
 			continue
 		}
@@ -747,14 +757,30 @@ func (b *Backend) list(ctx context.Context) ([]rules.Mapping, error) {
 			}
 			snatOf[k] = a
 		}
+		// A Dialed address's element joins its mapping's by ID; one
+		// whose main element is gone is reported on its own.
+		dialedOf := map[string]netip.Addr{}
+		var ms []rules.Mapping
 		for _, e := range dnat {
-			m, err := o.f.decodeDNAT(e)
+			m, dialed, err := o.f.decodeDNAT(e)
 			if err != nil {
 				b.log.Warn("ignoring an element that is not a pasvgate mapping", "family", o.f.nft, "map", o.dnat.Name, "err", err)
 				continue
 			}
+			if dialed {
+				dialedOf[m.ID] = m.Public.Addr()
+				continue
+			}
+			ms = append(ms, m)
+		}
+		for _, m := range ms {
 			m.SNAT = snatOf[string(snatKey(m))]
+			m.Dialed = dialedOf[m.ID]
+			delete(dialedOf, m.ID)
 			out = append(out, m)
+		}
+		for id := range dialedOf {
+			b.log.Warn("ignoring a dialed-address element whose mapping is gone", "family", o.f.nft, "map", o.dnat.Name, "mapping", id)
 		}
 	}
 	slices.SortFunc(out, func(a, b rules.Mapping) int { return strings.Compare(a.ID, b.ID) })
@@ -801,5 +827,10 @@ func (b *Backend) Flush(ctx context.Context) error {
 // would be SNATed, and its SetUnused key (same source and public port),
 // because one mapping's first connection would use up the other.
 func indexKeys(m rules.Mapping) []string {
-	return []string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
+	ks := []string{"d" + string(pubKey(m)), "s" + string(snatKey(m)), "u" + string(unusedKey(m))}
+	if m.Dialed.IsValid() {
+		// The Dialed element is a dnat key like any other.
+		ks = append(ks, "d"+string(dialedKey(m)))
+	}
+	return ks
 }

@@ -113,6 +113,36 @@ func Run(t *testing.T, newBackend func(t *testing.T) rules.Backend, opt Options)
 		}
 	})
 
+	t.Run("Dialed", func(t *testing.T) {
+		b := ready(t)
+		m := Sample("m-d1", 40005)
+		m.Dialed = netip.MustParseAddr("203.0.113.1")
+		if err := b.Install(ctx, m); err != nil {
+			t.Fatalf("Install: %v", err)
+		}
+		if got := list(t, b); len(got) != 1 || got[0].Dialed != m.Dialed || got[0].Public != m.Public {
+			t.Fatalf("List = %v, want [%v]", got, m)
+		}
+		// Another mapping announcing m's dialed address for the same
+		// client and port would admit the same connections.
+		dup := Sample("m-d2", 40005)
+		dup.Public = netip.AddrPortFrom(m.Dialed, m.Public.Port())
+		if err := b.Install(ctx, dup); !errors.Is(err, rules.ErrExists) {
+			t.Errorf("Install on another mapping's dialed address = %v, want ErrExists", err)
+		}
+		bad := Sample("m-d3", 40006)
+		bad.Dialed = bad.Public.Addr()
+		if err := b.Install(ctx, bad); !errors.Is(err, rules.ErrInvalid) {
+			t.Errorf("Install with Dialed equal to Public = %v, want ErrInvalid", err)
+		}
+		if err := b.Remove(ctx, m); err != nil {
+			t.Fatalf("Remove: %v", err)
+		}
+		if got := list(t, b); len(got) != 0 {
+			t.Fatalf("List after remove = %v, want none", got)
+		}
+	})
+
 	t.Run("Duplicates", func(t *testing.T) {
 		b := ready(t)
 		m := Sample("m-c1", 40003)

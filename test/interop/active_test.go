@@ -58,6 +58,19 @@ type revPart struct {
 	cmds []string
 	// clients, if not nil, replaces the selected clients for this part.
 	clients []string
+	// ops, if not nil, limits the operations of this part's clients.
+	ops []lab.Op
+	// ignore: the part's clients ignore the 227's address (rcell.ignore).
+	ignore bool
+}
+
+// opsOf lists what client does in this part.
+func (p revPart) opsOf(client string) []lab.Op {
+	ops := opsOf(client)
+	if p.ops != nil {
+		ops = slices.DeleteFunc(slices.Clone(ops), func(op lab.Op) bool { return !slices.Contains(p.ops, op) })
+	}
+	return ops
 }
 
 var gridHead = []string{"family", "server", "client", "cmd"}
@@ -87,10 +100,10 @@ func (s revSuite) run(t *testing.T) {
 		for _, kind := range servers {
 			for _, cl := range s.clientsOf(p, kind) {
 				for _, cmd := range p.cmds {
-					c := rcell{side: p.side, server: kind, client: cl, cmd: cmd}
+					c := rcell{side: p.side, server: kind, client: cl, cmd: cmd, ignore: p.ignore}
 					g.Row(c.row()...)
 					for _, op := range lab.Ops {
-						if !slices.Contains(opsOf(cl), op) {
+						if !slices.Contains(p.opsOf(cl), op) {
 							g.Set(c.row(), string(op), lab.StatusNone, "", 0)
 						}
 					}
@@ -145,8 +158,8 @@ func (s revSuite) runServer(t *testing.T, name string, tl tools, g *lab.Grid) {
 		for _, p := range s.parts {
 			for _, cl := range s.clientsOf(p, name) {
 				for _, cmd := range p.cmds {
-					c := rcell{side: p.side, server: name, client: cl, cmd: cmd}
-					for _, op := range opsOf(cl) {
+					c := rcell{side: p.side, server: name, client: cl, cmd: cmd, ignore: p.ignore}
+					for _, op := range p.opsOf(cl) {
 						g.Set(c.row(), string(op), status, why, 0)
 					}
 				}
@@ -196,9 +209,9 @@ func (s revSuite) runServer(t *testing.T, name string, tl tools, g *lab.Grid) {
 	for _, p := range s.parts {
 		for _, cl := range s.clientsOf(p, name) {
 			for _, cmd := range p.cmds {
-				for _, op := range opsOf(cl) {
-					c := rcell{side: p.side, server: name, client: cl, cmd: cmd, op: op}
-					t.Run(p.side.name+"/"+cl+"/"+cmd+"/"+string(op), func(t *testing.T) {
+				for _, op := range p.opsOf(cl) {
+					c := rcell{side: p.side, server: name, client: cl, cmd: cmd, op: op, ignore: p.ignore}
+					t.Run(p.side.name+"/"+c.clientName()+"/"+cmd+"/"+string(op), func(t *testing.T) {
 						if p.side.name == side6.name && srv.Addr6 == "" {
 							why := kind + " listens on one address: IPv4 only in the lab"
 							g.Set(c.row(), string(op), lab.StatusSkip, why, 0)

@@ -20,7 +20,7 @@
 // client's network could not use the data port and that no mapping is left
 // once the transfer is over.
 //
-// Three more suites run pasvgate cells only (they skip when the pasvgate
+// More suites run pasvgate cells only (they skip when the pasvgate
 // mode is not selected), each printing a table with every cell's time:
 //
 //   - TestActive: reverse mode, active FTP (PORT, EPRT) against vsftpd's
@@ -30,6 +30,10 @@
 //     both families (ipv6_test.go);
 //   - TestBounce: PORT/EPRT bounce attempts and wrong-family commands,
 //     refused and never forwarded (bounce_test.go);
+//   - TestIgnore227Address: curl and Python ftplib with their defaults,
+//     which ignore the 227's address and connect to the one they dialed,
+//     through pasvgate announcing its second public address
+//     (ignore227_test.go);
 //   - TestVerbSmuggling: PORT/EPRT with the verb ended by a TAB, VT or FF,
 //     sent to ProFTPD, pure-ftpd and vsftpd directly (what each server
 //     makes of them) and through pasvgate (refused, never forwarded), and

@@ -88,13 +88,24 @@ type rcell struct {
 	client string
 	cmd    string
 	op     lab.Op
+	// ignore: the client ignores the 227's address and connects to the
+	// one it dialed (lab.Transfer.IgnorePASVAddr).
+	ignore bool
 }
 
 func (c rcell) active() bool   { return c.cmd == cmdPORT || c.cmd == cmdEPRT }
 func (c rcell) extended() bool { return c.cmd == cmdEPSV || c.cmd == cmdEPRT }
-func (c rcell) row() []string  { return []string{c.side.name, c.server, c.client, c.cmd} }
+func (c rcell) row() []string  { return []string{c.side.name, c.server, c.clientName(), c.cmd} }
 func (c rcell) String() string {
-	return fmt.Sprintf("%s/%s/%s/%s/%s", c.side.name, c.server, c.client, c.cmd, c.op)
+	return fmt.Sprintf("%s/%s/%s/%s/%s", c.side.name, c.server, c.clientName(), c.cmd, c.op)
+}
+
+// clientName is the client as reports name it.
+func (c rcell) clientName() string {
+	if c.ignore {
+		return c.client + "-ignoring-227-addr"
+	}
+	return c.client
 }
 
 // revEnv is one server's gateway lab with pasvgate in front of it.
@@ -169,7 +180,7 @@ func (e *revEnv) check(t *testing.T, c rcell, client lab.Client) (fails, notes [
 
 	base := strings.ReplaceAll(c.String(), "/", "-")
 	tr := lab.Transfer{NS: l.Client, Host: c.side.gwPublic, User: e.srv.User, Password: e.srv.Password,
-		EPSV: c.extended(), Active: c.active(), Op: c.op, Timeout: 60 * time.Second}
+		EPSV: c.extended(), Active: c.active(), IgnorePASVAddr: c.ignore, Op: c.op, Timeout: 60 * time.Second}
 	var putSHA string
 	switch c.op {
 	case lab.Get:
@@ -327,7 +338,10 @@ func checkActiveWire(c rcell, pkts, spkts []lab.Packet, ctl, upstream netip.Addr
 
 // checkPassiveWire checks a passive-mode cell: what was announced, and
 // that the client connected exactly there (the check that it trusted the
-// 227 address; a 229 names the address the client dialed).
+// 227 address; a 229 names the address the client dialed). A client that
+// ignores the 227's address must have connected to the address it dialed
+// with the 227's port, and not to the announced address: the proof that
+// the mapping admits it on the dialed address.
 func checkPassiveWire(c rcell, pkts []lab.Packet, ctl netip.AddrPort) []string {
 	var fails []string
 	replies := lab.Stream(pkts, ctl, netip.AddrPort{})
@@ -348,6 +362,13 @@ func checkPassiveWire(c rcell, pkts []lab.Packet, ctl netip.AddrPort) []string {
 		fails = append(fails, "no passive reply in the control channel")
 	}
 	for _, a := range announced {
+		if c.ignore && c.cmd == cmdPASV {
+			dialed := netip.AddrPortFrom(ctl.Addr(), a.Port())
+			if !slices.Contains(lab.SYNs(pkts), dialed) || slices.Contains(lab.SYNs(pkts), a) {
+				fails = append(fails, fmt.Sprintf("client did not connect to the dialed %v only, for the announced %v (SYNs to %v)", dialed, a, lab.SYNs(pkts)))
+			}
+			continue
+		}
 		if !slices.Contains(lab.SYNs(pkts), a) {
 			fails = append(fails, fmt.Sprintf("client did not connect to the announced %v (SYNs to %v)", a, lab.SYNs(pkts)))
 		}
@@ -488,6 +509,10 @@ func waitDataAddr(ctx context.Context, c rcell, cliCap, srvCap *lab.Capture, end
 				return netip.AddrPortFrom(ctl.Addr(), p[len(p)-1]), nil
 			}
 		} else if a := parse227s(lab.Stream(cliCap.Packets(), ctl, netip.AddrPort{})); len(a) > 0 {
+			if c.ignore {
+				// Where this client's data connection goes.
+				return netip.AddrPortFrom(ctl.Addr(), a[len(a)-1].Port()), nil
+			}
 			return a[len(a)-1], nil
 		}
 		select {

@@ -45,6 +45,13 @@ type Transfer struct {
 	// connection's local address and sends PORT or EPRT, and the server
 	// connects to it. False is passive mode.
 	Active bool
+	// IgnorePASVAddr keeps the client's own default of ignoring the
+	// address of a 227 reply: it connects its passive data connection to
+	// the address it dialed, with the 227's port (curl since 7.74, Python
+	// ftplib; lftp with ftp:ignore-pasv-address). For the clients of the
+	// gateway cells that must stay the exception (see Client). A client
+	// that cannot do it returns ErrUnsupported.
+	IgnorePASVAddr bool
 	// Op is the operation.
 	Op Op
 	// Remote is the path on the server, relative to the login directory
@@ -65,9 +72,10 @@ type Result struct {
 }
 
 // Client drives one FTP client program. Every driver makes its client trust
-// the address in a 227 reply (see shared/FACTS.md): a client that
-// substitutes the control connection's address would make a test of 227
-// rewriting pass without proving anything.
+// the address in a 227 reply (see shared/FACTS.md), unless
+// Transfer.IgnorePASVAddr asks otherwise: a client that substitutes the
+// control connection's address would make a test of 227 rewriting pass
+// without proving anything.
 type Client interface {
 	// Name is a short name for reports.
 	Name() string
@@ -191,6 +199,12 @@ func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		if !tr.EPSV {
 			args = append(args, "--disable-eprt")
 		}
+	case tr.IgnorePASVAddr:
+		// curl's default since 7.74, spelt out.
+		args = append(args, "--ftp-pasv", "--ftp-skip-pasv-ip")
+		if !tr.EPSV {
+			args = append(args, "--disable-epsv")
+		}
 	default:
 		args = append(args, "--ftp-pasv", "--no-ftp-skip-pasv-ip")
 		if !tr.EPSV {
@@ -214,7 +228,7 @@ func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 
 // Lftp drives lftp with ftp:fix-pasv-address and ftp:ignore-pasv-address
 // off (by default lftp swaps a private 227 address for the control
-// connection's) and ftp:prefer-epsv chosen by the mode. TLS is off: the
+// connection's; Transfer.IgnorePASVAddr turns ignore-pasv-address on) and ftp:prefer-epsv chosen by the mode. TLS is off: the
 // servers in the lab speak plain FTP, and lftp would otherwise try AUTH TLS.
 //
 // Active mode is ftp:passive-mode no (and ftp:auto-passive-mode no, so a
@@ -245,6 +259,10 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if tr.Active {
 		passive = "no"
 	}
+	ignore := "no"
+	if tr.IgnorePASVAddr {
+		ignore = "yes"
+	}
 	settings := []string{
 		"set cmd:fail-exit yes",
 		// One attempt, short waits: a failing cell must fail, not retry
@@ -256,7 +274,7 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		"set ftp:passive-mode " + passive,
 		"set ftp:auto-passive-mode no",
 		"set ftp:fix-pasv-address no",
-		"set ftp:ignore-pasv-address no",
+		"set ftp:ignore-pasv-address " + ignore,
 		"set ftp:prefer-epsv " + epsv,
 		"set xfer:clobber yes",
 	}
@@ -308,14 +326,14 @@ func (f Ftplib) Available() error {
 }
 
 // ftplibScript is the client program. Arguments: host user password
-// pasv|epsv|port|eprt get|put|list remote local timeout.
+// pasv|epsv|port|eprt get|put|list remote local timeout trust|ignore.
 const ftplibScript = `
 import ftplib, sys
-host, user, password, mode, op, remote, local, timeout = sys.argv[1:]
+host, user, password, mode, op, remote, local, timeout, pasvaddr = sys.argv[1:]
 
 class FTP(ftplib.FTP):
     # By default ftplib connects to the control peer, not to the 227 address.
-    trust_server_pasv_ipv4_address = True
+    trust_server_pasv_ipv4_address = pasvaddr == "trust"
 
     def makepasv(self):
         if mode == "epsv":
@@ -350,9 +368,13 @@ func (f Ftplib) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		return Result{}, err
 	}
 	mode := strings.ToLower(tr.command())
+	pasvaddr := "trust"
+	if tr.IgnorePASVAddr {
+		pasvaddr = "ignore"
+	}
 	return run(ctx, l, tr, f.python(), "-c", ftplibScript,
 		tr.Host, tr.User, tr.Password, mode, string(tr.Op), tr.Remote, tr.Local,
-		strconv.Itoa(int(tr.timeout().Seconds())))
+		strconv.Itoa(int(tr.timeout().Seconds())), pasvaddr)
 }
 
 // JLFTP drives test/interop/cmd/jlclient, a small program on
@@ -384,6 +406,9 @@ func (j JLFTP) Available() error {
 func (j JLFTP) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if tr.Active {
 		return Result{}, fmt.Errorf("jlaffaye/ftp has no active mode: %w", ErrUnsupported)
+	}
+	if tr.IgnorePASVAddr {
+		return Result{}, fmt.Errorf("jlclient always trusts the 227 address: %w", ErrUnsupported)
 	}
 	if err := tr.checkFamily("jlaffaye"); err != nil {
 		return Result{}, err

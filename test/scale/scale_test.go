@@ -118,8 +118,18 @@ func TestConcurrentTransfers(t *testing.T) {
 	}
 	t.Logf("%d sessions set up in %v; at the barrier: dnat_map %d elements, snat_map %d, `pasvgate rules list` %d mappings",
 		n, setup.Round(time.Millisecond), dnat, snat, listed)
-	if dnat != n || snat != n || listed != n {
-		t.Errorf("at the barrier: dnat_map %d, snat_map %d elements, rules list %d mappings; want %d each", dnat, snat, listed, n)
+	// A PASV mapping has a second dnat_map element, for the address its
+	// client dialed (listen), since the 227 names another (public): the
+	// mapping admits the client there too, for clients that ignore the
+	// 227 address. EPSV mappings (every fourth session) have none.
+	wantDNAT := n
+	for i := 0; i < n; i++ {
+		if i%4 != 3 {
+			wantDNAT++
+		}
+	}
+	if dnat != wantDNAT || snat != n || listed != n {
+		t.Errorf("at the barrier: dnat_map %d, snat_map %d elements, rules list %d mappings; want %d, %d, %d", dnat, snat, listed, wantDNAT, n, n)
 	}
 
 	// All transfers at once: one worker per session, released together.

@@ -81,6 +81,6 @@ func (x *Index[K, V]) Sorted() []V {
 // Same reports whether a and b are the same mapping as far as the kernel
 // can tell: Created is kept to the second.
 func Same(a, b rules.Mapping) bool {
-	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public &&
+	return a.ID == b.ID && a.Source == b.Source && a.Public == b.Public && a.Dialed == b.Dialed &&
 		a.Target == b.Target && a.SNAT == b.SNAT && a.Created.Unix() == b.Created.Unix()
 }
