@@ -270,8 +270,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 	case <-time.After(closeGrace):
 	}
 	for _, ss := range s.sessions() {
+		// Without the session's lock, which a write blocked on this
+		// client may hold: closing the client ends that write and both
+		// relay loops, and the session then closes its server leg.
 		ss.client.Close()
-		ss.server.Close()
 	}
 	<-idle
 }
@@ -401,7 +403,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	setKeepalive(c, st.Keepalive)
+	sess.mu.Lock()
 	sess.server = u
+	ended := sess.ended
+	sess.mu.Unlock()
+	if ended { // Shutdown came while the server was being dialed
+		u.Close()
+		return
+	}
 	log.Info("session started", "backend", u.RemoteAddr().String(), "local", c.LocalAddr().String())
 	reason := sess.run(ctx)
 	log.Info("session ended", "backend", u.RemoteAddr().String(), "reason", reason,

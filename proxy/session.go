@@ -59,7 +59,7 @@ type session struct {
 	id     string
 	log    *slog.Logger
 	client net.Conn
-	server net.Conn
+	server net.Conn   // set under mu once dialed: Shutdown may end the session first
 	peer   netip.Addr // the client's address: the only source a data mapping admits
 	start  time.Time
 	canon  []byte // the commands goroutine's buffer for canonical lines
@@ -177,7 +177,9 @@ func (s *session) endLocked(reason string) {
 		close(s.over)
 	}
 	s.client.Close()
-	s.server.Close()
+	if s.server != nil { // nil while the session still dials its server
+		s.server.Close()
+	}
 }
 
 // replaceMapping makes m the session's current data mapping and releases

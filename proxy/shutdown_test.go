@@ -3,9 +3,12 @@ package proxy_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,4 +157,71 @@ func (c *stallConn) Write(b []byte) (int, error) {
 func (c *stallConn) Close() error {
 	c.once.Do(func() { close(c.closed) })
 	return c.Conn.Close()
+}
+
+// TestShutdownWhileDialing stops pasvgate while a session is still dialing
+// its server (an upstream whose accept queue is full, so the handshake
+// hangs): the client gets its 421 at once, and nothing panics on the
+// server leg the session does not have yet (before, the drain closed a nil
+// connection).
+func TestShutdownWhileDialing(t *testing.T) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer syscall.Close(fd)
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 2}}); err != nil {
+		t.Skip(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Skip(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := fmt.Sprintf("127.0.0.2:%d", sa.(*syscall.SockaddrInet4).Port)
+	// Fill the accept queue: further handshakes get no answer.
+	for i := 0; i < 4; i++ {
+		if c, err := net.DialTimeout("tcp", upstream, 200*time.Millisecond); err == nil {
+			defer c.Close()
+		}
+	}
+
+	table, err := nat.New(&fake.Backend{}, nat.Config{Ports: nat.PortRange{Low: 20000, High: 20999}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer table.Close(context.Background())
+	p := &proxy.Server{Settings: proxy.Settings{Upstream: upstream, PublicAddr: publicAddr, DialTimeout: 3 * time.Second}, NAT: table}
+	ln, err := net.Listen("tcp", clientDial+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(context.Background(), ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for deadline := time.Now().Add(2 * time.Second); p.Stats().SessionsActive == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the session was never admitted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the dial is under way
+
+	drain, stop := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer stop()
+	p.Shutdown(drain)
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	if !strings.HasPrefix(line, "421 ") {
+		t.Errorf("a client whose server was still being dialed got %q at shutdown, want 421", line)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
 }
