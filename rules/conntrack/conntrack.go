@@ -89,8 +89,9 @@ func New() (*Flusher, error) {
 
 // FlushFlows deletes every conntrack entry whose ORIGINAL tuple is TCP
 // from m.Source to m.Public (address and port), i.e. the data
-// connection(s) the mapping admitted, in m's family. It returns how many
-// were deleted. Deleting nothing is not an error.
+// connection(s) the mapping admitted, in m's family, except those in
+// TIME_WAIT, which carry nothing. It returns how many were deleted.
+// Deleting nothing is not an error.
 //
 // ctx bounds the call: its deadline, if nearer than the package's socket
 // timeout, bounds each send and receive, and it is checked between them.
@@ -122,6 +123,14 @@ func (f *Flusher) flush(ctx context.Context, m rules.Mapping) (int, error) {
 		// On an interrupted dump the entries read are still real; they
 		// are deleted now and the retry finds the rest.
 		for _, e := range entries {
+			if e.timeWait() {
+				// Closed already: nothing flows. Its entry is what keeps
+				// the kernel's SNAT from giving a new data connection the
+				// tuple of this one while the server may still hold it in
+				// TIME_WAIT and refuse the new SYN; and a new SYN with
+				// its original tuple re-creates it in any case.
+				continue
+			}
 			switch err := f.delete(ctx, family(m), e); {
 			case err == nil:
 				total++

@@ -80,11 +80,17 @@ func table(t testing.TB, h *netlink.Handle, inet netlink.InetFamily) map[string]
 // without any traffic, with a reply tuple that is the plain reverse.
 func fabricate(t testing.TB, h *netlink.Handle, inet netlink.InetFamily, proto uint8, src, dst netip.AddrPort) {
 	t.Helper()
+	fabricateTCPState(t, h, inet, proto, src, dst, nl.TCP_CONNTRACK_ESTABLISHED)
+}
+
+// fabricateTCPState is fabricate with the TCP state given.
+func fabricateTCPState(t testing.TB, h *netlink.Handle, inet netlink.InetFamily, proto uint8, src, dst netip.AddrPort, state uint8) {
+	t.Helper()
 	f := &netlink.ConntrackFlow{FamilyType: uint8(inet), TimeOut: 600}
 	f.Forward = netlink.IPTuple{Protocol: proto, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice(), SrcPort: src.Port(), DstPort: dst.Port()}
 	f.Reverse = netlink.IPTuple{Protocol: proto, SrcIP: dst.Addr().AsSlice(), DstIP: src.Addr().AsSlice(), SrcPort: dst.Port(), DstPort: src.Port()}
 	if proto == unix.IPPROTO_TCP {
-		f.ProtoInfo = &netlink.ProtoInfoTCP{State: nl.TCP_CONNTRACK_ESTABLISHED}
+		f.ProtoInfo = &netlink.ProtoInfoTCP{State: state}
 	}
 	if err := h.ConntrackCreate(netlink.ConntrackTable, inet, f); err != nil {
 		t.Fatalf("creating conntrack entry %s: %v", key(f), err)
@@ -100,8 +106,9 @@ func TestFlushFlowsKernel(t *testing.T) {
 // testFlushFlows shows that a flush deletes the entries of its mapping's
 // data connections and nothing else: not another mapping's, not another
 // client's on the same port, not the same client's unrelated flows, and
-// not a thousand others; that the kernel, not pasvgate, picked them out;
-// and what that does to the connections.
+// not a thousand others, and not its own closed connection in TIME_WAIT;
+// that the kernel, not pasvgate, picked them out; and what that does to
+// the connections.
 func testFlushFlows(t *testing.T, fam labFamily) {
 	netns.RequireRoot(t)
 	if _, err := exec.LookPath(fam.iptables); err != nil {
@@ -153,6 +160,11 @@ func testFlushFlows(t *testing.T, fam labFamily) {
 	fabricate(t, h, fam.inet, unix.IPPROTO_UDP, netip.AddrPortFrom(fam.client, 5000), pub(40001))
 	fabricate(t, h, fam.inet, unix.IPPROTO_TCP, pub(40001), netip.AddrPortFrom(fam.client, 5000))
 	fabricate(t, h, fam.inet, unix.IPPROTO_TCP, netip.AddrPortFrom(fam.client, 5000), pub(40003))
+	// An earlier data connection of the client to the port, closed: the
+	// flush keeps it, so that the kernel's SNAT does not hand its tuple to
+	// a new connection while the server may still hold it in TIME_WAIT
+	// (rulestest.SNATPortReuse).
+	fabricateTCPState(t, h, fam.inet, unix.IPPROTO_TCP, netip.AddrPortFrom(fam.client, 5001), pub(40001), nl.TCP_CONNTRACK_TIME_WAIT)
 	const fillers = 500
 	for i := range fillers {
 		fabricate(t, h, fam.inet, unix.IPPROTO_TCP, netip.AddrPortFrom(fam.filler(i), uint16(1024+i)), pub(40001))
@@ -183,8 +195,9 @@ func testFlushFlows(t *testing.T, fam labFamily) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	// The kernel answers the dump with mapping 1's two entries and
-	// nothing else of the table's thousand and more. For IPv6 it filters
+	// The kernel answers the dump with mapping 1's three entries (two
+	// flows and the one in TIME_WAIT) and nothing else of the table's
+	// thousand and more. For IPv6 it filters
 	// by protocol and port only (see filter6), so the other client's
 	// connection and the 500 others to the port come back too, and are
 	// left alone.
@@ -195,8 +208,8 @@ func testFlushFlows(t *testing.T, fam labFamily) {
 	f.mu.Lock()
 	es, ignored, err := f.dump(ctx, m)
 	f.mu.Unlock()
-	if err != nil || len(es) != 2 || ignored != wantIgnored {
-		t.Fatalf("dump = %d entries and %d others, %v; want the 2 of mapping 1 and %d others", len(es), ignored, err, wantIgnored)
+	if err != nil || len(es) != 3 || ignored != wantIgnored {
+		t.Fatalf("dump = %d entries and %d others, %v; want the 3 of mapping 1 and %d others", len(es), ignored, err, wantIgnored)
 	}
 
 	// FlushFlows runs on this goroutine, outside the gateway's namespace:

@@ -66,6 +66,16 @@ type entry struct {
 	// zone is CTA_ZONE, for an entry in a zone that covers both directions.
 	zone    uint16
 	hasZone bool
+	// tcpState is CTA_PROTOINFO_TCP_STATE (nl.TCP_CONNTRACK_*), when
+	// hasTCPState.
+	tcpState    uint8
+	hasTCPState bool
+}
+
+// timeWait reports whether e is a TCP connection in TIME_WAIT: closed by
+// both ends, with no data left to carry.
+func (e entry) timeWait() bool {
+	return e.hasTCPState && e.tcpState == nl.TCP_CONNTRACK_TIME_WAIT
 }
 
 // matches reports whether t is one of m's data connections: TCP from
@@ -212,12 +222,43 @@ func parseEntry(msg []byte) (entry, error) {
 				return e, errShort
 			}
 			e.zone, e.hasZone = binary.BigEndian.Uint16(a.val), true
+		case nl.CTA_PROTOINFO:
+			if e.tcpState, e.hasTCPState, err = parseTCPState(a.val); err != nil {
+				return e, err
+			}
 		}
 	}
 	if !gotTuple {
 		return e, errors.New("conntrack entry without an original tuple")
 	}
 	return e, nil
+}
+
+// parseTCPState reads the TCP state out of a CTA_PROTOINFO value; ok is
+// false when it holds none (not TCP).
+func parseTCPState(b []byte) (state uint8, ok bool, err error) {
+	infos, err := parseAttrs(b)
+	if err != nil {
+		return 0, false, fmt.Errorf("parsing a conntrack entry's protocol info: %w", err)
+	}
+	for _, i := range infos {
+		if i.typ != nl.CTA_PROTOINFO_TCP {
+			continue
+		}
+		tcp, err := parseAttrs(i.val)
+		if err != nil {
+			return 0, false, fmt.Errorf("parsing a conntrack entry's TCP info: %w", err)
+		}
+		for _, a := range tcp {
+			if a.typ == nl.CTA_PROTOINFO_TCP_STATE {
+				if len(a.val) < 1 {
+					return 0, false, errShort
+				}
+				return a.val[0], true, nil
+			}
+		}
+	}
+	return 0, false, nil
 }
 
 // parseTuple reads a nested tuple attribute's value.

@@ -250,6 +250,18 @@ func mappingRules(m rules.Mapping) []rule {
 // address.
 const dialedWord = "via=dialed"
 
+// snatRandom documents --random-fully on the SNAT rule: the kernel picks
+// the source port at random among those free in conntrack instead of
+// keeping the client's. Keeping it made the connection's tuple towards the
+// target that of an earlier data connection whenever the client reused
+// its source port and the server its passive port; when conntrack had
+// forgotten the earlier one (a flush, an early drop) while the server
+// still held it in TIME_WAIT, the server refused the new SYN and the
+// transfer failed (issue 13; rulestest.SNATPortReuse). The port stays in
+// its class (below 512, below 1024, or above). The nftables backend's
+// snat rule is fully-random for the same reason.
+const snatRandom = "--random-fully"
+
 // addrRules are the rules that admit m's connection to gateway address
 // pub on m's public port, with the given comment.
 func addrRules(m rules.Mapping, pubAddr netip.Addr, mc string) []rule {
@@ -266,7 +278,7 @@ func addrRules(m rules.Mapping, pubAddr netip.Addr, mc string) []rule {
 	if m.SNAT.IsValid() {
 		snat := []string{"-s", src, "-d", tgt, "-p", "tcp", "-m", "tcp", "--dport", tport,
 			"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", pub, "--ctorigdstport", pubPort}
-		snat = append(append(snat, comment...), "-j", "SNAT", "--to-source", m.SNAT.String())
+		snat = append(append(snat, comment...), "-j", "SNAT", "--to-source", m.SNAT.String(), snatRandom)
 		out = append(out, rule{tableNAT, ChainSNAT, snat})
 	}
 

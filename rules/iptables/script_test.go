@@ -30,7 +30,7 @@ func TestMappingRules(t *testing.T) {
 				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "PASVGATE-ADMIT"}},
 			{tableNAT, ChainSNAT, []string{"-s", "203.0.113.10/32", "-d", "192.0.2.10/32", "-p", "tcp", "-m", "tcp", "--dport", "30000",
 				"-m", "conntrack", "--ctstate", "DNAT", "--ctorigdst", "203.0.113.2", "--ctorigdstport", "40001",
-				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "SNAT", "--to-source", "192.0.2.1"}},
+				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "SNAT", "--to-source", "192.0.2.1", "--random-fully"}},
 			{tableNAT, ChainDNAT, []string{"-s", "203.0.113.10/32", "-d", "203.0.113.2/32", "-p", "tcp", "-m", "tcp", "--dport", "40001",
 				"-m", "recent", "!", "--rcheck", "--name", "pasvgate-m-a1", "--mask", "255.255.255.255", "--rsource", "-m", "recent", "--set", "--name", "pasvgate-m-a1", "--mask", "255.255.255.255", "--rsource",
 				"-m", "comment", "--comment", "pasvgate id=m-a1 created=1700000000", "-j", "DNAT", "--to-destination", "192.0.2.10:30000"}},
@@ -73,7 +73,7 @@ func TestMappingRules(t *testing.T) {
 func TestInstallRemoveScripts(t *testing.T) {
 	m := rulestest.Sample("m-a1", 40001)
 	const fwd = `PASVGATE-FORWARD -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate NEW --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j PASVGATE-ADMIT`
-	const snat = `PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1`
+	const snat = `PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1 --random-fully`
 	const dnat = `PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m recent ! --rcheck --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m recent --set --name pasvgate-m-a1 --mask 255.255.255.255 --rsource -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000`
 	wantInstall := `*filter
 -C FORWARD -m comment --comment pasvgate -j PASVGATE-FORWARD
@@ -143,7 +143,7 @@ COMMIT
 -A OUTPUT -m comment --comment pasvgate -j PASVGATE-DNAT
 -A POSTROUTING -m comment --comment pasvgate -j PASVGATE-SNAT
 -A PASVGATE-DNAT -s 203.0.113.10/32 -d 203.0.113.2/32 -p tcp -m tcp --dport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j DNAT --to-destination 192.0.2.10:30000
--A PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1
+-A PASVGATE-SNAT -s 203.0.113.10/32 -d 192.0.2.10/32 -p tcp -m tcp --dport 30000 -m conntrack --ctstate DNAT --ctorigdst 203.0.113.2 --ctorigdstport 40001 -m comment --comment "pasvgate id=m-a1 created=1700000000" -j SNAT --to-source 192.0.2.1 --random-fully
 COMMIT
 `
 

@@ -226,7 +226,18 @@ func (o *objects) dnatExprs() []expr.Any {
 }
 
 // snatExprs: meta l4proto tcp ct mark & MARK == MARK
-// snat to ip saddr . ip daddr . tcp dport . ct original proto-dst map @snat_map
+// snat to ip saddr . ip daddr . tcp dport . ct original proto-dst map @snat_map fully-random
+//
+// fully-random: the kernel picks the source port at random among those
+// free in conntrack instead of keeping the client's. Keeping it made the
+// connection's tuple towards the target that of an earlier data
+// connection whenever the client reused its source port and the server
+// its passive port; when conntrack had forgotten the earlier one (a
+// flush, an early drop) while the server still held it in TIME_WAIT, the
+// server refused the new SYN and the transfer failed (issue 13; see
+// rulestest.SNATPortReuse). A port in the same class (below 512, below
+// 1024, or above) is kept for the few clients that check an active data
+// connection's source port is privileged.
 //
 // The key is the client, where DNAT sent it, and the public port it
 // dialled (from conntrack's original tuple); the mark says that a
@@ -257,7 +268,7 @@ func (o *objects) snatExprs(mark uint32) []expr.Any {
 		&expr.Payload{DestRegister: reg(2 * w), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Ct{Register: reg(2*w + 1), Key: expr.CtKeyPROTODST, Direction: 0 /* IP_CT_DIR_ORIGINAL */},
 		&expr.Lookup{SourceRegister: reg(0), DestRegister: reg(0), IsDestRegSet: true, SetName: o.snat.Name},
-		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: o.f.proto, RegAddrMin: reg(0)},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: o.f.proto, RegAddrMin: reg(0), FullyRandom: true},
 	)
 }
 

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/pasvgate/pasvgate/test/netns"
 )
@@ -209,17 +211,32 @@ func (l *lab) checkClean(ctx context.Context, after string) error {
 
 // flushConntrack empties the gw's connection tracking table, so that no
 // gateway inherits another's NAT bindings or helper assignments (their
-// expectations go with them).
+// expectations go with them), but for TCP connections in TIME_WAIT. Those
+// carry no binding a new connection could inherit (a SYN that meets one
+// re-creates it), and they are what keeps the kernel's SNAT from giving a
+// new data connection the tuple of one that the server still holds in
+// TIME_WAIT: the server would refuse its SYN, and the one-shot mapping
+// its retry (what failed the bench's trace runs before, issue 13).
 func (l *lab) flushConntrack() error {
 	h, err := netlink.NewHandleAt(l.gw.Handle())
 	if err != nil {
 		return fmt.Errorf("opening netlink in %s: %w", l.gw.Name, err)
 	}
 	defer h.Close()
-	if err := h.ConntrackTableFlush(netlink.ConntrackTable); err != nil {
-		return fmt.Errorf("flushing conntrack in %s: %w", l.gw.Name, err)
+	for _, fam := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+		if _, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, fam, notTimeWait{}); err != nil {
+			return fmt.Errorf("flushing conntrack in %s: %w", l.gw.Name, err)
+		}
 	}
 	return nil
+}
+
+// notTimeWait matches every conntrack entry but TCP's in TIME_WAIT.
+type notTimeWait struct{}
+
+func (notTimeWait) MatchConntrackFlow(f *netlink.ConntrackFlow) bool {
+	tcp, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP)
+	return !ok || tcp.State != nl.TCP_CONNTRACK_TIME_WAIT
 }
 
 // close kills whatever still runs in the lab's namespaces (by PID: the

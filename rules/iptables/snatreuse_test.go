@@ -1,0 +1,24 @@
+package iptables
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/pasvgate/pasvgate/rules/rulestest"
+	"github.com/pasvgate/pasvgate/test/netns"
+)
+
+// TestSNATPortReuse: a SNATed data connection never reuses the tuple of
+// one the server still holds in TIME_WAIT (see rulestest.SNATPortReuse),
+// with each iptables binary.
+func TestSNATPortReuse(t *testing.T) {
+	netns.RequireRoot(t)
+	forEachBinary(t, func(t *testing.T, path string) {
+		l := newLab(t, path)
+		pubB := netip.MustParseAddr("203.0.113.2")
+		if err := l.gw.AddAddr("g0", netip.PrefixFrom(pubB, 24)); err != nil {
+			t.Fatal(err)
+		}
+		rulestest.SNATPortReuse(t, l.b, l.g, lab4.client, lab4.public, pubB, lab4.server, lab4.gwInside, 24)
+	})
+}
