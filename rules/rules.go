@@ -188,6 +188,15 @@ type Backend interface {
 	Flush(ctx context.Context) error
 }
 
+// BatchRemover is a Backend that can take many mappings out of the kernel
+// in one transaction, which costs about what one removal does: package
+// nat hands it the whole queue of released mappings at once.
+type BatchRemover interface {
+	// RemoveBatch removes each of ms as Remove does; errs[i] is ms[i]'s
+	// outcome.
+	RemoveBatch(ctx context.Context, ms []Mapping) (errs []error)
+}
+
 // Interception methods.
 const (
 	// Redirect rewrites the destination to the local listener (nat REDIRECT);

@@ -49,9 +49,14 @@ type Backend struct {
 	failRemove  func(rules.Mapping) error
 	// installed is signalled to waiters of WaitEmpty on every change.
 	changed chan struct{}
+	// batches are the sizes of the RemoveBatch calls, in order.
+	batches []int
 }
 
-var _ rules.Backend = (*Backend)(nil)
+var (
+	_ rules.Backend      = (*Backend)(nil)
+	_ rules.BatchRemover = (*Backend)(nil)
+)
 
 // FailInstall makes every later Install for which f returns an error fail
 // with it, before anything is recorded as installed. nil clears it.
@@ -137,6 +142,27 @@ func (b *Backend) Remove(_ context.Context, m rules.Mapping) error {
 	err := b.remove(m)
 	b.ops = append(b.ops, Op{Kind: "remove", Mapping: m, Err: err})
 	return err
+}
+
+// RemoveBatch removes each of ms as Remove does, recording a "remove" op
+// for each, and the batch's size (Batches).
+func (b *Backend) RemoveBatch(_ context.Context, ms []rules.Mapping) []error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.batches = append(b.batches, len(ms))
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		errs[i] = b.remove(m)
+		b.ops = append(b.ops, Op{Kind: "remove", Mapping: m, Err: errs[i]})
+	}
+	return errs
+}
+
+// Batches returns the sizes of the RemoveBatch calls so far, in order.
+func (b *Backend) Batches() []int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.batches)
 }
 
 func (b *Backend) remove(m rules.Mapping) error {

@@ -281,6 +281,10 @@ type Backend struct {
 	// Intercept and StopIntercept make the kernel's interception state
 	// exactly this set, and a rebuild puts it back.
 	ics intercept.Set
+	// noDestroy is set once the kernel has refused
+	// NFT_MSG_DESTROYSETELEM (before Linux 6.3): removals then take two
+	// transactions (see destroy.go).
+	noDestroy bool
 }
 
 // entry is an installed mapping and when its elements expire.
@@ -654,20 +658,77 @@ func (b *Backend) deleteEach(ctx context.Context, o *objects, el elems) (int, er
 	return n, errors.Join(errs...)
 }
 
-// Remove deletes m's elements with two netlink batches. m must be what
+// Remove deletes m's elements, in one netlink batch: the map elements,
+// and the SetUnused element, which the kernel deleted already if m was
+// used (the usual case, and not an error; see destroy.go). m must be what
 // this process installed under m.ID. Connections it admitted keep
-// flowing. The first batch deletes m's SetUnused element, so that nothing
-// more is admitted; the kernel deleted it already if m was used, which is
-// the usual case and not an error. The second deletes the map elements.
-// If it fails because an element is missing, Remove deletes what is left
-// one element at a time: a mapping whose timeout has passed was removed by
-// the kernel, which is not an error; one whose map elements all vanished
-// before then was removed from outside, which is rules.ErrNotInstalled.
+// flowing. If the batch fails because a map element is missing, Remove
+// deletes what is left one element at a time: a mapping whose timeout
+// has passed was removed by the kernel, which is not an error; one whose
+// map elements all vanished before then was removed from outside, which
+// is rules.ErrNotInstalled.
 func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 	if err := b.lock(ctx); err != nil {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
 	}
 	defer b.unlock()
+	return b.removeLocked(ctx, m)
+}
+
+// RemoveBatch removes ms as Remove does each, with one netlink batch per
+// family for all of them, so that a queue of released mappings costs one
+// nf_tables transaction. If that batch fails, each mapping is removed on
+// its own, which tells whose elements were missing. errs[i] is ms[i]'s
+// outcome.
+func (b *Backend) RemoveBatch(ctx context.Context, ms []rules.Mapping) (errs []error) {
+	errs = make([]error, len(ms))
+	if err := b.lock(ctx); err != nil {
+		for i, m := range ms {
+			errs[i] = fmt.Errorf("removing %s: %w", m.ID, err)
+		}
+		return errs
+	}
+	defer b.unlock()
+	if !b.setUp || b.noDestroy || len(ms) < 2 {
+		for i, m := range ms {
+			errs[i] = b.removeLocked(ctx, m)
+		}
+		return errs
+	}
+	for _, o := range b.fams {
+		var es []entry
+		for _, m := range ms {
+			e, ok := b.idx.Get(m.ID)
+			if m.Is6() == o.f.v6 && ok && mapindex.Same(e.m, m) {
+				es = append(es, e)
+			}
+		}
+		for chunk := range slices.Chunk(es, maxBatchMappings) {
+			els := make([]elems, len(chunk))
+			for i, e := range chunk {
+				els[i] = elementsOf(e.m, b.cfg.Timeout)
+			}
+			err := b.do(ctx, func(*nftables.Conn) error { return delBatchDestroy(b.conn, o, els) })
+			if err != nil {
+				// Someone's elements were missing (or worse): each
+				// on its own, which tells whose.
+				break
+			}
+			for _, e := range chunk {
+				b.idx.Delete(e.m)
+			}
+		}
+	}
+	for i, m := range ms {
+		if e, ok := b.idx.Get(m.ID); ok && mapindex.Same(e.m, m) {
+			errs[i] = b.removeLocked(ctx, m)
+		}
+	}
+	return errs
+}
+
+// removeLocked is Remove with b.sem held.
+func (b *Backend) removeLocked(ctx context.Context, m rules.Mapping) error {
 	if !b.setUp {
 		return fmt.Errorf("removing %s: %w", m.ID, ErrNotSetUp)
 	}
@@ -680,21 +741,20 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 		return fmt.Errorf("removing %s: %w", m.ID, err)
 	}
 	el := elementsOf(e.m, b.cfg.Timeout)
-	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, elems{unused: el.unused}) })
-	if err != nil && !IsNotExist(err) {
-		// m stays in the index: a later Remove finishes the job.
-		return fmt.Errorf("removing %s: deleting from set %s %s %s: %w", m.ID, o.f.nft, TableName, SetUnused, err)
-	}
-	el.unused = nil
-	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, el) })
-	if err == nil {
+	if err := b.deleteElements(ctx, o, el); err == nil {
 		b.idx.Delete(e.m)
 		return nil
-	}
-	if !IsNotExist(err) {
+	} else if !IsNotExist(err) {
 		// m stays in the index: a later Remove finishes the job.
 		return fmt.Errorf("removing %s: deleting elements from %s %s: %w", m.ID, o.f.nft, TableName, err)
 	}
+	// The SetUnused element first and apart: whether it was there says
+	// only whether m was used, not whether m was removed from outside.
+	err = b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, elems{unused: el.unused}) })
+	if err != nil && !IsNotExist(err) {
+		return fmt.Errorf("removing %s: deleting from set %s %s %s: %w", m.ID, o.f.nft, TableName, SetUnused, err)
+	}
+	el.unused = nil
 	n, derr := b.deleteEach(ctx, o, el)
 	if derr != nil {
 		return fmt.Errorf("removing %s: deleting elements one by one from %s %s: %w", m.ID, o.f.nft, TableName, derr)
@@ -709,6 +769,28 @@ func (b *Backend) Remove(ctx context.Context, m rules.Mapping) error {
 		b.log.Warn("some of a mapping's elements were missing; deleted the others", "mapping", m.ID, "deleted", n)
 	}
 	return nil
+}
+
+// deleteElements deletes one mapping's elements: in one transaction
+// (delBatchDestroy), or, on a kernel without NFT_MSG_DESTROYSETELEM, in
+// two: the SetUnused element alone, whose absence is no error, then the
+// map elements. It fails with ENOENT (IsNotExist) when a map element is
+// missing, and then has deleted nothing of them.
+func (b *Backend) deleteElements(ctx context.Context, o *objects, el elems) error {
+	if !b.noDestroy {
+		err := b.do(ctx, func(*nftables.Conn) error { return delBatchDestroy(b.conn, o, []elems{el}) })
+		if !errors.Is(err, errNoDestroy) {
+			return err
+		}
+		b.noDestroy = true
+		b.log.Info("this kernel has no NFT_MSG_DESTROYSETELEM (Linux 6.3): each removal takes two transactions", "err", err)
+	}
+	err := b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, elems{unused: el.unused}) })
+	if err != nil && !IsNotExist(err) {
+		return err
+	}
+	el.unused = nil
+	return b.do(ctx, func(c *nftables.Conn) error { return delBatch(c, o, el) })
 }
 
 // List returns the mappings in pasvgate's tables, ordered by ID: every

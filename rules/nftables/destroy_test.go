@@ -1,0 +1,180 @@
+package nftables
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/pasvgate/pasvgate/rules"
+	"github.com/pasvgate/pasvgate/rules/rulestest"
+	"github.com/pasvgate/pasvgate/test/netns"
+)
+
+// nftMsgGetGen and nftaGenID are NFT_MSG_GETGEN and NFTA_GEN_ID.
+const (
+	nftMsgGetGen = 16
+	nftaGenID    = 1
+)
+
+// generation is the nf_tables ruleset generation of ns, which every
+// committed transaction moves on by one.
+func generation(t *testing.T, ns *netns.NS) uint32 {
+	t.Helper()
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: int(ns.Handle())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | nftMsgGetGen), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil || len(msgs) != 1 || len(msgs[0].Data) < 4 {
+		t.Fatalf("NFT_MSG_GETGEN: %d messages, %v", len(msgs), err)
+	}
+	attrs, err := netlink.UnmarshalAttributes(msgs[0].Data[4:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range attrs {
+		if a.Type == nftaGenID && len(a.Data) == 4 {
+			return binary.BigEndian.Uint32(a.Data)
+		}
+	}
+	t.Fatal("NFT_MSG_NEWGEN without NFTA_GEN_ID")
+	return 0
+}
+
+// use deletes m's SetUnused element by hand, as the kernel does with its
+// data connection's first packet.
+func use(t *testing.T, ns *netns.NS, m rules.Mapping) {
+	t.Helper()
+	ns.MustRun(t, "nft", "delete", "element", "ip", TableName, SetUnused,
+		fmt.Sprintf("{ %s . %d }", m.Source, m.Public.Port()))
+}
+
+// TestRemoveOneTransaction: removing a mapping is one nf_tables
+// transaction whether it was used or not, and removing a batch of them is
+// one too (issue 13: before, a used mapping's removal was a failed
+// transaction, for its spent SetUnused element, and then a second one).
+// Nothing is left.
+func TestRemoveOneTransaction(t *testing.T) {
+	requireNFT(t)
+	ctx := context.Background()
+	ns, b := ready(t, Config{})
+	base := stableRuleset(t, ns)
+
+	used, unused := rulestest.Sample("m-used", 40001), rulestest.Sample("m-unused", 40002)
+	for _, m := range []rules.Mapping{used, unused} {
+		if err := b.Install(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	use(t, ns, used)
+	for _, m := range []rules.Mapping{used, unused} {
+		g := generation(t, ns)
+		if err := b.Remove(ctx, m); err != nil {
+			t.Fatalf("Remove %s: %v", m.ID, err)
+		}
+		if n := generation(t, ns) - g; n != 1 {
+			t.Errorf("Remove of %s: %d transactions, want 1", m.ID, n)
+		}
+	}
+
+	var batch []rules.Mapping
+	for i := range 10 {
+		m := rulestest.Sample(fmt.Sprintf("m-b%d", i), uint16(41000+i))
+		if err := b.Install(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			use(t, ns, m)
+		}
+		batch = append(batch, m)
+	}
+	g := generation(t, ns)
+	for i, err := range b.RemoveBatch(ctx, batch) {
+		if err != nil {
+			t.Errorf("RemoveBatch: %s: %v", batch[i].ID, err)
+		}
+	}
+	if n := generation(t, ns) - g; n != 1 {
+		t.Errorf("RemoveBatch of 10: %d transactions, want 1", n)
+	}
+	if b.noDestroy {
+		t.Error("this kernel refused NFT_MSG_DESTROYSETELEM")
+	}
+	if got := stableRuleset(t, ns); got != base {
+		t.Errorf("ruleset after the removals:\n%s\nwant:\n%s", got, base)
+	}
+}
+
+// TestRemoveBatchMissing: when one mapping of a batch lost its elements
+// (deleted from outside), the others are still removed, and that one
+// reports rules.ErrNotInstalled, as Remove does.
+func TestRemoveBatchMissing(t *testing.T) {
+	requireNFT(t)
+	ctx := context.Background()
+	ns, b := ready(t, Config{})
+	base := stableRuleset(t, ns)
+	var batch []rules.Mapping
+	for i := range 4 {
+		m := rulestest.Sample(fmt.Sprintf("m-%d", i), uint16(40001+i))
+		if err := b.Install(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		batch = append(batch, m)
+	}
+	ns.MustRun(t, "nft", "delete", "element", "ip", TableName, SetDNAT, "{ 203.0.113.10 . 203.0.113.2 . 40002 }")
+	ns.MustRun(t, "nft", "delete", "element", "ip", TableName, SetSNAT, "{ 203.0.113.10 . 192.0.2.10 . 30000 . 40002 }")
+	errs := b.RemoveBatch(ctx, batch)
+	for i, err := range errs {
+		if want := i == 1; want != (err != nil) || (want && !errors.Is(err, rules.ErrNotInstalled)) {
+			t.Errorf("RemoveBatch: %s: %v", batch[i].ID, err)
+		}
+	}
+	if got := stableRuleset(t, ns); got != base {
+		t.Errorf("ruleset after RemoveBatch:\n%s\nwant:\n%s", got, base)
+	}
+}
+
+// TestRemoveWithoutDestroy: on a kernel without NFT_MSG_DESTROYSETELEM
+// (forced here), used and unused mappings are still removed, singly and
+// in a batch.
+func TestRemoveWithoutDestroy(t *testing.T) {
+	requireNFT(t)
+	ctx := context.Background()
+	ns, b := ready(t, Config{})
+	b.noDestroy = true
+	base := stableRuleset(t, ns)
+	var batch []rules.Mapping
+	for i := range 4 {
+		m := rulestest.Sample(fmt.Sprintf("m-%d", i), uint16(40001+i))
+		if err := b.Install(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			use(t, ns, m)
+		}
+		batch = append(batch, m)
+	}
+	if err := b.Remove(ctx, batch[0]); err != nil {
+		t.Errorf("Remove of a used mapping: %v", err)
+	}
+	if err := b.Remove(ctx, batch[1]); err != nil {
+		t.Errorf("Remove of an unused mapping: %v", err)
+	}
+	for i, err := range b.RemoveBatch(ctx, batch[2:]) {
+		if err != nil {
+			t.Errorf("RemoveBatch: %s: %v", batch[2+i].ID, err)
+		}
+	}
+	if got := stableRuleset(t, ns); got != base {
+		t.Errorf("ruleset after the removals:\n%s\nwant:\n%s", got, base)
+	}
+}
