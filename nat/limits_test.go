@@ -129,6 +129,15 @@ func (g *gatedRemoves) Remove(ctx context.Context, m rules.Mapping) error {
 	return g.Backend.Remove(ctx, m)
 }
 
+// RemoveBatch holds each removal too (the embedded fake's would not).
+func (g *gatedRemoves) RemoveBatch(ctx context.Context, ms []rules.Mapping) []error {
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		errs[i] = g.Remove(ctx, m)
+	}
+	return errs
+}
+
 // TestMaxPerClientCountsLeaving: a released mapping counts against its
 // client until its rules are gone (its port is no one else's before), so a
 // client at the limit waits for its own removals rather than growing the

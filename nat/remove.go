@@ -3,16 +3,21 @@ package nat
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/pasvgate/pasvgate/rules"
 )
 
-// removeLoop removes released mappings one at a time, in release order. A
-// single worker keeps removals from competing with installs for the xtables
-// lock more than one at a time. It never waits for anything but Remove: a
-// failed removal waits for its retry on a timer, and a flush on the flush
-// worker.
+// maxRemoveBatch bounds the mappings one removal takes out together.
+const maxRemoveBatch = 256
+
+// removeLoop removes released mappings in release order: all that are
+// queued at once when the backend can (rules.BatchRemover, one kernel
+// transaction for them all), else one at a time. A single worker keeps
+// removals from competing with installs for the backend more than one at
+// a time. It never waits for anything but the backend: a failed removal
+// waits for its retry on a timer, and a flush on the flush worker.
 func (t *Table) removeLoop() {
 	defer t.workers.Done()
 	defer func() {
@@ -21,6 +26,7 @@ func (t *Table) removeLoop() {
 		t.mu.Unlock()
 		t.pokeFlush()
 	}()
+	batcher, _ := t.backend.(rules.BatchRemover)
 	for {
 		t.mu.Lock()
 		for len(t.queue) == 0 {
@@ -32,21 +38,66 @@ func (t *Table) removeLoop() {
 			<-t.wake
 			t.mu.Lock()
 		}
-		m := t.queue[0]
-		t.queue[0] = nil
-		t.queue = t.queue[1:]
+		if batcher != nil {
+			t.awaitBatchLocked()
+		}
+		n := 1
+		if batcher != nil {
+			n = min(len(t.queue), maxRemoveBatch)
+		}
+		ms := make([]*Mapping, n)
+		copy(ms, t.queue)
+		clear(t.queue[:n])
+		t.queue = t.queue[n:]
 		t.mu.Unlock()
-		t.remove(m)
+		t.remove(batcher, ms)
 	}
 }
 
-// remove tries once to remove m's rules. On success the port is freed, or
-// m goes to the flush worker, which frees it after the flush. On failure m
-// is retried later, or given up.
-func (t *Table) remove(m *Mapping) {
+// awaitBatchLocked waits, with t.mu held and released meanwhile, until
+// the oldest queued release is Config.RemoveDelay old, so that the
+// releases behind it join its batch; or until the batch is full, or the
+// table closes. The queue is not empty.
+func (t *Table) awaitBatchLocked() {
+	for !t.closing && len(t.queue) < maxRemoveBatch {
+		wait := time.Until(t.queue[0].queuedAt.Add(t.cfg.RemoveDelay))
+		if t.queue[0].queuedAt.IsZero() || wait <= 0 {
+			return
+		}
+		t.mu.Unlock()
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-t.wake:
+		}
+		timer.Stop()
+		t.mu.Lock()
+	}
+}
+
+// remove tries once to remove ms's rules. On success each port is freed,
+// or its mapping goes to the flush worker, which frees it after the
+// flush. On failure a mapping is retried later, or given up.
+func (t *Table) remove(batcher rules.BatchRemover, ms []*Mapping) {
 	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.RemoveTimeout)
-	err := t.backend.Remove(ctx, m.Mapping)
+	var errs []error
+	if len(ms) == 1 {
+		errs = []error{t.backend.Remove(ctx, ms[0].Mapping)}
+	} else {
+		rs := make([]rules.Mapping, len(ms))
+		for i, m := range ms {
+			rs[i] = m.Mapping
+		}
+		errs = batcher.RemoveBatch(ctx, rs)
+	}
 	cancel()
+	for i, m := range ms {
+		t.removed(m, errs[i])
+	}
+}
+
+// removed records the outcome of m's removal.
+func (t *Table) removed(m *Mapping, err error) {
 	if errors.Is(err, rules.ErrNotInstalled) {
 		// Nothing of it is in the kernel: an earlier attempt that timed
 		// out may have removed it after all.
@@ -72,7 +123,13 @@ func (t *Table) remove(m *Mapping) {
 	if flush {
 		t.pokeFlush()
 	}
-	t.log.Info("mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
+	// A finished transfer has its own line (the proxy's); any other end
+	// of a mapping is worth one at info.
+	level := slog.LevelInfo
+	if !abnormal(m.reason) {
+		level = slog.LevelDebug
+	}
+	t.log.Log(context.Background(), level, "mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
 		"public", m.Public, "target", m.Target, "reason", m.reason,
 		"age_ms", time.Since(m.opened).Milliseconds())
 }
@@ -121,6 +178,7 @@ func (t *Table) retryDue(m *Mapping) {
 	t.mu.Lock()
 	if _, ok := t.backoff[m.ID]; ok {
 		delete(t.backoff, m.ID)
+		m.queuedAt = time.Time{}
 		t.queue = append(t.queue, m)
 	}
 	t.mu.Unlock()

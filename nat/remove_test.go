@@ -3,6 +3,7 @@ package nat
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -178,5 +179,82 @@ func TestBackoffSchedule(t *testing.T) {
 	}
 	if tb.cfg.RemoveRetries != 6 {
 		t.Errorf("default retries %d, want 6", tb.cfg.RemoveRetries)
+	}
+}
+
+// TestRemoveBatched: mappings released while a removal is under way go
+// to the backend together, in one RemoveBatch, in release order; one that
+// fails in it is retried on its own, and the others' ports are free.
+func TestRemoveBatched(t *testing.T) {
+	var b fake.Backend
+	if err := b.Setup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := New(&b, Config{Ports: PortRange{40000, 40009}, ConnectTimeout: time.Minute,
+		RemoveRetries: 3, RemoveBackoff: 10 * time.Millisecond, RemoveBackoffMax: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tb.Close(context.Background()) })
+	var ms []*Mapping
+	for range 4 {
+		m, err := tb.Open(context.Background(), req())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, m)
+	}
+	// The first removal blocks in the backend until the other three are
+	// queued behind it; the third mapping's first attempt fails.
+	entered, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var mu sync.Mutex
+	failedOnce := false
+	b.FailRemove(func(m rules.Mapping) error {
+		if m.ID == ms[0].ID {
+			once.Do(func() { close(entered); <-unblock })
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if m.ID == ms[2].ID && !failedOnce {
+			failedOnce = true
+			return fake.ErrInjected
+		}
+		return nil
+	})
+	ms[0].Release(ReasonTransferDone)
+	<-entered
+	for _, m := range ms[1:] {
+		m.Release(ReasonTransferDone)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		tb.mu.Lock()
+		n := len(tb.queue)
+		tb.mu.Unlock()
+		if n == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d mappings queued for removal, want 3", n)
+		}
+	}
+	close(unblock)
+	waitLen(t, &b, 0)
+	st := waitStats(t, tb, func(st Stats) bool { return st.PortsBusy == 0 })
+	if st.RemoveRetries != 1 || st.Closed[ReasonTransferDone] != 4 {
+		t.Errorf("stats = %+v, want one retry and 4 transfer-done closes", st)
+	}
+	if got := b.Batches(); len(got) != 1 || got[0] != 3 {
+		t.Errorf("RemoveBatch sizes = %v, want [3]: the three released behind the first, together", got)
+	}
+	var order []string
+	for _, op := range b.Ops() {
+		if op.Kind == "remove" {
+			order = append(order, op.Mapping.ID)
+		}
+	}
+	want := []string{ms[0].ID, ms[1].ID, ms[2].ID, ms[3].ID, ms[2].ID}
+	if !slices.Equal(order, want) {
+		t.Errorf("removals = %v, want %v (release order, then the retry)", order, want)
 	}
 }

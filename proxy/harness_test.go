@@ -107,6 +107,16 @@ func (r *relayBackend) Remove(ctx context.Context, m rules.Mapping) error {
 	return nil
 }
 
+// RemoveBatch closes each mapping's listener too (the embedded fake's
+// would not).
+func (r *relayBackend) RemoveBatch(ctx context.Context, ms []rules.Mapping) []error {
+	errs := make([]error, len(ms))
+	for i, m := range ms {
+		errs[i] = r.Remove(ctx, m)
+	}
+	return errs
+}
+
 func (r *relayBackend) admitted() []netip.AddrPort {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -27,7 +27,6 @@ func (s *session) passive(ctx context.Context, code int, text, raw []byte) {
 		line, m = s.openPassive(ctx, code, want, text)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if m != nil {
 		if s.ended {
 			m.Release(nat.ReasonSessionEnd)
@@ -37,7 +36,9 @@ func (s *session) passive(ctx context.Context, code int, text, raw []byte) {
 	}
 	s.writeClientLocked(line)
 	s.midReply = false
-	s.popLocked(code)
+	done := s.popLocked(code)
+	s.mu.Unlock()
+	s.logFinished(done)
 }
 
 // openPassive returns the line to send the client for a 227/229 reply, and

@@ -140,6 +140,7 @@ func (s *session) replies(ctx context.Context) string {
 			// refuses AUTH.
 			continue
 		}
+		var done *finished
 		s.mu.Lock()
 		s.writeClientLocked(raw)
 		if last {
@@ -155,7 +156,7 @@ func (s *session) replies(ctx context.Context) string {
 				// now, and it retires no command.
 				s.flushLocked()
 			case code >= 200:
-				s.popLocked(code)
+				done = s.popLocked(code)
 			default:
 				s.preliminaryLocked()
 			}
@@ -163,6 +164,7 @@ func (s *session) replies(ctx context.Context) string {
 			s.midReply = true
 		}
 		s.mu.Unlock()
+		s.logFinished(done)
 	}
 }
 
@@ -179,29 +181,25 @@ func (s *session) headVerb() ftp.Verb {
 // popLocked retires the command a final reply answered, releases its
 // transfer's mapping (after the reply is on its way: removal is not on the
 // critical path), and sends any replies of pasvgate's own queued behind it.
-func (s *session) popLocked(code int) {
+// For a transfer it returns what the caller logs once s.mu is released
+// (logFinished): the client may already be sending its next command.
+func (s *session) popLocked(code int) *finished {
 	if len(s.queue) == 0 {
-		return // an unsolicited reply, such as a server's 421
+		return nil // an unsolicited reply, such as a server's 421
 	}
 	p := s.queue[0]
 	s.queue = s.queue[:copy(s.queue, s.queue[1:])]
 	s.signalLocked()
+	var f *finished
 	if p.verb.IsTransfer() {
 		s.transfers--
 		if p.flowing {
 			s.flowing--
 		}
-		id := ""
 		if p.mapping != nil {
 			p.mapping.Release(nat.ReasonTransferDone)
-			id = p.mapping.ID
 		}
-		result := "ok"
-		if code >= 400 {
-			result = "failed"
-		}
-		s.log.Info("transfer", "user", s.user, "command", p.verb.String(), "file", p.arg,
-			"mapping", id, "duration_ms", time.Since(p.sent).Milliseconds(), "code", code, "result", result)
+		f = &finished{user: s.user, verb: p.verb, arg: p.arg, mapping: p.mapping, took: time.Since(p.sent), code: code}
 	}
 	if p.verb == ftp.VerbREIN && code >= 300 {
 		// Refused (vsftpd answers 502): the server kept the
@@ -213,6 +211,37 @@ func (s *session) popLocked(code int) {
 		s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service closing: pasvgate is shutting down."))
 		s.endLocked(endShutdown)
 	}
+	return f
+}
+
+// finished is a transfer whose final reply has been forwarded.
+type finished struct {
+	user, arg string
+	verb      ftp.Verb
+	mapping   *nat.Mapping // nil when none was made (transparent mode, a refusal)
+	took      time.Duration
+	code      int
+}
+
+// logFinished writes the one line per data transfer, which names its
+// mapping: the pinhole (public address and port) and where it led. It
+// takes nil.
+func (s *session) logFinished(f *finished) {
+	if f == nil {
+		return
+	}
+	result := "ok"
+	if f.code >= 400 {
+		result = "failed"
+	}
+	attrs := []any{"user", f.user, "command", f.verb.String(), "file", f.arg}
+	if m := f.mapping; m != nil {
+		attrs = append(attrs, "mapping", m.ID, "public", m.Public, "target", m.Target)
+	} else {
+		attrs = append(attrs, "mapping", "")
+	}
+	attrs = append(attrs, "duration_ms", f.took.Milliseconds(), "code", f.code, "result", result)
+	s.log.Info("transfer", attrs...)
 }
 
 // preliminaryLocked records a 1xx reply to the command at the head: for a

@@ -24,7 +24,7 @@ type gateway interface {
 	title() string
 	// target is the control address the client dials.
 	target() netip.AddrPort
-	// up installs the gateway. verbose asks pasvgate for its info-level
+	// up installs the gateway. verbose asks pasvgate for its debug-level
 	// log, which the profile reads.
 	up(ctx context.Context, verbose bool) error
 	// check runs after a workload, before down: it verifies that the data
@@ -52,20 +52,26 @@ type pasvgateGW struct {
 	backend string
 	l       *lab
 	bin     string
-	p       *proc
-	// verbose is whether the running instance logs at info level.
+	// baseline marks column D0: default flags, another binary.
+	baseline bool
+	p        *proc
+	// verbose is whether the running instance logs at debug level.
 	verbose bool
 	// extra are more arguments for `pasvgate run` (the CPU profile's).
 	extra []string
 
 	// rssKB and hwmKB are VmRSS and VmHWM after each measured workload.
 	rssKB, hwmKB []int64
-	// log is the last info-level instance's output, for the profile.
+	// log is the last verbose (debug-level) instance's output, for the
+	// profile.
 	log []logLine
 }
 
 func (g *pasvgateGW) key() string { return g.k }
 func (g *pasvgateGW) title() string {
+	if g.baseline {
+		return "pasvgate " + g.bin + ", default flags (the -baseline build)"
+	}
 	if g.backend == "" {
 		return "pasvgate, default flags (auto: nftables, its own host-firewall accept, info log)"
 	}
@@ -91,16 +97,21 @@ func (g *pasvgateGW) up(ctx context.Context, verbose bool) error {
 			return err
 		}
 	}
+	// The profile (verbose) reads each mapping's lines, which pasvgate
+	// writes at debug.
 	level := "warn"
 	if verbose {
-		level = "info"
+		level = "debug"
 	}
 	g.verbose = verbose
 	args := []string{"run",
 		"--listen", gwPublic + ":21", "--upstream", serverAddr + ":21", "--public-addr", gwPublic2,
 		"--data-ports", dataPorts, "--log-format", "json"}
-	if g.backend != "" {
+	switch {
+	case g.backend != "":
 		args = append(args, "--backend", g.backend, "--iptables-path", g.ipt, "--log-level", level)
+	case verbose:
+		args = append(args, "--log-level", level)
 	}
 	p, err := startProc(g.l.gw, g.bin, append(args, g.extra...)...)
 	if err != nil {
@@ -233,7 +244,7 @@ func procMemory(pid int) (rss, hwm int64, err error) {
 	return rss, hwm, sc.Err()
 }
 
-// profileLog is what pasvgate's info log says about each mapping of a
+// profileLog is what pasvgate's debug log says about each mapping of a
 // profile run, in order: the install time it measured itself, and when
 // the removal was done (when the bench read the "mapping closed" line).
 func (g *pasvgateGW) profileLog() (installMS []float64, closedAt []time.Time, err error) {

@@ -16,6 +16,8 @@
 //	D   pasvgate with its default flags (-defaults, on by default):
 //	    --backend auto, which must choose nftables, its own accept in the
 //	    host firewall, --log-level info
+//	D0  the same with another pasvgate binary (-baseline BIN), to compare
+//	    two builds in one run, rounds interleaved
 //	B   the kernel helper: static DNAT of port 21, CT --helper ftp
 //	C   plain routing without NAT
 //	F   the floor: a plain Go TCP relay of the control channel over a
@@ -69,6 +71,7 @@ type options struct {
 	trace      string
 	server     string
 	pasvgate   string
+	baseline   string
 	noops      int
 	gets       int
 	sessions   int
@@ -92,6 +95,7 @@ func main() {
 	flag.StringVar(&o.trace, "trace", "", "write a Go execution trace of pasvgate (the column -cpuprofile profiles) during 2 s of back-to-back small downloads to this `file`")
 	flag.StringVar(&o.server, "server", "vsftpd", "FTP server: vsftpd or testftpd (the built-in one)")
 	flag.StringVar(&o.pasvgate, "pasvgate", "", "pasvgate binary to measure (default: build ./cmd/pasvgate)")
+	flag.StringVar(&o.baseline, "baseline", "", "also measure this other pasvgate `binary` with its default flags (column D0), interleaved with D: to compare two builds in one run")
 	flag.IntVar(&o.noops, "noops", 1000, "NOOP round trips per round")
 	flag.IntVar(&o.gets, "gets", 200, "sequential 1 KiB downloads per round, with PASV and with EPSV")
 	flag.IntVar(&o.sessions, "sessions", 100, "whole sessions per round")
@@ -213,6 +217,10 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		gws, pgs = append(gws, d), append(pgs, d)
 		profiled = d
 	}
+	if o.baseline != "" {
+		d0 := &pasvgateGW{k: "D0", ipt: iptNFT, l: l, bin: o.baseline, baseline: true}
+		gws, pgs = append(gws, d0), append(pgs, d0)
+	}
 	if (o.cpuProfile != "" || o.trace != "") && profiled == nil {
 		return errors.New("-cpuprofile and -trace profile column D or N: they need -defaults or -nftables")
 	}
@@ -291,9 +299,9 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		}
 	}
 
-	// The profile: single small downloads with pasvgate at info level
-	// (its log has install_ms), not part of the rounds because logging
-	// costs. Once spaced out, so that each mapping's removal is over before
+	// The profile: single small downloads with pasvgate at debug level
+	// (its mapping lines have install_ms), not part of the rounds because
+	// logging costs. Once spaced out, so that each mapping's removal is over before
 	// the next install (the cost of one transfer alone), and once back to
 	// back, as the downloads/s rows run them.
 	gaps := []time.Duration{o.profileGap}
