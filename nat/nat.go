@@ -221,7 +221,10 @@ type Table struct {
 	// timer, by id.
 	backoff map[string]*Mapping
 	wake    chan struct{}
-	closing bool
+	// batching is set while the removal worker waits for releases to
+	// join its batch (awaitBatchLocked).
+	batching bool
+	closing  bool
 	// flushQ holds mappings whose rules are gone and whose flows await
 	// their flush. It is bounded by the port range: each holds a busy port.
 	flushQ      []*Mapping
@@ -467,7 +470,12 @@ func (t *Table) releaseLocked(m *Mapping, reason string) {
 	t.chargeLocked(m.client, -1, +1)
 	m.queuedAt = time.Now()
 	t.queue = append(t.queue, m)
-	t.poke()
+	if !t.batching || len(t.queue) >= maxRemoveBatch {
+		// A worker waiting for its batch to fill takes this one along
+		// when its wait ends: waking it for each release would cost a
+		// goroutine switch a transfer for nothing.
+		t.poke()
+	}
 }
 
 // poke wakes the removal worker without blocking.

@@ -59,6 +59,8 @@ func (t *Table) removeLoop() {
 // releases behind it join its batch; or until the batch is full, or the
 // table closes. The queue is not empty.
 func (t *Table) awaitBatchLocked() {
+	t.batching = true
+	defer func() { t.batching = false }()
 	for !t.closing && len(t.queue) < maxRemoveBatch {
 		wait := time.Until(t.queue[0].queuedAt.Add(t.cfg.RemoveDelay))
 		if t.queue[0].queuedAt.IsZero() || wait <= 0 {

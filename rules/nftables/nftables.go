@@ -535,8 +535,8 @@ func delBatch(c *nftables.Conn, o *objects, el elems) error {
 	return c.Flush()
 }
 
-// Install makes m live with one netlink batch of two or three elements,
-// each with the kernel timeout Config.Timeout. The batch is one
+// Install makes m live with one netlink batch (batch.go) of two to four
+// elements, each with the kernel timeout Config.Timeout. The batch is one
 // transaction, so m is in the kernel whole or not at all. If the batch
 // fails because pasvgate's table is gone, Install rebuilds the missing
 // tables with every live mapping of this process, logs it, and tries once
@@ -563,7 +563,7 @@ func (b *Backend) Install(ctx context.Context, m rules.Mapping) error {
 	e := entry{m: m, expires: now.Add(b.cfg.Timeout)}
 	el := elementsOf(m, b.cfg.Timeout)
 	install := func() error {
-		return b.do(ctx, func(c *nftables.Conn) error { return addBatch(c, o, el) })
+		return b.do(ctx, func(*nftables.Conn) error { return addBatchRaw(b.conn, o, el) })
 	}
 	err = install()
 	if IsNotExist(err) && ctx.Err() == nil {

@@ -21,7 +21,8 @@
 //	B   the kernel helper: static DNAT of port 21, CT --helper ftp
 //	C   plain routing without NAT
 //	F   the floor: a plain Go TCP relay of the control channel over a
-//	    static DNAT+SNAT data path (relay.go)
+//	    static DNAT+SNAT data path (relay.go); the targets add one
+//	    install to it (install.go), as issue 13 defines the floor
 //	M   ProFTPD mod_proxy as a reverse proxy: the userspace peer
 //	    (-modproxy, on by default when test/install-deps.sh unpacked it)
 //
@@ -297,6 +298,14 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 			fmt.Fprintf(progress, "bench: round %d/%d %-2s %5.1fs%s\n", round, o.rounds, g.key(),
 				time.Since(t).Seconds(), roundLine(res))
 		}
+	}
+
+	// The floor's one install, while no pasvgate runs.
+	if rep.oneInstall, err = oneInstall(ctx, l, oneInstallCount); err != nil {
+		return err
+	}
+	if err := l.checkClean(ctx, "the one-install measurement"); err != nil {
+		return err
 	}
 
 	// The profile: single small downloads with pasvgate at debug level

@@ -1,0 +1,241 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// The element batches on a mapping's path, Install's and Remove's, are
+// built and sent here rather than with google/nftables, for two reasons.
+//
+// First, google/nftables v0.3.0 cannot send NFT_MSG_DESTROYSETELEM, which
+// makes a removal one transaction (below).
+//
+// Second, syscalls. google/nftables asks for an acknowledgement of every
+// message and reads each with two recvmsg calls (a peek for the size,
+// then the read): seven syscalls for an install of three messages. On a
+// virtual machine where a syscall is dear, that was a good part of an
+// install's time (issue 13). sendBatch asks for one acknowledgement, of
+// the last message (the kernel reports a failed message whether asked or
+// not), and reads every answer without waiting: the kernel handles a
+// netfilter batch inside sendmsg, so all of them are queued by the time
+// it returns. Two syscalls.
+
+// nftMsgDestroySetElem is NFT_MSG_DESTROYSETELEM (include/uapi/linux/
+// netfilter/nf_tables.h, Linux 6.3): delete elements, and succeed for an
+// element that is not there. golang.org/x/sys and google/nftables v0.3.0
+// do not name it.
+const nftMsgDestroySetElem = 30
+
+// A used mapping's SetUnused element is gone: the kernel deleted it with
+// the data connection's first packet. A removal that asked for it with
+// NFT_MSG_DELSETELEM would fail (ENOENT) and undo its whole batch, so that
+// used to take two transactions: the SetUnused element alone, failing,
+// then the map elements. With NFT_MSG_DESTROYSETELEM for the SetUnused
+// element, one transaction removes a mapping, used or not, and one
+// removes a whole queue of them (RemoveBatch): the nf_tables commit is
+// the removal's cost, and it is shared with the next install's when they
+// meet.
+//
+// google/nftables cannot send the message, so delBatchDestroy builds the
+// batch itself and sends it on the lasting connection's socket, which is
+// ours while b.sem is held.
+
+// errNoDestroy says that the kernel does not know NFT_MSG_DESTROYSETELEM
+// (before 6.3): the caller goes back to the two-transaction removal.
+var errNoDestroy = errors.New("the kernel has no NFT_MSG_DESTROYSETELEM")
+
+// delBatchDestroy sends one batch that deletes every element of els from
+// o's sets: the map elements with NFT_MSG_DELSETELEM, so that a missing
+// one fails the batch (ENOENT) and the caller can tell what was missing,
+// and the SetUnused elements with NFT_MSG_DESTROYSETELEM.
+func delBatchDestroy(x *conn, o *objects, els []elems) error {
+	var dnat, snat, unused []nftables.SetElement
+	for _, el := range els {
+		dnat = append(dnat, el.dnat...)
+		snat = append(snat, el.snat...)
+		unused = append(unused, el.unused...)
+	}
+	var msgs []netlink.Message
+	for _, x := range []struct {
+		s   *nftables.Set
+		typ uint16
+		es  []nftables.SetElement
+	}{{o.dnat, unix.NFT_MSG_DELSETELEM, dnat}, {o.snat, unix.NFT_MSG_DELSETELEM, snat}, {o.unused, nftMsgDestroySetElem, unused}} {
+		for chunk := range slices.Chunk(x.es, maxMessageElements) {
+			m, err := elemMessage(o.table, x.s, x.typ, chunk)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, m)
+		}
+	}
+	err := sendBatch(x.nl, msgs)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+		// An unknown message type gets EINVAL from nfnetlink. Nothing
+		// else in this batch can be invalid: Install adds the very same
+		// elements.
+		return fmt.Errorf("%w: %w", errNoDestroy, err)
+	}
+	return err
+}
+
+// elemMessage is one NFT_MSG_*SETELEM request for es in s: keys only,
+// for a delete; with data, timeout and comment, for NFT_MSG_NEWSETELEM,
+// as google/nftables' SetAddElements would make it.
+func elemMessage(t *nftables.Table, s *nftables.Set, typ uint16, es []nftables.SetElement) (netlink.Message, error) {
+	items := make([]netlink.Attribute, 0, len(es))
+	for i, e := range es {
+		key, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: e.Key}})
+		if err != nil {
+			return netlink.Message{}, err
+		}
+		attrs := []netlink.Attribute{{Type: unix.NFTA_SET_ELEM_KEY | unix.NLA_F_NESTED, Data: key}}
+		if typ == unix.NFT_MSG_NEWSETELEM {
+			if s.HasTimeout && e.Timeout != 0 {
+				attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_TIMEOUT,
+					Data: binary.BigEndian.AppendUint64(nil, uint64(e.Timeout/time.Millisecond))})
+			}
+			if len(e.Val) > 0 {
+				val, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: e.Val}})
+				if err != nil {
+					return netlink.Message{}, err
+				}
+				attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_DATA | unix.NLA_F_NESTED, Data: val})
+			}
+			if e.Comment != "" {
+				attrs = append(attrs, netlink.Attribute{Type: unix.NFTA_SET_ELEM_USERDATA,
+					Data: userdata.AppendString(nil, userdata.NFTNL_UDATA_SET_ELEM_COMMENT, e.Comment)})
+			}
+		}
+		item, err := netlink.MarshalAttributes(attrs)
+		if err != nil {
+			return netlink.Message{}, err
+		}
+		items = append(items, netlink.Attribute{Type: uint16(i+1) | unix.NLA_F_NESTED, Data: item})
+	}
+	list, err := netlink.MarshalAttributes(items)
+	if err != nil {
+		return netlink.Message{}, err
+	}
+	data, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(t.Name + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(s.Name + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_ELEMENTS | unix.NLA_F_NESTED, Data: list},
+	})
+	if err != nil {
+		return netlink.Message{}, err
+	}
+	flags := netlink.Request
+	if typ == unix.NFT_MSG_NEWSETELEM {
+		// Without NLM_F_EXCL, as google/nftables: adding an element
+		// that is there with the same data succeeds, so a retried batch
+		// does no harm.
+		flags |= netlink.Create
+	}
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: flags},
+		Data:   append([]byte{byte(t.Family), unix.NFNETLINK_V0, 0, 0}, data...),
+	}, nil
+}
+
+// addBatchRaw sends one batch that adds el's elements to o's sets.
+func addBatchRaw(x *conn, o *objects, el elems) error {
+	var msgs []netlink.Message
+	for _, y := range []struct {
+		s  *nftables.Set
+		es []nftables.SetElement
+	}{{o.dnat, el.dnat}, {o.snat, el.snat}, {o.unused, el.unused}} {
+		for chunk := range slices.Chunk(y.es, maxMessageElements) {
+			m, err := elemMessage(o.table, y.s, unix.NFT_MSG_NEWSETELEM, chunk)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, m)
+		}
+	}
+	return sendBatch(x.nl, msgs)
+}
+
+// recvBuffer is enough for any answer to a batch: acknowledgements, and
+// errors without the failed message (NETLINK_CAP_ACK, tuneSocket).
+const recvBuffer = 64 << 10
+
+// sendBatch sends msgs between a batch begin and end, one transaction,
+// with an acknowledgement asked for the last message only, and reads
+// every answer the kernel queued while it handled the batch: the
+// acknowledgement, an error for each message that failed, and an error
+// for the batch when its commit failed. The first error wins (the batch
+// was aborted whole). An error that is not the kernel's answer leaves the
+// socket out of step; the caller (do) replaces it.
+func sendBatch(nl *netlink.Conn, msgs []netlink.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	batch := make([]netlink.Message, 0, len(msgs)+2)
+	begin := netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
+	}
+	end := begin
+	end.Header.Type = netlink.HeaderType(unix.NFNL_MSG_BATCH_END)
+	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
+	batch = append(append(append(batch, begin), msgs...), end)
+	if _, err := nl.SendMessages(batch); err != nil {
+		return fmt.Errorf("SendMessages: %w", err)
+	}
+	rc, err := nl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, recvBuffer)
+	answers := 0
+	var first error
+	for {
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return true
+		}); err != nil {
+			return err
+		}
+		if errors.Is(rerr, unix.EINTR) {
+			continue
+		}
+		if errors.Is(rerr, unix.EAGAIN) {
+			break
+		}
+		if rerr != nil {
+			return fmt.Errorf("receiving the batch's answers: %w", rerr)
+		}
+		parsed, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return fmt.Errorf("parsing the batch's answers: %w", err)
+		}
+		for _, m := range parsed {
+			answers++
+			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+				continue
+			}
+			if no := -int32(binary.NativeEndian.Uint32(m.Data)); no != 0 && first == nil {
+				first = &netlink.OpError{Op: "receive", Err: syscall.Errno(no)}
+			}
+		}
+	}
+	if answers == 0 {
+		// Every batch is answered inside sendmsg; nothing means the
+		// answers were lost (a full receive buffer).
+		return fmt.Errorf("receiving the batch's answers: %w", unix.ENOBUFS)
+	}
+	return first
+}
