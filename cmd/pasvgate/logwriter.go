@@ -19,7 +19,8 @@ const logBufferMax = 256 << 10
 
 // logWriter holds the service's log lines and writes them out together,
 // at most logFlushInterval after the first of them, and at once for a line
-// at warn or above (bufferedHandler) and at exit (Close).
+// at warn or above, for every line at --log-level debug (bufferedHandler),
+// and at exit (Close).
 //
 // Why: a line is a write(2) to a pipe or a socket (journald, a container
 // runtime), which wakes its reader, and a transfer's line was written on
@@ -99,7 +100,9 @@ func (w *logWriter) Close() error {
 
 // bufferedHandler is a slog.Handler that writes to a logWriter and
 // flushes it after every record at warn or above, so that those are
-// never held back, and never overtake the lines logged before them.
+// never held back, and never overtake the lines logged before them; and
+// after every record at all while --log-level is debug, which is for
+// watching what happens as it happens.
 type bufferedHandler struct {
 	slog.Handler
 	w *logWriter
@@ -107,7 +110,7 @@ type bufferedHandler struct {
 
 func (h bufferedHandler) Handle(ctx context.Context, r slog.Record) error {
 	err := h.Handler.Handle(ctx, r)
-	if r.Level >= slog.LevelWarn {
+	if r.Level >= slog.LevelWarn || h.Handler.Enabled(ctx, slog.LevelDebug) {
 		if ferr := h.w.Flush(); err == nil {
 			err = ferr
 		}

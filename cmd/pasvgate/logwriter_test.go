@@ -75,6 +75,26 @@ func TestLogWriterHolds(t *testing.T) {
 	}
 }
 
+// TestLogWriterDebugAtOnce: at --log-level debug nothing is held.
+func TestLogWriterDebugAtOnce(t *testing.T) {
+	out := &countingWriter{}
+	w := newLogWriter(out)
+	level := new(slog.LevelVar)
+	level.Set(slog.LevelDebug)
+	log := slog.New(bufferedHandler{slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}), w})
+	log.Info("one")
+	log.Debug("two")
+	if got := out.got(); len(got) != 2 {
+		t.Fatalf("%d writes at debug, want each line at once", len(got))
+	}
+	level.Set(slog.LevelInfo)
+	log.Info("three")
+	if got := out.got(); len(got) != 2 {
+		t.Errorf("%d writes after the level went back to info, want the line held", len(got))
+	}
+	_ = w.Close()
+}
+
 // TestLogWriterBounded: a burst past logBufferMax is written out by the
 // writers themselves, so what is held never grows past the bound.
 func TestLogWriterBounded(t *testing.T) {
