@@ -37,8 +37,8 @@ func cmdRun(args []string) error {
 		return err
 	}
 	level := new(slog.LevelVar)
-	log, lw := newServiceLogger(cfg, level)
-	defer lw.Close()
+	log := newLogger(cfg, level)
+	procs := setProcs(os.Getenv)
 	// Before anything touches the kernel: the backend's start-up sweep
 	// would take another instance's live mappings.
 	release, err := claimInstance()
@@ -51,7 +51,7 @@ func cmdRun(args []string) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	return run(ctx, runEnv{args: args, level: level, hup: hup}, cfg, log)
+	return run(ctx, runEnv{args: args, level: level, hup: hup, procs: procs}, cfg, log)
 }
 
 // runEnv is what run needs besides the config: the arguments to re-read
@@ -61,6 +61,8 @@ type runEnv struct {
 	args  []string
 	level *slog.LevelVar
 	hup   <-chan os.Signal
+	// procs is GOMAXPROCS, for the start-up line (setProcs).
+	procs int
 }
 
 // settings turns the config into the proxy's reloadable settings. pub, if
@@ -284,7 +286,7 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	}
 	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.Listen, "upstream", []string(cfg.Upstream),
 		"public_addr", cfg.PublicAddr, "public_iface", cfg.PublicIface, "data_ports", cfg.DataPorts,
-		"backend", g.backendName, "snat", cfg.SNAT, "metrics", cfg.Metrics)
+		"backend", g.backendName, "snat", cfg.SNAT, "metrics", cfg.Metrics, "gomaxprocs", env.procs)
 	checkFDLimit(cfg, log)
 	notify(log, daemon.SdNotifyReady)
 
