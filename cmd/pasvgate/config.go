@@ -453,17 +453,11 @@ func parseLevel(s string) (slog.Level, error) {
 // newLogger makes the process logger from the config. Its level can be
 // changed later through level (SIGHUP).
 func newLogger(c Config, level *slog.LevelVar) *slog.Logger {
-	return slog.New(newHandler(c, level, os.Stderr))
-}
-
-// newHandler is the handler of --log-format and --log-level, writing to
-// out.
-func newHandler(c Config, level *slog.LevelVar, out io.Writer) slog.Handler {
 	l, _ := parseLevel(c.LogLevel)
 	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	if c.LogFormat == "json" {
-		return slog.NewJSONHandler(out, opts)
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
-	return slog.NewTextHandler(out, opts)
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }

@@ -42,9 +42,7 @@ const nftMsgDestroySetElem = 30
 // used to take two transactions: the SetUnused element alone, failing,
 // then the map elements. With NFT_MSG_DESTROYSETELEM for the SetUnused
 // element, one transaction removes a mapping, used or not, and one
-// removes a whole queue of them (RemoveBatch): the nf_tables commit is
-// the removal's cost, and it is shared with the next install's when they
-// meet.
+// removes a whole queue of them (RemoveBatch).
 //
 // google/nftables cannot send the message, so delBatchDestroy builds the
 // batch itself and sends it on the lasting connection's socket, which is
