@@ -57,27 +57,17 @@ var errNoDestroy = errors.New("the kernel has no NFT_MSG_DESTROYSETELEM")
 // one fails the batch (ENOENT) and the caller can tell what was missing,
 // and the SetUnused elements with NFT_MSG_DESTROYSETELEM.
 func delBatchDestroy(x *conn, o *objects, els []elems) error {
-	var dnat, snat, unused []nftables.SetElement
+	var all elems
 	for _, el := range els {
-		dnat = append(dnat, el.dnat...)
-		snat = append(snat, el.snat...)
-		unused = append(unused, el.unused...)
+		all.dnat = append(all.dnat, el.dnat...)
+		all.snat = append(all.snat, el.snat...)
+		all.unused = append(all.unused, el.unused...)
 	}
-	var msgs []netlink.Message
-	for _, x := range []struct {
-		s   *nftables.Set
-		typ uint16
-		es  []nftables.SetElement
-	}{{o.dnat, unix.NFT_MSG_DELSETELEM, dnat}, {o.snat, unix.NFT_MSG_DELSETELEM, snat}, {o.unused, nftMsgDestroySetElem, unused}} {
-		for chunk := range slices.Chunk(x.es, maxMessageElements) {
-			m, err := elemMessage(o.table, x.s, x.typ, chunk)
-			if err != nil {
-				return err
-			}
-			msgs = append(msgs, m)
-		}
+	msgs, err := elemMessages(o, all, unix.NFT_MSG_DELSETELEM, nftMsgDestroySetElem)
+	if err != nil {
+		return err
 	}
-	err := sendBatch(x.nl, msgs)
+	err = sendBatch(x.nl, msgs)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
 		// An unknown message type gets EINVAL from nfnetlink. Nothing
 		// else in this batch can be invalid: Install adds the very same
@@ -85,6 +75,27 @@ func delBatchDestroy(x *conn, o *objects, els []elems) error {
 		return fmt.Errorf("%w: %w", errNoDestroy, err)
 	}
 	return err
+}
+
+// elemMessages makes the requests for el's elements of o's sets, in
+// messages of at most maxMessageElements: mapsTyp for the dnat and snat
+// maps, unusedTyp for SetUnused.
+func elemMessages(o *objects, el elems, mapsTyp, unusedTyp uint16) ([]netlink.Message, error) {
+	var msgs []netlink.Message
+	for _, y := range []struct {
+		s   *nftables.Set
+		typ uint16
+		es  []nftables.SetElement
+	}{{o.dnat, mapsTyp, el.dnat}, {o.snat, mapsTyp, el.snat}, {o.unused, unusedTyp, el.unused}} {
+		for chunk := range slices.Chunk(y.es, maxMessageElements) {
+			m, err := elemMessage(o.table, y.s, y.typ, chunk)
+			if err != nil {
+				return nil, err
+			}
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs, nil
 }
 
 // elemMessage is one NFT_MSG_*SETELEM request for es in s: keys only,
@@ -148,18 +159,9 @@ func elemMessage(t *nftables.Table, s *nftables.Set, typ uint16, es []nftables.S
 
 // addBatchRaw sends one batch that adds el's elements to o's sets.
 func addBatchRaw(x *conn, o *objects, el elems) error {
-	var msgs []netlink.Message
-	for _, y := range []struct {
-		s  *nftables.Set
-		es []nftables.SetElement
-	}{{o.dnat, el.dnat}, {o.snat, el.snat}, {o.unused, el.unused}} {
-		for chunk := range slices.Chunk(y.es, maxMessageElements) {
-			m, err := elemMessage(o.table, y.s, unix.NFT_MSG_NEWSETELEM, chunk)
-			if err != nil {
-				return err
-			}
-			msgs = append(msgs, m)
-		}
+	msgs, err := elemMessages(o, el, unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_NEWSETELEM)
+	if err != nil {
+		return err
 	}
 	return sendBatch(x.nl, msgs)
 }

@@ -58,6 +58,29 @@ func use(t *testing.T, ns *netns.NS, m rules.Mapping) {
 		fmt.Sprintf("{ %s . %d }", m.Source, m.Public.Port()))
 }
 
+// installSamples installs n sample mappings on ports from port, and uses
+// (as their data connection's first packet would) those whose index
+// used says.
+func installSamples(t *testing.T, ns *netns.NS, b *Backend, n int, port uint16, used func(i int) bool) []rules.Mapping {
+	t.Helper()
+	var ms []rules.Mapping
+	for i := range n {
+		m := rulestest.Sample(fmt.Sprintf("m-%d", port+uint16(i)), port+uint16(i))
+		if err := b.Install(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+		if used(i) {
+			use(t, ns, m)
+		}
+		ms = append(ms, m)
+	}
+	return ms
+}
+
+// never and even are installSamples' choices of mappings to use.
+func never(int) bool  { return false }
+func even(i int) bool { return i%2 == 0 }
+
 // TestRemoveOneTransaction: removing a mapping is one nf_tables
 // transaction whether it was used or not, and removing a batch of them is
 // one too (issue 13: before, a used mapping's removal was a failed
@@ -69,14 +92,7 @@ func TestRemoveOneTransaction(t *testing.T) {
 	ns, b := ready(t, Config{})
 	base := stableRuleset(t, ns)
 
-	used, unused := rulestest.Sample("m-used", 40001), rulestest.Sample("m-unused", 40002)
-	for _, m := range []rules.Mapping{used, unused} {
-		if err := b.Install(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	use(t, ns, used)
-	for _, m := range []rules.Mapping{used, unused} {
+	for _, m := range installSamples(t, ns, b, 2, 40001, func(i int) bool { return i == 0 }) {
 		g := generation(t, ns)
 		if err := b.Remove(ctx, m); err != nil {
 			t.Fatalf("Remove %s: %v", m.ID, err)
@@ -86,17 +102,7 @@ func TestRemoveOneTransaction(t *testing.T) {
 		}
 	}
 
-	var batch []rules.Mapping
-	for i := range 10 {
-		m := rulestest.Sample(fmt.Sprintf("m-b%d", i), uint16(41000+i))
-		if err := b.Install(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-		if i%2 == 0 {
-			use(t, ns, m)
-		}
-		batch = append(batch, m)
-	}
+	batch := installSamples(t, ns, b, 10, 41000, even)
 	g := generation(t, ns)
 	for i, err := range b.RemoveBatch(ctx, batch) {
 		if err != nil {
@@ -122,14 +128,7 @@ func TestRemoveBatchMissing(t *testing.T) {
 	ctx := context.Background()
 	ns, b := ready(t, Config{})
 	base := stableRuleset(t, ns)
-	var batch []rules.Mapping
-	for i := range 4 {
-		m := rulestest.Sample(fmt.Sprintf("m-%d", i), uint16(40001+i))
-		if err := b.Install(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-		batch = append(batch, m)
-	}
+	batch := installSamples(t, ns, b, 4, 40001, never)
 	ns.MustRun(t, "nft", "delete", "element", "ip", TableName, SetDNAT, "{ 203.0.113.10 . 203.0.113.2 . 40002 }")
 	ns.MustRun(t, "nft", "delete", "element", "ip", TableName, SetSNAT, "{ 203.0.113.10 . 192.0.2.10 . 30000 . 40002 }")
 	errs := b.RemoveBatch(ctx, batch)
@@ -152,17 +151,7 @@ func TestRemoveWithoutDestroy(t *testing.T) {
 	ns, b := ready(t, Config{})
 	b.noDestroy = true
 	base := stableRuleset(t, ns)
-	var batch []rules.Mapping
-	for i := range 4 {
-		m := rulestest.Sample(fmt.Sprintf("m-%d", i), uint16(40001+i))
-		if err := b.Install(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-		if i%2 == 0 {
-			use(t, ns, m)
-		}
-		batch = append(batch, m)
-	}
+	batch := installSamples(t, ns, b, 4, 40001, even)
 	if err := b.Remove(ctx, batch[0]); err != nil {
 		t.Errorf("Remove of a used mapping: %v", err)
 	}
