@@ -67,7 +67,7 @@ func delBatchDestroy(x *conn, o *objects, els []elems) error {
 	if err != nil {
 		return err
 	}
-	err = sendBatch(x.nl, msgs)
+	err = x.sendBatch(msgs)
 	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
 		// An unknown message type gets EINVAL from nfnetlink. Nothing
 		// else in this batch can be invalid: Install adds the very same
@@ -163,7 +163,7 @@ func addBatchRaw(x *conn, o *objects, el elems) error {
 	if err != nil {
 		return err
 	}
-	return sendBatch(x.nl, msgs)
+	return x.sendBatch(msgs)
 }
 
 // recvBuffer is enough for any answer to a batch: acknowledgements, and
@@ -177,7 +177,7 @@ const recvBuffer = 64 << 10
 // for the batch when its commit failed. The first error wins (the batch
 // was aborted whole). An error that is not the kernel's answer leaves the
 // socket out of step; the caller (do) replaces it.
-func sendBatch(nl *netlink.Conn, msgs []netlink.Message) error {
+func (x *conn) sendBatch(msgs []netlink.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
@@ -190,14 +190,17 @@ func sendBatch(nl *netlink.Conn, msgs []netlink.Message) error {
 	end.Header.Type = netlink.HeaderType(unix.NFNL_MSG_BATCH_END)
 	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
 	batch = append(append(append(batch, begin), msgs...), end)
-	if _, err := nl.SendMessages(batch); err != nil {
+	if _, err := x.nl.SendMessages(batch); err != nil {
 		return fmt.Errorf("SendMessages: %w", err)
 	}
-	rc, err := nl.SyscallConn()
+	rc, err := x.nl.SyscallConn()
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, recvBuffer)
+	if x.answers == nil {
+		x.answers = make([]byte, recvBuffer)
+	}
+	buf := x.answers
 	answers := 0
 	var first error
 	for {
