@@ -356,7 +356,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		srv:    s,
 		id:     id,
 		log:    log,
-		client: c,
+		client: withRawIO(c), // rawconn.go
 		peer:   client.Addr(),
 		start:  time.Now(),
 		over:   make(chan struct{}),
@@ -404,7 +404,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	setKeepalive(c, st.Keepalive)
 	sess.mu.Lock()
-	sess.server = u
+	sess.server = withRawIO(u)
 	ended := sess.ended
 	sess.mu.Unlock()
 	if ended { // Shutdown came while the server was being dialed
