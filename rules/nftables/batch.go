@@ -7,6 +7,7 @@ import (
 	"slices"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -166,6 +167,35 @@ func addBatchRaw(x *conn, o *objects, el elems) error {
 	return x.sendBatch(msgs)
 }
 
+// rawBatchMax is the largest batch, in bytes, that sendBatch sends with a
+// raw system call: an install is about 600 bytes, a removal about 75 per
+// mapping. The removal worker's batches stay under it at about a thousand
+// transfers a second (ten mappings per RemoveDelay); bigger ones, under
+// heavier load, take long enough in the kernel to be worth handing the P
+// on.
+const rawBatchMax = 4 << 10
+
+// batchHeader is the body of a batch begin or end message: nfgenmsg for
+// the nftables subsystem.
+var batchHeader = []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
+
+// appendMessage appends one netlink message, header and data padded to
+// four bytes, to b, with the socket's next sequence number.
+func (x *conn) appendMessage(b []byte, typ uint16, flags netlink.HeaderFlags, data []byte) []byte {
+	x.seq++
+	size := unix.NLMSG_HDRLEN + len(data)
+	b = binary.NativeEndian.AppendUint32(b, uint32(size))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = binary.NativeEndian.AppendUint16(b, uint16(flags))
+	b = binary.NativeEndian.AppendUint32(b, x.seq)
+	b = binary.NativeEndian.AppendUint32(b, 0) // to the kernel
+	b = append(b, data...)
+	for len(b)%unix.NLMSG_ALIGNTO != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
 // recvBuffer is enough for any answer to a batch: acknowledgements, and
 // errors without the failed message (NETLINK_CAP_ACK, tuneSocket).
 const recvBuffer = 64 << 10
@@ -177,25 +207,47 @@ const recvBuffer = 64 << 10
 // for the batch when its commit failed. The first error wins (the batch
 // was aborted whole). An error that is not the kernel's answer leaves the
 // socket out of step; the caller (do) replaces it.
+//
+// The kernel handles the whole batch inside the sendmsg, so one system
+// call does the work and the answers are already queued when it returns.
+// A small batch (an install, a few removals) is sent with a raw system
+// call, as proxy/rawconn.go explains: its tens of µs in the kernel would
+// otherwise make Go's scheduler hand the thread's P to another thread and
+// back, on the path of every 227. A bigger batch may take milliseconds,
+// and goes through the scheduler so that other sessions run meanwhile.
 func (x *conn) sendBatch(msgs []netlink.Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	batch := make([]netlink.Message, 0, len(msgs)+2)
-	begin := netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
-		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
-	}
-	end := begin
-	end.Header.Type = netlink.HeaderType(unix.NFNL_MSG_BATCH_END)
 	msgs[len(msgs)-1].Header.Flags |= netlink.Acknowledge
-	batch = append(append(append(batch, begin), msgs...), end)
-	if _, err := x.nl.SendMessages(batch); err != nil {
-		return fmt.Errorf("SendMessages: %w", err)
+	out := x.out[:0]
+	out = x.appendMessage(out, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, batchHeader)
+	for _, m := range msgs {
+		out = x.appendMessage(out, uint16(m.Header.Type), m.Header.Flags, m.Data)
 	}
+	out = x.appendMessage(out, unix.NFNL_MSG_BATCH_END, netlink.Request, batchHeader)
+	x.out = out
 	rc, err := x.nl.SyscallConn()
 	if err != nil {
 		return err
+	}
+	send := unix.Syscall6
+	if len(out) <= rawBatchMax {
+		send = unix.RawSyscall6
+	}
+	var errno unix.Errno
+	if err := rc.Write(func(fd uintptr) bool {
+		for {
+			_, _, errno = send(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)), 0, 0, 0)
+			if errno != unix.EINTR {
+				return errno != unix.EAGAIN
+			}
+		}
+	}); err != nil {
+		return fmt.Errorf("sending the batch: %w", err)
+	}
+	if errno != 0 {
+		return fmt.Errorf("sending the batch: %w", errno)
 	}
 	if x.answers == nil {
 		x.answers = make([]byte, recvBuffer)
@@ -207,7 +259,13 @@ func (x *conn) sendBatch(msgs []netlink.Message) error {
 		var n int
 		var rerr error
 		if err := rc.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			// Raw, as the send: the answers are queued, so this only
+			// copies them, or finds none (EAGAIN).
+			r, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), unix.MSG_DONTWAIT, 0, 0)
+			n, rerr = int(r), nil
+			if errno != 0 {
+				n, rerr = 0, errno
+			}
 			return true
 		}); err != nil {
 			return err

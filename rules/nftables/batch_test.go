@@ -112,6 +112,25 @@ func TestRemoveOneTransaction(t *testing.T) {
 	if n := generation(t, ns) - g; n != 1 {
 		t.Errorf("RemoveBatch of 10: %d transactions, want 1", n)
 	}
+	if len(b.conn.out) > rawBatchMax {
+		t.Errorf("the removal of 10 took %d bytes, more than the %d sent raw", len(b.conn.out), rawBatchMax)
+	}
+
+	// A batch too big to be sent raw goes through Go's scheduler
+	// (sendBatch), with the same result.
+	batch = installSamples(t, ns, b, 200, 42000, even)
+	g = generation(t, ns)
+	for i, err := range b.RemoveBatch(ctx, batch) {
+		if err != nil {
+			t.Errorf("RemoveBatch: %s: %v", batch[i].ID, err)
+		}
+	}
+	if n := generation(t, ns) - g; n != 1 {
+		t.Errorf("RemoveBatch of 200: %d transactions, want 1", n)
+	}
+	if len(b.conn.out) <= rawBatchMax {
+		t.Errorf("the removal of 200 took %d bytes, not more than the %d sent raw: the test misses that path", len(b.conn.out), rawBatchMax)
+	}
 	if b.noDestroy {
 		t.Error("this kernel refused NFT_MSG_DESTROYSETELEM")
 	}

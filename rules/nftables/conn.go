@@ -46,6 +46,10 @@ type conn struct {
 	// about a sixth of pasvgate's CPU time under back-to-back transfers.
 	// The Backend's lock serializes its users.
 	answers []byte
+	// out is sendBatch's send buffer, kept for the same reason, and seq
+	// the sequence number of its last message.
+	out []byte
+	seq uint32
 }
 
 // dial opens a lasting connection in the network namespace nsfd.
