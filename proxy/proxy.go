@@ -22,6 +22,7 @@ import (
 
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy/ftp"
+	"github.com/pasvgate/pasvgate/proxy/rawio"
 )
 
 // Mapper opens data mappings. *nat.Table implements it; tests may wrap it.
@@ -356,7 +357,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		srv:    s,
 		id:     id,
 		log:    log,
-		client: withRawIO(c), // rawconn.go
+		client: rawio.Wrap(c),
 		peer:   client.Addr(),
 		start:  time.Now(),
 		over:   make(chan struct{}),
@@ -404,7 +405,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	setKeepalive(c, st.Keepalive)
 	sess.mu.Lock()
-	sess.server = withRawIO(u)
+	sess.server = rawio.Wrap(u)
 	ended := sess.ended
 	sess.mu.Unlock()
 	if ended { // Shutdown came while the server was being dialed

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
+	"github.com/pasvgate/pasvgate/proxy/rawio"
 	"github.com/pasvgate/pasvgate/test/bench/load"
 )
 
@@ -23,8 +25,9 @@ import (
 // 227s name the server; the client is told to connect PASV data to
 // gwPublic2 instead (ftpload -pasv-host), and EPSV's 229 already sends it
 // to the control address, gwPublic. With no rule call per transfer and no
-// line handling, it is what any control-channel proxy written in Go costs
-// on this machine over the kernel data path: pasvgate's floor.
+// line handling, but pasvgate's own socket I/O and thread count
+// (relayPair), it is what a control-channel proxy built as pasvgate is
+// costs on this machine over the kernel data path: pasvgate's floor.
 type relayGW struct {
 	l    *lab
 	self string // this program
@@ -45,7 +48,7 @@ COMMIT
 
 func (g *relayGW) key() string { return "F" }
 func (g *relayGW) title() string {
-	return "floor: plain Go TCP relay of the control channel, static DNAT+SNAT data path"
+	return "floor: plain Go TCP relay of the control channel (pasvgate's raw socket I/O, one thread), static DNAT+SNAT data path"
 }
 func (g *relayGW) target() netip.AddrPort { return netip.MustParseAddrPort(gwPublic + ":21") }
 func (g *relayGW) clientArgs() []string   { return []string{"-pasv-host", gwPublic2} }
@@ -95,6 +98,7 @@ type clientArgs interface{ clientArgs() []string }
 // connection to LISTEN to ADDR until ctx ends, then closes them all and
 // returns.
 func relay(ctx context.Context, listen, upstream string) error {
+	runtime.GOMAXPROCS(1) // as pasvgate runs (cmd/pasvgate/procs.go)
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
@@ -154,7 +158,10 @@ func relay(ctx context.Context, listen, upstream string) error {
 
 // relayPair copies both ways until both sides are done. It reads and
 // writes with a small buffer on purpose: io.Copy between two TCP sockets
-// would splice in the kernel, which no line-reading proxy can do.
+// would splice in the kernel, which no line-reading proxy can do. It
+// reads and writes as pasvgate does (package proxy/rawio, on one thread:
+// relay sets GOMAXPROCS), so that the floor is not slower than pasvgate
+// for want of pasvgate's own I/O.
 func relayPair(a, b net.Conn) {
 	done := make(chan struct{})
 	go func() {
@@ -169,10 +176,11 @@ func relayPair(a, b net.Conn) {
 
 func relayCopy(dst, src net.Conn) {
 	buf := make([]byte, 4096)
+	rd, wr := rawio.Wrap(src), rawio.Wrap(dst)
 	for {
-		n, err := src.Read(buf)
+		n, err := rd.Read(buf)
 		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if _, werr := wr.Write(buf[:n]); werr != nil {
 				break
 			}
 		}

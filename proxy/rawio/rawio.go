@@ -1,16 +1,15 @@
-package proxy
-
-// This file is how pasvgate reads and writes its control connections:
+// Package rawio is how pasvgate reads and writes its control connections:
 // with the socket's read and write system calls made raw, without telling
-// Go's scheduler.
+// Go's scheduler. test/bench's floor relay (column F) uses it too, so that
+// the floor is what a relay with pasvgate's own I/O costs.
 //
 // Why. Go's net package wraps every read and write in entersyscall and
 // exitsyscall. When a call lasts more than one tick of the runtime's
 // monitor thread (sysmon, 20 µs), the monitor takes the thread's P away
 // and hands it to another thread, which must be woken; the first thread
 // then has to get a P back when its call returns. With GOMAXPROCS=1
-// (procs.go) there is no idle P, so this happens on nearly every write of
-// a reply: writing to a TCP socket runs the receiver's side of the kernel
+// (cmd/pasvgate/procs.go) there is no idle P, so this happens on nearly
+// every write of a reply: writing to a TCP socket runs the receiver's side of the kernel
 // path too, and on a virtual machine that takes tens of µs. Under
 // back-to-back transfers `perf trace` counted about seven wake-ups of the
 // monitor and two thread hand-offs per transfer, and the monitor alone
@@ -24,6 +23,7 @@ package proxy
 // this, rounds interleaved): NOOP round trip 97 vs 103 µs, 1 KiB
 // downloads 1021 vs 917/s (PASV) and 1103 vs 954/s (EPSV), together with
 // the same change to the nftables install (rules/nftables/batch.go).
+package rawio
 
 import (
 	"io"
@@ -58,9 +58,9 @@ type rawConn struct {
 	writeFn func(fd uintptr) bool
 }
 
-// withRawIO returns c with raw reads and writes, or c itself if it is not
+// Wrap returns c with raw reads and writes, or c itself if it is not
 // a socket (tests use in-memory connections).
-func withRawIO(c net.Conn) net.Conn {
+func Wrap(c net.Conn) net.Conn {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c
@@ -75,7 +75,7 @@ func withRawIO(c net.Conn) net.Conn {
 }
 
 // SyscallConn is the socket's, for the socket options and urgent data
-// that session.go and origdst.go reach through it.
+// that the proxy reaches through it.
 func (c *rawConn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
 
 // Read reads what the socket has, waiting in Go's poller while it has

@@ -1,4 +1,4 @@
-package proxy
+package rawio
 
 import (
 	"bytes"
@@ -28,9 +28,9 @@ func rawPair(t *testing.T) (raw net.Conn, peer net.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close(); p.Close() })
-	r := withRawIO(c)
+	r := Wrap(c)
 	if _, ok := r.(*rawConn); !ok {
-		t.Fatalf("withRawIO(%T) = %T, want *rawConn", c, r)
+		t.Fatalf("Wrap(%T) = %T, want *rawConn", c, r)
 	}
 	return r, p
 }
