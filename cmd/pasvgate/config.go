@@ -453,11 +453,25 @@ func parseLevel(s string) (slog.Level, error) {
 // newLogger makes the process logger from the config. Its level can be
 // changed later through level (SIGHUP).
 func newLogger(c Config, level *slog.LevelVar) *slog.Logger {
+	return slog.New(newHandler(c, level, os.Stderr))
+}
+
+// newServiceLogger is newLogger for `pasvgate run`, whose info lines are
+// held and written out together (logWriter). The caller must Close the
+// logWriter before it exits.
+func newServiceLogger(c Config, level *slog.LevelVar) (*slog.Logger, *logWriter) {
+	w := newLogWriter(os.Stderr)
+	return slog.New(bufferedHandler{newHandler(c, level, w), w}), w
+}
+
+// newHandler is the handler of --log-format and --log-level, writing to
+// out.
+func newHandler(c Config, level *slog.LevelVar, out io.Writer) slog.Handler {
 	l, _ := parseLevel(c.LogLevel)
 	level.Set(l)
 	opts := &slog.HandlerOptions{Level: level}
 	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		return slog.NewJSONHandler(out, opts)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.NewTextHandler(out, opts)
 }

@@ -37,7 +37,8 @@ func cmdRun(args []string) error {
 		return err
 	}
 	level := new(slog.LevelVar)
-	log := newLogger(cfg, level)
+	log, lw := newServiceLogger(cfg, level)
+	defer lw.Close()
 	procs := setProcs(os.Getenv)
 	// Before anything touches the kernel: the backend's start-up sweep
 	// would take another instance's live mappings.

@@ -485,6 +485,56 @@ func (p *Proc) Pid() int { return p.cmd.Process.Pid }
 // Output is what the process printed so far (stdout and stderr).
 func (p *Proc) Output() string { return p.out.String() }
 
+// WaitSessions waits, up to timeout, until a pasvgate's log shows at
+// least n sessions started and as many ended, and returns the output then
+// (or at the timeout, for the caller's checks to report). pasvgate holds
+// info lines for up to 50 ms before it writes them
+// (cmd/pasvgate/logwriter.go), so a test that reads the log once its
+// client is done must wait for them; and taking a test step's "before"
+// here keeps the previous step's late lines out of this one's.
+func (p *Proc) WaitSessions(n int, timeout time.Duration) string {
+	deadline := time.Now().Add(timeout)
+	for {
+		out := p.Output()
+		started, ended := countSessions(out)
+		if (started >= n && started == ended) || time.Now().After(deadline) {
+			return out
+		}
+		if done, _ := p.Exited(); done {
+			return p.Output()
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Settled returns the output once every line logged before the call is
+// written: it waits past pasvgate's longest hold of an info line. For a
+// check that a line did not come.
+func (p *Proc) Settled() string {
+	time.Sleep(2 * pasvgateLogHold)
+	return p.Output()
+}
+
+// pasvgateLogHold is the longest pasvgate holds an info line
+// (cmd/pasvgate/logwriter.go, logFlushInterval).
+const pasvgateLogHold = 50 * time.Millisecond
+
+// Sessions counts the sessions a pasvgate's log shows started so far.
+func (p *Proc) Sessions() int {
+	started, _ := countSessions(p.Output())
+	return started
+}
+
+// countSessions counts the session start and end lines of a log in
+// either --log-format.
+func countSessions(out string) (started, ended int) {
+	for _, f := range []string{`"msg":"%s"`, `msg="%s"`} {
+		started += strings.Count(out, fmt.Sprintf(f, "session started"))
+		ended += strings.Count(out, fmt.Sprintf(f, "session ended"))
+	}
+	return started, ended
+}
+
 // Exited reports whether the process has ended, and how.
 func (p *Proc) Exited() (bool, error) {
 	select {

@@ -32,13 +32,14 @@ func TestSidecar(t *testing.T) {
 			t.Errorf("no listener on %s in the router:\n%s", want, ss)
 		}
 	}
-	sessionsBefore := strings.Count(p.Output(), `msg="session started"`)
+	sessionsBefore := p.Sessions()
 	download(t, l, srv, lab.WANServerAddr, true, false)
 	download(t, l, srv, lab.WANServerAddr, true, true)
 	download(t, l, srv, lab.WANServerAddr, false, false)
 	// Without the interception the LAN reaches the server directly (the
 	// router masquerades): pasvgate must have seen every session.
-	if n := strings.Count(p.Output(), `msg="session started"`) - sessionsBefore; n != 3 {
+	// pasvgate writes info lines up to 50 ms late (lab.Proc.WaitSessions).
+	if n := strings.Count(p.WaitSessions(sessionsBefore+3, 3*time.Second), `msg="session started"`) - sessionsBefore; n != 3 {
 		t.Errorf("pasvgate logged %d sessions for the three downloads, want 3: not intercepted\n%s", n, p.Output())
 	}
 	stop(t, p, c.key, 40*time.Second)

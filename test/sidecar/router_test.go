@@ -142,7 +142,7 @@ func (e *env) routerChecks(t *testing.T, checks *lab.Grid, before routerState) {
 	// Connections addressed to the router itself.
 	start = time.Now()
 	sessions := func() (started, refused int) {
-		out := e.pg.Output()
+		out := e.pg.Settled() // no line held back, so none missed
 		return strings.Count(out, `"msg":"session started"`), strings.Count(out, `"msg":"session refused"`)
 	}
 	started0, refused0 := sessions()

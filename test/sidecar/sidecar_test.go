@@ -442,7 +442,10 @@ func (e *env) check(t *testing.T, c cell, client lab.Client) (fails, notes []str
 	if err != nil {
 		return []string{err.Error()}, nil, ""
 	}
-	logBefore := e.pg.Output()
+	// Every earlier session's lines are out (WaitSessions): none of them
+	// can land in this cell's part of the log.
+	sessionsBefore := e.pg.Sessions()
+	logBefore := e.pg.WaitSessions(sessionsBefore, 3*time.Second)
 
 	base := strings.ReplaceAll(c.String(), "/", "-")
 	tr := lab.Transfer{NS: l.Client, Host: lab.WANServerAddr, User: e.srv.User, Password: e.srv.Password,
@@ -480,7 +483,7 @@ func (e *env) check(t *testing.T, c cell, client lab.Client) (fails, notes []str
 	if errors.Is(runErr, lab.ErrUnsupported) {
 		return nil, nil, oneLine(runErr.Error())
 	}
-	logCell := strings.TrimPrefix(e.pg.Output(), logBefore)
+	logCell := strings.TrimPrefix(e.pg.WaitSessions(sessionsBefore+1, 3*time.Second), logBefore)
 
 	// 1. What the user gets.
 	if runErr != nil {
