@@ -211,7 +211,7 @@ const recvBuffer = 64 << 10
 // The kernel handles the whole batch inside the sendmsg, so one system
 // call does the work and the answers are already queued when it returns.
 // A small batch (an install, a few removals) is sent with a raw system
-// call, as proxy/rawconn.go explains: its tens of µs in the kernel would
+// call, as package proxy/rawio explains: its tens of µs in the kernel would
 // otherwise make Go's scheduler hand the thread's P to another thread and
 // back, on the path of every 227. A bigger batch may take milliseconds,
 // and goes through the scheduler so that other sessions run meanwhile.
