@@ -91,6 +91,14 @@ func newLab(ctx context.Context, legacy bool, nsPrefix string) (l *lab, retErr e
 		func() error { return l.server.AddAddr("eth0", netip.MustParsePrefix(serverAddr+"/24")) },
 		func() error { return l.server.AddDefaultRoute(netip.MustParseAddr(gwPrivate)) },
 		func() error { return l.gw.Sysctl("net.ipv4.ip_forward", "1") },
+		// TCP timestamps without a random offset per destination. Column
+		// C reaches the server directly and B through the helper's DNAT,
+		// both from the client's own address: with offsets that differ
+		// by destination, a data connection of B could meet, at the
+		// server, a tuple that one of C's left in TIME_WAIT with higher
+		// timestamps, and be refused (PAWS), which failed a bench now and
+		// then ("connection refused" in column B).
+		func() error { return l.client.Sysctl("net.ipv4.tcp_timestamps", "2") },
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {
