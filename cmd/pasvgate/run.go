@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -608,15 +609,27 @@ func cmdRules(args []string) error {
 	if len(ms) == 0 {
 		return nil
 	}
-	fmt.Printf("%-16s %-40s %-46s %-46s %s\n", "ID", "CLIENT", "PUBLIC", "BACKEND", "AGE")
+	writeMappings(os.Stdout, ms, time.Now())
+	return nil
+}
+
+// writeMappings prints `rules list`'s table. DIALED, last so that
+// scripts reading the first columns keep working, is the second address
+// a PASV mapping admits its client on (the one the client dialed, for
+// clients that ignore the 227's address), or "-".
+func writeMappings(w io.Writer, ms []rules.Mapping, now time.Time) {
+	fmt.Fprintf(w, "%-16s %-40s %-46s %-46s %-10s %s\n", "ID", "CLIENT", "PUBLIC", "BACKEND", "AGE", "DIALED")
 	for _, m := range ms {
 		age := "-"
 		if !m.Created.IsZero() {
-			age = time.Since(m.Created).Truncate(time.Second).String()
+			age = now.Sub(m.Created).Truncate(time.Second).String()
 		}
-		fmt.Printf("%-16s %-40s %-46s %-46s %s\n", m.ID, m.Source, m.Public, m.Target, age)
+		dialed := "-"
+		if m.Dialed.IsValid() {
+			dialed = m.Dialed.String()
+		}
+		fmt.Fprintf(w, "%-16s %-40s %-46s %-46s %-10s %s\n", m.ID, m.Source, m.Public, m.Target, age, dialed)
 	}
-	return nil
 }
 
 // checkFDLimit warns when the open-file limit cannot hold --max-sessions:
