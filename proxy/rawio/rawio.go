@@ -38,9 +38,9 @@ import (
 //
 // The calls' arguments and results live in the struct, and the callbacks
 // handed to RawConn are method values made once, so that relaying a line
-// allocates nothing (TestRelayedLinesDoNotAllocate): a closure per call
-// would escape to the heap. rmu and wmu keep concurrent Reads, or
-// Writes, from sharing them.
+// allocates nothing (package proxy's TestRelayedLinesDoNotAllocate): a
+// closure per call would escape to the heap. rmu and wmu keep concurrent
+// Reads, or Writes, from sharing them.
 type rawConn struct {
 	net.Conn
 	rc syscall.RawConn
@@ -94,11 +94,17 @@ func (c *rawConn) Read(b []byte) (int, error) {
 	case err != nil:
 		return 0, err
 	case errno != 0:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+		return 0, c.opError("read", errno)
 	case n == 0:
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// opError is a failed system call's error, as the net package reports
+// one.
+func (c *rawConn) opError(op string, errno syscall.Errno) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
 }
 
 // read is Read's callback: one read(2), done unless the socket had
@@ -133,7 +139,7 @@ func (c *rawConn) Write(b []byte) (int, error) {
 	case err != nil:
 		return done, err
 	case errno != 0:
-		return done, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+		return done, c.opError("write", errno)
 	}
 	return done, nil
 }
