@@ -46,10 +46,16 @@ type conn struct {
 	// about a sixth of pasvgate's CPU time under back-to-back transfers.
 	// The Backend's lock serializes its users.
 	answers []byte
-	// out is sendBatch's send buffer, kept for the same reason, and seq
-	// the sequence number of its last message.
-	out []byte
-	seq uint32
+	// out is sendBatch's send buffer, kept for the same reason, seq
+	// the sequence number of its last message, and last the offset in
+	// out of the last request (-1: none), which asks for the
+	// acknowledgement.
+	out  []byte
+	seq  uint32
+	last int
+	// scratch gathers a removal batch's elements of one set
+	// (delBatchDestroy), kept for the same reason.
+	scratch []nftables.SetElement
 }
 
 // dial opens a lasting connection in the network namespace nsfd.
