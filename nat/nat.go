@@ -418,15 +418,19 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 	t.opened++
 	m.timer = time.AfterFunc(t.cfg.ConnectTimeout, func() { m.release(ReasonConnectTimeout, true) })
 	t.mu.Unlock()
-	attrs := []any{"session", req.Session, "id", m.ID, "source", req.Source, "public", m.Public}
-	if req.Dialed.IsValid() {
-		attrs = append(attrs, "dialed", req.Dialed)
-	}
-	attrs = append(attrs, "target", req.Target, "snat", req.SNAT,
-		"install_ms", float64(time.Since(start).Microseconds())/1000)
 	// Debug: a finished transfer's log line names the mapping, and one
-	// line per transfer is what a busy gateway can afford to write.
-	t.log.Debug("mapping opened", attrs...)
+	// line per transfer is what a busy gateway can afford to write. The
+	// check first, because the arguments cost allocations even when the
+	// line is not written.
+	if t.log.Enabled(ctx, slog.LevelDebug) {
+		attrs := []any{"session", req.Session, "id", m.ID, "source", req.Source, "public", m.Public}
+		if req.Dialed.IsValid() {
+			attrs = append(attrs, "dialed", req.Dialed)
+		}
+		attrs = append(attrs, "target", req.Target, "snat", req.SNAT,
+			"install_ms", float64(time.Since(start).Microseconds())/1000)
+		t.log.Debug("mapping opened", attrs...)
+	}
 	return m, nil
 }
 

@@ -131,9 +131,11 @@ func (t *Table) removed(m *Mapping, err error) {
 	if !abnormal(m.reason) {
 		level = slog.LevelDebug
 	}
-	t.log.Log(context.Background(), level, "mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
-		"public", m.Public, "target", m.Target, "reason", m.reason,
-		"age_ms", time.Since(m.opened).Milliseconds())
+	if ctx := context.Background(); t.log.Enabled(ctx, level) {
+		t.log.Log(ctx, level, "mapping closed", "session", m.Session, "id", m.ID, "source", m.Source,
+			"public", m.Public, "target", m.Target, "reason", m.reason,
+			"age_ms", time.Since(m.opened).Milliseconds())
+	}
 }
 
 // removeFailed schedules m's next attempt, or gives up on it after the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/pasvgate/pasvgate/nat"
@@ -230,18 +231,26 @@ func (s *session) logFinished(f *finished) {
 	if f == nil {
 		return
 	}
+	ctx := context.Background()
+	if !s.log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
 	result := "ok"
 	if f.code >= 400 {
 		result = "failed"
 	}
-	attrs := []any{"user", f.user, "command", f.verb.String(), "file", f.arg}
+	// Typed attributes, addresses as strings: a netip.AddrPort as an any
+	// goes through its MarshalText, and the JSON handler through
+	// encoding/json, on every transfer.
+	attrs := make([]slog.Attr, 0, 9)
+	attrs = append(attrs, slog.String("user", f.user), slog.String("command", f.verb.String()), slog.String("file", f.arg))
 	if m := f.mapping; m != nil {
-		attrs = append(attrs, "mapping", m.ID, "public", m.Public, "target", m.Target)
+		attrs = append(attrs, slog.String("mapping", m.ID), slog.String("public", m.Public.String()), slog.String("target", m.Target.String()))
 	} else {
-		attrs = append(attrs, "mapping", "")
+		attrs = append(attrs, slog.String("mapping", ""))
 	}
-	attrs = append(attrs, "duration_ms", f.took.Milliseconds(), "code", f.code, "result", result)
-	s.log.Info("transfer", attrs...)
+	attrs = append(attrs, slog.Int64("duration_ms", f.took.Milliseconds()), slog.Int("code", f.code), slog.String("result", result))
+	s.log.LogAttrs(ctx, slog.LevelInfo, "transfer", attrs...)
 }
 
 // preliminaryLocked records a 1xx reply to the command at the head: for a
