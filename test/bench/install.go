@@ -15,13 +15,14 @@ import (
 // oneInstallCount is how many installs oneInstall times.
 const oneInstallCount = 200
 
-// oneInstall measures what one mapping's install costs on this kernel, in
-// the gw namespace, with the nftables backend pasvgate uses by default:
-// the median of n installs, each of a mapping like D's (SNAT and a dialed
-// address) and removed again, gapped apart as the small downloads are
-// (about a millisecond). It is the "one install" of the floor
-// (issue 13: the helper's time, plus the relay's round trips, plus one
-// install): the floor column F has the first two and no install.
+// oneInstall measures what one mapping's install takes in pasvgate's
+// thread, in the gw namespace, with the nftables backend pasvgate uses by
+// default: the median of n installs, each of a mapping like D's (SNAT and
+// a dialed address) and removed again, gapped apart as the small
+// downloads are (about a millisecond). The report sets it beside F minus
+// F0, what an install adds to a transfer as the client sees it: the
+// floor (column F) used to be F0 plus this figure, which left out the
+// install's cost on the other CPUs (see floorInstaller).
 //
 // It runs while no pasvgate does (between the rounds and the profile),
 // sets up pasvgate's table in the gw and flushes it again, which leaves

@@ -20,13 +20,15 @@
 //	    two builds in one run, rounds interleaved
 //	B   the kernel helper: static DNAT of port 21, CT --helper ftp
 //	C   plain routing without NAT
-//	F   the floor: a plain Go TCP relay of the control channel over a
-//	    static DNAT+SNAT data path (relay.go); the targets add one
-//	    install to it (install.go), as issue 13 defines the floor
+//	F   the floor: a plain Go TCP relay of the control channel that
+//	    installs each transfer's mapping as pasvgate does (relay.go,
+//	    floorinstall.go): the helper's time, plus the relay's round
+//	    trips, plus one install, as issue 13 defines the floor
+//	F0  the same relay over a static DNAT+SNAT data path, no installs
 //	M   ProFTPD mod_proxy as a reverse proxy: the userspace peer
 //	    (-modproxy, on by default when test/install-deps.sh unpacked it)
 //
-// Rounds are interleaved (A, A2, N, D, B, C, F, M; A, ...) and the
+// Rounds are interleaved (A, A2, N, D, F, B, C, F0, M; A, ...) and the
 // table shows medians over rounds, so that drift on the machine hits every
 // gateway alike. Between two gateways the gw's rules must be back at the
 // baseline and its conntrack table is flushed.
@@ -107,11 +109,12 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 12*time.Minute, "bound on the whole bench")
 	relayListen := flag.String("relay", "", "internal: run as column F's relay, listening on `ADDR:PORT`")
 	relayUpstream := flag.String("relay-upstream", "", "internal: the relay's upstream `ADDR:PORT`")
+	relayInstall := flag.Bool("relay-install", false, "internal: the relay installs a mapping per transfer (column F)")
 	flag.Parse()
 	if *relayListen != "" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		if err := relay(ctx, *relayListen, *relayUpstream); err != nil {
+		if err := relay(ctx, *relayListen, *relayUpstream, *relayInstall); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
@@ -225,16 +228,18 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 	if (o.cpuProfile != "" || o.trace != "") && profiled == nil {
 		return errors.New("-cpuprofile and -trace profile column D or N: they need -defaults or -nftables")
 	}
-	b := &staticGW{k: "B", name: "kernel helper", l: l, rules: helperRules,
-		dial: mustAddrPort(gwPublic + ":21"), wantData: gwPublic, helper: true}
-	c := &staticGW{k: "C", name: "routed, no NAT", l: l, rules: routedRules,
-		dial: mustAddrPort(serverAddr + ":21"), wantData: serverAddr}
-	gws = append(gws, b, c)
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	gws = append(gws, &relayGW{l: l, self: self})
+	// F right after the pasvgate columns, so that the one compared with
+	// the floor and the floor run close together in each round.
+	gws = append(gws, &relayGW{l: l, self: self, install: true})
+	b := &staticGW{k: "B", name: "kernel helper", l: l, rules: helperRules,
+		dial: mustAddrPort(gwPublic + ":21"), wantData: gwPublic, helper: true}
+	c := &staticGW{k: "C", name: "routed, no NAT", l: l, rules: routedRules,
+		dial: mustAddrPort(serverAddr + ":21"), wantData: serverAddr}
+	gws = append(gws, b, c, &relayGW{l: l, self: self})
 	if o.modProxy && !modProxyAvailable() {
 		fmt.Fprintln(progress, "bench: proftpd-core or proftpd-mod-proxy not unpacked (test/install-deps.sh): column M left out")
 		o.modProxy = false

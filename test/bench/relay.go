@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -14,7 +15,8 @@ import (
 	"github.com/pasvgate/pasvgate/test/bench/load"
 )
 
-// relayGW is column F, the floor: a plain TCP relay of the control channel
+// relayGW is column F, the floor, or F0, the same without installs: a
+// plain TCP relay of the control channel
 // in the gw, a separate Go process like pasvgate that does nothing but read
 // from one side and write to the other (the bench itself, re-run with
 // -relay), with the data connections on a static kernel path shaped like
@@ -24,14 +26,17 @@ import (
 // accepts under the lab's DROP policy. The relay does not parse, so its
 // 227s name the server; the client is told to connect PASV data to
 // gwPublic2 instead (ftpload -pasv-host), and EPSV's 229 already sends it
-// to the control address, gwPublic. With no rule call per transfer and no
-// line handling, but pasvgate's own socket I/O and thread count
-// (relayPair), it is what a control-channel proxy built as pasvgate is
-// costs on this machine over the kernel data path: pasvgate's floor.
+// to the control address, gwPublic. With no line handling, but pasvgate's
+// own socket I/O and thread count (relayPair), it is what a
+// control-channel proxy built as pasvgate costs on this machine over the
+// kernel data path. Column F adds one install per transfer
+// (floorinstall.go), which makes it pasvgate's floor as issue 13 defines
+// it; F0 has no rule call per transfer at all.
 type relayGW struct {
-	l    *lab
-	self string // this program
-	p    *proc
+	l       *lab
+	self    string // this program
+	install bool   // F: one install per transfer; F0: none
+	p       *proc
 }
 
 // floorRules are column F's static data path (see relayGW).
@@ -46,9 +51,18 @@ COMMIT
 COMMIT
 `
 
-func (g *relayGW) key() string { return "F" }
+func (g *relayGW) key() string {
+	if g.install {
+		return "F"
+	}
+	return "F0"
+}
+
 func (g *relayGW) title() string {
-	return "floor: plain Go TCP relay of the control channel (pasvgate's raw socket I/O, one thread), static DNAT+SNAT data path"
+	if g.install {
+		return "floor: plain Go TCP relay of the control channel (pasvgate's raw socket I/O, one thread), with pasvgate's install of each transfer's mapping before its 227/229, removed in batches after its 226"
+	}
+	return "F without installs: the same relay over a static DNAT+SNAT data path only"
 }
 func (g *relayGW) target() netip.AddrPort { return netip.MustParseAddrPort(gwPublic + ":21") }
 func (g *relayGW) clientArgs() []string   { return []string{"-pasv-host", gwPublic2} }
@@ -57,7 +71,11 @@ func (g *relayGW) up(ctx context.Context, _ bool) error {
 	if _, err := run(ctx, g.l.gw, fmt.Sprintf(floorRules, "-A"), iptNFT+"-restore", "--noflush", "--wait", "5"); err != nil {
 		return err
 	}
-	p, err := startProc(g.l.gw, g.self, "-relay", gwPublic+":21", "-relay-upstream", serverAddr+":21")
+	args := []string{"-relay", gwPublic + ":21", "-relay-upstream", serverAddr + ":21"}
+	if g.install {
+		args = append(args, "-relay-install")
+	}
+	p, err := startProc(g.l.gw, g.self, args...)
 	if err != nil {
 		return err
 	}
@@ -94,11 +112,19 @@ func (g *relayGW) down(ctx context.Context) error {
 // clientArgs is implemented by gateways whose client needs more flags.
 type clientArgs interface{ clientArgs() []string }
 
-// relay is `bench -relay LISTEN -relay-upstream ADDR`: it relays every
-// connection to LISTEN to ADDR until ctx ends, then closes them all and
-// returns.
-func relay(ctx context.Context, listen, upstream string) error {
+// relay is `bench -relay LISTEN -relay-upstream ADDR [-relay-install]`:
+// it relays every connection to LISTEN to ADDR until ctx ends, then closes
+// them all and returns. With install, it installs a mapping for each
+// transfer (floorInstaller) and takes pasvgate's table out on its way out.
+func relay(ctx context.Context, listen, upstream string, install bool) (err error) {
 	runtime.GOMAXPROCS(1) // as pasvgate runs (cmd/pasvgate/procs.go)
+	var fl *floorInstaller
+	if install {
+		if fl, err = newFloorInstaller(ctx); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, fl.close()) }()
+	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
@@ -144,7 +170,12 @@ func relay(ctx context.Context, listen, upstream string) error {
 			}
 			track(c, true)
 			track(u, true)
-			relayPair(c, u)
+			var watch *floorSession
+			if fl != nil {
+				watch = &floorSession{f: fl, client: addrOf(c.RemoteAddr())}
+				defer watch.release()
+			}
+			relayPair(c, u, watch)
 			track(c, false)
 			track(u, false)
 		}()
@@ -162,23 +193,33 @@ func relay(ctx context.Context, listen, upstream string) error {
 // reads and writes as pasvgate does (package proxy/rawio, on one thread:
 // relay sets GOMAXPROCS), so that the floor is not slower than pasvgate
 // for want of pasvgate's own I/O.
-func relayPair(a, b net.Conn) {
+//
+// watch, if not nil, sees what b (the server) sends before a gets it.
+func relayPair(a, b net.Conn, watch *floorSession) {
 	done := make(chan struct{})
 	go func() {
-		relayCopy(b, a)
+		relayCopy(b, a, nil)
 		close(done)
 	}()
-	relayCopy(a, b)
+	relayCopy(a, b, watch)
 	<-done
 	a.Close()
 	b.Close()
 }
 
-func relayCopy(dst, src net.Conn) {
+func relayCopy(dst, src net.Conn, watch *floorSession) {
 	buf := make([]byte, 4096)
 	rd, wr := rawio.Wrap(src), rawio.Wrap(dst)
 	for {
 		n, err := rd.Read(buf)
+		if n > 0 && watch != nil {
+			if werr := watch.reply(buf[:n]); werr != nil {
+				// Loudly: the client's transfer fails, and so the bench.
+				fmt.Fprintln(os.Stderr, "relay: floor install:", werr)
+				src.Close()
+				break
+			}
+		}
 		if n > 0 {
 			if _, werr := wr.Write(buf[:n]); werr != nil {
 				break
@@ -191,4 +232,12 @@ func relayCopy(dst, src net.Conn) {
 	if tc, ok := dst.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
+}
+
+// addrOf is the IP address of a TCP address.
+func addrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
