@@ -40,7 +40,8 @@ type floorInstaller struct {
 
 	mu      sync.Mutex
 	pending []rules.Mapping // released, not removed yet
-	n       int             // mappings installed, for their IDs
+	ids     int             // mappings asked for, for their IDs
+	n       int             // mappings installed
 
 	stop chan struct{}
 	done chan struct{}
@@ -91,6 +92,13 @@ func (f *floorInstaller) removePending() error {
 	return errors.Join(f.b.RemoveBatch(ctx, ms)...)
 }
 
+// installs is how many mappings were installed.
+func (f *floorInstaller) installs() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
 // close stops the worker and takes pasvgate's table out again, leaving the
 // gw at its baseline.
 func (f *floorInstaller) close() error {
@@ -102,18 +110,35 @@ func (f *floorInstaller) close() error {
 	return errors.Join(err, f.b.Close())
 }
 
+// maxFloorLine bounds the part of a reply line a floorSession holds
+// while it waits for the rest.
+const maxFloorLine = 4096
+
 // floorSession follows one control connection's replies.
 type floorSession struct {
 	f       *floorInstaller
 	client  netip.Addr
 	current *rules.Mapping // installed for the transfer under way
+	carry   []byte         // the start of a line whose end has not come yet
+	buf     []byte         // carry and the chunk after it, kept for reuse
 }
 
 // reply sees each chunk the server sends before the relay passes it on:
 // it installs a mapping for a 227 or 229 line and releases it at a 226.
-// A failed install is an error: the floor must not skip its install.
+// A failed install is an error: the floor must not skip its install. A
+// line split across reads is put together first (up to maxFloorLine), so
+// that its install comes before its last part is relayed.
 func (s *floorSession) reply(chunk []byte) error {
-	for line := range bytes.Lines(chunk) {
+	s.buf = append(s.buf[:0], s.carry...)
+	s.buf = append(s.buf, chunk...)
+	s.carry = s.carry[:0]
+	for line := range bytes.Lines(s.buf) {
+		if line[len(line)-1] != '\n' {
+			if len(line) <= maxFloorLine {
+				s.carry = append(s.carry, line...)
+			}
+			break
+		}
 		if len(line) < 4 || line[3] != ' ' {
 			continue
 		}
@@ -149,9 +174,9 @@ func (s *floorSession) install(public netip.AddrPort, dialed netip.Addr) error {
 	s.release()
 	f := s.f
 	f.mu.Lock()
-	f.n++
+	f.ids++
 	m := rules.Mapping{
-		ID:      fmt.Sprintf("floor-%d", f.n),
+		ID:      fmt.Sprintf("floor-%d", f.ids),
 		Source:  s.client,
 		Public:  public,
 		Dialed:  dialed,
@@ -174,6 +199,9 @@ func (s *floorSession) install(public netip.AddrPort, dialed netip.Addr) error {
 	if err != nil {
 		return err
 	}
+	f.mu.Lock()
+	f.n++
+	f.mu.Unlock()
 	s.current = &m
 	return nil
 }

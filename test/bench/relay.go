@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -95,11 +97,18 @@ func (g *relayGW) check(_ context.Context, res load.Result) error {
 	return nil
 }
 
+// floorInstallsLine starts the line on which the relay reports, as it
+// ends, how many mappings it installed.
+const floorInstallsLine = "floor installs:"
+
 func (g *relayGW) down(ctx context.Context) error {
 	var errs []error
 	if g.p != nil {
 		if err := g.p.stop(10 * time.Second); err != nil {
 			errs = append(errs, fmt.Errorf("relay did not stop cleanly: %w", err))
+		}
+		if g.install && !installedSome(g.p.output()) {
+			errs = append(errs, fmt.Errorf("the floor relay installed no mapping:\n%s", g.p.outputText()))
 		}
 		g.p = nil
 	}
@@ -123,7 +132,11 @@ func relay(ctx context.Context, listen, upstream string, install bool) (err erro
 		if fl, err = newFloorInstaller(ctx); err != nil {
 			return err
 		}
-		defer func() { err = errors.Join(err, fl.close()) }()
+		defer func() {
+			err = errors.Join(err, fl.close())
+			// Read by relayGW.down: an F that installed nothing is no floor.
+			fmt.Printf("%s %d\n", floorInstallsLine, fl.installs())
+		}()
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -240,4 +253,16 @@ func addrOf(a net.Addr) netip.Addr {
 		return ta.AddrPort().Addr().Unmap()
 	}
 	return netip.Addr{}
+}
+
+// installedSome reports whether the relay's output says it installed at
+// least one mapping.
+func installedSome(out []logLine) bool {
+	for _, l := range out {
+		if rest, ok := strings.CutPrefix(l.text, floorInstallsLine+" "); ok {
+			n, err := strconv.Atoi(rest)
+			return err == nil && n > 0
+		}
+	}
+	return false
 }
