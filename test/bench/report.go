@@ -300,9 +300,10 @@ func (r *report) writeTargets(w io.Writer) {
 }
 
 // pairedDiff is the median over rounds of k's per-transfer time minus
-// against's in the same round (ms, from metric m's rate): the two run one
-// after the other in every round, so this difference is less exposed to
-// the machine's drift than the difference of the medians.
+// against's in the same round (ms, from metric m's rate): the two run
+// within seconds of each other in every round (D just before F), so this
+// difference is less exposed to the machine's drift than the difference
+// of the medians. The verdicts do not use it.
 func (r *report) pairedDiff(k, against string, m metric) float64 {
 	a, b := r.results[k], r.results[against]
 	var ds []float64
