@@ -17,6 +17,36 @@ import (
 // noopServer answers every line with "200 OK" and allocates nothing per
 // line, so that allocations measured around it are pasvgate's.
 func noopServer(tb testing.TB) string {
+	ok := []byte("200 OK\r\n")
+	return scriptedServer(tb, func([]byte) []byte { return ok })
+}
+
+// transferServer is a scripted FTP server for BenchmarkPassiveTransfer: it
+// logs anyone in, answers PASV with its own address, and answers RETR with
+// 150 and 226 at once, without a data connection. It allocates nothing
+// per line.
+func transferServer(tb testing.TB) string {
+	replies := map[string][]byte{
+		"USER": []byte("331 password\r\n"),
+		"PASS": []byte("230 logged in\r\n"),
+		"PASV": []byte("227 Entering Passive Mode (127,0,0,2,82,8).\r\n"),
+		"EPSV": []byte("229 Entering Extended Passive Mode (|||21000|)\r\n"),
+		"RETR": []byte("150 sending\r\n226 done\r\n"),
+	}
+	other := []byte("200 OK\r\n")
+	return scriptedServer(tb, func(line []byte) []byte {
+		if len(line) >= 4 {
+			if r, ok := replies[string(line[:4])]; ok {
+				return r
+			}
+		}
+		return other
+	})
+}
+
+// scriptedServer greets every connection with 220 and writes answer's
+// reply to each line it reads. It allocates nothing per line of its own.
+func scriptedServer(tb testing.TB, answer func(line []byte) []byte) string {
 	ln, err := net.Listen("tcp", serverAddr+":0")
 	if err != nil {
 		tb.Fatal(err)
@@ -33,12 +63,12 @@ func noopServer(tb testing.TB) string {
 				defer c.Close()
 				_, _ = c.Write([]byte("220 ready\r\n"))
 				r := bufio.NewReader(c)
-				ok := []byte("200 OK\r\n")
 				for {
-					if _, err := r.ReadSlice('\n'); err != nil {
+					line, err := r.ReadSlice('\n')
+					if err != nil {
 						return
 					}
-					if _, err := c.Write(ok); err != nil {
+					if _, err := c.Write(answer(line)); err != nil {
 						return
 					}
 				}
@@ -147,57 +177,6 @@ func TestRelayedLinesDoNotAllocate(t *testing.T) {
 	if avg := testing.AllocsPerRun(2000, func() { proxied.do(t) }); avg >= 1 {
 		t.Fatalf("%.2f allocations per relayed NOOP round trip, want 0", avg)
 	}
-}
-
-// transferServer is a scripted FTP server for BenchmarkPassiveTransfer: it
-// logs anyone in, answers PASV with its own address, and answers RETR with
-// 150 and 226 at once, without a data connection. It allocates nothing
-// per line.
-func transferServer(tb testing.TB) string {
-	ln, err := net.Listen("tcp", serverAddr+":0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = c.Write([]byte("220 ready\r\n"))
-				r := bufio.NewReader(c)
-				replies := map[string][]byte{
-					"USER": []byte("331 password\r\n"),
-					"PASS": []byte("230 logged in\r\n"),
-					"PASV": []byte("227 Entering Passive Mode (127,0,0,2,82,8).\r\n"),
-					"EPSV": []byte("229 Entering Extended Passive Mode (|||21000|)\r\n"),
-					"RETR": []byte("150 sending\r\n226 done\r\n"),
-				}
-				other := []byte("200 OK\r\n")
-				for {
-					line, err := r.ReadSlice('\n')
-					if err != nil {
-						return
-					}
-					reply := other
-					if len(line) >= 4 {
-						if r, ok := replies[string(line[:4])]; ok {
-							reply = r
-						}
-					}
-					if _, err := c.Write(reply); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	tb.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
 }
 
 // BenchmarkPassiveTransfer measures pasvgate's own work for one small
