@@ -110,6 +110,32 @@ func (f *floorInstaller) close() error {
 	return errors.Join(err, f.b.Close())
 }
 
+// The lab's addresses, parsed once for the mappings the bench installs
+// itself (floorInstaller, oneInstall).
+var (
+	clientIP      = netip.MustParseAddr(clientAddr)
+	gwPublicAddr  = netip.MustParseAddr(gwPublic)
+	gwPublic2Addr = netip.MustParseAddr(gwPublic2)
+	gwPrivateAddr = netip.MustParseAddr(gwPrivate)
+	serverIP      = netip.MustParseAddr(serverAddr)
+)
+
+// mappingLikeD is the mapping column D's pasvgate makes for a transfer
+// from client to the server's port target, announced as public (with a
+// second, dialed address for a PASV, or none): SNAT to the gw's private
+// address, as D runs.
+func mappingLikeD(id string, client netip.Addr, public netip.AddrPort, dialed netip.Addr, target uint16) rules.Mapping {
+	return rules.Mapping{
+		ID:      id,
+		Source:  client,
+		Public:  public,
+		Dialed:  dialed,
+		Target:  netip.AddrPortFrom(serverIP, target),
+		SNAT:    gwPrivateAddr,
+		Created: time.Now(),
+	}
+}
+
 // maxFloorLine bounds the part of a reply line a floorSession holds
 // while it waits for the rest.
 const maxFloorLine = 4096
@@ -150,7 +176,7 @@ func (s *floorSession) reply(chunk []byte) error {
 			}
 			// As D: announced on the second public address, and
 			// admitted on the one the client dialed too.
-			if err := s.install(netip.AddrPortFrom(netip.MustParseAddr(gwPublic2), ap.Port()), netip.MustParseAddr(gwPublic)); err != nil {
+			if err := s.install(netip.AddrPortFrom(gwPublic2Addr, ap.Port()), gwPublicAddr); err != nil {
 				return err
 			}
 		case "229":
@@ -158,7 +184,7 @@ func (s *floorSession) reply(chunk []byte) error {
 			if err != nil {
 				return err
 			}
-			if err := s.install(netip.AddrPortFrom(netip.MustParseAddr(gwPublic), p), netip.Addr{}); err != nil {
+			if err := s.install(netip.AddrPortFrom(gwPublicAddr, p), netip.Addr{}); err != nil {
 				return err
 			}
 		case "226":
@@ -175,15 +201,7 @@ func (s *floorSession) install(public netip.AddrPort, dialed netip.Addr) error {
 	f := s.f
 	f.mu.Lock()
 	f.ids++
-	m := rules.Mapping{
-		ID:      fmt.Sprintf("floor-%d", f.ids),
-		Source:  s.client,
-		Public:  public,
-		Dialed:  dialed,
-		Target:  netip.AddrPortFrom(netip.MustParseAddr(serverAddr), public.Port()),
-		SNAT:    netip.MustParseAddr(gwPrivate),
-		Created: time.Now(),
-	}
+	m := mappingLikeD(fmt.Sprintf("floor-%d", f.ids), s.client, public, dialed, public.Port())
 	f.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/nftables"
 )
 
@@ -39,15 +38,8 @@ func oneInstall(ctx context.Context, l *lab, n int) (time.Duration, error) {
 	var took []time.Duration
 	var errs []error
 	for i := range n {
-		m := rules.Mapping{
-			ID:      fmt.Sprintf("bench-%d", i),
-			Source:  netip.MustParseAddr(clientAddr),
-			Public:  netip.AddrPortFrom(netip.MustParseAddr(gwPublic2), uint16(40000+i%1000)),
-			Dialed:  netip.MustParseAddr(gwPublic),
-			Target:  netip.AddrPortFrom(netip.MustParseAddr(serverAddr), 30000),
-			SNAT:    netip.MustParseAddr(gwPrivate),
-			Created: time.Now(),
-		}
+		m := mappingLikeD(fmt.Sprintf("bench-%d", i), clientIP,
+			netip.AddrPortFrom(gwPublic2Addr, uint16(40000+i%1000)), gwPublicAddr, 30000)
 		start := time.Now()
 		if err := b.Install(ctx, m); err != nil {
 			errs = append(errs, err)
