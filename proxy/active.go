@@ -42,8 +42,8 @@ func (s *session) checkActive(verb ftp.Verb, arg []byte) (netip.AddrPort, refusa
 // installed it returns a nil mapping, and the text of the client's 425.
 func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.AddrPort) ([]byte, *nat.Mapping, string) {
 	const cant = "Can't open data connection."
-	server := addrPortOf(s.server.RemoteAddr())
-	gw := addrPortOf(s.server.LocalAddr()).Addr()
+	server := addrPortOf(s.rawServer.RemoteAddr())
+	gw := addrPortOf(s.rawServer.LocalAddr()).Addr()
 	if verb == ftp.VerbPORT && !gw.Is4() {
 		s.log.Warn("PORT refused: the server is reached over IPv6", "server", server)
 		return nil, nil, cant
@@ -78,7 +78,7 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 // public address if it is set, local and of the client's family, otherwise
 // the address the client's control connection arrived at.
 func (s *session) clientSideAddr() netip.Addr {
-	local := addrPortOf(s.client.LocalAddr()).Addr()
+	local := addrPortOf(s.rawClient.LocalAddr()).Addr()
 	pub := s.srv.publicAddr()
 	if pub.IsValid() && pub.Is4() == local.Is4() && (s.srv.IsLocal == nil || s.srv.IsLocal(pub)) {
 		return pub

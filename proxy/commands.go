@@ -14,7 +14,8 @@ import (
 // commands relays the client's commands to the server until the client
 // goes away, and returns why.
 func (s *session) commands(ctx context.Context) string {
-	r := ftp.NewReader(s.client, s.maxLine())
+	conn := s.client
+	r := ftp.NewReader(conn, s.maxLine())
 	lastLine := time.Now()
 	s.mu.Lock()
 	s.loginFrom = s.start
@@ -22,7 +23,7 @@ func (s *session) commands(ctx context.Context) string {
 	for {
 		st := s.srv.settings()
 		deadline, loginBy := s.readDeadline(st, lastLine)
-		_ = s.client.SetReadDeadline(deadline)
+		_ = conn.SetReadDeadline(deadline)
 		raw, text, err := r.ReadLine()
 		switch {
 		case err == nil:
@@ -45,8 +46,16 @@ func (s *session) commands(ctx context.Context) string {
 		}
 		lastLine = time.Now()
 		s.srv.stats.fromClient.Add(uint64(len(raw)))
+		s.unread = r.Buffered()
 		if reason := s.command(ctx, ftp.ParseLine(raw, text)); reason != "" {
 			return reason
+		}
+		if s.client != conn {
+			// AUTH made the channel TLS: from here on the client's
+			// commands are read through it. auth checked that nothing
+			// was left unread in clear.
+			conn = s.client
+			r = ftp.NewReader(conn, s.maxLine())
 		}
 		if reason := s.endedWith(); reason != "" {
 			// Ended by a reply that could not be queued: the lines still
@@ -80,6 +89,12 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 	}
 	p := pending{verb: c.Verb}
 	switch c.Verb {
+	case ftp.VerbAUTH:
+		return s.auth(ctx)
+	case ftp.VerbPBSZ, ftp.VerbPROT:
+		if out = s.protection(c); out == nil {
+			return ""
+		}
 	case ftp.VerbPASV, ftp.VerbEPSV:
 		if c.Verb == ftp.VerbEPSV && isEPSVAllArg(c.Arg) {
 			s.mu.Lock()
@@ -222,11 +237,6 @@ var refusals = [...]struct {
 	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbLPRT || c.Verb == ftp.VerbLPSV },
 	refusal{ftp.CodeNotImplemented, "Long address commands are not supported: use EPRT/EPSV.", "long-address"},
 }, {
-	// Once the channel is encrypted pasvgate cannot see the 227 it must
-	// rewrite, so TLS is refused rather than let through blind.
-	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbAUTH },
-	refusal{ftp.CodePolicyRefused, "AUTH is not supported through this gateway: FTPS is not available.", "auth-tls"},
-}, {
 	// No mapping before the server has accepted a login (a 230 forwarded
 	// to the client): a client that has not logged in must not be able to
 	// hold data ports. Servers answer these so before login themselves,
@@ -275,9 +285,15 @@ func opensData(c ftp.Command) bool {
 
 func isEPSVAllArg(arg []byte) bool { return bytes.EqualFold(ftp.TrimSpace(arg), []byte("ALL")) }
 
-// refusal returns the first entry of refusals that applies to c.
+// refusal returns the first entry of refusals, then of tlsRefusals (the
+// FTPS commands, auth.go), that applies to c.
 func (s *session) refusal(c ftp.Command) (refusal, bool) {
 	for _, r := range refusals {
+		if r.applies(s, c) {
+			return r.refusal, true
+		}
+	}
+	for _, r := range tlsRefusals {
 		if r.applies(s, c) {
 			return r.refusal, true
 		}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -209,6 +210,12 @@ type options struct {
 	maxSessions    int
 	maxPerIP       int
 	maxMappings    int // mappings per client address (nat.Config.MaxPerClient)
+	// ftpdTLS, if set, makes the server offer AUTH TLS with it.
+	ftpdTLS *tls.Config
+	// settings, if set, edits pasvgate's settings before it starts.
+	settings func(*proxy.Settings)
+	// implicit serves the listener with ServeTLS.
+	implicit bool
 }
 
 type harness struct {
@@ -231,6 +238,7 @@ func newHarness(t *testing.T, o options) *harness {
 		Listen:       serverAddr + ":0",
 		PublicHost:   o.advertise,
 		PassivePorts: [2]int{21000, 21999},
+		TLS:          o.ftpdTLS,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -268,6 +276,9 @@ func newHarness(t *testing.T, o options) *harness {
 		NAT:    h.table,
 		Logger: log,
 	}
+	if o.settings != nil {
+		o.settings(&p.Settings)
+	}
 	h.proxy = p
 	ln, err := net.Listen("tcp", clientDial+":0")
 	if err != nil {
@@ -275,7 +286,11 @@ func newHarness(t *testing.T, o options) *harness {
 	}
 	h.addr = ln.Addr().String()
 	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx, ln) }()
+	serve := p.Serve
+	if o.implicit {
+		serve = p.ServeTLS
+	}
+	go func() { done <- serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -295,6 +310,7 @@ func newHarness(t *testing.T, o options) *harness {
 	})
 	return h
 }
+
 
 // waitInstalled waits until the backend holds n mappings.
 func (h *harness) waitInstalled(t *testing.T, n int) {

@@ -57,8 +57,8 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 		s.log.Warn("passive reply refused: not logged in", "code", code)
 		return cant(), nil
 	}
-	server := addrPortOf(s.server.RemoteAddr())
-	local := addrPortOf(s.client.LocalAddr())
+	server := addrPortOf(s.rawServer.RemoteAddr())
+	local := addrPortOf(s.rawClient.LocalAddr())
 	var backend netip.AddrPort
 	if code == ftp.CodeEnteringPassive {
 		ap, err := ftp.ParsePASV(text)
@@ -122,7 +122,7 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 	}
 	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Dialed: dialed, Target: backend, Client: s.peer}
 	if st.SNAT {
-		req.SNAT = addrPortOf(s.server.LocalAddr()).Addr()
+		req.SNAT = addrPortOf(s.rawServer.LocalAddr()).Addr()
 	}
 	m, err := s.srv.NAT.Open(ctx, req)
 	if err != nil {
@@ -151,7 +151,7 @@ func (s *session) fixPassive(code int, text, raw []byte) []byte {
 	if code != ftp.CodeEnteringPassive {
 		return raw
 	}
-	server := addrPortOf(s.server.RemoteAddr())
+	server := addrPortOf(s.rawServer.RemoteAddr())
 	ap, err := ftp.ParsePASV(text)
 	if err != nil {
 		s.log.Warn("passive reply refused: unparseable 227", "server", server, "err", err)

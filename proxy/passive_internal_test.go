@@ -52,14 +52,16 @@ func TestTransparentPASVCanonical(t *testing.T) {
 			toServer, server := tcpPair(t, "127.0.0.2")
 			client, fromClient := tcpPair(t, "127.0.0.1")
 			s := &session{
-				srv:    &Server{}, // no Upstream: transparent
-				id:     "t1",
-				log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-				client: fromClient,
-				server: toServer,
-				start:  time.Now(),
-				over:   make(chan struct{}),
-				queue:  []pending{{verb: ftp.VerbPASV}},
+				srv:       &Server{}, // no Upstream: transparent
+				id:        "t1",
+				log:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+				client:    fromClient,
+				rawClient: fromClient,
+				server:    toServer,
+				rawServer: toServer,
+				start:     time.Now(),
+				over:      make(chan struct{}),
+				queue:     []pending{{verb: ftp.VerbPASV}},
 			}
 			done := make(chan struct{})
 			go func() { defer close(done); s.replies(context.Background()) }()

@@ -10,6 +10,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -91,6 +93,29 @@ type Settings struct {
 	// DestPolicy, in transparent mode, is the servers a client may be
 	// connected to; the zero value admits public addresses only.
 	DestPolicy DestPolicy
+
+	// TLS is whether clients may (TLSAllow) or must (TLSRequire) make
+	// their control channel TLS with AUTH TLS; anything but TLSOff needs
+	// Certificate. Clients of an implicit-TLS listener (ServeTLS) are TLS
+	// from the start whatever it says.
+	TLS TLSMode
+	// Certificate is what clients are shown, chain included. A Reload
+	// changes it for handshakes from then on.
+	Certificate *tls.Certificate
+	// UpstreamTLS is when the server's leg is TLS.
+	UpstreamTLS UpstreamTLS
+	// UpstreamRoots verifies the server's certificate; nil means the
+	// system's roots.
+	UpstreamRoots *x509.CertPool
+	// UpstreamServerName is the name the server's certificate must carry;
+	// empty means the host of the address dialed.
+	UpstreamServerName string
+	// UpstreamInsecure accepts any server certificate.
+	UpstreamInsecure bool
+	// HandshakeTimeout bounds a TLS handshake on either leg, and the
+	// server's part of an upgrade (its replies to AUTH TLS, PBSZ, PROT).
+	// Default 10 s.
+	HandshakeTimeout time.Duration
 }
 
 // Server proxies FTP control sessions. In reverse mode (Upstream set) every
@@ -119,6 +144,9 @@ type Server struct {
 	cur   atomic.Pointer[Settings]
 	once  sync.Once
 	stats counters
+
+	tlsOnce sync.Once
+	tlsConf *tls.Config // clientTLS
 
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
@@ -164,6 +192,19 @@ func (s *Server) transparent() bool { return s.Settings.Upstream == "" }
 // accept errors are retried with a backoff. It returns an error only for a
 // Server that is not usable.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return s.serve(ctx, ln, false)
+}
+
+// ServeTLS is Serve for an implicit-FTPS listener (port 990 by
+// convention): each client's control channel is TLS from its first byte.
+func (s *Server) ServeTLS(ctx context.Context, ln net.Listener) error {
+	if s.settings().Certificate == nil {
+		return errors.New("proxy: ServeTLS needs a Certificate")
+	}
+	return s.serve(ctx, ln, true)
+}
+
+func (s *Server) serve(ctx context.Context, ln net.Listener, implicit bool) error {
 	if s.NAT == nil {
 		return errors.New("proxy: Server needs NAT")
 	}
@@ -214,7 +255,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.serveConn(ctx, c)
+			s.serveConn(ctx, c, implicit)
 		}()
 	}
 	wg.Wait()
@@ -274,7 +315,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		// Without the session's lock, which a write blocked on this
 		// client may hold: closing the client ends that write and both
 		// relay loops, and the session then closes its server leg.
-		ss.client.Close()
+		ss.rawClient.Close()
 	}
 	<-idle
 }
@@ -348,29 +389,52 @@ func durationOr(d, def time.Duration) time.Duration {
 	return d
 }
 
-// serveConn runs one session to its end.
-func (s *Server) serveConn(ctx context.Context, c net.Conn) {
+// serveConn runs one session to its end. implicit says c is TLS from its
+// first byte (ServeTLS).
+func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
 	id := fmt.Sprintf("s%d", s.ids.Add(1))
 	log := s.logger().With("session", id, "client", c.RemoteAddr().String())
 	client := addrPortOf(c.RemoteAddr())
+	tcp := c
+	raw := rawio.Wrap(c)
 	sess := &session{
-		srv:    s,
-		id:     id,
-		log:    log,
-		client: rawio.Wrap(c),
-		peer:   client.Addr(),
-		start:  time.Now(),
-		over:   make(chan struct{}),
+		srv:       s,
+		id:        id,
+		log:       log,
+		client:    raw,
+		rawClient: raw,
+		peer:      client.Addr(),
+		start:     time.Now(),
+		over:      make(chan struct{}),
 	}
 	if why := s.admit(sess); why != "" {
 		s.stats.refuseSession(why)
 		log.Warn("session refused", "reason", why)
+		if implicit {
+			c.Close() // a clear 421 would be garbage to a TLS client
+			return
+		}
 		s.sayAndClose(c, "Too many connections ("+why+"), try again later.")
 		return
 	}
 	defer s.release(sess)
 	s.stats.sessionStarted()
 	defer s.stats.sessionEnded()
+	if implicit {
+		// Counted as a session first, so that --max-sessions bounds the
+		// handshakes in progress too.
+		tc := tls.Server(raw, s.clientTLS())
+		if err := handshake(ctx, tc, s.handshakeTimeout()); err != nil {
+			s.stats.tlsFailed(tlsFailClientHandshake)
+			s.stats.refuseSession("tls-handshake")
+			log.Warn("session refused: TLS handshake failed", "err", err)
+			c.Close()
+			return
+		}
+		s.stats.tlsHandshake("client")
+		sess.client, sess.clientTLS = tc, true
+		c = tc // the refusals below are written through it
+	}
 
 	st := s.settings()
 	upstream, err := s.upstreamFor(st, c, client)
@@ -403,9 +467,30 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		s.sayAndClose(c, "Service not available: the FTP server cannot be reached.")
 		return
 	}
-	setKeepalive(c, st.Keepalive)
+	setKeepalive(tcp, st.Keepalive)
+	var server net.Conn = rawio.Wrap(u)
+	sess.upstream = upstream
+	if st.UpstreamTLS == UpstreamTLSAlways || (st.UpstreamTLS == UpstreamTLSAuto && implicit) {
+		greeting, tc, why, err := startServerTLS(ctx, server, st, upstream, sess.maxLine())
+		if err != nil {
+			s.stats.tlsFailed(why)
+			s.stats.refuseSession("upstream-tls")
+			log.Warn("session refused: TLS to the server failed", "upstream", upstream, "reason", why, "err", err)
+			u.Close()
+			s.sayAndClose(c, "Service not available: TLS to the FTP server failed.")
+			return
+		}
+		s.stats.tlsHandshake("server")
+		sess.greeting, sess.serverTLS = greeting, true
+		sess.mu.Lock()
+		sess.server = tc
+		sess.mu.Unlock()
+	}
 	sess.mu.Lock()
-	sess.server = rawio.Wrap(u)
+	if sess.server == nil {
+		sess.server = server
+	}
+	sess.rawServer = server
 	ended := sess.ended
 	sess.mu.Unlock()
 	if ended { // Shutdown came while the server was being dialed

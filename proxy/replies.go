@@ -136,13 +136,34 @@ func (s *session) replies(ctx context.Context) string {
 			held, heldRaw, heldLines = held[:0], heldRaw[:0], 0
 			continue
 		}
-		if code == ftp.CodeSystemStatus && !last && s.headVerb() == ftp.VerbFEAT && isTLSFeature(text) {
-			// Hide TLS from clients that would try it and fail: pasvgate
-			// refuses AUTH.
+		if code == ftp.CodeAuthOK && s.headVerb() == ftp.VerbAUTH {
+			// pasvgate's own AUTH TLS (authUpstream): the server's leg is
+			// upgraded here, and the client gets pasvgate's 234.
+			if !last {
+				continue
+			}
+			nr, reason := s.upgradeServer(ctx, r)
+			if reason != "" {
+				return reason
+			}
+			r = nr
+			continue
+		}
+		feat := code == ftp.CodeSystemStatus && s.headVerb() == ftp.VerbFEAT
+		if feat && !last && isTLSFeature(text) {
+			// The server's TLS features speak of its own leg: the client
+			// hears pasvgate's (below), or none when TLS is off.
 			continue
 		}
 		var done *finished
 		s.mu.Lock()
+		if feat && last && s.srv.settings().TLS != TLSOff {
+			if !s.midReply {
+				// A one-line FEAT reply becomes a multi-line one.
+				s.writeClientLocked(featHead)
+			}
+			s.writeClientLocked(tlsFeatures)
+		}
 		s.writeClientLocked(raw)
 		if last {
 			s.midReply = false
@@ -276,6 +297,10 @@ func (s *session) flushLocked() {
 		}
 	}
 }
+
+// featHead opens a FEAT reply that the server gave on one line, when
+// pasvgate adds its TLS features to it.
+var featHead = []byte("211-Features:\r\n")
 
 // isTLSFeature reports whether a FEAT continuation line advertises a TLS
 // feature (RFC 4217): AUTH, PBSZ, PROT or CCC.

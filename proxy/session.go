@@ -23,6 +23,8 @@ import (
 //	replies.go   the server's replies, and pasvgate's own, in command order
 //	limits.go    what bounds a peer: line length, pipelining, idle and login
 //	             time, data ports only after login and one at a time
+//	auth.go      FTPS: AUTH, PBSZ, PROT, CCC, and the TLS upgrade of each leg
+//	tls.go       FTPS: the modes, and each leg's TLS configuration
 
 // pending is one expected reply, in the order the server (or pasvgate) will
 // give it.
@@ -55,14 +57,29 @@ type pending struct {
 // (server to client); mu guards the state they share and every write to
 // the client, so that replies from both never interleave.
 type session struct {
-	srv    *Server
-	id     string
-	log    *slog.Logger
-	client net.Conn
-	server net.Conn   // set under mu once dialed: Shutdown may end the session first
-	peer   netip.Addr // the client's address: the only source a data mapping admits
-	start  time.Time
-	canon  []byte // the commands goroutine's buffer for canonical lines
+	srv *Server
+	id  string
+	log *slog.Logger
+	// client and server are what the session reads and writes: the TCP
+	// connections, or the TLS connections over them once a leg is
+	// upgraded. Each is replaced, under mu, only while the goroutine that
+	// reads it waits (auth.go). rawClient and rawServer are the TCP
+	// connections, for addresses and for closing: closing them ends any
+	// read, write or handshake at once, where closing a TLS connection
+	// would first try to send its close_notify.
+	client, rawClient net.Conn
+	server, rawServer net.Conn   // set under mu once dialed: Shutdown may end the session first
+	upstream          string     // the server's address as dialed, for its TLS name
+	peer              netip.Addr // the client's address: the only source a data mapping admits
+	start             time.Time
+	canon             []byte // the commands goroutine's buffer for canonical lines
+	// unread is how many bytes of the client's followed the command being
+	// handled, already read: after AUTH they would be cleartext where TLS
+	// must come. Commands goroutine only.
+	unread int
+	// greeting, if set, is the server's greeting, already read by
+	// startServerTLS: it goes to the client first.
+	greeting []byte
 	// loginFrom is when the login window (--login-timeout) opened: the
 	// session's start, or the REIN of a logged-in session. Written by the
 	// commands goroutine under mu.
@@ -82,6 +99,9 @@ type session struct {
 	user      string // the last USER argument, for transfer logs
 	loggedIn  bool   // a 230 reply has been forwarded
 	draining  bool   // the server is shutting down: end after the transfer
+	clientTLS bool   // the client's control channel is TLS
+	serverTLS bool   // the server's control channel is TLS
+	pbsz      bool   // the client has sent PBSZ (over TLS)
 }
 
 // Reasons a session ends, for its log line.
@@ -94,14 +114,23 @@ const (
 	endLogin        = "login timeout"
 	endLineEndless  = "endless line"
 	endReplyTooLong = "server reply too long"
+	endClientTLS    = "client TLS failed"
+	endServerTLS    = "server TLS failed"
 )
 
 // run relays until either side ends, then closes both, releases the
 // session's mappings, and returns why it ended.
 func (s *session) run(ctx context.Context) string {
-	setOOBInline(s.client)
-	setOOBInline(s.server)
-	s.queue = append(make([]pending, 0, 8), pending{}) // the server's greeting
+	setOOBInline(s.rawClient)
+	setOOBInline(s.rawServer)
+	s.queue = make([]pending, 0, 8)
+	if s.greeting == nil {
+		s.queue = append(s.queue, pending{}) // the server's greeting
+	} else {
+		s.mu.Lock()
+		s.writeClientLocked(s.greeting)
+		s.mu.Unlock()
+	}
 	s.popped = make(chan struct{}, 1)
 	stop := context.AfterFunc(ctx, func() {
 		s.say421AndEnd("Service closing: pasvgate is shutting down.", endShutdown)
@@ -176,9 +205,9 @@ func (s *session) endLocked(reason string) {
 		s.signalLocked()
 		close(s.over)
 	}
-	s.client.Close()
-	if s.server != nil { // nil while the session still dials its server
-		s.server.Close()
+	s.rawClient.Close()
+	if s.rawServer != nil { // nil while the session still dials its server
+		s.rawServer.Close()
 	}
 }
 
@@ -213,8 +242,8 @@ func (s *session) writeClientLocked(b []byte) {
 	if _, err := s.client.Write(b); err != nil {
 		// Closing both sockets ends both relay loops; the command loop
 		// then reports the client as gone.
-		s.client.Close()
-		s.server.Close()
+		s.rawClient.Close()
+		s.rawServer.Close()
 	}
 }
 

@@ -28,6 +28,13 @@ type Stats struct {
 	// BytesFromClient and BytesFromServer count control-channel bytes
 	// relayed in each direction.
 	BytesFromClient, BytesFromServer uint64
+	// TLSHandshakes counts completed TLS handshakes on the control
+	// channel, by leg (client, server).
+	TLSHandshakes map[string]uint64
+	// TLSFailures counts failed TLS upgrades, by reason (client-handshake,
+	// cleartext-after-auth, upstream-refused, upstream-handshake,
+	// upstream-verify, upstream-protocol).
+	TLSFailures map[string]uint64
 }
 
 // counters is the live form of Stats. Byte counts are atomics because they
@@ -42,6 +49,8 @@ type counters struct {
 	ended           map[string]uint64
 	refused         map[string]uint64
 	rewrites        map[string]uint64
+	tlsHandshakes   map[string]uint64
+	tlsFailures     map[string]uint64
 }
 
 func inc(m *map[string]uint64, k string) {
@@ -72,6 +81,18 @@ func (c *counters) refuse(why string) {
 	c.mu.Unlock()
 }
 
+func (c *counters) tlsHandshake(leg string) {
+	c.mu.Lock()
+	inc(&c.tlsHandshakes, leg)
+	c.mu.Unlock()
+}
+
+func (c *counters) tlsFailed(why string) {
+	c.mu.Lock()
+	inc(&c.tlsFailures, why)
+	c.mu.Unlock()
+}
+
 func (c *counters) rewrite(kind string) {
 	c.mu.Lock()
 	inc(&c.rewrites, kind)
@@ -92,5 +113,7 @@ func (s *Server) Stats() Stats {
 		Rewrites:        maps.Clone(c.rewrites),
 		BytesFromClient: c.fromClient.Load(),
 		BytesFromServer: c.fromServer.Load(),
+		TLSHandshakes:   maps.Clone(c.tlsHandshakes),
+		TLSFailures:     maps.Clone(c.tlsFailures),
 	}
 }

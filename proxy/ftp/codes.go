@@ -30,5 +30,6 @@ const (
 	CodeNetProtoNotSupported     = 522 // RFC 2428: network protocol not supported (EPRT)
 	CodeNotLoggedIn              = 530 // RFC 959
 	CodePolicyRefused            = 534 // RFC 2228: request denied for policy reasons
+	CodeProtLevelNotSupported    = 536 // RFC 2228: PROT level not supported by the security mechanism
 	CodeFileNotAvailable         = 550 // RFC 959: file unavailable, or permission denied
 )

@@ -66,6 +66,12 @@ type Config struct {
 	// active mode works, dialling from any local port to any address.
 	DisableActive bool
 
+	// TLS, if set, makes the server offer explicit FTPS (AUTH TLS) with
+	// this configuration; clear clients are still served. Default nil:
+	// AUTH TLS is refused, so that tests see the control channel in
+	// clear.
+	TLS *tls.Config
+
 	// Logger receives the library's and the server's logs. Default nil:
 	// discard.
 	Logger *slog.Logger
@@ -136,7 +142,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		settings.PublicIPResolver = controlLocalIPv4
 	}
 
-	s.ftp = ftpserver.NewFtpServer(&driver{settings: settings, fs: fs, user: cfg.User, password: cfg.Password, clients: &s.clients})
+	s.ftp = ftpserver.NewFtpServer(&driver{settings: settings, fs: fs, user: cfg.User, password: cfg.Password, clients: &s.clients, tls: cfg.TLS})
 	s.ftp.Logger = logger
 	if err := s.ftp.Listen(); err != nil {
 		cancel()
@@ -262,6 +268,7 @@ type driver struct {
 	fs             afero.Fs
 	user, password string
 	clients        *sync.WaitGroup
+	tls            *tls.Config // Config.TLS
 }
 
 func (d *driver) GetSettings() (*ftpserver.Settings, error) { return d.settings, nil }
@@ -286,7 +293,12 @@ func (d *driver) AuthUser(_ ftpserver.ClientContext, user, pass string) (ftpserv
 	return nil, errors.New("bad user or password")
 }
 
-func (d *driver) GetTLSConfig() (*tls.Config, error) { return nil, errTLSDisabled }
+func (d *driver) GetTLSConfig() (*tls.Config, error) {
+	if d.tls == nil {
+		return nil, errTLSDisabled
+	}
+	return d.tls, nil
+}
 
 // trackingListener remembers the control connections it hands out, so that
 // Close can drop clients the library would otherwise leave running.

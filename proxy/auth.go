@@ -1,0 +1,379 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/pasvgate/pasvgate/proxy/ftp"
+)
+
+// The FTPS commands (RFC 4217): AUTH, PBSZ, PROT and CCC, and the two
+// upgrades AUTH sets off. pasvgate answers PBSZ and PROT itself when the
+// server's leg is clear, and passes them on in canonical form when it is
+// TLS, so that the server's data protection is always what pasvgate
+// agreed with the client.
+//
+// Data connections stay clear in this version: PROT P is answered 536, so
+// that every data byte still takes the kernel path.
+
+// authMechanism reports whether AUTH's argument asks for TLS. "SSL" is
+// what curl sends first, and means the same to every server pasvgate is
+// tested with; "TLS-C" is RFC 4217's other name for TLS. "TLS-P" (an old
+// draft's TLS with data protected by default) is not offered.
+func authMechanism(arg []byte) bool {
+	a := ftp.TrimSpace(arg)
+	return bytes.EqualFold(a, []byte("TLS")) || bytes.EqualFold(a, []byte("TLS-C")) || bytes.EqualFold(a, []byte("SSL"))
+}
+
+// protLevel returns PROT's level letter, upper case, or 0 if the argument
+// is not one letter.
+func protLevel(arg []byte) byte {
+	a := ftp.TrimSpace(arg)
+	if len(a) != 1 {
+		return 0
+	}
+	return a[0] &^ 0x20
+}
+
+// tlsRefusals are the refusals of the FTPS commands, in the order they are
+// checked; commands.go's refusals table runs them in its turn. Read only.
+var tlsRefusals = [...]struct {
+	applies func(*session, ftp.Command) bool
+	refusal
+}{{
+	// Once the channel is encrypted pasvgate must read the 227 it
+	// rewrites, so without a certificate TLS is refused, not let through
+	// blind.
+	func(s *session, c ftp.Command) bool { return c.Verb == ftp.VerbAUTH && s.srv.settings().TLS == TLSOff },
+	refusal{ftp.CodePolicyRefused, "AUTH is not supported through this gateway: FTPS is not available.", "auth-tls"},
+}, {
+	// --tls require: no password crosses the client's link in clear.
+	// The server never sees the command.
+	func(s *session, c ftp.Command) bool {
+		switch c.Verb {
+		case ftp.VerbUSER, ftp.VerbPASS, ftp.VerbACCT:
+			return s.srv.settings().TLS == TLSRequire && !s.isClientTLS()
+		}
+		return false
+	},
+	refusal{ftp.CodeNotLoggedIn, "TLS required: send AUTH TLS first.", "tls-required"},
+}, {
+	func(s *session, c ftp.Command) bool { return c.Verb == ftp.VerbAUTH && s.isClientTLS() },
+	refusal{ftp.CodeBadSequence, "Already using TLS.", "auth-again"},
+}, {
+	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbAUTH && !authMechanism(c.Arg) },
+	refusal{ftp.CodeParamNotImplemented, "AUTH TLS or AUTH SSL only.", "auth-mechanism"},
+}, {
+	// The handshake starts right after the 234: replies still owed to
+	// earlier commands would land in it.
+	func(s *session, c ftp.Command) bool { return c.Verb == ftp.VerbAUTH && s.owesReplies() },
+	refusal{ftp.CodeBadSequence, "AUTH must wait for the replies to earlier commands.", "auth-pipelined"},
+}, {
+	func(s *session, c ftp.Command) bool {
+		switch c.Verb {
+		case ftp.VerbPBSZ, ftp.VerbPROT, ftp.VerbCCC:
+			return !s.isClientTLS()
+		}
+		return false
+	},
+	refusal{ftp.CodeBadSequence, "Send AUTH TLS first.", "tls-sequence"},
+}, {
+	// RFC 4217 9: PBSZ comes before PROT. Servers insist, so must we,
+	// or a PROT passed on would be refused where pasvgate said yes.
+	func(s *session, c ftp.Command) bool { return c.Verb == ftp.VerbPROT && !s.hasPBSZ() },
+	refusal{ftp.CodeBadSequence, "Send PBSZ 0 first.", "prot-before-pbsz"},
+}, {
+	// RFC 4217 8: TLS uses no protection buffer, so PBSZ is 0; a client
+	// asking for more is told 0 by its 200 (as vsftpd does), but the
+	// argument must be a number.
+	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbPBSZ && !decimal(ftp.TrimSpace(c.Arg)) },
+	refusal{ftp.CodeArgSyntaxError, "PBSZ takes a number.", "pbsz-syntax"},
+}, {
+	// S and E have no meaning for TLS (RFC 4217 9).
+	func(_ *session, c ftp.Command) bool {
+		l := protLevel(c.Arg)
+		return c.Verb == ftp.VerbPROT && (l == 'S' || l == 'E')
+	},
+	refusal{ftp.CodeProtLevelNotSupported, "PROT S and E are not supported: use PROT C or P.", "prot-level"},
+}, {
+	// pasvgate does not yet relay protected data connections.
+	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbPROT && protLevel(c.Arg) == 'P' },
+	refusal{ftp.CodeProtLevelNotSupported, "PROT P is not supported through this gateway: use PROT C.", "prot-private"},
+}, {
+	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbPROT && protLevel(c.Arg) != 'C' },
+	refusal{ftp.CodeParamNotImplemented, "PROT C only.", "prot-syntax"},
+}, {
+	// CCC would put the rest of the session, and its next PASS after a
+	// REIN, in clear on the client's link, and a clear control channel is
+	// what pasvgate can already read without it: nothing is gained.
+	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbCCC },
+	refusal{ftp.CodePolicyRefused, "CCC is refused: the control channel stays encrypted.", "ccc"},
+}}
+
+func decimal(b []byte) bool {
+	if len(b) == 0 || len(b) > 10 {
+		return false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// Lines pasvgate sends the server for PBSZ and PROT: canonical, whatever
+// the client wrote.
+var (
+	linePBSZ0 = []byte("PBSZ 0\r\n")
+	linePROTC = []byte("PROT C\r\n")
+	lineAUTH  = []byte("AUTH TLS\r\n")
+)
+
+// protection handles an accepted PBSZ or PROT (C, the only level
+// accepted): answered by pasvgate when the server's leg is clear, passed
+// on canonical when it is TLS. It returns the line to send the server, or
+// nil when pasvgate has answered.
+func (s *session) protection(c ftp.Command) []byte {
+	s.mu.Lock()
+	if c.Verb == ftp.VerbPBSZ {
+		s.pbsz = true
+	}
+	serverTLS := s.serverTLS
+	s.mu.Unlock()
+	line := linePROTC
+	if c.Verb == ftp.VerbPBSZ {
+		line = linePBSZ0
+	}
+	if serverTLS {
+		return line
+	}
+	if c.Verb == ftp.VerbPBSZ {
+		s.reply(ftp.CodeOK, "PBSZ=0")
+	} else {
+		s.reply(ftp.CodeOK, "Protection level set to Clear.")
+	}
+	return nil
+}
+
+// auth upgrades the client's control channel after an AUTH that passed
+// its refusals. When the server's leg is to follow (--upstream-tls auto),
+// the server is asked first, and a refusal of its own is the client's
+// answer: the client's channel then stays clear, as the server's does. It
+// returns a reason to end the session, or "".
+func (s *session) auth(ctx context.Context) string {
+	if s.unread > 0 {
+		// The client must wait for the 234 before its ClientHello; bytes
+		// already here were sent in clear after AUTH, and would be read
+		// as TLS, or as commands, by different parties.
+		s.srv.stats.tlsFailed(tlsFailCleartextAfter)
+		s.log.Warn("session closed: the client sent more after AUTH without waiting for the reply", "bytes", s.unread)
+		return s.closeWith("Data after AUTH before its reply: closing control connection.", endClientTLS)
+	}
+	if s.srv.settings().UpstreamTLS == UpstreamTLSAuto && !s.isServerTLS() {
+		if reason := s.authUpstream(ctx); reason != "" {
+			return reason
+		}
+		if !s.isServerTLS() {
+			return "" // the server's refusal has been forwarded
+		}
+	}
+	return s.upgradeClient(ctx)
+}
+
+// authUpstream sends the server AUTH TLS and waits until its reply has
+// retired the command: a 234 upgrades the server's leg (the replies
+// goroutine, upgradeServer), anything else goes to the client. It returns
+// a reason to end the session, or "".
+func (s *session) authUpstream(ctx context.Context) string {
+	if reason := s.enqueue(pending{verb: ftp.VerbAUTH}); reason != "" {
+		return reason
+	}
+	if err := s.writeServer(lineAUTH); err != nil {
+		return endServerClosed
+	}
+	t := time.NewTimer(s.srv.handshakeTimeout() + replyGrace)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		waiting := !s.ended && len(s.queue) > 0 && s.queue[0].verb == ftp.VerbAUTH
+		s.mu.Unlock()
+		if !waiting {
+			return s.endedWith()
+		}
+		select {
+		case <-s.popped:
+		case <-t.C:
+			s.srv.stats.tlsFailed(tlsFailUpstreamProtocol)
+			s.log.Warn("session closed: the server did not answer AUTH TLS in time")
+			s.say421AndEnd("The FTP server did not answer AUTH TLS.", endServerTLS)
+			return endServerTLS
+		case <-ctx.Done():
+			return endShutdown
+		}
+	}
+}
+
+// upgradeServer runs on the replies goroutine when the server has
+// answered pasvgate's AUTH TLS with 234: it makes the TLS handshake with
+// the server, retires the AUTH (which wakes the commands goroutine, see
+// authUpstream) and returns the reader for the server's now encrypted
+// replies. The client hears nothing of the server's 234: it gets
+// pasvgate's own, from upgradeClient.
+func (s *session) upgradeServer(ctx context.Context, r *ftp.Reader) (*ftp.Reader, string) {
+	if n := r.Buffered(); n > 0 {
+		s.srv.stats.tlsFailed(tlsFailUpstreamProtocol)
+		s.log.Warn("session closed: the server sent more after its 234", "bytes", n)
+		s.say421AndEnd("TLS to the FTP server failed.", endServerTLS)
+		return nil, endServerTLS
+	}
+	tc := tls.Client(s.rawServer, upstreamTLS(s.srv.settings(), s.upstream))
+	if err := handshake(ctx, tc, s.srv.handshakeTimeout()); err != nil {
+		why := upstreamFailure(err)
+		s.srv.stats.tlsFailed(why)
+		s.log.Warn("session closed: TLS handshake with the server failed", "reason", why, "err", err)
+		s.say421AndEnd("TLS to the FTP server failed.", endServerTLS)
+		return nil, endServerTLS
+	}
+	s.srv.stats.tlsHandshake("server")
+	s.mu.Lock()
+	s.server = tc
+	s.serverTLS = true
+	s.popLocked(ftp.CodeAuthOK)
+	s.mu.Unlock()
+	return ftp.NewReader(tc, s.maxLine()), ""
+}
+
+// upgradeClient answers AUTH with 234 and makes the TLS handshake with
+// the client. It holds s.mu throughout, so that no reply is written to
+// the client in clear once the 234 has gone; the handshake is bounded by
+// the handshake timeout. The commands goroutine then reads s.client, now the
+// TLS connection.
+func (s *session) upgradeClient(ctx context.Context) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return s.reason
+	}
+	if s.midReply {
+		// A server's unsolicited multi-line notice is half forwarded:
+		// the 234 cannot go now, and the client waits for it in clear.
+		s.srv.stats.tlsFailed(tlsFailClientHandshake)
+		s.log.Warn("session closed: AUTH TLS came while a server notice was half forwarded")
+		s.endLocked(endClientTLS)
+		return endClientTLS
+	}
+	s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeAuthOK, "AUTH TLS successful."))
+	tc := tls.Server(s.rawClient, s.srv.clientTLS())
+	if err := handshake(ctx, tc, s.srv.handshakeTimeout()); err != nil {
+		s.srv.stats.tlsFailed(tlsFailClientHandshake)
+		s.log.Warn("session closed: TLS handshake with the client failed", "err", err)
+		s.endLocked(endClientTLS)
+		return endClientTLS
+	}
+	s.srv.stats.tlsHandshake("client")
+	s.client = tc
+	s.clientTLS = true
+	s.log.Info("control channel is TLS", "version", tls.VersionName(tc.ConnectionState().Version),
+		"server_tls", s.serverTLS)
+	return ""
+}
+
+func (s *session) isClientTLS() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clientTLS
+}
+
+func (s *session) isServerTLS() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serverTLS
+}
+
+func (s *session) hasPBSZ() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pbsz
+}
+
+// owesReplies reports whether a reply is still due to the client: the
+// server's, or pasvgate's own queued behind it.
+func (s *session) owesReplies() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue) > 0 || s.midReply
+}
+
+// startServerTLS upgrades the server's leg before the client's first
+// command reaches it (--upstream-tls always, or auto for a client of an
+// implicit-TLS listener): it reads the server's greeting, which it
+// returns for the client, then sends AUTH TLS, makes the handshake, and
+// sets PBSZ 0 and PROT C, so that data is clear until the client asks
+// otherwise. On failure it returns the reason for Stats.TLSFailures.
+func startServerTLS(ctx context.Context, u net.Conn, st *Settings, dialed string, maxLine int) (greeting []byte, tc *tls.Conn, why string, err error) {
+	d := durationOr(st.HandshakeTimeout, defaultHandshakeTimeout)
+	_ = u.SetDeadline(time.Now().Add(d))
+	r := ftp.NewReader(u, maxLine)
+	greeting, code, err := readReply(r)
+	switch {
+	case err != nil:
+		return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("reading the greeting: %w", err)
+	case code != ftp.CodeServiceReady:
+		return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("greeting is %d, not 220", code)
+	}
+	if _, err := u.Write(lineAUTH); err != nil {
+		return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("sending AUTH TLS: %w", err)
+	}
+	if _, code, err = readReply(r); err != nil || code != ftp.CodeAuthOK {
+		return nil, nil, tlsFailUpstreamRefused, fmt.Errorf("AUTH TLS answered %d (%v)", code, err)
+	}
+	if r.Buffered() > 0 {
+		return nil, nil, tlsFailUpstreamProtocol, errors.New("the server sent more after its 234")
+	}
+	tc = tls.Client(u, upstreamTLS(st, dialed))
+	if err := handshake(ctx, tc, d); err != nil {
+		return nil, nil, upstreamFailure(err), fmt.Errorf("TLS handshake: %w", err)
+	}
+	r = ftp.NewReader(tc, maxLine)
+	for _, line := range [][]byte{linePBSZ0, linePROTC} {
+		if _, err := tc.Write(line); err != nil {
+			return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("sending %s: %w", bytes.TrimSpace(line), err)
+		}
+		if _, code, err := readReply(r); err != nil || code/100 != 2 {
+			return nil, nil, tlsFailUpstreamRefused, fmt.Errorf("%s answered %d (%v)", bytes.TrimSpace(line), code, err)
+		}
+	}
+	_ = u.SetDeadline(time.Time{})
+	return greeting, tc, "", nil
+}
+
+// readReply reads one whole reply and returns its raw bytes and code.
+func readReply(r *ftp.Reader) ([]byte, int, error) {
+	var st ftp.ReplyState
+	var out []byte
+	for lines := 0; lines < maxPassiveLines*4; lines++ {
+		raw, text, err := r.ReadLine()
+		if err != nil {
+			return nil, 0, err
+		}
+		code, last, err := st.Feed(text)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, raw...)
+		if last {
+			return out, code, nil
+		}
+	}
+	return nil, 0, errors.New("reply too long")
+}
+
+// tlsFeatures are the FEAT lines pasvgate adds when it offers TLS (RFC
+// 4217 6): in place of the server's, which speak of the server's leg.
+var tlsFeatures = []byte(" AUTH TLS\r\n PBSZ\r\n PROT\r\n")
