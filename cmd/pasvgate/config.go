@@ -56,6 +56,17 @@ type Config struct {
 	ConnMark           uint32        `yaml:"connmark"`
 	JumpCheckInterval  time.Duration `yaml:"jump-check-interval"`
 	HostFirewall       string        `yaml:"host-firewall"`
+	TLS                string        `yaml:"tls"`
+	TLSCert            string        `yaml:"tls-cert"`
+	TLSKey             string        `yaml:"tls-key"`
+	ListenTLS          []string      `yaml:"listen-tls"`
+	UpstreamTLS        string        `yaml:"upstream-tls"`
+	UpstreamCA         string        `yaml:"upstream-ca"`
+	UpstreamServerName string        `yaml:"upstream-server-name"`
+	UpstreamInsecure   bool          `yaml:"upstream-insecure"`
+
+	// tls is what the TLS keys name, read and parsed by loadTLS.
+	tls tlsMaterial
 }
 
 // defaults are the values README.md promises.
@@ -99,6 +110,7 @@ func defaults() Config {
 		SNAT:             true,
 		ConnMark:         iptables.DefaultConnMark,
 		HostFirewall:     hostFirewallAuto,
+		UpstreamTLS:      "auto",
 	}
 }
 
@@ -183,6 +195,14 @@ func runFlags(c *Config) *flag.FlagSet {
 		return nil
 	})
 	fs.StringVar(&c.HostFirewall, "host-firewall", c.HostFirewall, "auto: with the nftables backend, accept pasvgate's conntrack mark at the top of host forward chains that drop (see README); leave: never touch the host's chains")
+	fs.StringVar(&c.TLS, "tls", c.TLS, "FTPS towards clients: off, allow (AUTH TLS offered) or require (no login before AUTH TLS); default allow with --tls-cert, else off")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM `file` of the certificate clients are shown, with its chain (re-read on SIGHUP)")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM `file` of --tls-cert's private key (re-read on SIGHUP)")
+	fs.Var(&listFlag{list: &c.ListenTLS}, "listen-tls", "`ADDR:PORT` to accept implicit FTPS on, TLS from the first byte (port 990 by convention; repeatable)")
+	fs.StringVar(&c.UpstreamTLS, "upstream-tls", c.UpstreamTLS, "TLS towards the server: auto (when the client's control channel is TLS), always, or never (offload)")
+	fs.StringVar(&c.UpstreamCA, "upstream-ca", c.UpstreamCA, "PEM `file` of the CAs that verify the server's certificate (default: the system's)")
+	fs.StringVar(&c.UpstreamServerName, "upstream-server-name", c.UpstreamServerName, "`name` the server's certificate must carry (default: the host of --upstream)")
+	fs.BoolVar(&c.UpstreamInsecure, "upstream-insecure", c.UpstreamInsecure, "accept any server certificate (logged as a warning)")
 	fs.DurationVar(&c.JumpCheckInterval, "jump-check-interval", c.JumpCheckInterval, "how often an install re-checks the jumps into pasvgate's chains (0: every install)")
 	return fs
 }
@@ -200,7 +220,13 @@ func loadConfig(args []string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	return c, c.validate()
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	if err := c.loadTLS(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
 }
 
 // readConfig is loadConfig without the validation, for `pasvgate rules`,
@@ -261,6 +287,16 @@ func (c Config) validate() error {
 		if c.Intercept != "" && sp.sockets[0].addr.Port() != specs[0].sockets[0].addr.Port() {
 			return bad("listen", "with --intercept every --listen address needs the same port (%q and %q differ)", c.Listen[0], l)
 		}
+	}
+	for _, l := range c.ListenTLS {
+		sp, err := parseListen(l)
+		if err != nil {
+			return bad("listen-tls", "%q: %v", l, err)
+		}
+		specs = append(specs, sp)
+	}
+	if err := c.validateTLS(); err != nil {
+		return err
 	}
 	if err := checkListenOverlap(specs); err != nil {
 		return bad("listen", "%v", err)

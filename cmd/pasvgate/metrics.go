@@ -25,6 +25,7 @@ type collector struct {
 
 	sessionsActive, sessionsTotal, sessionsRefused, sessionsEnded *prometheus.Desc
 	refusals, rewrites, controlBytes                              *prometheus.Desc
+	tlsHandshakes, tlsFailures                                    *prometheus.Desc
 	mappingsActive, mappingsOpened, mappingsClosed                *prometheus.Desc
 	installFailed, exhausted, removeFailed, removeRetries         *prometheus.Desc
 	flowsFlushed                                                  *prometheus.Desc
@@ -45,6 +46,8 @@ func newCollector(p *proxy.Server, t *nat.Table) *collector {
 		refusals:        d("refusals_total", "Commands and replies refused, and limits enforced, by reason.", "reason"),
 		rewrites:        d("rewrites_total", "Control lines rewritten, by kind.", "kind"),
 		controlBytes:    d("control_bytes_total", "Control-channel bytes relayed, by direction.", "direction"),
+		tlsHandshakes:   d("tls_handshakes_total", "TLS handshakes completed on the control channel, by leg (client, server).", "leg"),
+		tlsFailures:     d("tls_failures_total", "TLS upgrades of the control channel that failed, by reason.", "reason"),
 		mappingsActive:  d("mappings_active", "Data mappings installed now."),
 		mappingsOpened:  d("mappings_opened_total", "Data mappings installed."),
 		mappingsClosed:  d("mappings_closed_total", "Data mappings removed, by reason.", "reason"),
@@ -85,6 +88,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for r, v := range ps.Rewrites {
 		k(c.rewrites, v, r)
+	}
+	for l, v := range ps.TLSHandshakes {
+		k(c.tlsHandshakes, v, l)
+	}
+	for r, v := range ps.TLSFailures {
+		k(c.tlsFailures, v, r)
 	}
 	k(c.controlBytes, ps.BytesFromClient, "from_client")
 	k(c.controlBytes, ps.BytesFromServer, "from_server")

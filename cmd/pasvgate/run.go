@@ -82,6 +82,7 @@ func (c Config) settings(pub func() netip.Addr) proxy.Settings {
 	if c.PublicAddr != "" {
 		st.PublicAddr = netip.MustParseAddr(c.PublicAddr) // validated
 	}
+	c.tlsSettings(&st)
 	return st
 }
 
@@ -252,8 +253,8 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	serveCtx, cancelServe := context.WithCancel(context.Background())
 	defer cancelServe()
 	g.serveCtx = serveCtx
-	for _, addr := range cfg.Listen {
-		if err := g.listen(ctx, addr); err != nil {
+	for _, l := range cfg.listeners() {
+		if err := g.listen(ctx, l); err != nil {
 			g.srv.Shutdown(canceled())
 			g.wg.Wait()
 			return err
@@ -288,7 +289,9 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	}
 	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.Listen, "upstream", []string(cfg.Upstream),
 		"public_addr", cfg.PublicAddr, "public_iface", cfg.PublicIface, "data_ports", cfg.DataPorts,
-		"backend", g.backendName, "snat", cfg.SNAT, "metrics", cfg.Metrics, "gomaxprocs", env.procs)
+		"backend", g.backendName, "snat", cfg.SNAT, "metrics", cfg.Metrics, "gomaxprocs", env.procs,
+		"tls", cfg.tls.mode.String(), "listen_tls", cfg.ListenTLS, "upstream_tls", cfg.tls.upstream.String())
+	warnInsecure(cfg, log)
 	checkFDLimit(cfg, log)
 	notify(log, daemon.SdNotifyReady)
 
@@ -377,12 +380,47 @@ func canceled() context.Context {
 	return ctx
 }
 
-// listen opens one --listen address (one socket per family it covers,
-// see listen.go) and serves it.
-func (g *gateway) listen(ctx context.Context, addr string) error {
+// listener is one --listen or --listen-tls address.
+type listener struct {
+	addr     string
+	implicit bool // --listen-tls: TLS from the first byte
+}
+
+// key names the listener in gateway.lns: an address may move from one
+// flag to the other across a reload.
+func (l listener) key() string {
+	if l.implicit {
+		return "tls " + l.addr
+	}
+	return l.addr
+}
+
+func (l listener) flag() string {
+	if l.implicit {
+		return "--listen-tls"
+	}
+	return "--listen"
+}
+
+// listeners are the --listen and then the --listen-tls addresses.
+func (c Config) listeners() []listener {
+	ls := make([]listener, 0, len(c.Listen)+len(c.ListenTLS))
+	for _, a := range c.Listen {
+		ls = append(ls, listener{addr: a})
+	}
+	for _, a := range c.ListenTLS {
+		ls = append(ls, listener{addr: a, implicit: true})
+	}
+	return ls
+}
+
+// listen opens one --listen or --listen-tls address (one socket per
+// family it covers, see listen.go) and serves it.
+func (g *gateway) listen(ctx context.Context, l listener) error {
+	addr := l.addr
 	spec, err := parseListen(addr)
 	if err != nil { // validated already; a reload re-validates
-		return fmt.Errorf("--listen %s: %w", addr, err)
+		return fmt.Errorf("%s %s: %w", l.flag(), addr, err)
 	}
 	var control func(string, string, syscall.RawConn) error
 	if len(g.cfg.Upstream) == 0 && g.cfg.InterceptMethod == rules.TProxy {
@@ -390,14 +428,18 @@ func (g *gateway) listen(ctx context.Context, addr string) error {
 	}
 	lns, err := openListeners(ctx, spec, control, g.log)
 	if err != nil {
-		return fmt.Errorf("--listen %s: %w", addr, err)
+		return fmt.Errorf("%s %s: %w", l.flag(), addr, err)
 	}
-	g.lns[addr] = lns
+	g.lns[l.key()] = lns
+	serve := g.srv.Serve
+	if l.implicit {
+		serve = g.srv.ServeTLS
+	}
 	for _, ln := range lns {
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			if err := g.srv.Serve(g.serveCtx, ln); err != nil {
+			if err := serve(g.serveCtx, ln); err != nil {
 				select {
 				case g.errs <- err:
 				default:
@@ -508,14 +550,14 @@ func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
 		old.stop()
 	}
 	want := map[string]bool{}
-	for _, addr := range cfg.Listen {
-		want[addr] = true
-		if _, ok := g.lns[addr]; !ok {
-			if err := g.listen(ctx, addr); err != nil {
+	for _, l := range cfg.listeners() {
+		want[l.key()] = true
+		if _, ok := g.lns[l.key()]; !ok {
+			if err := g.listen(ctx, l); err != nil {
 				log.Error("reload: cannot open a new listener", "err", err)
 				continue
 			}
-			log.Info("reload: listening", "addr", addr)
+			log.Info("reload: listening", "addr", l.addr, "implicit_tls", l.implicit)
 		}
 	}
 	for addr, lns := range g.lns {

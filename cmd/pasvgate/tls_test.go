@@ -1,0 +1,96 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pasvgate/pasvgate/proxy"
+)
+
+// writeCert writes a self-signed certificate valid until notAfter and its
+// key as PEM files, and returns their paths.
+func writeCert(t *testing.T, cn string, notAfter time.Time) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: notAfter.Add(-48 * time.Hour), NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+func TestTLSConfig(t *testing.T) {
+	cert, key := writeCert(t, "gw", time.Now().Add(24*time.Hour))
+	old, oldKey := writeCert(t, "old", time.Now().Add(-time.Hour))
+	up := []string{"--upstream", "192.0.2.10:21"}
+	withCert := append([]string{"--tls-cert", cert, "--tls-key", key}, up...)
+
+	c, err := loadConfig(up)
+	if err != nil || c.tls.mode != proxy.TLSOff || c.tls.upstream != proxy.UpstreamTLSAuto {
+		t.Fatalf("no TLS flags: mode %v upstream %v (%v), want off and auto", c.tls.mode, c.tls.upstream, err)
+	}
+	c, err = loadConfig(withCert)
+	if err != nil || c.tls.mode != proxy.TLSAllow || c.tls.cert == nil {
+		t.Fatalf("with a certificate: mode %v (%v), want allow with the certificate loaded", c.tls.mode, err)
+	}
+	c, err = loadConfig(append([]string{"--tls", "require", "--listen-tls", "203.0.113.1:990", "--upstream-ca", cert}, withCert...))
+	if err != nil || c.tls.mode != proxy.TLSRequire || c.tls.roots == nil {
+		t.Fatalf("require with implicit TLS and a CA: %+v (%v)", c.tls, err)
+	}
+	var st proxy.Settings
+	c.tlsSettings(&st)
+	if st.Certificate != c.tls.cert || st.TLS != proxy.TLSRequire || st.UpstreamRoots != c.tls.roots {
+		t.Fatalf("settings do not carry the TLS material: %+v", st)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{append([]string{"--tls", "allow"}, up...), "--tls"},
+		{append([]string{"--tls", "maybe"}, withCert...), "--tls"},
+		{append([]string{"--tls", "off"}, withCert...), "--tls"},
+		{append([]string{"--tls-cert", cert}, up...), "--tls-cert"},
+		{append([]string{"--listen-tls", "203.0.113.1:990"}, up...), "--listen-tls"},
+		{append([]string{"--listen-tls", "203.0.113.1:21", "--listen", "203.0.113.1:21"}, withCert...), "--listen"},
+		{append([]string{"--upstream-tls", "sometimes"}, up...), "--upstream-tls"},
+		{append([]string{"--upstream-insecure", "--upstream-ca", cert}, up...), "--upstream-insecure"},
+		{append([]string{"--upstream-ca", key}, up...), "--upstream-ca"},
+		{append([]string{"--tls-cert", old, "--tls-key", oldKey}, up...), "expired"},
+		{append([]string{"--tls-cert", cert, "--tls-key", oldKey}, up...), "--tls-cert"},
+	} {
+		_, err := loadConfig(tc.args)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.flag) {
+			t.Errorf("loadConfig(%v) = %v, want a usage error naming %s", tc.args, err, tc.flag)
+		}
+	}
+}
