@@ -163,6 +163,13 @@ type Request struct {
 	// Config.MaxPerClient. It is not always Source: in active mode the
 	// data connection comes from the server. Invalid means Source.
 	Client netip.Addr
+	// Relay asks for the port alone: the caller relays the data
+	// connection itself (a protected FTPS transfer, which it must decrypt)
+	// and listens on Public. Nothing is installed in the kernel; the port
+	// is drawn from the range and counted against Client like any
+	// mapping's, its connect timeout runs the same, and a release returns
+	// it at once. Done tells the caller when to stop listening.
+	Relay bool
 }
 
 // ClientKey is the unit in which clients are counted: an IPv4 address
@@ -345,7 +352,18 @@ type Mapping struct {
 	// queuedAt is when the mapping last joined the removal queue on its
 	// release; zero for a retry, which waits for nothing more.
 	queuedAt time.Time
+	// done, for a relay (Request.Relay), is closed on release.
+	done chan struct{}
 }
+
+// Relay reports whether the mapping is a port for a relay of the caller's
+// own (Request.Relay): nothing of it is in the kernel.
+func (m *Mapping) Relay() bool { return m.done != nil }
+
+// Done is closed when a relay's port is released (for any reason: its
+// transfer's end, its connect timeout, its session's end): the relay must
+// stop accepting on it. It is nil for a kernel mapping.
+func (m *Mapping) Done() <-chan struct{} { return m.done }
 
 // Open allocates a public port, installs the mapping and arms its connect
 // timeout. Only when Open returns without error is the mapping in the
@@ -385,12 +403,16 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 		opened:  now,
 		client:  key,
 	}
-	ictx, cancel := context.WithTimeout(ctx, t.cfg.InstallTimeout)
 	start := time.Now()
-	err = t.backend.Install(ictx, m.Mapping)
-	cancel()
-	if t.cfg.ObserveInstall != nil {
-		t.cfg.ObserveInstall(time.Since(start), err)
+	if req.Relay {
+		m.done = make(chan struct{})
+	} else {
+		ictx, cancel := context.WithTimeout(ctx, t.cfg.InstallTimeout)
+		err = t.backend.Install(ictx, m.Mapping)
+		cancel()
+		if t.cfg.ObserveInstall != nil {
+			t.cfg.ObserveInstall(time.Since(start), err)
+		}
 	}
 	if err != nil {
 		t.mu.Lock()
@@ -470,6 +492,19 @@ func (t *Table) releaseLocked(m *Mapping, reason string) {
 	m.reason = reason
 	if m.timer != nil {
 		m.timer.Stop()
+	}
+	if m.done != nil {
+		// A relay's port: nothing to remove from the kernel, and no
+		// flow the kernel tracks. The caller stops listening on it when
+		// Done is closed; a relay that draws the port again before then
+		// fails to listen and its client gets 425, a window of
+		// microseconds on one port of the range.
+		close(m.done)
+		delete(t.open, m.ID)
+		t.closed[m.reason]++
+		t.chargeLocked(m.client, -1, 0)
+		delete(t.busy, m.Public.Port())
+		return
 	}
 	t.chargeLocked(m.client, -1, +1)
 	m.queuedAt = time.Now()

@@ -328,3 +328,46 @@ func TestClosedAge(t *testing.T) {
 		t.Errorf("age_ms = %d, want between %d (held) and %d (measured around Open and the log line)", age, held.Milliseconds(), elapsed.Milliseconds())
 	}
 }
+
+// TestRelayPorts: a relay's port is drawn and counted like a mapping's,
+// but nothing reaches the kernel; its release (or its connect timeout)
+// closes Done and returns the port at once.
+func TestRelayPorts(t *testing.T) {
+	tb, b := newTable(t, "40000-40000", 50*time.Millisecond)
+	r := req()
+	r.Relay = true
+	m, err := tb.Open(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.Relay() || b.Len() != 0 {
+		t.Fatalf("relay %v, %d mappings installed: want a relay and none", m.Relay(), b.Len())
+	}
+	if _, err := tb.Open(context.Background(), req()); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("a second port from a range of one: %v, want ErrExhausted", err)
+	}
+	if !m.Claim() {
+		t.Fatal("Claim failed")
+	}
+	m.Release(ReasonTransferDone)
+	select {
+	case <-m.Done():
+	default:
+		t.Fatal("Done is open after the release")
+	}
+	if st := tb.Stats(); st.PortsBusy != 0 || st.Active != 0 || st.Closed[ReasonTransferDone] != 1 {
+		t.Fatalf("after the release: %+v", st)
+	}
+	m, err = tb.Open(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("an unclaimed relay port outlived its connect timeout")
+	}
+	if st := tb.Stats(); st.PortsBusy != 0 || st.Closed[ReasonConnectTimeout] != 1 {
+		t.Fatalf("after the timeout: %+v", st)
+	}
+}
