@@ -18,8 +18,8 @@ import (
 // TLS, so that the server's data protection is always what pasvgate
 // agreed with the client.
 //
-// Data connections stay clear in this version: PROT P is answered 536, so
-// that every data byte still takes the kernel path.
+// PROT C data takes the kernel path, as plain FTP's does; PROT P data is
+// relayed by pasvgate (relay.go).
 
 // authMechanism reports whether AUTH's argument asks for TLS. "SSL" is
 // what curl sends first, and means the same to every server pasvgate is
@@ -101,12 +101,11 @@ var tlsRefusals = [...]struct {
 	},
 	refusal{ftp.CodeProtLevelNotSupported, "PROT S and E are not supported: use PROT C or P.", "prot-level"},
 }, {
-	// pasvgate does not yet relay protected data connections.
-	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbPROT && protLevel(c.Arg) == 'P' },
-	refusal{ftp.CodeProtLevelNotSupported, "PROT P is not supported through this gateway: use PROT C.", "prot-private"},
-}, {
-	func(_ *session, c ftp.Command) bool { return c.Verb == ftp.VerbPROT && protLevel(c.Arg) != 'C' },
-	refusal{ftp.CodeParamNotImplemented, "PROT C only.", "prot-syntax"},
+	func(_ *session, c ftp.Command) bool {
+		l := protLevel(c.Arg)
+		return c.Verb == ftp.VerbPROT && l != 'C' && l != 'P'
+	},
+	refusal{ftp.CodeParamNotImplemented, "PROT C or P only.", "prot-syntax"},
 }, {
 	// CCC would put the rest of the session, and its next PASS after a
 	// REIN, in clear on the client's link, and a clear control channel is
@@ -132,33 +131,53 @@ func decimal(b []byte) bool {
 var (
 	linePBSZ0 = []byte("PBSZ 0\r\n")
 	linePROTC = []byte("PROT C\r\n")
+	linePROTP = []byte("PROT P\r\n")
 	lineAUTH  = []byte("AUTH TLS\r\n")
 )
 
-// protection handles an accepted PBSZ or PROT (C, the only level
-// accepted): answered by pasvgate when the server's leg is clear, passed
-// on canonical when it is TLS. It returns the line to send the server, or
-// nil when pasvgate has answered.
+// protection handles an accepted PBSZ or PROT (C or P): answered by
+// pasvgate when the server's leg is clear, passed on canonical when it is
+// TLS, so that the server protects its side of the data connections
+// exactly when the client does. From PROT P on, data connections are
+// relayed (relay.go); from PROT C on, they take the kernel path. It
+// returns the line to send the server, or nil when pasvgate has answered.
+//
+// The level is in force from the command on, not from the server's 200:
+// a data command pipelined behind PROT must be judged by it, and a server
+// that refuses PROT P (its reply reaches the client) leaves a session
+// whose protected transfers fail at the server's end, not one that leaks
+// clear data.
 func (s *session) protection(c ftp.Command) []byte {
+	line := linePBSZ0
 	s.mu.Lock()
-	if c.Verb == ftp.VerbPBSZ {
+	switch {
+	case c.Verb == ftp.VerbPBSZ:
 		s.pbsz = true
+	case protLevel(c.Arg) == 'P':
+		s.protected, line = true, linePROTP
+	default:
+		s.protected, line = false, linePROTC
 	}
 	serverTLS := s.serverTLS
 	s.mu.Unlock()
-	line := linePROTC
-	if c.Verb == ftp.VerbPBSZ {
-		line = linePBSZ0
-	}
 	if serverTLS {
 		return line
 	}
-	if c.Verb == ftp.VerbPBSZ {
+	switch {
+	case c.Verb == ftp.VerbPBSZ:
 		s.reply(ftp.CodeOK, "PBSZ=0")
-	} else {
+	case protLevel(c.Arg) == 'P':
+		s.reply(ftp.CodeOK, "Protection level set to Private.")
+	default:
 		s.reply(ftp.CodeOK, "Protection level set to Clear.")
 	}
 	return nil
+}
+
+func (s *session) isProtected() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.protected
 }
 
 // auth upgrades the client's control channel after an AUTH that passed
@@ -232,7 +251,8 @@ func (s *session) upgradeServer(ctx context.Context, r *ftp.Reader) (*ftp.Reader
 		s.say421AndEnd("TLS to the FTP server failed.", endServerTLS)
 		return nil, endServerTLS
 	}
-	tc := tls.Client(s.rawServer, upstreamTLS(s.srv.settings(), s.upstream))
+	s.upTLS = upstreamTLS(s.srv.settings(), s.upstream)
+	tc := tls.Client(s.rawServer, s.upTLS)
 	if err := handshake(ctx, tc, s.srv.handshakeTimeout()); err != nil {
 		why := upstreamFailure(err)
 		s.srv.stats.tlsFailed(why)
@@ -269,7 +289,7 @@ func (s *session) upgradeClient(ctx context.Context) string {
 		return endClientTLS
 	}
 	s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeAuthOK, "AUTH TLS successful."))
-	tc := tls.Server(s.rawClient, s.srv.clientTLS())
+	tc := tls.Server(s.rawClient, s.sessionTLS())
 	if err := handshake(ctx, tc, s.srv.handshakeTimeout()); err != nil {
 		s.srv.stats.tlsFailed(tlsFailClientHandshake)
 		s.log.Warn("session closed: TLS handshake with the client failed", "err", err)
@@ -316,7 +336,7 @@ func (s *session) owesReplies() bool {
 // returns for the client, then sends AUTH TLS, makes the handshake, and
 // sets PBSZ 0 and PROT C, so that data is clear until the client asks
 // otherwise. On failure it returns the reason for Stats.TLSFailures.
-func startServerTLS(ctx context.Context, u net.Conn, st *Settings, dialed string, maxLine int) (greeting []byte, tc *tls.Conn, why string, err error) {
+func startServerTLS(ctx context.Context, u net.Conn, st *Settings, cfg *tls.Config, maxLine int) (greeting []byte, tc *tls.Conn, why string, err error) {
 	d := durationOr(st.HandshakeTimeout, defaultHandshakeTimeout)
 	_ = u.SetDeadline(time.Now().Add(d))
 	r := ftp.NewReader(u, maxLine)
@@ -336,7 +356,7 @@ func startServerTLS(ctx context.Context, u net.Conn, st *Settings, dialed string
 	if r.Buffered() > 0 {
 		return nil, nil, tlsFailUpstreamProtocol, errors.New("the server sent more after its 234")
 	}
-	tc = tls.Client(u, upstreamTLS(st, dialed))
+	tc = tls.Client(u, cfg)
 	if err := handshake(ctx, tc, d); err != nil {
 		return nil, nil, upstreamFailure(err), fmt.Errorf("TLS handshake: %w", err)
 	}

@@ -311,7 +311,6 @@ func newHarness(t *testing.T, o options) *harness {
 	return h
 }
 
-
 // waitInstalled waits until the backend holds n mappings.
 func (h *harness) waitInstalled(t *testing.T, n int) {
 	t.Helper()
@@ -347,6 +346,9 @@ type conn struct {
 	t *testing.T
 	c net.Conn
 	r *bufio.Reader
+	// tls, once the control channel is TLS (startTLS), is the client's
+	// configuration, whose session cache lets data connections resume.
+	tls *tls.Config
 }
 
 func (h *harness) dial(t *testing.T) *conn {

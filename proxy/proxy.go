@@ -112,6 +112,11 @@ type Settings struct {
 	UpstreamServerName string
 	// UpstreamInsecure accepts any server certificate.
 	UpstreamInsecure bool
+	// RequireReuse refuses a client's protected data connection whose TLS
+	// session does not resume its control connection's. Off by default:
+	// the data port admits only the control client's address, once, and
+	// many clients never resume (Python's ftplib.FTP_TLS).
+	RequireReuse bool
 	// HandshakeTimeout bounds a TLS handshake on either leg, and the
 	// server's part of an upgrade (its replies to AUTH TLS, PBSZ, PROT).
 	// Default 10 s.
@@ -423,7 +428,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
 	if implicit {
 		// Counted as a session first, so that --max-sessions bounds the
 		// handshakes in progress too.
-		tc := tls.Server(raw, s.clientTLS())
+		tc := tls.Server(raw, sess.sessionTLS())
 		if err := handshake(ctx, tc, s.handshakeTimeout()); err != nil {
 			s.stats.tlsFailed(tlsFailClientHandshake)
 			s.stats.refuseSession("tls-handshake")
@@ -471,7 +476,8 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
 	var server net.Conn = rawio.Wrap(u)
 	sess.upstream = upstream
 	if st.UpstreamTLS == UpstreamTLSAlways || (st.UpstreamTLS == UpstreamTLSAuto && implicit) {
-		greeting, tc, why, err := startServerTLS(ctx, server, st, upstream, sess.maxLine())
+		sess.upTLS = upstreamTLS(st, upstream)
+		greeting, tc, why, err := startServerTLS(ctx, server, st, sess.upTLS, sess.maxLine())
 		if err != nil {
 			s.stats.tlsFailed(why)
 			s.stats.refuseSession("upstream-tls")

@@ -220,6 +220,11 @@ func (s *session) popLocked(code int) *finished {
 		}
 		if p.mapping != nil {
 			p.mapping.Release(nat.ReasonTransferDone)
+			if p.mapping.Relay() {
+				s.srv.stats.transfer("relay")
+			} else {
+				s.srv.stats.transfer("kernel")
+			}
 		}
 		f = &finished{user: s.user, verb: p.verb, arg: p.arg, mapping: p.mapping, took: time.Since(p.sent), code: code}
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -80,6 +81,15 @@ type session struct {
 	// greeting, if set, is the server's greeting, already read by
 	// startServerTLS: it goes to the client first.
 	greeting []byte
+	// ctlTLS and dataTLS serve the client's control and protected data
+	// connections, with this session's own ticket keys (sessionTLS);
+	// upTLS is the server leg's, whose session cache lets data
+	// connections resume the control connection's session. Set before
+	// the leg is upgraded, then read only.
+	ctlTLS, dataTLS, upTLS *tls.Config
+	// relays are the session's protected data connections (relay.go),
+	// waited for when it ends.
+	relays sync.WaitGroup
 	// loginFrom is when the login window (--login-timeout) opened: the
 	// session's start, or the REIN of a logged-in session. Written by the
 	// commands goroutine under mu.
@@ -102,6 +112,7 @@ type session struct {
 	clientTLS bool   // the client's control channel is TLS
 	serverTLS bool   // the server's control channel is TLS
 	pbsz      bool   // the client has sent PBSZ (over TLS)
+	protected bool   // the client's PROT P is in force: data connections are relayed
 }
 
 // Reasons a session ends, for its log line.
@@ -143,6 +154,7 @@ func (s *session) run(ctx context.Context) string {
 	}()
 	s.end(s.commands(ctx))
 	<-done
+	s.relays.Wait() // each ends on s.over
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -33,8 +33,17 @@ type Stats struct {
 	TLSHandshakes map[string]uint64
 	// TLSFailures counts failed TLS upgrades, by reason (client-handshake,
 	// cleartext-after-auth, upstream-refused, upstream-handshake,
-	// upstream-verify, upstream-protocol).
+	// upstream-verify, upstream-protocol), and failed handshakes of
+	// protected data connections (data-client-handshake,
+	// data-server-handshake, data-no-reuse).
 	TLSFailures map[string]uint64
+	// Transfers counts transfers whose final reply has come, by the path
+	// their data took: kernel (a mapping: plain FTP, PROT C) or relay
+	// (PROT P, through pasvgate).
+	Transfers map[string]uint64
+	// BytesRelayed counts the data bytes pasvgate relayed itself, both
+	// directions together.
+	BytesRelayed uint64
 }
 
 // counters is the live form of Stats. Byte counts are atomics because they
@@ -44,6 +53,7 @@ type counters struct {
 	total           atomic.Uint64
 	fromClient      atomic.Uint64
 	fromServer      atomic.Uint64
+	relayed         atomic.Uint64
 	mu              sync.Mutex
 	refusedSessions map[string]uint64
 	ended           map[string]uint64
@@ -51,6 +61,7 @@ type counters struct {
 	rewrites        map[string]uint64
 	tlsHandshakes   map[string]uint64
 	tlsFailures     map[string]uint64
+	transfers       map[string]uint64
 }
 
 func inc(m *map[string]uint64, k string) {
@@ -87,6 +98,12 @@ func (c *counters) tlsHandshake(leg string) {
 	c.mu.Unlock()
 }
 
+func (c *counters) transfer(path string) {
+	c.mu.Lock()
+	inc(&c.transfers, path)
+	c.mu.Unlock()
+}
+
 func (c *counters) tlsFailed(why string) {
 	c.mu.Lock()
 	inc(&c.tlsFailures, why)
@@ -115,5 +132,7 @@ func (s *Server) Stats() Stats {
 		BytesFromServer: c.fromServer.Load(),
 		TLSHandshakes:   maps.Clone(c.tlsHandshakes),
 		TLSFailures:     maps.Clone(c.tlsFailures),
+		Transfers:       maps.Clone(c.transfers),
+		BytesRelayed:    c.relayed.Load(),
 	}
 }

@@ -128,7 +128,7 @@ func (s *Server) clientTLS() *tls.Config {
 	return s.tlsConf
 }
 
-// upstreamTLS is the configuration pasvgate speaks to the server with:
+// upstreamTLS is a session's configuration towards the server:
 // the server's certificate is verified against UpstreamRoots (the system's
 // roots if nil) for UpstreamServerName, or else the host it dials.
 func upstreamTLS(st *Settings, dialed string) *tls.Config {
@@ -141,6 +141,10 @@ func upstreamTLS(st *Settings, dialed string) *tls.Config {
 		ServerName:         name,
 		RootCAs:            st.UpstreamRoots,
 		InsecureSkipVerify: st.UpstreamInsecure, // the operator's explicit choice, warned about at start
+		// One session's own: its data connections resume the control
+		// connection's TLS session (servers require it), and no other
+		// session's. Go resumes with tickets only.
+		ClientSessionCache: tls.NewLRUClientSessionCache(2),
 	}
 }
 

@@ -64,6 +64,7 @@ type Config struct {
 	UpstreamCA         string        `yaml:"upstream-ca"`
 	UpstreamServerName string        `yaml:"upstream-server-name"`
 	UpstreamInsecure   bool          `yaml:"upstream-insecure"`
+	TLSRequireReuse    bool          `yaml:"tls-require-reuse"`
 
 	// tls is what the TLS keys name, read and parsed by loadTLS.
 	tls tlsMaterial
@@ -198,6 +199,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.TLS, "tls", c.TLS, "FTPS towards clients: off, allow (AUTH TLS offered) or require (no login before AUTH TLS); default allow with --tls-cert, else off")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM `file` of the certificate clients are shown, with its chain (re-read on SIGHUP)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM `file` of --tls-cert's private key (re-read on SIGHUP)")
+	fs.BoolVar(&c.TLSRequireReuse, "tls-require-reuse", c.TLSRequireReuse, "refuse a client's protected data connection whose TLS session does not resume its control connection's")
 	fs.Var(&listFlag{list: &c.ListenTLS}, "listen-tls", "`ADDR:PORT` to accept implicit FTPS on, TLS from the first byte (port 990 by convention; repeatable)")
 	fs.StringVar(&c.UpstreamTLS, "upstream-tls", c.UpstreamTLS, "TLS towards the server: auto (when the client's control channel is TLS), always, or never (offload)")
 	fs.StringVar(&c.UpstreamCA, "upstream-ca", c.UpstreamCA, "PEM `file` of the CAs that verify the server's certificate (default: the system's)")

@@ -25,7 +25,7 @@ type collector struct {
 
 	sessionsActive, sessionsTotal, sessionsRefused, sessionsEnded *prometheus.Desc
 	refusals, rewrites, controlBytes                              *prometheus.Desc
-	tlsHandshakes, tlsFailures                                    *prometheus.Desc
+	tlsHandshakes, tlsFailures, transfers, relayedBytes           *prometheus.Desc
 	mappingsActive, mappingsOpened, mappingsClosed                *prometheus.Desc
 	installFailed, exhausted, removeFailed, removeRetries         *prometheus.Desc
 	flowsFlushed                                                  *prometheus.Desc
@@ -47,7 +47,9 @@ func newCollector(p *proxy.Server, t *nat.Table) *collector {
 		rewrites:        d("rewrites_total", "Control lines rewritten, by kind.", "kind"),
 		controlBytes:    d("control_bytes_total", "Control-channel bytes relayed, by direction.", "direction"),
 		tlsHandshakes:   d("tls_handshakes_total", "TLS handshakes completed on the control channel, by leg (client, server).", "leg"),
-		tlsFailures:     d("tls_failures_total", "TLS upgrades of the control channel that failed, by reason.", "reason"),
+		tlsFailures:     d("tls_failures_total", "TLS upgrades of the control channel, and handshakes of protected data connections, that failed, by reason.", "reason"),
+		transfers:       d("transfers_total", "Transfers whose final reply has come, by the path their data took: kernel (plain FTP, PROT C) or relay (PROT P).", "path"),
+		relayedBytes:    d("relayed_bytes_total", "Data bytes pasvgate relayed itself (PROT P), both directions."),
 		mappingsActive:  d("mappings_active", "Data mappings installed now."),
 		mappingsOpened:  d("mappings_opened_total", "Data mappings installed."),
 		mappingsClosed:  d("mappings_closed_total", "Data mappings removed, by reason.", "reason"),
@@ -95,6 +97,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for r, v := range ps.TLSFailures {
 		k(c.tlsFailures, v, r)
 	}
+	for p, v := range ps.Transfers {
+		k(c.transfers, v, p)
+	}
+	k(c.relayedBytes, ps.BytesRelayed)
 	k(c.controlBytes, ps.BytesFromClient, "from_client")
 	k(c.controlBytes, ps.BytesFromServer, "from_server")
 	ns := c.table.Stats()

@@ -54,8 +54,14 @@ func (c Config) validateTLS() error {
 		return bad("tls", "off, but --tls-cert is given: say --tls allow or require, or drop the certificate")
 	case len(c.ListenTLS) > 0 && mode == proxy.TLSOff:
 		return bad("listen-tls", "needs --tls-cert and --tls-key")
-	case len(c.ListenTLS) > 0 && c.Intercept != "":
-		return bad("listen-tls", "not with --intercept: the interception leads port 21 to the --listen port")
+	case mode != proxy.TLSOff && len(c.Upstream) == 0:
+		// Clients would be shown the gateway's certificate for servers
+		// they name themselves, and their protected data connections
+		// would go past pasvgate to a server that expects pasvgate's
+		// TLS session.
+		return bad("tls", "reverse mode only (--upstream)")
+	case c.TLSRequireReuse && mode == proxy.TLSOff:
+		return bad("tls-require-reuse", "needs --tls allow or require")
 	case c.UpstreamInsecure && c.UpstreamCA != "":
 		return bad("upstream-insecure", "and --upstream-ca contradict each other")
 	}
@@ -101,6 +107,7 @@ func (c Config) tlsSettings(st *proxy.Settings) {
 	st.UpstreamRoots = c.tls.roots
 	st.UpstreamServerName = c.UpstreamServerName
 	st.UpstreamInsecure = c.UpstreamInsecure
+	st.RequireReuse = c.TLSRequireReuse
 }
 
 // warnInsecure says, at start, that the server's certificate is not

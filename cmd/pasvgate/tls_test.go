@@ -61,13 +61,13 @@ func TestTLSConfig(t *testing.T) {
 	if err != nil || c.tls.mode != proxy.TLSAllow || c.tls.cert == nil {
 		t.Fatalf("with a certificate: mode %v (%v), want allow with the certificate loaded", c.tls.mode, err)
 	}
-	c, err = loadConfig(append([]string{"--tls", "require", "--listen-tls", "203.0.113.1:990", "--upstream-ca", cert}, withCert...))
+	c, err = loadConfig(append([]string{"--tls", "require", "--listen-tls", "203.0.113.1:990", "--upstream-ca", cert, "--tls-require-reuse"}, withCert...))
 	if err != nil || c.tls.mode != proxy.TLSRequire || c.tls.roots == nil {
 		t.Fatalf("require with implicit TLS and a CA: %+v (%v)", c.tls, err)
 	}
 	var st proxy.Settings
 	c.tlsSettings(&st)
-	if st.Certificate != c.tls.cert || st.TLS != proxy.TLSRequire || st.UpstreamRoots != c.tls.roots {
+	if st.Certificate != c.tls.cert || st.TLS != proxy.TLSRequire || st.UpstreamRoots != c.tls.roots || !st.RequireReuse {
 		t.Fatalf("settings do not carry the TLS material: %+v", st)
 	}
 
@@ -82,6 +82,8 @@ func TestTLSConfig(t *testing.T) {
 		{append([]string{"--listen-tls", "203.0.113.1:990"}, up...), "--listen-tls"},
 		{append([]string{"--listen-tls", "203.0.113.1:21", "--listen", "203.0.113.1:21"}, withCert...), "--listen"},
 		{append([]string{"--upstream-tls", "sometimes"}, up...), "--upstream-tls"},
+		{append([]string{"--tls-require-reuse"}, up...), "--tls-require-reuse"},
+		{[]string{"--tls-cert", cert, "--tls-key", key, "--intercept", "eth1"}, "--tls"},
 		{append([]string{"--upstream-insecure", "--upstream-ca", cert}, up...), "--upstream-insecure"},
 		{append([]string{"--upstream-ca", key}, up...), "--upstream-ca"},
 		{append([]string{"--tls-cert", old, "--tls-key", oldKey}, up...), "expired"},

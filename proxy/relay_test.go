@@ -1,0 +1,199 @@
+package proxy_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pasvgate/pasvgate/proxy"
+	"github.com/spf13/afero"
+)
+
+// protectedData opens a PROT P data connection to the 227's port and makes
+// the client's TLS handshake over it with cfg (the control connection's
+// configuration, so that it may resume), after the command cmd has had
+// its 150. It returns the TLS connection, or the handshake's error.
+func (c *conn) protectedData(cmd string, cfg *tls.Config, local string) (*tls.Conn, error) {
+	c.t.Helper()
+	ap := parse227(c.t, c.expectAfter("PASV", "227"))
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
+	raw, err := d.Dial("tcp", ap.String())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { raw.Close() })
+	_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
+	c.expectAfter(cmd, "150")
+	tc := tls.Client(raw, cfg)
+	return tc, tc.Handshake()
+}
+
+// TestProtectedTransfers: with PROT P, a download and an upload go through
+// pasvgate's relay with TLS on both sides of the data connection: the
+// bytes arrive whole, the client's data session resumes its control
+// session, nothing is installed in the kernel, and the transfers are
+// counted on the relay path.
+func TestProtectedTransfers(t *testing.T) {
+	p := newPKI(t)
+	h := newHarness(t, p.options(nil))
+	want := plant(t, h.server.FS(), "down.bin", 3<<20)
+	c := h.dial(t)
+	c.startTLS(p)
+	c.expectAfter("PBSZ 0", "200")
+	c.expectAfter("PROT P", "200")
+	c.login()
+
+	dc, err := c.protectedData("RETR down.bin", c.tls, "")
+	if err != nil {
+		t.Fatalf("data handshake: %v", err)
+	}
+	if !dc.ConnectionState().DidResume {
+		t.Error("the data connection did not resume the control connection's TLS session")
+	}
+	got, err := io.ReadAll(dc)
+	if err != nil {
+		t.Fatalf("reading the download: %v", err)
+	}
+	c.expect("226")
+	if !bytes.Equal(got, want) {
+		t.Fatalf("downloaded %d bytes, not the file's %d", len(got), len(want))
+	}
+
+	up := bytes.Repeat([]byte("upload tail must arrive whole "), 1<<15)
+	dc, err = c.protectedData("STOR up.bin", c.tls, "")
+	if err != nil {
+		t.Fatalf("data handshake: %v", err)
+	}
+	if _, err := dc.Write(up); err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, dc) // until the relay's close_notify
+	c.expect("226")
+	stored, err := afero.ReadFile(h.server.FS(), "/up.bin")
+	if err != nil || !bytes.Equal(stored, up) {
+		t.Fatalf("stored %d bytes (%v), want the %d uploaded", len(stored), err, len(up))
+	}
+	c.expectAfter("QUIT", "221")
+
+	if n := len(h.backend.admitted()); n != 0 {
+		t.Fatalf("%d data connections took a kernel mapping, want none", n)
+	}
+	st := h.proxy.Stats()
+	if st.Transfers["relay"] != 2 || st.Transfers["kernel"] != 0 {
+		t.Fatalf("transfers by path %v, want 2 relayed", st.Transfers)
+	}
+	if st.BytesRelayed < uint64(len(want)+len(up)) {
+		t.Fatalf("relayed %d bytes, want at least %d", st.BytesRelayed, len(want)+len(up))
+	}
+}
+
+// TestProtectedDataHostile: the relay's port admits only the control
+// client's address (a connection from another is closed, and the real one
+// still works); a data handshake that does not resume, or that presents
+// another session's ticket, gets a full handshake, which RequireReuse
+// refuses; and garbage in place of the ClientHello fails the transfer,
+// not the session.
+func TestProtectedDataHostile(t *testing.T) {
+	p := newPKI(t)
+	h := newHarness(t, p.options(func(st *proxy.Settings) { st.RequireReuse = true }))
+	plant(t, h.server.FS(), "f.bin", 1000)
+	c := h.dial(t)
+	c.startTLS(p)
+	c.expectAfter("PBSZ 0", "200")
+	c.expectAfter("PROT P", "200")
+	c.login()
+
+	t.Run("another address", func(t *testing.T) {
+		ap := parse227(t, c.expectAfter("PASV", "227"))
+		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.5")}}
+		intruder, err := d.Dial("tcp", ap.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer intruder.Close()
+		_ = intruder.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := intruder.Read(make([]byte, 1)); err == nil || n > 0 {
+			t.Fatalf("the intruder's connection was kept (read %d, %v)", n, err)
+		}
+		real, err := net.DialTimeout("tcp", ap.String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer real.Close()
+		_ = real.SetDeadline(time.Now().Add(10 * time.Second))
+		c.expectAfter("RETR f.bin", "150")
+		tc := tls.Client(real, c.tls)
+		if b, err := io.ReadAll(tc); err != nil || len(b) != 1000 {
+			t.Fatalf("the client's own connection got %d bytes, %v", len(b), err)
+		}
+		c.expect("226")
+		if h.proxy.Stats().Refused["relay-foreign-source"] != 1 {
+			t.Fatalf("refusals %v, want one relay-foreign-source", h.proxy.Stats().Refused)
+		}
+	})
+	t.Run("no resumption", func(t *testing.T) {
+		fresh := &tls.Config{RootCAs: p.roots, ServerName: clientDial}
+		c.expectNoData(c.protectedData("RETR f.bin", fresh, ""))
+	})
+	t.Run("another session's ticket", func(t *testing.T) {
+		other := h.dial(t)
+		other.startTLS(p) // its ticket lands in other.tls's cache
+		other.expectAfter("NOOP", "200")
+		c.expectNoData(c.protectedData("RETR f.bin", other.tls, ""))
+	})
+	t.Run("garbage ClientHello", func(t *testing.T) {
+		ap := parse227(t, c.expectAfter("PASV", "227"))
+		raw, err := net.DialTimeout("tcp", ap.String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		c.expectAfter("RETR f.bin", "150")
+		_, _ = io.WriteString(raw, "GET / HTTP/1.0\r\n\r\n")
+		c.reply() // the server's: it may have written the file into a socket buffer before the relay closed
+		_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, _ := io.ReadAll(raw); len(b) >= 100 { // a TLS alert at most, never the file
+			t.Fatalf("garbage in place of a ClientHello got %d bytes back", len(b))
+		}
+	})
+	// The session is intact.
+	dc, err := c.protectedData("RETR f.bin", c.tls, "")
+	if err != nil {
+		t.Fatalf("after the hostile cases: %v", err)
+	}
+	if b, err := io.ReadAll(dc); err != nil || len(b) != 1000 {
+		t.Fatalf("after the hostile cases: %d bytes, %v", len(b), err)
+	}
+	c.expect("226")
+	if f := h.proxy.Stats().TLSFailures; f["data-no-reuse"] != 2 || f["data-client-handshake"] != 1 {
+		t.Fatalf("TLS failures %v, want 2 data-no-reuse and 1 data-client-handshake", f)
+	}
+}
+
+// expectNoData expects a protected data connection that was refused: its
+// handshake fails, or (TLS 1.3, where the client finishes first) its
+// first read does, with no byte of the file. The transfer's final reply
+// is read, whatever it is: a server that wrote a small file into its
+// socket buffer before the relay closed says 226.
+func (c *conn) expectNoData(dc *tls.Conn, err error) {
+	c.t.Helper()
+	if err == nil {
+		b, rerr := io.ReadAll(dc)
+		if rerr == nil || len(b) > 0 {
+			c.t.Fatalf("a data connection that does not resume this session got %d bytes (%v)", len(b), rerr)
+		}
+	}
+	if r := c.reply(); !strings.HasPrefix(r, "226") && !strings.HasPrefix(r, "4") {
+		c.t.Fatalf("final reply %q", r)
+	}
+}
