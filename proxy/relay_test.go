@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -196,4 +197,70 @@ func (c *conn) expectNoData(dc *tls.Conn, err error) {
 	if r := c.reply(); !strings.HasPrefix(r, "226") && !strings.HasPrefix(r, "4") {
 		c.t.Fatalf("final reply %q", r)
 	}
+}
+
+// TestProtectedActive: PORT with PROT P. The server connects to pasvgate's
+// relay port (the PORT it was sent names the gateway), pasvgate dials the
+// client, and the client is still the TLS client of the data connection
+// (RFC 4217), resuming its control session. The server is the scripted
+// active server, which dials from its own address as a server on its own
+// host does, with its leg clear (--upstream-tls never); test/interop runs
+// active PROT P with TLS on both legs against vsftpd.
+func TestProtectedActive(t *testing.T) {
+	p := newPKI(t)
+	want := bytes.Repeat([]byte("active and protected "), 50000)
+	as := newActiveServer(t, want)
+	o := p.options(func(st *proxy.Settings) { st.UpstreamTLS = proxy.UpstreamTLSNever })
+	o.upstream = as.ln.Addr().String()
+	h := newHarness(t, o)
+	c := h.dial(t)
+	c.startTLS(p)
+	c.expectAfter("PBSZ 0", "200")
+	c.expectAfter("PROT P", "200")
+	c.login()
+	ln, err := net.Listen("tcp", clientDial+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c.expectAfter("PORT "+portArg(t, ln.Addr()), "200")
+	c.expectAfter("RETR f.bin", "150")
+	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+	raw, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if from := raw.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(); from != publicAddr {
+		t.Fatalf("the data connection came from %s, want the gateway's public address %s", from, publicAddr)
+	}
+	_ = raw.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := tls.Client(raw, c.tls)
+	got, err := io.ReadAll(tc)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes (%v), want the file's %d", len(got), err, len(want))
+	}
+	if !tc.ConnectionState().DidResume {
+		t.Error("the active data connection did not resume the control session")
+	}
+	c.expect("226")
+	as.mu.Lock()
+	ports := as.ports
+	as.mu.Unlock()
+	// On loopback the gateway's address towards the server is the
+	// client's too: the port tells them apart.
+	if len(ports) != 1 || ports[0] == ln.Addr().(*net.TCPAddr).AddrPort() {
+		t.Fatalf("the server was told %v, want the relay's port, not the client's %s", ports, ln.Addr())
+	}
+	if st := h.proxy.Stats(); st.Transfers["relay"] != 1 {
+		t.Fatalf("transfers %v, want one relayed", st.Transfers)
+	}
+}
+
+// portArg is a PORT argument for a.
+func portArg(t *testing.T, a net.Addr) string {
+	t.Helper()
+	ap := a.(*net.TCPAddr).AddrPort()
+	ip := ap.Addr().As4()
+	return fmt.Sprintf("%d,%d,%d,%d,%d,%d", ip[0], ip[1], ip[2], ip[3], ap.Port()>>8, ap.Port()&0xff)
 }
