@@ -449,7 +449,7 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 		if req.Dialed.IsValid() {
 			attrs = append(attrs, "dialed", req.Dialed)
 		}
-		attrs = append(attrs, "target", req.Target, "snat", req.SNAT,
+		attrs = append(attrs, "target", req.Target, "snat", req.SNAT, "relay", req.Relay,
 			"install_ms", float64(time.Since(start).Microseconds())/1000)
 		t.log.Debug("mapping opened", attrs...)
 	}
