@@ -110,10 +110,15 @@ func (c Config) tlsSettings(st *proxy.Settings) {
 	st.RequireReuse = c.TLSRequireReuse
 }
 
-// warnInsecure says, at start, that the server's certificate is not
-// checked: anyone between pasvgate and the server can read the logins.
+// warnInsecure says, at start, where logins cross a link unprotected:
+// the server's certificate is not checked, so anyone on the path to the
+// server can read them; or the server's leg is clear by choice while
+// clients are made to use TLS.
 func warnInsecure(c Config, log *slog.Logger) {
 	if c.UpstreamInsecure {
 		log.Warn("--upstream-insecure: the server's certificate is not verified; whoever can reach the path to the server can read its logins and files")
+	}
+	if c.tls.mode == proxy.TLSRequire && c.tls.upstream == proxy.UpstreamTLSNever {
+		log.Warn("--tls require with --upstream-tls never: clients must use TLS, but their logins and files cross the link to the server in clear")
 	}
 }
