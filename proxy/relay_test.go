@@ -47,8 +47,7 @@ func TestProtectedTransfers(t *testing.T) {
 	want := plant(t, h.server.FS(), "down.bin", 3<<20)
 	c := h.dial(t)
 	c.startTLS(p)
-	c.expectAfter("PBSZ 0", "200")
-	c.expectAfter("PROT P", "200")
+	c.protect("P")
 	c.login()
 
 	dc, err := c.protectedData("RETR down.bin", c.tls, "")
@@ -110,8 +109,7 @@ func TestProtectedDataHostile(t *testing.T) {
 	plant(t, h.server.FS(), "f.bin", 1000)
 	c := h.dial(t)
 	c.startTLS(p)
-	c.expectAfter("PBSZ 0", "200")
-	c.expectAfter("PROT P", "200")
+	c.protect("P")
 	c.login()
 
 	t.Run("another address", func(t *testing.T) {
@@ -215,8 +213,7 @@ func TestProtectedActive(t *testing.T) {
 	h := newHarness(t, o)
 	c := h.dial(t)
 	c.startTLS(p)
-	c.expectAfter("PBSZ 0", "200")
-	c.expectAfter("PROT P", "200")
+	c.protect("P")
 	c.login()
 	ln, err := net.Listen("tcp", clientDial+":0")
 	if err != nil {

@@ -156,8 +156,7 @@ func TestAUTHTLSBothLegs(t *testing.T) {
 		}
 	}
 	c.startTLS(p)
-	c.expectAfter("PBSZ 0", "200")
-	c.expectAfter("PROT C", "200")
+	c.protect("C")
 	c.login()
 	if got := c.download("f.txt"); got != string(want) {
 		t.Fatalf("downloaded %d bytes, not the file's %d", len(got), len(want))
@@ -377,9 +376,7 @@ func TestImplicitTLS(t *testing.T) {
 	if got := c.download("f.txt"); got != string(want) {
 		t.Fatalf("downloaded %d bytes, not the file's %d", len(got), len(want))
 	}
-	if sent := h.tap.sent(); !strings.HasPrefix(sent, "AUTH TLS\r\n\x16\x03") || strings.Contains(sent, "USER") {
-		t.Fatalf("the server's leg was not TLS before the login: %q", sent[:min(len(sent), 40)])
-	}
+	h.expectServerTLSFirst(t)
 }
 
 // TestUpstreamTLSAlways: a clear client gets a TLS server's leg: the
@@ -393,9 +390,7 @@ func TestUpstreamTLSAlways(t *testing.T) {
 	if got := c.download("f.txt"); got != string(want) {
 		t.Fatalf("downloaded %d bytes, not the file's %d", len(got), len(want))
 	}
-	if sent := h.tap.sent(); !strings.HasPrefix(sent, "AUTH TLS\r\n\x16\x03") || strings.Contains(sent, "USER") {
-		t.Fatalf("the login crossed the server's link in clear: %q", sent[:min(len(sent), 40)])
-	}
+	h.expectServerTLSFirst(t)
 }
 
 // TestCertificateReload: Reload with a new certificate changes what the
@@ -413,4 +408,21 @@ func TestCertificateReload(t *testing.T) {
 	c.startTLS(next)
 	c.login()
 	old.login()
+}
+
+// protect sends PBSZ 0 and PROT level, expecting 200 to each.
+func (c *conn) protect(level string) {
+	c.t.Helper()
+	c.expectAfter("PBSZ 0", "200")
+	c.expectAfter("PROT "+level, "200")
+}
+
+// expectServerTLSFirst checks that the server's leg became TLS before the
+// client's first command reached it: the server was sent AUTH TLS and a
+// ClientHello first, and never a login in clear.
+func (h *harness) expectServerTLSFirst(t *testing.T) {
+	t.Helper()
+	if sent := h.tap.sent(); !strings.HasPrefix(sent, "AUTH TLS\r\n\x16\x03") || strings.Contains(sent, "USER") {
+		t.Fatalf("the server's leg was not TLS before the login: %q", sent[:min(len(sent), 40)])
+	}
 }
