@@ -7,6 +7,7 @@
 package probetest
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -54,6 +55,20 @@ type Script struct {
 	// Silent makes the server read commands and never answer any after
 	// the greeting: a control channel that hangs.
 	Silent bool
+
+	// TLS, if set, makes AUTH TLS (unless AuthReply says otherwise)
+	// answer 234 and upgrade the control connection, and PROT P protect
+	// the data connections, with this configuration. Its session tickets,
+	// on unless SessionTicketsDisabled, let a data connection resume the
+	// control connection's session.
+	TLS *tls.Config
+	// PROTReply, if set, answers PROT P instead of accepting it.
+	PROTReply string
+	// RequireReuse refuses a PROT P data connection whose TLS session
+	// does not resume one, as vsftpd's require_ssl_reuse=YES does: the
+	// handshake completes, then the data connection is closed and LIST
+	// answered "522 SSL connection failed: session reuse required.".
+	RequireReuse bool
 }
 
 // Server is a running scripted server.
@@ -154,9 +169,10 @@ func (s *Server) session(c net.Conn) {
 	}
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	var (
-		pasv   net.Listener   // the pending passive listener
-		active netip.AddrPort // the pending PORT/EPRT address
-		r      = ftp.NewReader(c, 0)
+		pasv    net.Listener   // the pending passive listener
+		active  netip.AddrPort // the pending PORT/EPRT address
+		r       = ftp.NewReader(c, 0)
+		private bool // PROT P
 	)
 	defer func() {
 		if pasv != nil {
@@ -192,7 +208,34 @@ func (s *Server) session(c net.Conn) {
 			}
 			ok = w(append(lines, "211 End")...)
 		case ftp.VerbAUTH:
-			ok = w(or(sc.AuthReply, "502 AUTH not implemented."))
+			if sc.TLS == nil || sc.AuthReply != "" {
+				ok = w(or(sc.AuthReply, "502 AUTH not implemented."))
+				break
+			}
+			if !w("234 Proceed with negotiation.") {
+				return
+			}
+			tc := tls.Server(c, sc.TLS)
+			_ = tc.SetDeadline(time.Now().Add(dataTimeout))
+			if tc.Handshake() != nil {
+				return
+			}
+			_ = tc.SetDeadline(time.Time{})
+			// The rest of the session is over TLS, c included: it is
+			// what w writes to.
+			c, r = tc, ftp.NewReader(tc, 0)
+		case ftp.VerbPBSZ:
+			ok = w("200 PBSZ=0")
+		case ftp.VerbPROT:
+			switch {
+			case sc.PROTReply != "":
+				ok = w(sc.PROTReply)
+			case sc.TLS == nil:
+				ok = w("503 PROT needs AUTH first.")
+			default:
+				private = len(arg) > 0 && arg[0]|0x20 == 'p'
+				ok = w("200 PROT now " + map[bool]string{true: "Private", false: "Clear"}[private] + ".")
+			}
 		case ftp.VerbPASV, ftp.VerbEPSV:
 			if pasv != nil {
 				pasv.Close()
@@ -239,7 +282,11 @@ func (s *Server) session(c net.Conn) {
 			}
 			ok = w("200 Command okay.")
 		case ftp.VerbLIST:
-			ok = s.list(c, w, &pasv, &active)
+			var tc *tls.Config
+			if private {
+				tc = sc.TLS
+			}
+			ok = s.list(w, &pasv, &active, tc)
 		case ftp.VerbQUIT:
 			w("221 Goodbye.")
 			return
@@ -253,8 +300,9 @@ func (s *Server) session(c net.Conn) {
 }
 
 // list opens the data connection the last PASV, EPSV, PORT or EPRT set up
-// and sends the listing over it.
-func (s *Server) list(c net.Conn, w func(...string) bool, pasv *net.Listener, active *netip.AddrPort) bool {
+// and sends the listing over it, in TLS if tc is set (PROT P). The TLS
+// handshake comes after the 150, as vsftpd has it.
+func (s *Server) list(w func(...string) bool, pasv *net.Listener, active *netip.AddrPort, tc *tls.Config) bool {
 	var data net.Conn
 	var err error
 	switch {
@@ -279,6 +327,19 @@ func (s *Server) list(c net.Conn, w func(...string) bool, pasv *net.Listener, ac
 	if !w("150 Here comes the directory listing.") {
 		data.Close()
 		return false
+	}
+	if tc != nil {
+		td := tls.Server(data, tc)
+		_ = td.SetDeadline(time.Now().Add(dataTimeout))
+		if err := td.Handshake(); err != nil {
+			data.Close()
+			return w("522 SSL connection failed.")
+		}
+		if s.script.RequireReuse && !td.ConnectionState().DidResume {
+			data.Close()
+			return w("522 SSL connection failed: session reuse required.")
+		}
+		data = td
 	}
 	_, err = io.WriteString(data, Listing)
 	if cerr := data.Close(); err == nil {
