@@ -25,14 +25,16 @@ func analyze(r *Report, timeout time.Duration) []Finding {
 			fix = "the server refuses anonymous logins: give an account in the URL, ftp://USER:PASSWORD@" + r.ControlAddress
 		}
 		if r.AuthTLS == AuthOffered {
-			fix += "; the server may allow logins only over FTPS, which the probe does not speak"
+			fix += "; the server may allow logins only over FTPS: prot-p-data says whether the login works over TLS"
 		}
 		a.add(CheckLogin, StatusFail, "could not log in: "+r.failure, fix)
 		a.auth()
+		a.tls()
 		return a.out
 	}
 	a.add(CheckLogin, StatusOK, "logged in as "+r.User, "")
 	a.auth()
+	a.tls()
 	for _, m := range r.Modes {
 		switch m.Mode {
 		case "PASV":
@@ -87,36 +89,16 @@ func (a *analysis) add(check string, s Status, msg, fix string) {
 	a.out = append(a.out, Finding{Check: check, Status: s, Message: msg, Fix: fix})
 }
 
-// pasvDiffers reports whether the 227 named an address other than the
-// control address, which only something that reads the control channel
-// (a NAT helper, pasvgate) could correct on the way.
-func (a *analysis) pasvDiffers() bool {
-	for _, m := range a.r.Modes {
-		if m.Mode == "PASV" && m.Advertised != "" {
-			ap, err := netip.ParseAddrPort(m.Advertised)
-			return err == nil && ap.Addr() != a.ctrl
-		}
-	}
-	return false
-}
-
 func (a *analysis) auth() {
 	r := a.r
-	const blind = "no NAT helper (the kernel's FTP ALG) can read or rewrite a 227 inside TLS, and pasvgate refuses AUTH"
 	switch r.AuthTLS {
 	case AuthOffered:
-		if a.pasvDiffers() {
-			a.add(CheckAuthTLS, StatusWarn,
-				fmt.Sprintf("the server offers AUTH TLS (%s); %s, so FTPS clients get the 227 address unchanged, and it is not the control address", r.AuthReply, blind),
-				"make the server itself advertise the address clients reach it at, and open its passive ports in the firewall: that works for FTPS too")
-			return
-		}
 		a.add(CheckAuthTLS, StatusOK,
-			fmt.Sprintf("the server offers AUTH TLS (%s); its 227 address needs no rewriting, which matters because %s", r.AuthReply, blind), "")
+			fmt.Sprintf("the server offers AUTH TLS (%s): the kernel's FTP helper cannot read a 227 inside TLS; pasvgate, which terminates FTPS itself (--tls), can", r.AuthReply), "")
 	case AuthByPasvgate:
 		a.add(CheckAuthTLS, StatusWarn,
-			fmt.Sprintf("AUTH TLS refused by pasvgate (%s): pasvgate is in front of the server and FTPS does not pass through it, because it could not rewrite the 227 inside TLS; plain FTP works", r.AuthReply),
-			"if clients need FTPS, let them reach the server without pasvgate, with the server advertising its public address itself and its passive ports open in the firewall")
+			fmt.Sprintf("AUTH TLS refused by pasvgate (%s): pasvgate is in front of the server with FTPS off; plain FTP works", r.AuthReply),
+			"if clients need FTPS, run pasvgate with --tls allow (or require) and --tls-cert/--tls-key: it terminates TLS on both legs and still reads the 227")
 	case AuthRefused:
 		a.add(CheckAuthTLS, StatusOK,
 			fmt.Sprintf("AUTH TLS refused for policy reasons (%s): FTPS is turned off by the server or a gateway in front of it; plain FTP only", r.AuthReply), "")

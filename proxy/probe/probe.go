@@ -11,6 +11,7 @@ package probe
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,12 @@ type Options struct {
 	// its own end of the control connection and asks the server to
 	// connect there.
 	Active bool
+	// CAFile names a PEM file of the CA certificates the server's TLS
+	// certificate must chain to, instead of the system's roots.
+	CAFile string
+	// ServerName is the name the server's TLS certificate must be valid
+	// for, and the SNI sent; empty means the host in Addr.
+	ServerName string
 	// Dialer makes the control and data connections, and ListenConfig the
 	// active-mode listener; nil means the zero value.
 	Dialer       *net.Dialer
@@ -87,7 +94,26 @@ func Run(ctx context.Context, opt Options) (Report, error) {
 		// second command.
 		return Report{}, errors.New("probe: user or password contains a line break or NUL")
 	}
-	p := &prober{ctx: ctx, opt: opt, timeout: opt.Timeout, dialer: opt.Dialer, lc: opt.ListenConfig}
+	p := &prober{ctx: ctx, opt: opt, timeout: opt.Timeout, dialer: opt.Dialer, lc: opt.ListenConfig,
+		serverName: opt.ServerName, rootsName: systemRoots}
+	if p.serverName == "" {
+		host, _, err := net.SplitHostPort(opt.Addr)
+		if err != nil {
+			return Report{}, fmt.Errorf("probe: server address: %w", err)
+		}
+		p.serverName = host
+	}
+	if opt.CAFile != "" {
+		pem, err := os.ReadFile(opt.CAFile)
+		if err != nil {
+			return Report{}, fmt.Errorf("probe: reading the CA file: %w", err)
+		}
+		p.roots = x509.NewCertPool()
+		if !p.roots.AppendCertsFromPEM(pem) {
+			return Report{}, fmt.Errorf("probe: %s holds no PEM certificate", opt.CAFile)
+		}
+		p.rootsName = "CA file " + opt.CAFile
+	}
 	if p.timeout <= 0 {
 		p.timeout = DefaultTimeout
 	}
@@ -123,9 +149,26 @@ type prober struct {
 	user, pass string
 	rep        Report
 	c          *ctrl // the logged-in session, nil when there is none
+	// The FTPS checks' settings: the name and roots the certificate is
+	// checked against, and how the roots are named in reports.
+	serverName string
+	roots      *x509.CertPool // nil: the system's
+	rootsName  string
 }
 
 func (p *prober) run() {
+	p.plain()
+	if p.rep.Connected && p.rep.AuthTLS == AuthOffered {
+		p.rep.TLS = p.probeTLS()
+	}
+}
+
+// now is the time certificates are judged at.
+func (p *prober) now() time.Time { return time.Now() }
+
+// plain probes over plain FTP: the greeting, whether AUTH TLS is offered,
+// the login and each data-connection mode.
+func (p *prober) plain() {
 	c, err := p.connect(true)
 	if err != nil {
 		p.rep.failure = err.Error()
@@ -148,7 +191,7 @@ func (p *prober) run() {
 	}
 	p.rep.LoggedIn = true
 	p.c = c
-	defer p.quit()
+	defer p.quit() // before the FTPS checks, which use p.c for their session
 
 	p.rep.Modes = append(p.rep.Modes, p.passive("PASV"), p.passive("EPSV"))
 	if p.opt.Active {

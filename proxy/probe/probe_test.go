@@ -90,11 +90,11 @@ func TestRunHealthy(t *testing.T) {
 	var checks []string
 	for _, f := range rep.Findings {
 		checks = append(checks, f.Check)
-		if f.Status != StatusOK {
+		if f.Status != StatusOK && !(f.Status == StatusSkip && (strings.HasPrefix(f.Check, "tls-") || f.Check == CheckPROTPData)) {
 			t.Errorf("%s: %s: %s", f.Check, f.Status, f.Message)
 		}
 	}
-	if got, want := strings.Join(checks, " "), "connect login auth-tls pasv pasv-address pasv-port pasv-data epsv epsv-port epsv-data port eprt"; got != want {
+	if got, want := strings.Join(checks, " "), "connect login auth-tls tls-cert tls-versions prot-p-data tls-session-reuse pasv pasv-address pasv-port pasv-data epsv epsv-port epsv-data port eprt"; got != want {
 		t.Errorf("checks\n%s, want\n%s", got, want)
 	}
 	want(t, rep, CheckPASVAddress, StatusOK, "PASV advertises 127.0.0.2, the control address", "")
@@ -268,8 +268,10 @@ func TestRunAuthTLS(t *testing.T) {
 		status Status
 		msg    string
 	}{
-		{"feat", probetest.Script{Feat: []string{"MDTM", "AUTH TLS", "PBSZ"}}, AuthOffered, 0, StatusOK, "offers AUTH TLS (FEAT lists AUTH TLS)"},
-		{"234", probetest.Script{AuthReply: "234 Proceed with negotiation."}, AuthOffered, 1, StatusOK, "234 Proceed"},
+		// Offered: the FTPS checks send AUTH five times more, for their
+		// session and for each TLS version.
+		{"feat", probetest.Script{Feat: []string{"MDTM", "AUTH TLS", "PBSZ"}}, AuthOffered, 0 + 5, StatusOK, "offers AUTH TLS (FEAT lists AUTH TLS)"},
+		{"234", probetest.Script{AuthReply: "234 Proceed with negotiation."}, AuthOffered, 1 + 5, StatusOK, "234 Proceed"},
 		{"pasvgate", probetest.Script{AuthReply: "534 AUTH is not supported through this gateway: FTPS is not available."}, AuthByPasvgate, 1, StatusWarn, "refused by pasvgate (534"},
 		{"policy", probetest.Script{AuthReply: "534 Policy forbids TLS."}, AuthRefused, 1, StatusOK, "refused for policy reasons"},
 		{"unknown", probetest.Script{Feat: []string{"MDTM"}, AuthReply: "500 Unknown command."}, AuthNotOffered, 1, StatusOK, `does not offer AUTH TLS (FEAT lists none, and AUTH TLS got "500 Unknown command.")`},
@@ -288,10 +290,12 @@ func TestRunAuthTLS(t *testing.T) {
 			want(t, rep, CheckAuthTLS, tc.status, tc.msg, "")
 		})
 	}
+	// pasvgate terminates FTPS and reads the 227 inside: a 227 that
+	// needs rewriting is no reason to warn about FTPS any more.
 	t.Run("offered and the 227 differs", func(t *testing.T) {
 		s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, Advertise: "127.0.0.9"})
 		rep := run(t, Options{Addr: s.Addr()})
-		want(t, rep, CheckAuthTLS, StatusWarn, "not the control address", "works for FTPS too")
+		want(t, rep, CheckAuthTLS, StatusOK, "pasvgate, which terminates FTPS itself (--tls), can", "")
 	})
 }
 

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // Report is the result of one probe. Its JSON form (WriteJSON) is a stable
 // interface for scripts and monitoring: fields are only ever added. Nothing
-// in it depends on the time of day, so two probes of an unchanged server
-// differ only in the data ports the server handed out.
+// in it depends on the time of day but a certificate's days left, so two
+// probes of an unchanged server on the same day differ only in the data
+// ports the server handed out.
 type Report struct {
 	// Target is the URL probed, without the password.
 	Target string `json:"target"`
@@ -35,6 +37,9 @@ type Report struct {
 	// that decided it (a FEAT line or the reply to AUTH TLS).
 	AuthTLS   AuthTLS `json:"auth_tls"`
 	AuthReply string  `json:"auth_reply"`
+	// TLS is what the FTPS checks found, when the server offers AUTH
+	// TLS; nil when it does not, or no connection was made.
+	TLS *TLSReport `json:"tls,omitempty"`
 	// Modes has one entry for each data-connection mode tried, in order:
 	// PASV, EPSV, and with Options.Active PORT and EPRT.
 	Modes []ModeResult `json:"modes"`
@@ -110,6 +115,103 @@ type Attempt struct {
 	Listed    bool   `json:"listed"`
 }
 
+// TLSReport is what the probe saw over FTPS (RFC 4217): one session
+// (AUTH TLS, the certificate, a login, PROT P data connections) and one
+// handshake per TLS version.
+type TLSReport struct {
+	// ServerName is the name the certificate was checked for: the one
+	// given (Options.ServerName), else the host of the URL. It is also
+	// the SNI sent, unless it is an address.
+	ServerName string `json:"server_name"`
+	// Roots is what the certificate was checked against: "system roots",
+	// or the CA file given.
+	Roots string `json:"roots"`
+	// Error says why there is no TLS session: AUTH TLS refused, or the
+	// handshake failed. The fields below it are then empty.
+	Error string `json:"error,omitempty"`
+	// Version and CipherSuite are what the session negotiated ("TLS 1.3",
+	// "TLS_AES_128_GCM_SHA256").
+	Version     string `json:"version,omitempty"`
+	CipherSuite string `json:"cipher_suite,omitempty"`
+	// Certificate is the server's certificate and what checking it found.
+	Certificate *CertInfo `json:"certificate,omitempty"`
+	// SessionTickets counts the tickets the server sent on the control
+	// connection before the first data connection: Go's client resumes a
+	// session only with a ticket.
+	SessionTickets int `json:"session_tickets"`
+	// LoginError says why the login over TLS failed; PBSZReply and
+	// PROTReply are the replies to PBSZ 0 and PROT P, PROTCode the
+	// latter's code.
+	LoginError string `json:"login_error,omitempty"`
+	PBSZReply  string `json:"pbsz_reply,omitempty"`
+	PROTCode   int    `json:"prot_code,omitempty"`
+	PROTReply  string `json:"prot_reply,omitempty"`
+	// Data are the PROT P data connections, in order: the first offers to
+	// resume the control connection's TLS session; the second, made only
+	// when the first resumed, does not.
+	Data []TLSData `json:"data"`
+	// Versions has one entry per TLS version tried, newest first.
+	Versions []VersionResult `json:"versions"`
+}
+
+// CertInfo describes the server's certificate (the leaf).
+type CertInfo struct {
+	Subject string `json:"subject"`
+	Issuer  string `json:"issuer"`
+	// Names are its subject alternative names: DNS names, then
+	// addresses. Clients check the server's name against these only.
+	Names     []string  `json:"names"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	// DaysLeft is the number of whole days until NotAfter, negative once
+	// it has passed.
+	DaysLeft int `json:"days_left"`
+	// Problems are what stop a client that checks certificates from
+	// trusting it; empty when it verifies.
+	Problems []CertProblem `json:"problems"`
+}
+
+// CertProblem is one reason a certificate does not verify.
+type CertProblem struct {
+	// Kind is one of the CertProblem kinds.
+	Kind string `json:"kind"`
+	// Detail says it in words.
+	Detail string `json:"detail"`
+}
+
+// The kinds of CertProblem.
+const (
+	CertExpired          = "expired"
+	CertNotYetValid      = "not-yet-valid"
+	CertNameMismatch     = "name-mismatch"
+	CertUnknownAuthority = "unknown-authority"
+	CertInvalid          = "invalid" // anything else Go's verifier refuses
+)
+
+// TLSData is one PROT P data connection and the listing over it.
+type TLSData struct {
+	// Mode is "PASV" or "EPSV", and Advertised the data address its reply
+	// named.
+	Mode       string `json:"mode"`
+	Advertised string `json:"advertised,omitempty"`
+	// OfferedResume reports that the handshake offered to resume the
+	// control connection's session (a session cache shared with it, the
+	// same server name), and Resumed that the server accepted.
+	OfferedResume bool `json:"offered_resume"`
+	Resumed       bool `json:"resumed"`
+	// Handshake reports a completed TLS handshake on the data connection.
+	Handshake bool `json:"handshake"`
+	// Attempt is the connection and the listing; Via is "advertised".
+	Attempt
+}
+
+// VersionResult is one handshake limited to one TLS version.
+type VersionResult struct {
+	Version  string `json:"version"`
+	Accepted bool   `json:"accepted"`
+	Error    string `json:"error,omitempty"`
+}
+
 // Status grades a finding.
 type Status string
 
@@ -118,6 +220,7 @@ const (
 	StatusOK   Status = "ok"
 	StatusWarn Status = "warn" // works here, but not for every client or set-up
 	StatusFail Status = "fail" // clients doing this fail
+	StatusSkip Status = "skip" // not checked; the message says why
 )
 
 // Finding is one line of the diagnosis.
@@ -139,6 +242,10 @@ const (
 	CheckConnect      = "connect"
 	CheckLogin        = "login"
 	CheckAuthTLS      = "auth-tls"
+	CheckTLSCert      = "tls-cert"
+	CheckTLSVersions  = "tls-versions"
+	CheckPROTPData    = "prot-p-data"
+	CheckTLSReuse     = "tls-session-reuse"
 	CheckPASV         = "pasv"
 	CheckPASVAddress  = "pasv-address"
 	CheckPASVPort     = "pasv-port"
@@ -215,6 +322,8 @@ func statusLabel(s Status) string {
 		return "WARN"
 	case StatusFail:
 		return "FAIL"
+	case StatusSkip:
+		return "skip"
 	}
 	return "ok"
 }
