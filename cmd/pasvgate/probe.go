@@ -33,12 +33,18 @@ Logs in (anonymously unless the URL names a user), asks for PASV and EPSV
 (and PORT and EPRT with --active), opens each data connection, lists the
 root directory, and reports what it found, with fixes.
 
+When the server offers AUTH TLS it also checks FTPS: the certificate (for
+the URL's host, or --server-name, against the system roots or --ca), the
+TLS versions accepted, a PROT P listing whose data connection resumes the
+control connection's TLS session, and whether the server requires that.
+
 The password can also come from a file (--password-file) or from the
 environment variable PASVGATE_PASSWORD, so that it is not in the process
 list, where every user of the host can read a URL's password.
 
 Exit status: 0 passive FTP works for clients that trust the server's
 address; 1 it does not; 2 bad usage; 3 no connection, or login refused.
+The FTPS findings do not change it: read them in the report.
 
 flags:
 `
@@ -107,6 +113,8 @@ func parseProbeArgs(args []string, stderr io.Writer) (probeArgs, error) {
 	fs.DurationVar(&pa.opt.Timeout, "timeout", probe.DefaultTimeout, "bound on each step: connecting, each reply, each data connection")
 	fs.BoolVar(&pa.opt.Active, "active", false, "also try active mode (PORT and EPRT): the server connects back to this host")
 	fs.BoolVar(&pa.json, "json", false, "print the report as JSON")
+	fs.StringVar(&pa.opt.CAFile, "ca", "", "check the server's TLS certificate against the CA certificates in this PEM `FILE` instead of the system roots")
+	fs.StringVar(&pa.opt.ServerName, "server-name", "", "check the server's TLS certificate for this `NAME`, and send it as SNI (default: the URL's host)")
 	var passFile string
 	fs.StringVar(&passFile, "password-file", "", "read the password from the first line of this `FILE` (- for standard input) instead of the URL")
 	var urls []string
@@ -206,7 +214,7 @@ func parseFTPURL(s string) (addr, user, pass string, err error) {
 	}
 	switch {
 	case u.Scheme == "ftps":
-		return "", "", "", fmt.Errorf("bad URL %q: the probe does not speak FTPS; give ftp:// (it reports whether AUTH TLS is offered)", s)
+		return "", "", "", fmt.Errorf("bad URL %q: the probe does not speak implicit FTPS; give ftp://: it checks explicit FTPS (AUTH TLS) there", s)
 	case u.Scheme != "ftp":
 		return "", "", "", fmt.Errorf("bad URL %q: scheme %q, want ftp", s, u.Scheme)
 	case u.Opaque != "" || u.Hostname() == "":

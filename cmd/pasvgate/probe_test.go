@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pasvgate/pasvgate/cmd/pasvgate/demoftpd"
 	"github.com/pasvgate/pasvgate/proxy/probe"
 	"github.com/pasvgate/pasvgate/proxy/probe/probetest"
 )
@@ -36,7 +38,7 @@ func TestParseFTPURL(t *testing.T) {
 		{in: "ftp://bob:@192.0.2.10", addr: "192.0.2.10:21", user: "bob"},
 
 		{in: "http://192.0.2.10", bad: `scheme "http"`},
-		{in: "ftps://192.0.2.10", bad: "does not speak FTPS"},
+		{in: "ftps://192.0.2.10", bad: "does not speak implicit FTPS"},
 		{in: "ftp://", bad: "no host"},
 		{in: "ftp:192.0.2.10", bad: "bad URL"},
 		{in: "ftp://192.0.2.10:0", bad: "port"},
@@ -65,11 +67,12 @@ func TestParseFTPURL(t *testing.T) {
 }
 
 func TestParseProbeArgs(t *testing.T) {
-	pa, err := parseProbeArgs([]string{"ftp://192.0.2.10", "--json", "--timeout", "500ms", "--active"}, io.Discard)
+	pa, err := parseProbeArgs([]string{"ftp://192.0.2.10", "--json", "--timeout", "500ms", "--active", "--ca", "ca.pem", "--server-name", "ftp.example.com"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !pa.json || !pa.opt.Active || pa.opt.Timeout != 500*time.Millisecond || pa.opt.Addr != "192.0.2.10:21" {
+	if !pa.json || !pa.opt.Active || pa.opt.Timeout != 500*time.Millisecond || pa.opt.Addr != "192.0.2.10:21" ||
+		pa.opt.CAFile != "ca.pem" || pa.opt.ServerName != "ftp.example.com" {
 		t.Errorf("%+v", pa)
 	}
 	pa, err = parseProbeArgs([]string{"192.0.2.10"}, io.Discard)
@@ -238,5 +241,72 @@ func TestProbePasswordSources(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%q env %q: password %q (err %v), want %q", tc.args, tc.env, got, err, tc.want)
 		}
+	}
+}
+
+// TestRunProbeTLS probes the demo server (fclairamb/ftpserverlib) with
+// FTPS on, through the command's --ca and --server-name: a server that
+// lets a data connection's TLS session be new.
+func TestRunProbeTLS(t *testing.T) {
+	ca, err := probetest.NewCA("probe cmd test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	cert, err := ca.Issue("ftp.demo.test", []string{"ftp.demo.test", "127.0.0.1"}, now.Add(-time.Hour), now.Add(60*24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := demoftpd.Start(t.Context(), demoftpd.Config{
+		Listen:       "127.0.0.1:0",
+		PassivePorts: [2]int{31200, 31299},
+		TLS:          &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	url := "ftp://" + srv.Addr().String()
+
+	code, out := probeCmd(t, "--json", "--ca", caFile, "--server-name", "ftp.demo.test", url)
+	var rep probe.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 0 {
+		t.Fatalf("%d %v\n%s", code, err, out)
+	}
+	for check, want := range map[string]string{
+		"tls-cert":          "ok the certificate for ftp.demo.test verifies against the CA file " + caFile,
+		"tls-versions":      "ok accepts TLS 1.3, TLS 1.2; refuses TLS 1.1, TLS 1.0",
+		"prot-p-data":       "ok logged in over TLS 1.3, PROT P accepted;",
+		"tls-session-reuse": "ok the server does not require session reuse",
+	} {
+		var got string
+		for _, f := range rep.Findings {
+			if f.Check == check {
+				got = string(f.Status) + " " + f.Message
+			}
+		}
+		if !strings.HasPrefix(got, want) {
+			t.Errorf("%s: %q, want %q...", check, got, want)
+		}
+	}
+	if d := rep.TLS.Data; len(d) != 2 || !d[0].Resumed || d[1].Resumed || !d[0].Listed || !d[1].Listed {
+		t.Errorf("data connections: %+v", d)
+	}
+
+	// Without --ca, the same certificate is unknown to the system roots;
+	// the exit status still says passive FTP works.
+	code, out = probeCmd(t, url)
+	if code != 0 || !strings.Contains(out, "FAIL  tls-cert             the certificate for 127.0.0.1 does not verify against the system roots") {
+		t.Errorf("without --ca: %d\n%s", code, out)
+	}
+	if code, _ := probeCmd(t, "--ca", filepath.Join(t.TempDir(), "missing.pem"), url); code != 2 {
+		t.Errorf("missing CA file: %d", code)
+	}
+	if code, _ := probeCmd(t, "--ca", "/dev/null", url); code != 2 {
+		t.Errorf("empty CA file: %d", code)
 	}
 }
