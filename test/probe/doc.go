@@ -14,7 +14,14 @@
 //   - behind pasvgate: the client probes through pasvgate on the gw, which
 //     advertises a second public address: exit 0, the address differs from
 //     the control address but is reachable (warn, not fail), and AUTH TLS
-//     is refused by pasvgate.
+//     is refused by pasvgate (FTPS off), so the FTPS checks are skipped;
+//   - FTPS: vsftpd with ssl_enable=YES and a certificate from a CA made at
+//     test time: the certificate verifies with --ca (and not against the
+//     system roots, nor for another --server-name), a PROT P listing comes
+//     through over a data connection that resumes the control
+//     connection's TLS session, and a second one with a new session is
+//     refused with vsftpd's default require_ssl_reuse=YES ("requires
+//     session reuse") and served with require_ssl_reuse=NO.
 //
 // Every case also runs with --json and checks that the JSON carries the
 // same findings as the text. The lab uses documentation addresses only:
