@@ -21,7 +21,9 @@
 //     through over a data connection that resumes the control
 //     connection's TLS session, and a second one with a new session is
 //     refused with vsftpd's default require_ssl_reuse=YES ("requires
-//     session reuse") and served with require_ssl_reuse=NO.
+//     session reuse") and served with require_ssl_reuse=NO; through
+//     pasvgate with --tls allow, the probe sees the gateway's certificate
+//     and its 536 to PROT P.
 //
 // Every case also runs with --json and checks that the JSON carries the
 // same findings as the text. The lab uses documentation addresses only:

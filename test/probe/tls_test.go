@@ -24,38 +24,51 @@ const tlsNSPrefix = "pgp-"
 // its address.
 const serverTLSName = "ftp.pglab.test"
 
-// tlsFiles are a test CA and the server certificate it issued, as files.
+// gwTLSName is the DNS name in the gateway's certificate, besides its
+// public address.
+const gwTLSName = "gw.pglab.test"
+
+// tlsFiles are a test CA and the certificates it issued, as files: the
+// server's (cert, key) and the gateway's (gwCert, gwKey).
 type tlsFiles struct {
-	ca, cert, key string
+	ca, cert, key, gwCert, gwKey string
 }
 
-// newTLSFiles makes a CA and a server certificate for lab.ServerAddr and
-// serverTLSName, valid for 90 days, and writes them into dir.
+// newTLSFiles makes a CA, a certificate for the server (lab.ServerAddr and
+// serverTLSName) and one for the gateway (lab.GWPublicAddr and
+// gwTLSName), each valid for 90 days, and writes them into dir.
 func newTLSFiles(t *testing.T, dir string) tlsFiles {
 	t.Helper()
 	ca, err := probetest.NewCA("pasvgate probe test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
+	f := tlsFiles{ca: filepath.Join(dir, "ca.pem"),
+		cert: filepath.Join(dir, "server.pem"), key: filepath.Join(dir, "server.key"),
+		gwCert: filepath.Join(dir, "gw.pem"), gwKey: filepath.Join(dir, "gw.key")}
+	if err := os.WriteFile(f.ca, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
-	cert, err := ca.Issue(serverTLSName, []string{serverTLSName, lab.ServerAddr}, now.Add(-time.Hour), now.Add(90*24*time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := tlsFiles{ca: filepath.Join(dir, "ca.pem"), cert: filepath.Join(dir, "server.pem"), key: filepath.Join(dir, "server.key")}
-	for _, w := range []struct {
-		path string
-		data []byte
+	for _, c := range []struct {
+		names             []string
+		certFile, keyFile string
 	}{
-		{f.ca, ca.PEM},
-		{f.cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})},
-		{f.key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key})},
+		{[]string{serverTLSName, lab.ServerAddr}, f.cert, f.key},
+		{[]string{gwTLSName, lab.GWPublicAddr}, f.gwCert, f.gwKey},
 	} {
-		if err := os.WriteFile(w.path, w.data, 0o600); err != nil {
+		cert, err := ca.Issue(c.names[0], c.names, now.Add(-time.Hour), now.Add(90*24*time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -185,4 +198,37 @@ func TestVsftpdTLS(t *testing.T) {
 				[]string{"not valid for ftp.other.test: it names " + serverTLSName + ", " + lab.ServerAddr}, []string{"--server-name NAME"})
 		})
 	}
+}
+
+// TestBehindPasvgateTLS probes vsftpd with FTPS through pasvgate with
+// --tls allow, from the client's network: the probe sees pasvgate's
+// certificate and TLS, and pasvgate's refusal of PROT P.
+func TestBehindPasvgateTLS(t *testing.T) {
+	t.Parallel()
+	l := lab.New(t, lab.Options{NSPrefix: tlsNSPrefix})
+	files := newTLSFiles(t, l.Dir)
+	startVsftpdTLS(t, l, files, "vsftpd-tls", "")
+	pg, err := l.Start(l.GW, pasvgate(t), "run",
+		"--listen", lab.GWPublicAddr+":21",
+		"--upstream", lab.ServerAddr+":21",
+		"--data-ports", "40000-40999",
+		"--backend", "iptables",
+		"--iptables-path", l.IPTables,
+		"--tls", "allow",
+		"--tls-cert", files.gwCert,
+		"--tls-key", files.gwKey,
+		"--upstream-ca", files.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitFTP(t.Context(), pg, l.Client, lab.GWPublicAddr+":21"); err != nil {
+		t.Fatalf("pasvgate did not come up: %v\n%s", err, pg.Output())
+	}
+	rep, _ := probeBoth(t, l, l.Client, "ftp://"+lab.GWPublicAddr, 0, "--ca", files.ca)
+	wantFinding(t, rep, "auth-tls", pgprobe.StatusOK, []string{"the server offers AUTH TLS"}, nil)
+	wantFinding(t, rep, "tls-cert", pgprobe.StatusOK, []string{"the certificate for " + lab.GWPublicAddr + " verifies", "subject CN=" + gwTLSName}, nil)
+	wantFinding(t, rep, "tls-versions", pgprobe.StatusOK, []string{"accepts TLS 1.3, TLS 1.2; refuses TLS 1.1, TLS 1.0"}, nil)
+	wantFinding(t, rep, "prot-p-data", pgprobe.StatusWarn, []string{"PROT P refused by pasvgate (536"}, []string{"--ftp-ssl-control"})
+	wantFinding(t, rep, "tls-session-reuse", pgprobe.StatusSkip, []string{"not checked"}, nil)
+	wantFinding(t, rep, "pasv-data", pgprobe.StatusOK, []string{lab.GWPublicAddr}, nil)
 }
