@@ -13,8 +13,9 @@ import (
 // fixed; automated renewals (ACME) run 30 days ahead.
 const certWarnDays = 14
 
-// pasvgateProtRefusal is the start of pasvgate's answer to PROT P
-// (proxy/auth.go), matched like pasvgateAuthRefusal.
+// pasvgateProtRefusal is the start of the answer to PROT P of the
+// pasvgate versions before its PROT P relay, matched like
+// pasvgateAuthRefusal: such a gateway is still met in the field.
 const pasvgateProtRefusal = "PROT P is not supported through this gateway"
 
 // tls judges the FTPS checks, in the order of their Check constants. They
@@ -164,8 +165,8 @@ func (a *analysis) protP(t *TLSReport) {
 		return
 	case t.PROTCode != ftp.CodeOK && strings.Contains(t.PROTReply, pasvgateProtRefusal):
 		a.add(check, StatusWarn,
-			fmt.Sprintf("PROT P refused by pasvgate (%s): it does not relay protected data connections yet; FTPS clients must keep data in clear (PROT C)", t.PROTReply),
-			"clients: curl --ftp-ssl-control, lftp set ftp:ssl-protect-data no, Python FTP_TLS without prot_p()")
+			fmt.Sprintf("PROT P refused by pasvgate (%s): this version of pasvgate does not relay protected data connections; FTPS clients must keep data in clear (PROT C)", t.PROTReply),
+			"upgrade pasvgate: later versions relay PROT P data; meanwhile, clients: curl --ftp-ssl-control, lftp set ftp:ssl-protect-data no, Python FTP_TLS without prot_p()")
 		return
 	case t.PROTCode != ftp.CodeOK:
 		a.add(check, StatusFail, "the server refused PROT P: "+t.PROTReply, "")
@@ -187,6 +188,9 @@ func (a *analysis) protP(t *TLSReport) {
 	case d.Listed:
 		a.add(check, StatusOK, fmt.Sprintf("logged in over %s, PROT P accepted; %s: the listing came through (%d), and %s",
 			t.Version, where, d.ListCode, resumed), "")
+	case d.Handshake && !d.Resumed && t.SessionTickets == 0:
+		a.add(check, StatusFail, fmt.Sprintf("%s: TLS handshake done, %s, but the listing did not come through: %s", where, resumed, listFailure(&d.Attempt)),
+			"if the server requires session reuse (see tls-session-reuse), let it issue TLS session tickets, or stop requiring reuse: Go's clients, pasvgate's relay among them, resume only with tickets")
 	case d.Handshake:
 		a.add(check, StatusFail, fmt.Sprintf("%s: TLS handshake done, %s, but the listing did not come through: %s", where, resumed, listFailure(&d.Attempt)),
 			"see tls-session-reuse; the server's log says more")
@@ -221,7 +225,7 @@ func (a *analysis) plainAdvertised(mode string) string {
 
 func (a *analysis) reuse(t *TLSReport) {
 	const check = CheckTLSReuse
-	const why = "clients must resume it on every data connection (curl, lftp and FileZilla do), and a gateway that terminates TLS must relay protected data itself"
+	const why = "clients must resume it on every data connection (curl, lftp and FileZilla do; Python's ftplib.FTP_TLS does not), and so must a gateway in front of it that terminates TLS, as pasvgate does"
 	if len(t.Data) == 0 || !t.Data[0].Handshake {
 		a.add(check, StatusSkip, "not checked: no PROT P data connection got as far as a TLS handshake (see prot-p-data)", "")
 		return

@@ -228,7 +228,7 @@ func TestRunTLSData(t *testing.T) {
 		conf.SessionTicketsDisabled = true
 		s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, TLS: conf, RequireReuse: true})
 		rep := run(t, Options{Addr: s.Addr(), CAFile: k.caFile})
-		want(t, rep, CheckPROTPData, StatusFail, "its TLS session did not resume the control connection's (the server sent no session ticket, and Go's client resumes only with tickets, not session IDs), but the listing did not come through: 522 SSL connection failed: session reuse required.", "")
+		want(t, rep, CheckPROTPData, StatusFail, "its TLS session did not resume the control connection's (the server sent no session ticket, and Go's client resumes only with tickets, not session IDs), but the listing did not come through: 522 SSL connection failed: session reuse required.", "let it issue TLS session tickets")
 		want(t, rep, CheckTLSReuse, StatusOK, "the server requires session reuse, it seems: the PROT P data connection above did not resume", "")
 		if len(rep.TLS.Data) != 1 || rep.TLS.SessionTickets != 0 {
 			t.Errorf("data %+v, tickets %d", rep.TLS.Data, rep.TLS.SessionTickets)
@@ -245,7 +245,7 @@ func TestRunTLSData(t *testing.T) {
 	t.Run("pasvgate", func(t *testing.T) {
 		s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, TLS: k.goodTLS(t), PROTReply: "536 PROT P is not supported through this gateway: use PROT C."})
 		rep := run(t, Options{Addr: s.Addr(), CAFile: k.caFile})
-		want(t, rep, CheckPROTPData, StatusWarn, "PROT P refused by pasvgate (536 PROT P is not supported", "--ftp-ssl-control")
+		want(t, rep, CheckPROTPData, StatusWarn, "PROT P refused by pasvgate (536 PROT P is not supported", "upgrade pasvgate")
 		want(t, rep, CheckTLSReuse, StatusSkip, "not checked", "")
 	})
 	t.Run("server refuses", func(t *testing.T) {
