@@ -23,7 +23,8 @@
 //     refused with vsftpd's default require_ssl_reuse=YES ("requires
 //     session reuse") and served with require_ssl_reuse=NO; through
 //     pasvgate with --tls allow, the probe sees the gateway's certificate
-//     and its 536 to PROT P.
+//     and PROT P listings relayed, with session reuse required only with
+//     --tls-require-reuse.
 //
 // Every case also runs with --json and checks that the JSON carries the
 // same findings as the text. The lab uses documentation addresses only:

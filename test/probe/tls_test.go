@@ -202,33 +202,46 @@ func TestVsftpdTLS(t *testing.T) {
 
 // TestBehindPasvgateTLS probes vsftpd with FTPS through pasvgate with
 // --tls allow, from the client's network: the probe sees pasvgate's
-// certificate and TLS, and pasvgate's refusal of PROT P.
+// certificate and TLS, and pasvgate's relay of protected data, which
+// requires session reuse only with --tls-require-reuse.
 func TestBehindPasvgateTLS(t *testing.T) {
 	t.Parallel()
 	l := lab.New(t, lab.Options{NSPrefix: tlsNSPrefix})
 	files := newTLSFiles(t, l.Dir)
 	startVsftpdTLS(t, l, files, "vsftpd-tls", "")
-	pg, err := l.Start(l.GW, pasvgate(t), "run",
-		"--listen", lab.GWPublicAddr+":21",
-		"--upstream", lab.ServerAddr+":21",
-		"--data-ports", "40000-40999",
-		"--backend", "iptables",
-		"--iptables-path", l.IPTables,
-		"--tls", "allow",
-		"--tls-cert", files.gwCert,
-		"--tls-key", files.gwKey,
-		"--upstream-ca", files.ca)
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		flags []string
+		reuse string
+	}{
+		{nil, "the server does not require session reuse: a second PROT P data connection, with a new TLS session, was served too (226)"},
+		{[]string{"--tls-require-reuse"}, "the server requires session reuse: a second PROT P data connection, with a new TLS session, was refused ("},
+	} {
+		t.Run(strings.Join(append([]string{"pasvgate"}, tc.flags...), " "), func(t *testing.T) {
+			pg, err := l.Start(l.GW, pasvgate(t), append([]string{"run",
+				"--listen", lab.GWPublicAddr + ":21",
+				"--upstream", lab.ServerAddr + ":21",
+				"--data-ports", "40000-40999",
+				"--backend", "iptables",
+				"--iptables-path", l.IPTables,
+				"--tls", "allow",
+				"--tls-cert", files.gwCert,
+				"--tls-key", files.gwKey,
+				"--upstream-ca", files.ca}, tc.flags...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pg.Stop()
+			if err := l.WaitFTP(t.Context(), pg, l.Client, lab.GWPublicAddr+":21"); err != nil {
+				t.Fatalf("pasvgate did not come up: %v\n%s", err, pg.Output())
+			}
+			rep, _ := probeBoth(t, l, l.Client, "ftp://"+lab.GWPublicAddr, 0, "--ca", files.ca)
+			wantFinding(t, rep, "auth-tls", pgprobe.StatusOK, []string{"the server offers AUTH TLS"}, nil)
+			wantFinding(t, rep, "tls-cert", pgprobe.StatusOK, []string{"the certificate for " + lab.GWPublicAddr + " verifies", "subject CN=" + gwTLSName}, nil)
+			wantFinding(t, rep, "tls-versions", pgprobe.StatusOK, []string{"accepts TLS 1.3, TLS 1.2; refuses TLS 1.1, TLS 1.0"}, nil)
+			wantFinding(t, rep, "prot-p-data", pgprobe.StatusOK, []string{"PASV data connection to " + lab.GWPublicAddr,
+				"the listing came through (226), and its TLS session resumed the control connection's"}, nil)
+			wantFinding(t, rep, "tls-session-reuse", pgprobe.StatusOK, []string{tc.reuse}, nil)
+			wantFinding(t, rep, "pasv-data", pgprobe.StatusOK, []string{lab.GWPublicAddr}, nil)
+		})
 	}
-	if err := l.WaitFTP(t.Context(), pg, l.Client, lab.GWPublicAddr+":21"); err != nil {
-		t.Fatalf("pasvgate did not come up: %v\n%s", err, pg.Output())
-	}
-	rep, _ := probeBoth(t, l, l.Client, "ftp://"+lab.GWPublicAddr, 0, "--ca", files.ca)
-	wantFinding(t, rep, "auth-tls", pgprobe.StatusOK, []string{"the server offers AUTH TLS"}, nil)
-	wantFinding(t, rep, "tls-cert", pgprobe.StatusOK, []string{"the certificate for " + lab.GWPublicAddr + " verifies", "subject CN=" + gwTLSName}, nil)
-	wantFinding(t, rep, "tls-versions", pgprobe.StatusOK, []string{"accepts TLS 1.3, TLS 1.2; refuses TLS 1.1, TLS 1.0"}, nil)
-	wantFinding(t, rep, "prot-p-data", pgprobe.StatusWarn, []string{"PROT P refused by pasvgate (536"}, []string{"--ftp-ssl-control"})
-	wantFinding(t, rep, "tls-session-reuse", pgprobe.StatusSkip, []string{"not checked"}, nil)
-	wantFinding(t, rep, "pasv-data", pgprobe.StatusOK, []string{lab.GWPublicAddr}, nil)
 }
