@@ -109,6 +109,10 @@ func certFix(kind string, t *TLSReport, ci *CertInfo) string {
 }
 
 func (a *analysis) versions(t *TLSReport) {
+	if len(t.Versions) == 0 {
+		a.add(CheckTLSVersions, StatusSkip, "not checked: no TLS handshake was answered (see tls-cert)", "")
+		return
+	}
 	var yes, no, errs []string
 	modern, legacy := false, false
 	for _, v := range t.Versions {

@@ -268,10 +268,11 @@ func TestRunAuthTLS(t *testing.T) {
 		status Status
 		msg    string
 	}{
-		// Offered: the FTPS checks send AUTH five times more, for their
-		// session and for each TLS version.
-		{"feat", probetest.Script{Feat: []string{"MDTM", "AUTH TLS", "PBSZ"}}, AuthOffered, 0 + 5, StatusOK, "offers AUTH TLS (FEAT lists AUTH TLS)"},
-		{"234", probetest.Script{AuthReply: "234 Proceed with negotiation."}, AuthOffered, 1 + 5, StatusOK, "234 Proceed"},
+		// Offered: the FTPS checks send AUTH once more, for their session,
+		// which these servers do not complete, so no TLS version is
+		// tried.
+		{"feat", probetest.Script{Feat: []string{"MDTM", "AUTH TLS", "PBSZ"}}, AuthOffered, 0 + 1, StatusOK, "offers AUTH TLS (FEAT lists AUTH TLS)"},
+		{"234", probetest.Script{AuthReply: "234 Proceed with negotiation."}, AuthOffered, 1 + 1, StatusOK, "234 Proceed"},
 		{"pasvgate", probetest.Script{AuthReply: "534 AUTH is not supported through this gateway: FTPS is not available."}, AuthByPasvgate, 1, StatusWarn, "refused by pasvgate (534"},
 		{"policy", probetest.Script{AuthReply: "534 Policy forbids TLS."}, AuthRefused, 1, StatusOK, "refused for policy reasons"},
 		{"unknown", probetest.Script{Feat: []string{"MDTM"}, AuthReply: "500 Unknown command."}, AuthNotOffered, 1, StatusOK, `does not offer AUTH TLS (FEAT lists none, and AUTH TLS got "500 Unknown command.")`},

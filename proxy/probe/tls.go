@@ -82,9 +82,16 @@ func (p *prober) probeTLS() *TLSReport {
 	// version.
 	conf := p.tlsConfig(cache, tls.VersionTLS10, tls.VersionTLS13)
 	c, err := p.connectTLS(conf)
-	if err != nil {
+	var he handshakeError
+	switch {
+	case err != nil && !errors.As(err, &he):
+		// No handshake was answered (AUTH TLS refused, a timeout): one
+		// per version would only wait as long again, four times.
 		t.Error = err.Error()
-	} else {
+		return t
+	case err != nil:
+		t.Error = err.Error()
+	default:
 		st := c.conn.(*tls.Conn).ConnectionState()
 		t.Version, t.CipherSuite = tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)
 		t.Certificate = checkCert(st.PeerCertificates, p.serverName, p.roots, p.rootsName, p.now())
@@ -125,11 +132,22 @@ func (p *prober) connectTLS(conf *tls.Config) (*ctrl, error) {
 	tc := tls.Client(c.conn, conf)
 	if err := p.handshake(tc); err != nil {
 		c.close()
-		return nil, fmt.Errorf("TLS handshake failed: %s", p.describeTLS(err))
+		msg := "TLS handshake failed: " + p.describeTLS(err)
+		var re tls.RecordHeaderError
+		if isTimeout(err) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &re) || p.ctx.Err() != nil {
+			return nil, errors.New(msg)
+		}
+		return nil, handshakeError{msg}
 	}
 	c.conn, c.r = tc, ftp.NewReader(tc, 0)
 	return c, nil
 }
+
+// handshakeError is a TLS handshake that the server answered and that
+// failed: what another TLS version may change.
+type handshakeError struct{ msg string }
+
+func (e handshakeError) Error() string { return e.msg }
 
 // handshake runs a client handshake, bounded like every step.
 func (p *prober) handshake(tc *tls.Conn) error {
@@ -143,7 +161,7 @@ func (p *prober) handshake(tc *tls.Conn) error {
 // supported"), which is as stable as anything, so it is kept.
 func (p *prober) describeTLS(err error) string {
 	var ae tls.AlertError
-	var re *tls.RecordHeaderError
+	var re tls.RecordHeaderError
 	switch {
 	case errors.As(err, &ae):
 		return "the probe refused: " + clean(err.Error())

@@ -275,3 +275,31 @@ func TestRunTLSData(t *testing.T) {
 		want(t, rep, CheckTLSReuse, StatusSkip, "", "")
 	})
 }
+
+// TestRunTLSStuck: a server that lists AUTH TLS and then never answers
+// the handshake costs one timeout, not one per TLS version.
+func TestRunTLSStuck(t *testing.T) {
+	s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, AuthStall: true})
+	begin := time.Now()
+	rep := run(t, Options{Addr: s.Addr(), Timeout: 300 * time.Millisecond})
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Errorf("took %v", d)
+	}
+	want(t, rep, CheckTLSCert, StatusFail, "no TLS session: TLS handshake failed: timed out after 300ms", "")
+	want(t, rep, CheckTLSVersions, StatusSkip, "not checked: no TLS handshake was answered", "")
+	if s.Count("AUTH") != 1 {
+		t.Errorf("%d AUTH", s.Count("AUTH"))
+	}
+}
+
+// TestRunTLSNotTLS: a 234 followed by anything but TLS is no handshake
+// that another version would change.
+func TestRunTLSNotTLS(t *testing.T) {
+	s := start(t, probetest.Script{AuthReply: "234 Go ahead."})
+	rep := run(t, Options{Addr: s.Addr()})
+	want(t, rep, CheckTLSCert, StatusFail, "no TLS session: TLS handshake failed: the server did not answer with TLS", "")
+	want(t, rep, CheckTLSVersions, StatusSkip, "not checked", "")
+	if s.Count("AUTH") != 2 {
+		t.Errorf("%d AUTH", s.Count("AUTH"))
+	}
+}

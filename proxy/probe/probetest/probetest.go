@@ -64,6 +64,9 @@ type Script struct {
 	TLS *tls.Config
 	// PROTReply, if set, answers PROT P instead of accepting it.
 	PROTReply string
+	// AuthStall makes the server answer AUTH with 234 and then neither
+	// read nor write: a handshake that hangs.
+	AuthStall bool
 	// RequireReuse refuses a PROT P data connection whose TLS session
 	// does not resume one, as vsftpd's require_ssl_reuse=YES does: the
 	// handshake completes, then the data connection is closed and LIST
@@ -80,6 +83,7 @@ type Server struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
+	done   chan struct{} // closed by Close
 	// Commands counts the commands received, by verb name, for tests
 	// that check what the probe sent.
 	commands map[string]int
@@ -91,7 +95,7 @@ func Start(addr string, script Script) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{ln: ln, script: script, conns: map[net.Conn]struct{}{}, commands: map[string]int{}}
+	s := &Server{ln: ln, script: script, conns: map[net.Conn]struct{}{}, commands: map[string]int{}, done: make(chan struct{})}
 	s.wg.Go(s.serve)
 	return s, nil
 }
@@ -112,6 +116,9 @@ func (s *Server) Count(verb string) int {
 func (s *Server) Close() error {
 	err := s.ln.Close()
 	s.mu.Lock()
+	if !s.closed {
+		close(s.done)
+	}
 	s.closed = true
 	for c := range s.conns {
 		c.Close()
@@ -208,6 +215,11 @@ func (s *Server) session(c net.Conn) {
 			}
 			ok = w(append(lines, "211 End")...)
 		case ftp.VerbAUTH:
+			if sc.AuthStall {
+				w("234 Proceed with negotiation.")
+				<-s.done
+				return
+			}
 			if sc.TLS == nil || sc.AuthReply != "" {
 				ok = w(or(sc.AuthReply, "502 AUTH not implemented."))
 				break
