@@ -1,8 +1,10 @@
 package probe
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -301,5 +303,48 @@ func TestRunTLSNotTLS(t *testing.T) {
 	want(t, rep, CheckTLSVersions, StatusSkip, "not checked", "")
 	if s.Count("AUTH") != 2 {
 		t.Errorf("%d AUTH", s.Count("AUTH"))
+	}
+}
+
+// TestRunTLSIPv6: on an IPv6 control connection the PROT P listings use
+// EPSV, and the certificate is checked for the address.
+func TestRunTLSIPv6(t *testing.T) {
+	k := newPKI(t)
+	now := time.Now()
+	s, err := probetest.Start("[::1]:0", probetest.Script{Feat: []string{"AUTH TLS"}, RequireReuse: true,
+		TLS: k.serverTLS(t, []string{"::1"}, now.Add(-time.Hour), now.Add(90*24*time.Hour), tls.VersionTLS12, tls.VersionTLS13)})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	rep := run(t, Options{Addr: s.Addr(), CAFile: k.caFile})
+	want(t, rep, CheckTLSCert, StatusOK, "the certificate for ::1 verifies", "")
+	want(t, rep, CheckPROTPData, StatusOK, "EPSV data connection to [::1]:", "")
+	want(t, rep, CheckTLSReuse, StatusOK, "the server requires session reuse", "")
+}
+
+// TestJSONRoundTripTLS checks that the JSON carries the FTPS part whole.
+func TestJSONRoundTripTLS(t *testing.T) {
+	k := newPKI(t)
+	s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, TLS: k.goodTLS(t), RequireReuse: true})
+	rep := run(t, Options{Addr: s.Addr(), CAFile: k.caFile})
+	var b, again bytes.Buffer
+	if err := WriteJSON(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteJSON(&again, back); err != nil {
+		t.Fatal(err)
+	}
+	if again.String() != b.String() {
+		t.Errorf("round trip changed the report:\n%s\n---\n%s", b.String(), again.String())
+	}
+	for _, key := range []string{`"tls": {`, `"server_name": "127.0.0.2"`, `"offered_resume": true`, `"resumed": true`, `"session_tickets": `, `"days_left": 89`, `"version": "TLS 1.0"`} {
+		if !strings.Contains(b.String(), key) {
+			t.Errorf("JSON lacks %s", key)
+		}
 	}
 }
