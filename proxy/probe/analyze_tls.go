@@ -160,7 +160,7 @@ func (a *analysis) protP(t *TLSReport) {
 	case t.LoginError != "":
 		fix := "check the account's FTPS permissions on the server"
 		if a.r.Server == ServerVsftpd && a.r.User == anonymousUser {
-			fix = "vsftpd refuses anonymous logins over TLS unless allow_anon_ssl=YES"
+			fix = "set allow_anon_ssl=YES in vsftpd.conf and restart vsftpd: without it, anonymous logins may not use TLS"
 		}
 		a.add(check, StatusFail, "could not log in over TLS: "+t.LoginError, fix)
 		return

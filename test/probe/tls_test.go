@@ -79,8 +79,9 @@ func newTLSFiles(t *testing.T, dir string) tlsFiles {
 // otherwise the settings test/lab gives it (anonymous login into a
 // read-only root, passive ports 30000-30099, the same-address checks
 // on). reuse, if not "", sets require_ssl_reuse; "" leaves vsftpd's
-// default (YES). allow_anon_ssl=YES lets the anonymous login use TLS.
-func startVsftpdTLS(t *testing.T, l *lab.Lab, files tlsFiles, name, reuse string) *lab.Proc {
+// default (YES). allow_anon_ssl=YES lets the anonymous login use TLS,
+// unless extra, lines added at the end, says otherwise.
+func startVsftpdTLS(t *testing.T, l *lab.Lab, files tlsFiles, name, reuse string, extra ...string) *lab.Proc {
 	t.Helper()
 	if _, err := os.Stat("/usr/sbin/vsftpd"); err != nil {
 		t.Skipf("vsftpd: %v (run test/install-deps.sh)", err)
@@ -124,6 +125,7 @@ func startVsftpdTLS(t *testing.T, l *lab.Lab, files tlsFiles, name, reuse string
 	if reuse != "" {
 		conf = append(conf, "require_ssl_reuse="+reuse)
 	}
+	conf = append(conf, extra...)
 	path := filepath.Join(dir, "vsftpd.conf")
 	if err := os.WriteFile(path, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -198,6 +200,20 @@ func TestVsftpdTLS(t *testing.T) {
 				[]string{"not valid for ftp.other.test: it names " + serverTLSName + ", " + lab.ServerAddr}, []string{"--server-name NAME"})
 		})
 	}
+}
+
+// TestVsftpdTLSAnonymous probes vsftpd with FTPS whose anonymous logins
+// may not use it, vsftpd's default allow_anon_ssl=NO: plain FTP works,
+// the login over TLS is refused, and the fix names the setting.
+func TestVsftpdTLSAnonymous(t *testing.T) {
+	t.Parallel()
+	l := lab.New(t, lab.Options{NSPrefix: tlsNSPrefix})
+	files := newTLSFiles(t, l.Dir)
+	startVsftpdTLS(t, l, files, "vsftpd-tls", "", "allow_anon_ssl=NO")
+	rep, _ := probeBoth(t, l, l.GW, "ftp://"+lab.ServerAddr, 0, "--ca", files.ca)
+	wantFinding(t, rep, "tls-cert", pgprobe.StatusOK, []string{"verifies"}, nil)
+	wantFinding(t, rep, "prot-p-data", pgprobe.StatusFail, []string{"could not log in over TLS: login as anonymous refused: 530"}, []string{"allow_anon_ssl=YES"})
+	wantFinding(t, rep, "tls-session-reuse", pgprobe.StatusSkip, []string{"not checked"}, nil)
 }
 
 // TestBehindPasvgateTLS probes vsftpd with FTPS through pasvgate with
