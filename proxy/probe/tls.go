@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -66,7 +67,7 @@ func (c *ticketCache) tickets() int {
 func (p *prober) tlsConfig(cache tls.ClientSessionCache, minV, maxV uint16) *tls.Config {
 	return &tls.Config{
 		ServerName:         p.serverName,
-		InsecureSkipVerify: true, //nolint:gosec // checkCert verifies, so that a bad certificate is reported, not fatal
+		InsecureSkipVerify: true, // checkCert verifies: a bad certificate is a finding, not the end
 		MinVersion:         minV,
 		MaxVersion:         maxV,
 		ClientSessionCache: cache,
@@ -156,19 +157,20 @@ func (p *prober) handshake(tc *tls.Conn) error {
 	return tc.HandshakeContext(ctx)
 }
 
-// describeTLS is describe for handshake errors: the alert a server sent
-// reads as Go words it ("remote error: tls: protocol version not
-// supported"), which is as stable as anything, so it is kept.
+// describeTLS is describe for handshake errors. Go reports an alert as a
+// net.OpError, "remote error" for one the server sent and "local error"
+// for one the probe sent; the alert's own words ("tls: protocol version
+// not supported") are as stable as anything, and are kept.
 func (p *prober) describeTLS(err error) string {
-	var ae tls.AlertError
+	var oe *net.OpError
 	var re tls.RecordHeaderError
 	switch {
-	case errors.As(err, &ae):
-		return "the probe refused: " + clean(err.Error())
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		return "the server refused: " + clean(oe.Err.Error())
+	case errors.As(err, &oe) && oe.Op == "local error":
+		return "the probe refused: " + clean(oe.Err.Error())
 	case errors.As(err, &re):
 		return "the server did not answer with TLS"
-	case strings.Contains(err.Error(), "remote error"):
-		return "the server refused: " + strings.TrimPrefix(clean(err.Error()), "remote error: ")
 	}
 	return p.describe(err)
 }
