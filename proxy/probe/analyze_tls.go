@@ -2,6 +2,7 @@ package probe
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -202,8 +203,8 @@ func (a *analysis) protP(t *TLSReport) {
 		a.add(check, StatusFail, fmt.Sprintf("%s opened, but %s", where, listFailure(&d.Attempt)), "the server's log says more")
 	default:
 		msg := fmt.Sprintf("%s failed: %s", where, attemptError(&d.Attempt))
-		if plain := a.plainAdvertised(d.Mode); d.Advertised != "" && plain != "" && plain != d.Advertised && d.Mode == "PASV" {
-			msg += fmt.Sprintf("; the 227 inside TLS names %s, the plain one %s: something on the way (a NAT helper) rewrites plain 227 replies and cannot read them inside TLS", d.Advertised, plain)
+		if inTLS, plain := addrOf(d.Advertised), addrOf(a.plainAdvertised(d.Mode)); d.Mode == "PASV" && inTLS.IsValid() && plain.IsValid() && inTLS != plain {
+			msg += fmt.Sprintf("; the 227 inside TLS names %s, the plain one %s: something on the way (a NAT helper) rewrites plain 227 replies and cannot read them inside TLS", inTLS, plain)
 		}
 		a.add(check, StatusFail, msg, "make the server advertise its public address itself, or run pasvgate with --tls in front of it")
 	}
@@ -211,10 +212,26 @@ func (a *analysis) protP(t *TLSReport) {
 
 // noResumeWhy says why a data connection that offered to resume did not.
 func noResumeWhy(t *TLSReport) string {
+	if ci := t.Certificate; ci != nil {
+		for _, pr := range ci.Problems {
+			if pr.Kind == CertExpired {
+				return "the certificate has expired, and Go's client offers no session whose certificate has"
+			}
+		}
+	}
 	if t.SessionTickets == 0 {
 		return "the server sent no session ticket, and Go's client resumes only with tickets, not session IDs"
 	}
-	return "the server declined the session offered"
+	return "the server did not accept the session offered"
+}
+
+// addrOf is the address of an "address:port", or the zero Addr.
+func addrOf(ap string) netip.Addr {
+	a, err := netip.ParseAddrPort(ap)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Addr()
 }
 
 // plainAdvertised is the address the plain reply of mode named.

@@ -155,6 +155,8 @@ func TestRunTLSCertificate(t *testing.T) {
 		s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, TLS: k.serverTLS(t, names, now.Add(-90*day), now.Add(-3*day-time.Hour), tls.VersionTLS12, tls.VersionTLS13)})
 		rep := run(t, Options{Addr: s.Addr(), CAFile: k.caFile})
 		want(t, rep, CheckTLSCert, StatusFail, ", 3 days ago (subject", "")
+		// Go's client offers no session of an expired certificate.
+		want(t, rep, CheckPROTPData, StatusOK, "did not resume the control connection's (the certificate has expired", "")
 		if p := rep.TLS.Certificate.Problems; len(p) != 1 || p[0].Kind != CertExpired || rep.TLS.Certificate.DaysLeft != -4 {
 			t.Errorf("problems %+v, days left %d", p, rep.TLS.Certificate.DaysLeft)
 		}
@@ -259,6 +261,12 @@ func TestRunTLSData(t *testing.T) {
 		s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, TLS: k.goodTLS(t), Advertise: "127.0.0.9"})
 		rep := run(t, Options{Addr: s.Addr(), CAFile: k.caFile})
 		want(t, rep, CheckPROTPData, StatusOK, "EPSV data connection to 127.0.0.2:", "")
+	})
+	t.Run("227 rewritten in clear only", func(t *testing.T) {
+		s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, TLS: k.goodTLS(t), AdvertiseTLS: "127.0.0.9"})
+		rep := run(t, Options{Addr: s.Addr(), CAFile: k.caFile})
+		want(t, rep, CheckPASVData, StatusOK, "", "")
+		want(t, rep, CheckPROTPData, StatusFail, "; the 227 inside TLS names 127.0.0.9, the plain one 127.0.0.2: something on the way (a NAT helper) rewrites plain 227 replies", "run pasvgate with --tls")
 	})
 	t.Run("data port unreachable", func(t *testing.T) {
 		s := start(t, probetest.Script{Feat: []string{"AUTH TLS"}, TLS: k.goodTLS(t), Advertise: "127.0.0.9", EPSVReply: "229 Entering Extended Passive Mode (|||1|)"})

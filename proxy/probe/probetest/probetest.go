@@ -44,6 +44,10 @@ type Script struct {
 	// local address of the control connection. The data listener is
 	// always on that local address, whatever is advertised.
 	Advertise string
+	// AdvertiseTLS, if set, replaces Advertise once the control
+	// connection is TLS: a NAT helper's work, which rewrites the 227s it
+	// can read, and cannot read those inside TLS.
+	AdvertiseTLS string
 	// PASVReply and EPSVReply, if set, answer PASV and EPSV instead of
 	// opening a data listener.
 	PASVReply, EPSVReply string
@@ -273,6 +277,9 @@ func (s *Server) session(c net.Conn) {
 				adv := local.Addr()
 				if sc.Advertise != "" {
 					adv = netip.MustParseAddr(sc.Advertise)
+				}
+				if _, isTLS := c.(*tls.Conn); isTLS && sc.AdvertiseTLS != "" {
+					adv = netip.MustParseAddr(sc.AdvertiseTLS)
 				}
 				_, err = c.Write(ftp.AppendPASV(nil, netip.AddrPortFrom(adv, port)))
 			}
