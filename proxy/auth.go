@@ -83,11 +83,6 @@ var tlsRefusals = [...]struct {
 	},
 	refusal{ftp.CodeBadSequence, "Send AUTH TLS first.", "tls-sequence"},
 }, {
-	// RFC 4217 9: PBSZ comes before PROT. Servers insist, so must we,
-	// or a PROT passed on would be refused where pasvgate said yes.
-	func(s *session, c ftp.Command) bool { return c.Verb == ftp.VerbPROT && !s.hasPBSZ() },
-	refusal{ftp.CodeBadSequence, "Send PBSZ 0 first.", "prot-before-pbsz"},
-}, {
 	// RFC 4217 8: TLS uses no protection buffer, so PBSZ is 0; a client
 	// asking for more is told 0 by its 200 (as vsftpd does), but the
 	// argument must be a number.
@@ -135,12 +130,18 @@ var (
 	lineAUTH  = []byte("AUTH TLS\r\n")
 )
 
-// protection handles an accepted PBSZ or PROT (C or P): answered by
-// pasvgate when the server's leg is clear, passed on canonical when it is
-// TLS, so that the server protects its side of the data connections
-// exactly when the client does. From PROT P on, data connections are
-// relayed (relay.go); from PROT C on, they take the kernel path. It
-// returns the line to send the server, or nil when pasvgate has answered.
+// protection handles an accepted PBSZ or PROT (C or P). PBSZ is
+// pasvgate's to answer: the server's leg had its PBSZ 0 when it was
+// upgraded (upgradeServer, startServerTLS). PROT is passed on canonical
+// when the server's leg is TLS, so that the server protects its side of
+// the data connections exactly when the client does, and answered by
+// pasvgate when it is clear. From PROT P on, data connections are relayed
+// (relay.go); from PROT C on, they take the kernel path. It returns the
+// line to send the server, or nil when pasvgate has answered.
+//
+// RFC 4217 puts PBSZ before PROT, but vsftpd, ProFTPD, pure-ftpd and
+// ftpserverlib all take a PROT without it, and Python's FTP_TLS.prot_c()
+// sends none: so does pasvgate.
 //
 // The level is in force from the command on, not from the server's 200:
 // a data command pipelined behind PROT must be judged by it, and a server
@@ -148,25 +149,21 @@ var (
 // whose protected transfers fail at the server's end, not one that leaks
 // clear data.
 func (s *session) protection(c ftp.Command) []byte {
-	line := linePBSZ0
-	s.mu.Lock()
-	switch {
-	case c.Verb == ftp.VerbPBSZ:
-		s.pbsz = true
-	case protLevel(c.Arg) == 'P':
-		s.protected, line = true, linePROTP
-	default:
-		s.protected, line = false, linePROTC
+	if c.Verb == ftp.VerbPBSZ {
+		s.reply(ftp.CodeOK, "PBSZ=0")
+		return nil
 	}
+	p := protLevel(c.Arg) == 'P'
+	s.mu.Lock()
+	s.protected = p
 	serverTLS := s.serverTLS
 	s.mu.Unlock()
-	if serverTLS {
-		return line
-	}
 	switch {
-	case c.Verb == ftp.VerbPBSZ:
-		s.reply(ftp.CodeOK, "PBSZ=0")
-	case protLevel(c.Arg) == 'P':
+	case serverTLS && p:
+		return linePROTP
+	case serverTLS:
+		return linePROTC
+	case p:
 		s.reply(ftp.CodeOK, "Protection level set to Private.")
 	default:
 		s.reply(ftp.CodeOK, "Protection level set to Clear.")
@@ -261,12 +258,30 @@ func (s *session) upgradeServer(ctx context.Context, r *ftp.Reader) (*ftp.Reader
 		return nil, endServerTLS
 	}
 	s.srv.stats.tlsHandshake("server")
+	// PBSZ 0 now, as startServerTLS does: the client's own PBSZ is then
+	// pasvgate's to answer, and its PROT, with or without a PBSZ, finds
+	// the server ready. The commands goroutine waits for the AUTH
+	// (authUpstream), so nothing else writes to the server meanwhile.
+	nr := ftp.NewReader(tc, s.maxLine())
+	_ = s.rawServer.SetDeadline(time.Now().Add(s.srv.handshakeTimeout()))
+	_, err := tc.Write(linePBSZ0)
+	code := 0
+	if err == nil {
+		_, code, err = readReply(nr)
+	}
+	_ = s.rawServer.SetDeadline(time.Time{})
+	if err != nil || code/100 != 2 {
+		s.srv.stats.tlsFailed(tlsFailUpstreamRefused)
+		s.log.Warn("session closed: the server refused PBSZ 0 after AUTH TLS", "code", code, "err", err)
+		s.say421AndEnd("TLS to the FTP server failed.", endServerTLS)
+		return nil, endServerTLS
+	}
 	s.mu.Lock()
 	s.server = tc
 	s.serverTLS = true
 	s.popLocked(ftp.CodeAuthOK)
 	s.mu.Unlock()
-	return ftp.NewReader(tc, s.maxLine()), ""
+	return nr, ""
 }
 
 // upgradeClient answers AUTH with 234 and makes the TLS handshake with
@@ -314,12 +329,6 @@ func (s *session) isServerTLS() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.serverTLS
-}
-
-func (s *session) hasPBSZ() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.pbsz
 }
 
 // owesReplies reports whether a reply is still due to the client: the

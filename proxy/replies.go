@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"time"
@@ -107,9 +108,10 @@ func (s *session) replies(ctx context.Context) string {
 			continue
 		default:
 			s.mu.Lock()
-			if !s.midReply && !s.ended {
+			if !s.midReply && !s.ended && !s.bye {
 				s.writeClientLocked(ftp.AppendReply(nil, ftp.CodeServiceUnavailable, "Service not available: the FTP server closed the connection."))
 			}
+			s.closeNotifyLocked()
 			s.mu.Unlock()
 			return endServerClosed
 		}
@@ -167,8 +169,13 @@ func (s *session) replies(ctx context.Context) string {
 		s.writeClientLocked(raw)
 		if last {
 			s.midReply = false
-			if code == ftp.CodeLoggedIn {
+			switch code {
+			case ftp.CodeLoggedIn:
 				s.loggedIn = true
+			case ftp.CodeClosingControl:
+				// The server's goodbye: its close that follows needs no
+				// 421 of pasvgate's.
+				s.bye = true
 			}
 			switch {
 			case len(s.queue) > 0 && s.queue[0].local != nil:
@@ -187,6 +194,17 @@ func (s *session) replies(ctx context.Context) string {
 		}
 		s.mu.Unlock()
 		s.logFinished(done)
+	}
+}
+
+// closeNotifyLocked ends a TLS client's channel with a close_notify
+// when the server has ended the session, so that the client sees an end
+// and not a truncation, which TLS clients report (or must treat) as an
+// attack. A client that does not read holds it a second at most.
+func (s *session) closeNotifyLocked() {
+	if tc, ok := s.client.(*tls.Conn); ok && !s.ended {
+		_ = s.rawClient.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = tc.CloseWrite()
 	}
 }
 

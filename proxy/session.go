@@ -111,8 +111,8 @@ type session struct {
 	draining  bool   // the server is shutting down: end after the transfer
 	clientTLS bool   // the client's control channel is TLS
 	serverTLS bool   // the server's control channel is TLS
-	pbsz      bool   // the client has sent PBSZ (over TLS)
 	protected bool   // the client's PROT P is in force: data connections are relayed
+	bye       bool   // the server has said 221: it is closing the session
 }
 
 // Reasons a session ends, for its log line.

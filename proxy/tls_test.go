@@ -253,7 +253,7 @@ func TestTLSRefusals(t *testing.T) {
 	c.expectAfter("CCC", "503")
 	c.startTLS(p)
 	c.expectAfter("AUTH TLS", "503")
-	c.expectAfter("PROT C", "503") // PBSZ first
+	c.expectAfter("PROT C", "200") // without PBSZ, as servers take it (Python's prot_c)
 	c.expectAfter("PBSZ x", "501")
 	c.expectAfter("PBSZ 0", "200")
 	c.expectAfter("PROT S", "536")
@@ -425,4 +425,72 @@ func (h *harness) expectServerTLSFirst(t *testing.T) {
 	if sent := h.tap.sent(); !strings.HasPrefix(sent, "AUTH TLS\r\n\x16\x03") || strings.Contains(sent, "USER") {
 		t.Fatalf("the server's leg was not TLS before the login: %q", sent[:min(len(sent), 40)])
 	}
+}
+
+// TestTLSQuit: after QUIT over TLS the client gets the server's 221 and
+// then a proper end of the TLS channel, a close_notify (the test speaks
+// TLS 1.2, whose alerts show as such on the wire): no 421 of pasvgate's
+// after the goodbye, and no truncation, which TLS clients report (lftp:
+// "non-properly terminated").
+func TestTLSQuit(t *testing.T) {
+	p := newPKI(t)
+	h := newHarness(t, p.options(nil))
+	for i := 0; i < 20; i++ { // the 421 came, or not, with the timing
+		c := h.dial(t)
+		c.expectAfter("AUTH TLS", "234")
+		rec := &recorder{Conn: c.c}
+		tc := tls.Client(rec, &tls.Config{RootCAs: p.roots, ServerName: clientDial, MaxVersion: tls.VersionTLS12})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		rec.mark()
+		if _, err := io.WriteString(tc, "QUIT\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		rest, err := io.ReadAll(tc)
+		if err != nil {
+			t.Fatalf("after QUIT: %v, after %q", err, rest)
+		}
+		if !strings.HasPrefix(string(rest), "221 ") || strings.Count(string(rest), "\n") != 1 {
+			t.Fatalf("after QUIT the client got %q, want the 221 alone", rest)
+		}
+		if last := rec.lastRecordType(t); last != 21 {
+			t.Fatalf("the channel ended with a record of type %d, want an alert (21): the close_notify", last)
+		}
+	}
+}
+
+// recorder keeps what is read through it after mark.
+type recorder struct {
+	net.Conn
+	on  bool
+	buf []byte
+}
+
+func (r *recorder) Read(b []byte) (int, error) {
+	n, err := r.Conn.Read(b)
+	if r.on {
+		r.buf = append(r.buf, b[:n]...)
+	}
+	return n, err
+}
+
+func (r *recorder) mark() { r.on = true }
+
+// lastRecordType walks the TLS records read since mark and returns the
+// content type of the last.
+func (r *recorder) lastRecordType(t *testing.T) byte {
+	t.Helper()
+	var typ byte
+	for b := r.buf; len(b) > 0; {
+		if len(b) < 5 {
+			t.Fatalf("a torn TLS record header: %x", b)
+		}
+		n := 5 + (int(b[3])<<8 | int(b[4]))
+		if len(b) < n {
+			t.Fatalf("a torn TLS record: %d of %d bytes", len(b), n)
+		}
+		typ, b = b[0], b[n:]
+	}
+	return typ
 }
