@@ -8,8 +8,9 @@
 # `dpkg -x` under $PASVGATE_TEST_CACHE (default /var/cache/pasvgate-test) and
 # run from there; their shared libraries are installed as normal packages.
 # proftpd-mod-proxy (the bench's userspace peer, mod_proxy as a reverse
-# proxy) depends on proftpd-core, so it is unpacked the same way and loaded
-# from there.
+# proxy) and proftpd-mod-crypto (mod_tls, for the interop suite's FTPS
+# cells) depend on proftpd-core, so they are unpacked the same way and
+# loaded from there.
 #
 # No FTP service may run on the host itself: the tests start every server
 # inside a network namespace. So maintainer scripts are kept from starting
@@ -38,7 +39,8 @@ LIBS=(libc6 libcap2 libcrypt1 libpam0g libssl3 libsodium23
 
 # Unpacked packages: name and the binary that must run from the unpacked tree.
 UNPACK=(pure-ftpd:usr/sbin/pure-ftpd proftpd-core:usr/sbin/proftpd
-	proftpd-mod-proxy:usr/lib/proftpd/mod_proxy.so)
+	proftpd-mod-proxy:usr/lib/proftpd/mod_proxy.so
+	proftpd-mod-crypto:usr/lib/proftpd/mod_tls.so)
 
 missing=()
 for p in "${PKGS[@]}" "${LIBS[@]}"; do
@@ -59,7 +61,7 @@ if [ "${#missing[@]}" -gt 0 ] || [ "$need_download" = 1 ]; then
 	if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
 		update=1
 	else
-		for p in "${missing[@]}" pure-ftpd proftpd-core proftpd-mod-proxy; do
+		for p in "${missing[@]}" pure-ftpd proftpd-core proftpd-mod-proxy proftpd-mod-crypto; do
 			if ! apt-cache show "$p" >/dev/null 2>&1; then
 				update=1
 				break
