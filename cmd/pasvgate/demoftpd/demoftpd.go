@@ -72,6 +72,11 @@ type Config struct {
 	// clear.
 	TLS *tls.Config
 
+	// RequireTLS, with TLS, refuses (530) a USER sent before AUTH TLS:
+	// TLS is required on the control channel, while data connections
+	// may stay clear (PROT C). Default false.
+	RequireTLS bool
+
 	// Logger receives the library's and the server's logs. Default nil:
 	// discard.
 	Logger *slog.Logger
@@ -142,7 +147,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		settings.PublicIPResolver = controlLocalIPv4
 	}
 
-	s.ftp = ftpserver.NewFtpServer(&driver{settings: settings, fs: fs, user: cfg.User, password: cfg.Password, clients: &s.clients, tls: cfg.TLS})
+	s.ftp = ftpserver.NewFtpServer(&driver{settings: settings, fs: fs, user: cfg.User, password: cfg.Password, clients: &s.clients, tls: cfg.TLS, requireTLS: cfg.RequireTLS})
 	s.ftp.Logger = logger
 	if err := s.ftp.Listen(); err != nil {
 		cancel()
@@ -269,6 +274,7 @@ type driver struct {
 	user, password string
 	clients        *sync.WaitGroup
 	tls            *tls.Config // Config.TLS
+	requireTLS     bool        // Config.RequireTLS
 }
 
 func (d *driver) GetSettings() (*ftpserver.Settings, error) { return d.settings, nil }
@@ -298,6 +304,20 @@ func (d *driver) GetTLSConfig() (*tls.Config, error) {
 		return nil, errTLSDisabled
 	}
 	return d.tls, nil
+}
+
+// errTLSRequired refuses a USER sent in clear under Config.RequireTLS.
+var errTLSRequired = errors.New("TLS is required on the control channel: send AUTH TLS first")
+
+// PreAuthUser implements ftpserverlib's MainDriverExtensionUserVerifier:
+// under Config.RequireTLS a login in clear is refused (530). The
+// library's own TLSRequired setting would refuse clear data connections
+// too.
+func (d *driver) PreAuthUser(cc ftpserver.ClientContext, _ string) error {
+	if d.requireTLS && !cc.HasTLSForControl() {
+		return errTLSRequired
+	}
+	return nil
 }
 
 // trackingListener remembers the control connections it hands out, so that

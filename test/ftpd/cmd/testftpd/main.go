@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,9 +29,10 @@ func main() {
 
 func run() error {
 	var (
-		cfg   ftpd.Config
-		ports string
-		debug bool
+		cfg             ftpd.Config
+		ports           string
+		debug           bool
+		tlsCert, tlsKey string
 	)
 	flag.StringVar(&cfg.Listen, "listen", ftpd.DefaultListen, "control listener `host:port`")
 	flag.StringVar(&cfg.PublicHost, "public-host", "", "IPv4 `address` advertised in 227 replies (default: the address the client connected to)")
@@ -40,6 +42,8 @@ func run() error {
 	flag.StringVar(&cfg.Password, "password", "", "account password")
 	flag.BoolVar(&cfg.DisableActive, "disable-active", false, "refuse PORT and EPRT")
 	flag.BoolVar(&debug, "debug", false, "log at debug level")
+	flag.StringVar(&tlsCert, "tls-cert", "", "PEM `file` of the certificate (with its chain) for AUTH TLS; with it, TLS is required on the control channel (data may stay clear)")
+	flag.StringVar(&tlsKey, "tls-key", "", "PEM `file` of the --tls-cert's private key")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -48,6 +52,14 @@ func run() error {
 	var err error
 	if cfg.PassivePorts, err = parsePorts(ports); err != nil {
 		return err
+	}
+	if tlsCert != "" || tlsKey != "" {
+		cert, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert, --tls-key: %w", err)
+		}
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		cfg.RequireTLS = true
 	}
 	level := slog.LevelInfo
 	if debug {
