@@ -173,8 +173,12 @@ func lookPath(name string) error {
 // selects PORT. curl falls back from a refused EPSV to PASV, and from a
 // refused EPRT to PORT, by itself; the caller sees that in the control
 // channel. An IPv6 host goes into the URL in brackets, with --globoff so
-// that curl does not read them as a glob.
-type Curl struct{}
+// that curl does not read them as a glob. With TLS set, the control
+// channel is explicit FTPS (see curlTLSArgs).
+type Curl struct {
+	// TLS, if set, makes the control channel FTPS; nil is plain FTP.
+	TLS *ClientTLS
+}
 
 // Name implements Client.
 func (Curl) Name() string { return "curl" }
@@ -183,8 +187,12 @@ func (Curl) Name() string { return "curl" }
 func (Curl) Available() error { return lookPath("curl") }
 
 // Run implements Client.
-func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+func (c Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if err := tr.checkFamily("curl"); err != nil {
+		return Result{}, err
+	}
+	tlsArgs, err := curlTLSArgs(c.TLS)
+	if err != nil {
 		return Result{}, err
 	}
 	args := []string{
@@ -211,6 +219,7 @@ func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 			args = append(args, "--disable-epsv")
 		}
 	}
+	args = append(args, tlsArgs...)
 	url := "ftp://" + tr.urlHost() + "/"
 	switch tr.Op {
 	case Get:
@@ -235,7 +244,13 @@ func (Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 // failed active transfer is not retried passively). lftp has no setting
 // for the active command: it sends PORT for an IPv4 data socket and EPRT
 // for an IPv6 one, so EPRT over IPv4 is ErrUnsupported.
-type Lftp struct{}
+//
+// With TLS set, lftp speaks FTPS (see lftpTLSSettings) and prints its
+// debug output, which names the certificate it was shown.
+type Lftp struct {
+	// TLS, if set, makes the control channel FTPS; nil is plain FTP.
+	TLS *ClientTLS
+}
 
 // Name implements Client.
 func (Lftp) Name() string { return "lftp" }
@@ -244,7 +259,7 @@ func (Lftp) Name() string { return "lftp" }
 func (Lftp) Available() error { return lookPath("lftp") }
 
 // Run implements Client.
-func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
+func (lf Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if err := tr.checkFamily("lftp"); err != nil {
 		return Result{}, err
 	}
@@ -270,7 +285,6 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		"set net:max-retries 1",
 		"set net:timeout 10",
 		"set net:reconnect-interval-base 1",
-		"set ftp:ssl-allow no",
 		"set ftp:passive-mode " + passive,
 		"set ftp:auto-passive-mode no",
 		"set ftp:fix-pasv-address no",
@@ -278,7 +292,9 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		"set ftp:prefer-epsv " + epsv,
 		"set xfer:clobber yes",
 	}
-	settings = append(settings, fmt.Sprintf("open -u %s,%s ftp://%s", tr.User, tr.Password, tr.urlHost()))
+	tlsSettings, url := lftpTLSSettings(lf.TLS, tr)
+	settings = append(settings, tlsSettings...)
+	settings = append(settings, fmt.Sprintf("open -u %s,%s %s", tr.User, tr.Password, url))
 	switch tr.Op {
 	case Get:
 		settings = append(settings, fmt.Sprintf("get %s -o %s", tr.Remote, tr.Local))
@@ -291,7 +307,11 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	}
 	// -n would skip ~/.lftprc but not /etc/lftp.conf; settings here come
 	// after both, so they win either way.
-	return run(ctx, l, tr, "lftp", "-c", strings.Join(settings, "; "))
+	args := []string{"-c", strings.Join(settings, "; ")}
+	if lf.TLS != nil {
+		args = append([]string{"-d"}, args...)
+	}
+	return run(ctx, l, tr, "lftp", args...)
 }
 
 // Ftplib drives Python's ftplib, with trust_server_pasv_ipv4_address set.
@@ -301,10 +321,17 @@ func (Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 // set_pasv(False): ftplib listens on the control connection's local
 // address and sends PORT over IPv4 and EPRT over IPv6; for EPRT over IPv4
 // the script sends ftplib's own sendeprt instead of sendport.
+//
+// With TLS set it is ftplib.FTP_TLS: AUTH TLS before the login, PROT C
+// after it, and a line on standard error with the certificate it was
+// shown (see PeerCertOf).
 type Ftplib struct {
 	// Python is the interpreter; empty means Debian's /usr/bin/python3,
 	// so a pyenv or venv on PATH cannot change which ftplib runs.
 	Python string
+	// TLS, if set, makes the control channel FTPS; nil is plain FTP.
+	// Implicit FTPS is ErrUnsupported.
+	TLS *ClientTLS
 }
 
 // Name implements Client.
@@ -326,12 +353,13 @@ func (f Ftplib) Available() error {
 }
 
 // ftplibScript is the client program. Arguments: host user password
-// pasv|epsv|port|eprt get|put|list remote local timeout trust|ignore.
+// pasv|epsv|port|eprt get|put|list remote local timeout trust|ignore
+// clear|explicit|explicit-tls12 cafile.
 const ftplibScript = `
-import ftplib, sys
-host, user, password, mode, op, remote, local, timeout, pasvaddr = sys.argv[1:]
+import ftplib, hashlib, ssl, sys
+host, user, password, mode, op, remote, local, timeout, pasvaddr, tls, cafile = sys.argv[1:]
 
-class FTP(ftplib.FTP):
+class FTP(ftplib.FTP_TLS if tls != "clear" else ftplib.FTP):
     # By default ftplib connects to the control peer, not to the 227 address.
     trust_server_pasv_ipv4_address = pasvaddr == "trust"
 
@@ -345,9 +373,22 @@ class FTP(ftplib.FTP):
             return self.sendeprt(host, port)
         return super().sendport(host, port)
 
-ftp = FTP(timeout=float(timeout))
+if tls != "clear":
+    context = ssl.create_default_context(cafile=cafile)
+    if tls == "explicit-tls12":
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    ftp = FTP(timeout=float(timeout), context=context)
+else:
+    ftp = FTP(timeout=float(timeout))
 ftp.connect(host, 21)
+if tls != "clear":
+    ftp.auth()
+    der = ftp.sock.getpeercert(binary_form=True)
+    subject = ",".join("%s=%s" % rdn[0] for rdn in ftp.sock.getpeercert()["subject"])
+    print("pglab peer certificate sha256=%s subject=%s" % (hashlib.sha256(der).hexdigest(), subject), file=sys.stderr)
 ftp.login(user, password)
+if tls != "clear":
+    ftp.prot_c()
 ftp.set_pasv(mode in ("pasv", "epsv"))
 if op == "get":
     with open(local, "wb") as f:
@@ -372,9 +413,13 @@ func (f Ftplib) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if tr.IgnorePASVAddr {
 		pasvaddr = "ignore"
 	}
+	tls, cafile, err := ftplibTLSArgs(f.TLS)
+	if err != nil {
+		return Result{}, err
+	}
 	return run(ctx, l, tr, f.python(), "-c", ftplibScript,
 		tr.Host, tr.User, tr.Password, mode, string(tr.Op), tr.Remote, tr.Local,
-		strconv.Itoa(int(tr.timeout().Seconds())), pasvaddr)
+		strconv.Itoa(int(tr.timeout().Seconds())), pasvaddr, tls, cafile)
 }
 
 // JLFTP drives test/interop/cmd/jlclient, a small program on

@@ -98,6 +98,11 @@ type ServerOptions struct {
 	// installed (BuiltIn: a testftpd binary, see BuildGo). Empty means the
 	// installed location for the other kinds.
 	Binary string
+	// TLS, if set, turns on explicit FTPS (AUTH TLS) with this
+	// certificate, required on the control channel and optional for
+	// data (PROT C allowed), in each kind's own terms (see tls.go). The
+	// greeting stays clear, so StartServer waits for it as usual.
+	TLS *Cert
 }
 
 // Server is an FTP server running in the lab's server namespace, on
@@ -204,6 +209,7 @@ func (l *Lab) StartServer(ctx context.Context, kind string, opt ServerOptions) (
 			"--user", s.User,
 			"--password", s.Password,
 		}
+		args = append(args, testftpdTLS(opt.TLS)...)
 	default:
 		return nil, fmt.Errorf("lab: unknown server kind %q", kind)
 	}
@@ -307,6 +313,7 @@ func vsftpdSetup(s *Server, dir, addr string, opt ServerOptions) (string, []stri
 	if opt.AsyncAbor {
 		conf += "async_abor_enable=YES\n"
 	}
+	conf += vsftpdTLS(opt.TLS)
 	path := filepath.Join(dir, "vsftpd.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return "", nil, err
@@ -356,6 +363,7 @@ func pureFTPdSetup(ctx context.Context, s *Server, dir, addr string, opt ServerO
 	if opt.PublicAddr != "" {
 		args = append(args, "-P", opt.PublicAddr)
 	}
+	args = append(args, pureFTPdTLS(opt.TLS)...)
 	return bin, args, nil
 }
 
@@ -412,6 +420,11 @@ func proFTPDSetup(s *Server, dir, addr, addr6 string, opt ServerOptions) (string
 	if opt.PublicAddr != "" {
 		conf += "MasqueradeAddress " + opt.PublicAddr + "\n"
 	}
+	tlsConf, err := proFTPDTLS(opt.TLS, dir)
+	if err != nil {
+		return "", nil, err
+	}
+	conf += tlsConf
 	path := filepath.Join(dir, "proftpd.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return "", nil, err
