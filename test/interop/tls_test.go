@@ -1,0 +1,706 @@
+package interop
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pasvgate/pasvgate/test/lab"
+)
+
+// The FTPS suite, PROT C slice: pasvgate terminates the client's TLS on
+// the control channel, speaks TLS to the server, and leaves the data
+// connections in clear on the kernel path (DNAT, no byte in userspace),
+// exactly as for plain FTP.
+
+var flagTLSServers = flag.String("interop.tls-servers", lab.EnvOr("PASVGATE_INTEROP_TLS_SERVERS", strings.Join(lab.Servers, ",")),
+	"comma-separated servers of the FTPS suite [$PASVGATE_INTEROP_TLS_SERVERS]")
+
+// tlsNSPrefix names the FTPS suite's namespaces, apart from the other
+// suites' (pglab-).
+const tlsNSPrefix = "pgt-"
+
+// Routes of an FTPS cell: how the client reaches the server, and what
+// pasvgate does with TLS.
+const (
+	// routeDirect: the client on the server's LAN (the gw namespace),
+	// FTPS straight to the server. The positive control of the
+	// certificate and wire checks: there the client must see the
+	// server's certificate.
+	routeDirect = "direct"
+	// routeExplicit: AUTH TLS to pasvgate on port 21, which (with
+	// --upstream-tls auto) sends AUTH TLS to the server in turn.
+	routeExplicit = "explicit"
+	// routeImplicit: TLS from the first byte, to pasvgate's --listen-tls.
+	routeImplicit = "implicit"
+	// routeOffload: AUTH TLS to pasvgate with --upstream-tls never, in
+	// front of a server that speaks plain FTP.
+	routeOffload = "offload"
+	// routeRequireClear: a client in clear through pasvgate with --tls
+	// require: its USER gets 530 from pasvgate and never reaches the
+	// server.
+	routeRequireClear = "require-clear"
+)
+
+// offloadServer names the row group of the offload lab: vsftpd without
+// TLS, behind pasvgate --tls require --upstream-tls never.
+const offloadServer = "vsftpd-clear"
+
+// tcell is one FTPS cell.
+type tcell struct {
+	server, client, route string
+	op                    lab.Op
+}
+
+func (c tcell) row() []string { return []string{c.server, c.client, c.route} }
+func (c tcell) String() string {
+	return fmt.Sprintf("%s/%s/%s/%s", c.server, c.client, c.route, c.op)
+}
+
+// tlsPart is a group of cells of one route: its clients and operations.
+type tlsPart struct {
+	route   string
+	clients []string
+	ops     []lab.Op
+}
+
+// tlsPartsTLSServer are the cells run against a server that requires
+// TLS on its control channel.
+var tlsPartsTLSServer = []tlsPart{
+	{routeDirect, []string{"curl", "lftp", "ftplib"}, []lab.Op{lab.Get}},
+	{routeExplicit, []string{"curl", "lftp", "ftplib"}, []lab.Op{lab.Get, lab.Put}},
+	{routeImplicit, []string{"lftp"}, []lab.Op{lab.Get, lab.Put}},
+}
+
+// tlsPartsOffload are the cells of the offload lab.
+var tlsPartsOffload = []tlsPart{
+	{routeOffload, []string{"curl", "ftplib"}, []lab.Op{lab.Get, lab.Put}},
+	{routeRequireClear, []string{"curl"}, []lab.Op{lab.Get}},
+}
+
+// TestTLS runs FTPS with clear data (PROT C) through pasvgate in reverse
+// mode: curl --ftp-ssl-control, lftp (ftp:ssl-force, no data
+// protection), Python's ftplib.FTP_TLS with prot_c(), and lftp over
+// implicit ftps:// to pasvgate's --listen-tls, against vsftpd, ProFTPD
+// (mod_tls), pure-ftpd and test/ftpd, each requiring TLS on its control
+// channel and allowing clear data, with a certificate of the suite's own
+// PKI; and pasvgate as a TLS offloader (--upstream-tls never) in front of
+// a plain vsftpd, whose --tls require also refuses a client in clear.
+// The direct cells (the client on the server's LAN) are the positive
+// controls of the checks.
+//
+// Each cell checks the file's SHA-256 (download, and the upload as
+// stored); that the certificate the client was shown is the gateway's
+// (the server's in the direct cells) by fingerprint or subject; that on
+// the client's link everything after AUTH TLS (from the first byte, for
+// implicit FTPS) is TLS records, so no 227, no 192.0.2.x and no login is
+// in clear, and likewise on the server's link after pasvgate's own AUTH
+// (or, offloaded, that the server's link is clear); that the data
+// connection went to pasvgate's --public-addr and a port of its data
+// range, reached the server's passive port from the gateway's address,
+// and is a kernel DNAT in the gateway's conntrack table; and that no
+// mapping is left afterwards.
+//
+// Control-channel TLS does not depend on the kernel backend, so the
+// suite runs in the default pass only and skips with another
+// -interop.iptables or -interop.backend.
+func TestTLS(t *testing.T) {
+	lab.RequireRoot(t)
+	requirePasvgateMode(t)
+	if *flagIPTables != lab.DefaultIPTables || *flagBackend != "iptables" {
+		t.Skipf("control-channel TLS is backend independent: runs with %s and the iptables backend only (-interop.iptables, -interop.backend)", lab.DefaultIPTables)
+	}
+	t.Parallel()
+	start := time.Now()
+	if err := lab.SweepPrefix(tlsNSPrefix); err != nil {
+		t.Logf("sweeping stale %s namespaces: %v", tlsNSPrefix, err)
+	}
+	servers := lab.SplitList(*flagTLSServers)
+	g := lab.NewGrid(fmt.Sprintf("FTPS control channel, PROT C data, reverse mode (%s)", *flagIPTables),
+		[]string{"server", "client", "route"}, []string{"get", "put"})
+	groups := map[string][]tlsPart{}
+	var order []string
+	for _, s := range servers {
+		groups[s], order = tlsPartsTLSServer, append(order, s)
+	}
+	if slices.Contains(servers, lab.Vsftpd) {
+		groups[offloadServer], order = tlsPartsOffload, append(order, offloadServer)
+	}
+	for _, s := range order {
+		for _, p := range groups[s] {
+			for _, cl := range p.clients {
+				c := tcell{server: s, client: cl, route: p.route}
+				g.Row(c.row()...)
+				for _, op := range []lab.Op{lab.Get, lab.Put} {
+					if !slices.Contains(p.ops, op) {
+						g.Set(c.row(), string(op), lab.StatusNone, "", 0)
+					}
+				}
+			}
+		}
+	}
+	defer func() { g.Print(os.Stdout, time.Since(start)) }()
+
+	tl := buildSome(t, slices.Contains(servers, lab.BuiltIn))
+	pki, err := lab.NewPKI(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tl.pasvgateErr == nil {
+		tl.pasvgateErr = pasvgateHasTLS(t.Context(), tl.pasvgate)
+	}
+	t.Run("servers", func(t *testing.T) {
+		for _, s := range order {
+			t.Run(s, func(t *testing.T) {
+				t.Parallel()
+				runTLSServer(t, s, groups[s], tl, pki, g)
+			})
+		}
+	})
+}
+
+// pasvgateHasTLS returns an error if the pasvgate binary has no FTPS
+// flags: a build from before FTPS, whose cells are skipped, not failed.
+func pasvgateHasTLS(ctx context.Context, bin string) error {
+	out, _ := exec.CommandContext(ctx, bin, "run", "-h").CombinedOutput()
+	if !strings.Contains(string(out), "-tls-cert") {
+		return errors.New("this pasvgate has no --tls-cert: FTPS not implemented in this build")
+	}
+	return nil
+}
+
+// runTLSServer runs one row group (a server, or the offload lab) in a lab
+// of its own.
+func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab.PKI, g *lab.Grid) {
+	rows := func(status, why string, routes ...string) {
+		for _, p := range parts {
+			if routes != nil && !slices.Contains(routes, p.route) {
+				continue
+			}
+			for _, cl := range p.clients {
+				for _, op := range p.ops {
+					g.Set(tcell{name, cl, p.route, op}.row(), string(op), status, why, 0)
+				}
+			}
+		}
+	}
+	kind := name
+	opt := lab.ServerOptions{Binary: tl.testftpd, TLS: &pki.Server}
+	if name == offloadServer {
+		kind, opt.TLS = lab.Vsftpd, nil
+	}
+	if kind == lab.BuiltIn && tl.testftpdErr != nil {
+		rows(lab.StatusSkip, oneLine(tl.testftpdErr.Error()))
+		t.Skip(tl.testftpdErr)
+	}
+	l := lab.New(t, lab.Options{IPTables: *flagIPTables, NSPrefix: tlsNSPrefix})
+	srv, err := l.StartServer(t.Context(), kind, opt)
+	if err != nil {
+		if errors.Is(err, lab.ErrMissing) {
+			rows(lab.StatusSkip, oneLine(err.Error()))
+			t.Skip(err)
+		}
+		rows(lab.StatusFail, "server did not start: "+oneLine(err.Error()))
+		t.Fatal(err)
+	}
+	defer srv.Proc.Stop()
+	e := &tlsEnv{l: l, srv: srv, pki: pki}
+
+	runPart := func(p tlsPart) {
+		for _, cl := range p.clients {
+			for _, op := range p.ops {
+				c := tcell{server: name, client: cl, route: p.route, op: op}
+				t.Run(p.route+"/"+cl+"/"+string(op), func(t *testing.T) { e.runCell(t, g, c) })
+			}
+		}
+	}
+	// The direct cells need no pasvgate: they run first, and whatever
+	// pasvgate is.
+	for _, p := range parts {
+		if p.route == routeDirect {
+			runPart(p)
+		}
+	}
+	var proxied []string
+	for _, p := range parts {
+		if p.route != routeDirect {
+			proxied = append(proxied, p.route)
+		}
+	}
+	if tl.pasvgateErr != nil {
+		rows(lab.StatusSkip, "pasvgate: "+oneLine(tl.pasvgateErr.Error()), proxied...)
+		t.Skip(tl.pasvgateErr)
+	}
+	args := []string{
+		"--listen", lab.GWPublicAddr + ":21",
+		"--upstream", lab.ServerAddr + ":21",
+		"--public-addr", lab.GWPublicAddr2,
+		"--data-ports", pasvgateDataPorts,
+		"--tls-cert", pki.GW.CertFile,
+		"--tls-key", pki.GW.KeyFile,
+		"--log-format", "json",
+	}
+	if name == offloadServer {
+		args = append(args, "--tls", "require", "--upstream-tls", "never")
+	} else {
+		args = append(args,
+			"--listen-tls", fmt.Sprintf("%s:%d", lab.GWPublicAddr, lab.ImplicitPort),
+			"--upstream-ca", pki.CAFile,
+			"--upstream-server-name", lab.ServerTLSName)
+	}
+	args = append(args, backendArgs(l)...)
+	pg, err := startPasvgateArgs(t, l, tl.pasvgate, []string{lab.GWPublicAddr + ":21"}, args...)
+	if err != nil {
+		rows(lab.StatusFail, "pasvgate did not start: "+oneLine(err.Error()), proxied...)
+		t.Fatal(err)
+	}
+	defer pg.stop(t)
+	e.pg = pg
+	for _, p := range parts {
+		if p.route != routeDirect {
+			runPart(p)
+		}
+	}
+}
+
+// tlsEnv is one lab of the FTPS suite.
+type tlsEnv struct {
+	l   *lab.Lab
+	srv *lab.Server
+	pg  *pasvgate // nil in the direct cells' time
+	pki *lab.PKI
+}
+
+// runCell runs c, records it in g, and fails t if it failed.
+func (e *tlsEnv) runCell(t *testing.T, g *lab.Grid, c tcell) {
+	start := time.Now()
+	fails, notes, skip := e.check(t, c)
+	took := time.Since(start)
+	for _, n := range notes {
+		t.Log(n)
+	}
+	switch {
+	case skip != "":
+		g.Set(c.row(), string(c.op), lab.StatusSkip, skip, 0)
+		t.Skip(skip)
+	case len(fails) > 0:
+		g.Set(c.row(), string(c.op), lab.StatusFail, strings.Join(fails, "; "), took)
+		t.Error(strings.Join(fails, "\n"))
+		if e.pg != nil {
+			t.Logf("pasvgate log (tail):\n%s", lastLines(e.pg.proc.Output(), 15))
+		}
+		t.Logf("server log (tail):\n%s", lastLines(e.srv.Proc.Output(), 15))
+	default:
+		g.Set(c.row(), string(c.op), lab.StatusOK, strings.Join(notes, "; "), took)
+	}
+}
+
+// client returns c's client driver.
+func (e *tlsEnv) client(c tcell) (lab.Client, error) {
+	ct := &lab.ClientTLS{CAFile: e.pki.CAFile, Implicit: c.route == routeImplicit, TLS12: tls12(c.client)}
+	if c.route == routeRequireClear {
+		ct = nil
+	}
+	var cl lab.Client
+	switch c.client {
+	case "curl":
+		cl = lab.Curl{TLS: ct}
+	case "lftp":
+		cl = lab.Lftp{TLS: ct}
+	case "ftplib":
+		cl = lab.Ftplib{TLS: ct}
+	default:
+		return nil, fmt.Errorf("client %q is not in this suite: %w", c.client, lab.ErrMissing)
+	}
+	return cl, cl.Available()
+}
+
+// tls12 says whether the client is capped at TLS 1.2 in this suite: lftp
+// (GnuTLS, as Debian builds it) does not say which certificate it was
+// shown, so the test reads it off the wire, which TLS 1.2 allows. The
+// others use TLS 1.3 and report the certificate themselves.
+func tls12(client string) bool { return client == "lftp" }
+
+// check runs the cell and returns what went wrong, notes worth a log, and
+// a reason to skip.
+func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip string) {
+	ctx := t.Context()
+	l := e.l
+	failf := func(format string, args ...any) { fails = append(fails, fmt.Sprintf(format, args...)) }
+	client, err := e.client(c)
+	if err != nil {
+		return nil, nil, oneLine(err.Error())
+	}
+	direct := c.route == routeDirect
+	ns, host, from := l.Client, lab.GWPublicAddr, addr(lab.ClientAddr)
+	capNS, capIface := l.Client, lab.ClientIface
+	if direct {
+		ns, host, from = l.GW, lab.ServerAddr, addr(lab.GWPrivateAddr)
+		capNS, capIface = l.GW, lab.GWPrivateIface
+	}
+	ctl := netip.AddrPortFrom(addr(host), 21)
+	if c.route == routeImplicit {
+		ctl = netip.AddrPortFrom(ctl.Addr(), lab.ImplicitPort)
+	}
+	upstream := netip.AddrPortFrom(addr(lab.ServerAddr), 21)
+
+	cliCap, err := l.Capture(capNS, capIface)
+	if err != nil {
+		return []string{err.Error()}, nil, ""
+	}
+	var srvCap *lab.Capture
+	if !direct {
+		if srvCap, err = l.Capture(l.GW, lab.GWPrivateIface); err != nil {
+			return []string{err.Error()}, nil, ""
+		}
+	}
+
+	base := strings.ReplaceAll(c.String(), "/", "-")
+	tr := lab.Transfer{NS: ns, Host: host, User: e.srv.User, Password: e.srv.Password, Op: c.op, Timeout: 30 * time.Second}
+	var putSHA string
+	switch c.op {
+	case lab.Get:
+		tr.Remote, tr.Local = lab.DataFile, filepath.Join(l.Dir, base+".out")
+	case lab.Put:
+		tr.Remote, tr.Local = lab.UploadDir+"/"+base+".bin", filepath.Join(l.Dir, base+".src")
+		if putSHA, err = lab.WriteRandomFile(tr.Local, lab.DataSize); err != nil {
+			return []string{err.Error()}, nil, ""
+		}
+	}
+	defer os.Remove(tr.Local)
+	res, runErr := client.Run(ctx, l, tr)
+	if errors.Is(runErr, lab.ErrUnsupported) {
+		return nil, nil, oneLine(runErr.Error())
+	}
+	pkts, capErr := cliCap.Stop()
+	var spkts []lab.Packet
+	if srvCap != nil {
+		var scapErr error
+		spkts, scapErr = srvCap.Stop()
+		capErr = errors.Join(capErr, scapErr)
+	}
+	if capErr != nil {
+		failf("capture incomplete, wire checks inconclusive: %v", capErr)
+	}
+
+	// 1. What the user gets: the file, or for the clear client under
+	// --tls require, a 530 and no login.
+	if c.route == routeRequireClear {
+		fails = append(fails, checkRefusedClear(runErr, pkts, spkts, ctl, upstream)...)
+	} else {
+		if runErr != nil {
+			failf("client: %v", runErr)
+			notes = append(notes, "client log: "+lastLines(res.Log, 15))
+		} else if bad := e.srv.CheckOutcome(c.op, res, tr.Local, "", base+".bin", putSHA); bad != "" {
+			failf("%s", bad)
+		}
+
+		// 2. The certificate the client was shown.
+		want, other := e.pki.GW, e.pki.Server
+		if direct {
+			want, other = other, want
+		}
+		if tls12(c.client) {
+			mark := "234 "
+			if c.route == routeImplicit {
+				mark = ""
+			}
+			wire, err := lab.WireCertificate(lab.Stream(pkts, ctl, netip.AddrPort{}), mark)
+			for _, f := range checkPeerCert(lab.PeerCert{SHA256: wire}, err, want, other) {
+				failf("on the wire: %s", f)
+			}
+		} else {
+			pc, err := lab.PeerCertOf(res)
+			if err == nil {
+				notes = append(notes, fmt.Sprintf("client saw %q %s", pc.Subject, pc.SHA256))
+			}
+			fails = append(fails, checkPeerCert(pc, err, want, other)...)
+		}
+
+		// 3. The control channel on the client's link: TLS after AUTH
+		// (from the first byte, implicitly), so no 227, no private
+		// address and no login in clear.
+		fails = append(fails, checkTLSControl("client's link", pkts, ctl, c.route == routeImplicit)...)
+
+		// 4. The control channel on the server's link.
+		switch c.route {
+		case routeExplicit, routeImplicit:
+			fails = append(fails, checkTLSControl("server's link", spkts, upstream, false)...)
+		case routeOffload:
+			fails = append(fails, checkClearUpstream(spkts, upstream)...)
+		}
+
+		// 5. The data connection took the kernel path.
+		fails = append(fails, e.checkDataPath(ctx, pkts, spkts, from, ctl, direct)...)
+	}
+	if !direct {
+		if leaks := lab.Leaks(lab.Payloads(pkts), lab.PrivatePrefix); len(leaks) > 0 {
+			failf("private address reached the client: %s", strings.Join(leaks, ", "))
+		}
+	}
+
+	// 6. The kernel is clean once the transfer is over.
+	if e.pg != nil {
+		if left := e.pg.waitDrained(ctx); left != "" {
+			failf("after the transfer: %s", left)
+		}
+	}
+	return fails, notes, ""
+}
+
+// checkPeerCert checks what a client reported of the certificate it was
+// shown (err: nothing) against the one it should have been shown, by
+// fingerprint where the client gives one, else by subject; other is the
+// certificate it must not have been shown.
+func checkPeerCert(pc lab.PeerCert, err error, want, other lab.Cert) []string {
+	if err != nil {
+		return []string{"peer certificate: " + err.Error()}
+	}
+	var fails []string
+	if pc.SHA256 != "" && pc.SHA256 != want.SHA256 {
+		name := "an unknown certificate"
+		if pc.SHA256 == other.SHA256 {
+			name = other.CommonName
+		}
+		fails = append(fails, fmt.Sprintf("client was shown %s (sha256 %s), want %s (%s)", name, pc.SHA256, want.CommonName, want.SHA256))
+	}
+	if pc.Subject != "" && (!strings.Contains(pc.Subject, want.CommonName) || strings.Contains(pc.Subject, other.CommonName)) {
+		fails = append(fails, fmt.Sprintf("client was shown subject %q, want %q", pc.Subject, want.CommonName))
+	}
+	return fails
+}
+
+// checkTLSControl checks one control connection (to ctl) in a capture:
+// both directions are TLS records from the end of the AUTH command and
+// its 234 reply on (from the first byte, implicit), the clear part before
+// carries no login, and no 227 can be read anywhere.
+func checkTLSControl(link string, pkts []lab.Packet, ctl netip.AddrPort, implicit bool) []string {
+	var fails []string
+	cmds := lab.Stream(pkts, netip.AddrPort{}, ctl)
+	replies := lab.Stream(pkts, ctl, netip.AddrPort{})
+	cmdMark, replyMark := "AUTH ", "234 "
+	if implicit {
+		cmdMark, replyMark = "", ""
+	}
+	n, err := lab.TLSRecordsAfter(cmds, cmdMark)
+	if err != nil {
+		fails = append(fails, fmt.Sprintf("%s, commands to %v: %v", link, ctl, err))
+	}
+	if clear := cmds[:n]; strings.Contains(clear, "USER ") || strings.Contains(clear, "PASS ") {
+		fails = append(fails, fmt.Sprintf("%s: login in clear: %q", link, clear))
+	}
+	if _, err := lab.TLSRecordsAfter(replies, replyMark); err != nil {
+		fails = append(fails, fmt.Sprintf("%s, replies from %v: %v", link, ctl, err))
+	}
+	if a := parse227s(replies); len(a) > 0 {
+		fails = append(fails, fmt.Sprintf("%s: 227 in clear: %v", link, a))
+	}
+	return fails
+}
+
+// checkClearUpstream checks the server's link of an offloaded cell: the
+// gateway logged in and asked for PASV in clear, and the server's 227
+// (its own address) is there to read. Also the positive control of the
+// TLS checks' readings of a capture.
+func checkClearUpstream(spkts []lab.Packet, upstream netip.AddrPort) []string {
+	var fails []string
+	cmds := lab.Stream(spkts, netip.AddrPort{}, upstream)
+	replies := lab.Stream(spkts, upstream, netip.AddrPort{})
+	if sentCommand(cmds, "AUTH") {
+		fails = append(fails, "--upstream-tls never: the gateway sent AUTH to the server")
+	}
+	for _, v := range []string{"USER", "PASS", "PASV"} {
+		if !sentCommand(cmds, v) {
+			fails = append(fails, fmt.Sprintf("--upstream-tls never: no %s in clear on the server's link", v))
+		}
+	}
+	if a := parse227s(replies); len(a) == 0 || a[0].Addr() != addr(lab.ServerAddr) {
+		fails = append(fails, fmt.Sprintf("--upstream-tls never: server's 227 not read in clear on its link: %v", a))
+	}
+	if len(lab.Leaks(lab.Payloads(spkts), lab.PrivatePrefix)) == 0 {
+		fails = append(fails, "the server's link shows no "+lab.PrivatePrefix+" (capture or Leaks broken)")
+	}
+	return fails
+}
+
+// checkRefusedClear checks the clear client's cell under --tls require:
+// the client failed with a 530, which came in clear on its link, and
+// neither its USER nor its PASS reached the server.
+func checkRefusedClear(runErr error, pkts, spkts []lab.Packet, ctl, upstream netip.AddrPort) []string {
+	var fails []string
+	replies := lab.Stream(pkts, ctl, netip.AddrPort{})
+	cmds := lab.Stream(pkts, netip.AddrPort{}, ctl)
+	if runErr == nil || !strings.Contains(runErr.Error(), "530") {
+		fails = append(fails, fmt.Sprintf("clear client under --tls require: client error %v, want a 530", runErr))
+	}
+	if !sentCommand(cmds, "USER") {
+		fails = append(fails, "the clear client sent no USER (capture broken?)")
+	}
+	if !strings.Contains(replies, "\n530 ") && !strings.HasPrefix(replies, "530 ") {
+		fails = append(fails, fmt.Sprintf("no 530 on the client's link: %q", lastLines(replies, 5)))
+	}
+	for _, code := range []string{"230 ", "331 "} {
+		if strings.Contains(replies, "\n"+code) {
+			fails = append(fails, fmt.Sprintf("the clear client got a %s: %q", code, lastLines(replies, 5)))
+		}
+	}
+	ucmds := lab.Stream(spkts, netip.AddrPort{}, upstream)
+	for _, v := range []string{"USER", "PASS"} {
+		if sentCommand(ucmds, v) {
+			fails = append(fails, fmt.Sprintf("the clear client's %s reached the server", v))
+		}
+	}
+	if slices.ContainsFunc(lab.Connects(pkts), func(cn lab.Connect) bool { return cn.To != ctl }) {
+		fails = append(fails, fmt.Sprintf("the refused client made another connection: %v", lab.Connects(pkts)))
+	}
+	return fails
+}
+
+// checkDataPath checks where the cell's data connections went: from the
+// client (from) to pasvgate's --public-addr and a port Q of its data
+// range, which only a 227 it read inside TLS can have told it; from the
+// gateway's private address to the server's passive port P; and, in the
+// gateway's conntrack table, as one flow whose reply comes from the
+// server's P: a kernel DNAT, not a relay in userspace. Direct, the client
+// connects to the server's own passive port.
+func (e *tlsEnv) checkDataPath(ctx context.Context, pkts, spkts []lab.Packet, from netip.Addr, ctl netip.AddrPort, direct bool) []string {
+	var fails []string
+	failf := func(format string, args ...any) { fails = append(fails, fmt.Sprintf(format, args...)) }
+	var data []lab.Connect
+	for _, cn := range lab.Connects(pkts) {
+		if cn.From == from && cn.To != ctl {
+			data = append(data, cn)
+		}
+	}
+	if len(data) == 0 {
+		return []string{fmt.Sprintf("no data connection from %v on the client's link (SYNs %v)", from, lab.Connects(pkts))}
+	}
+	low, high := dataPortRange()
+	for _, cn := range data {
+		to := cn.To
+		if direct {
+			if to.Addr() != addr(lab.ServerAddr) || to.Port() < 30000 || to.Port() > 30099 {
+				failf("direct data connection to %v, want %s and a passive port of the server", to, lab.ServerAddr)
+			}
+			continue
+		}
+		if to.Addr() != addr(lab.GWPublicAddr2) || to.Port() < low || to.Port() > high {
+			failf("data connection to %v, want %s (--public-addr) and a port in %s", to, lab.GWPublicAddr2, pasvgateDataPorts)
+			continue
+		}
+		reply, err := conntrackReplySource(ctx, e.l, from, to)
+		switch {
+		case err != nil:
+			failf("conntrack: %v", err)
+		case reply.Addr() != addr(lab.ServerAddr) || reply.Port() < 30000 || reply.Port() > 30099:
+			failf("conntrack: the flow to %v is answered by %v, not by the server's passive port (no kernel DNAT)", to, reply)
+		case !slices.Contains(lab.Connects(spkts), lab.Connect{From: addr(lab.GWPrivateAddr), To: reply}):
+			failf("no connection %s->%v on the server's link (SYNs %v)", lab.GWPrivateAddr, reply, lab.Connects(spkts))
+		}
+	}
+	return fails
+}
+
+// conntrackReplySource returns the source of the reply direction of the
+// gw's conntrack entry for a TCP flow from src to dst: for a DNATed flow,
+// the backend it was sent to; for a connection the gateway itself
+// accepted, dst again.
+func conntrackReplySource(ctx context.Context, l *lab.Lab, src netip.Addr, dst netip.AddrPort) (netip.AddrPort, error) {
+	out, err := l.Exec(ctx, l.GW, "conntrack", "-L", "-p", "tcp",
+		"--orig-src", src.String(), "--orig-dst", dst.Addr().String(), "--orig-port-dst", strconv.Itoa(int(dst.Port())))
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	for _, line := range strings.Split(out, "\n") {
+		var srcs, sports []string
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "src="); ok {
+				srcs = append(srcs, v)
+			}
+			if v, ok := strings.CutPrefix(f, "sport="); ok {
+				sports = append(sports, v)
+			}
+		}
+		if len(srcs) < 2 || len(sports) < 2 {
+			continue
+		}
+		return netip.ParseAddrPort(srcs[1] + ":" + sports[1])
+	}
+	return netip.AddrPort{}, fmt.Errorf("no entry for %v->%v in the gateway: %q", src, dst, strings.TrimSpace(out))
+}
+
+// TestTLSWireChecks proves that the FTPS suite's wire checks can fail: on
+// made-up control channels, TLS after AUTH passes, and a 227 or a login
+// in clear, a stream that stops being TLS, and no AUTH at all are
+// reported; a client shown the server's certificate is reported.
+func TestTLSWireChecks(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	ctl, cli := ap("203.0.113.1:21"), ap("203.0.113.10:50000")
+	rec := func(typ byte, n int) string {
+		return string([]byte{typ, 3, 3, byte(n >> 8), byte(n)}) + strings.Repeat("x", n)
+	}
+	tlsOK := rec(22, 300) + rec(23, 40)
+	conn := func(cmds, replies string) []lab.Packet {
+		return []lab.Packet{
+			{Src: ctl, Dst: cli, Payload: []byte(replies)},
+			{Src: cli, Dst: ctl, Payload: []byte(cmds)},
+		}
+	}
+	greeting, auth := "220 hello\r\n234 go ahead\r\n", "AUTH TLS\r\n"
+	for _, tc := range []struct {
+		name     string
+		pkts     []lab.Packet
+		implicit bool
+		expect   string // "" for no failure
+	}{
+		{"TLS after AUTH", conn(auth+tlsOK, greeting+tlsOK), false, ""},
+		{"implicit", conn(tlsOK, tlsOK), true, ""},
+		{"227 in clear", conn(auth+tlsOK, greeting+tlsOK+"227 Entering Passive Mode (203,0,113,2,156,64)\r\n"), false, "not a TLS record"},
+		{"login in clear", conn("USER x\r\n"+auth+tlsOK, greeting+tlsOK), false, "login in clear"},
+		{"no AUTH", conn("USER x\r\nPASV\r\n", "220 hi\r\n227 Entering Passive Mode (192,0,2,10,117,48)\r\n"), false, "227 in clear"},
+		{"no AUTH, login", conn("USER x\r\nPASV\r\n", "220 hi\r\n"), false, "login in clear"},
+		{"nothing after AUTH", conn(auth, greeting), false, "nothing follows"},
+		{"implicit in clear", conn("USER x\r\n", "220 hi\r\n"), true, "not a TLS record"},
+	} {
+		fails := strings.Join(checkTLSControl("link", tc.pkts, ctl, tc.implicit), "; ")
+		switch {
+		case tc.expect == "" && fails != "":
+			t.Errorf("%s: %s", tc.name, fails)
+		case tc.expect != "" && !strings.Contains(fails, tc.expect):
+			t.Errorf("%s: got %q, want a failure with %q", tc.name, fails, tc.expect)
+		}
+	}
+
+	gw := lab.Cert{CommonName: "pasvgate test gateway", SHA256: strings.Repeat("a", 64)}
+	srv := lab.Cert{CommonName: "pasvgate test FTP server", SHA256: strings.Repeat("b", 64)}
+	for _, tc := range []struct {
+		name   string
+		pc     lab.PeerCert
+		err    error
+		expect string
+	}{
+		{"gateway's", lab.PeerCert{SHA256: gw.SHA256, Subject: "CN=" + gw.CommonName}, nil, ""},
+		{"gateway's subject only", lab.PeerCert{Subject: "CN=" + gw.CommonName}, nil, ""},
+		{"server's", lab.PeerCert{SHA256: srv.SHA256, Subject: "CN=" + srv.CommonName}, nil, "shown " + srv.CommonName},
+		{"server's subject only", lab.PeerCert{Subject: "CN=" + srv.CommonName}, nil, "shown subject"},
+		{"none", lab.PeerCert{}, errors.New("nothing"), "peer certificate"},
+	} {
+		fails := strings.Join(checkPeerCert(tc.pc, tc.err, gw, srv), "; ")
+		switch {
+		case tc.expect == "" && fails != "":
+			t.Errorf("%s: %s", tc.name, fails)
+		case tc.expect != "" && !strings.Contains(fails, tc.expect):
+			t.Errorf("%s: got %q, want a failure with %q", tc.name, fails, tc.expect)
+		}
+	}
+}
