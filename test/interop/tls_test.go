@@ -2,15 +2,21 @@ package interop
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"net/textproto"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +85,7 @@ type tlsPart struct {
 var tlsPartsTLSServer = []tlsPart{
 	{routeDirect, []string{"curl", "lftp", "ftplib"}, []lab.Op{lab.Get}},
 	{routeExplicit, []string{"curl", "lftp", "ftplib"}, []lab.Op{lab.Get, lab.Put}},
+	{routeExplicit, []string{"raw"}, []lab.Op{lab.Get}},
 	{routeImplicit, []string{"lftp"}, []lab.Op{lab.Get, lab.Put}},
 }
 
@@ -319,6 +326,8 @@ func (e *tlsEnv) client(c tcell) (lab.Client, error) {
 		cl = lab.Lftp{TLS: ct}
 	case "ftplib":
 		cl = lab.Ftplib{TLS: ct}
+	case "raw":
+		cl = rawFTPS{caFile: e.pki.CAFile}
 	default:
 		return nil, fmt.Errorf("client %q is not in this suite: %w", c.client, lab.ErrMissing)
 	}
@@ -441,7 +450,8 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		}
 
 		// 5. The data connection took the kernel path.
-		fails = append(fails, e.checkDataPath(ctx, pkts, spkts, from, ctl, direct)...)
+		dfails, dnotes := e.checkDataPath(ctx, pkts, spkts, from, ctl, direct)
+		fails, notes = append(fails, dfails...), append(notes, dnotes...)
 	}
 	if !direct {
 		if leaks := lab.Leaks(lab.Payloads(pkts), lab.PrivatePrefix); len(leaks) > 0 {
@@ -480,32 +490,52 @@ func checkPeerCert(pc lab.PeerCert, err error, want, other lab.Cert) []string {
 	return fails
 }
 
-// checkTLSControl checks one control connection (to ctl) in a capture:
+// checkTLSControl checks every control connection to ctl in a capture:
 // both directions are TLS records from the end of the AUTH command and
 // its 234 reply on (from the first byte, implicit), the clear part before
 // carries no login, and no 227 can be read anywhere.
 func checkTLSControl(link string, pkts []lab.Packet, ctl netip.AddrPort, implicit bool) []string {
 	var fails []string
-	cmds := lab.Stream(pkts, netip.AddrPort{}, ctl)
-	replies := lab.Stream(pkts, ctl, netip.AddrPort{})
 	cmdMark, replyMark := "AUTH ", "234 "
 	if implicit {
 		cmdMark, replyMark = "", ""
 	}
-	n, err := lab.TLSRecordsAfter(cmds, cmdMark)
-	if err != nil {
-		fails = append(fails, fmt.Sprintf("%s, commands to %v: %v", link, ctl, err))
+	peers := connsTo(pkts, ctl)
+	if len(peers) == 0 {
+		return []string{fmt.Sprintf("%s: no control connection to %v", link, ctl)}
 	}
-	if clear := cmds[:n]; strings.Contains(clear, "USER ") || strings.Contains(clear, "PASS ") {
-		fails = append(fails, fmt.Sprintf("%s: login in clear: %q", link, clear))
-	}
-	if _, err := lab.TLSRecordsAfter(replies, replyMark); err != nil {
-		fails = append(fails, fmt.Sprintf("%s, replies from %v: %v", link, ctl, err))
-	}
-	if a := parse227s(replies); len(a) > 0 {
-		fails = append(fails, fmt.Sprintf("%s: 227 in clear: %v", link, a))
+	for _, peer := range peers {
+		cmds := lab.Stream(pkts, peer, ctl)
+		replies := lab.Stream(pkts, ctl, peer)
+		n, err := lab.TLSRecordsAfter(cmds, cmdMark)
+		if err != nil {
+			fails = append(fails, fmt.Sprintf("%s, commands %v->%v: %v", link, peer, ctl, err))
+		}
+		if clear := cmds[:n]; strings.Contains(clear, "USER ") || strings.Contains(clear, "PASS ") {
+			fails = append(fails, fmt.Sprintf("%s: login in clear: %q", link, clear))
+		}
+		if _, err := lab.TLSRecordsAfter(replies, replyMark); err != nil {
+			fails = append(fails, fmt.Sprintf("%s, replies %v->%v: %v", link, ctl, peer, err))
+		}
+		if a := parse227s(replies); len(a) > 0 {
+			fails = append(fails, fmt.Sprintf("%s: 227 in clear: %v", link, a))
+		}
 	}
 	return fails
+}
+
+// connsTo returns the far ends of the connections to dst that pkts show
+// from their SYN on, in order: one per control connection, so that the
+// streams of two are not read as one, and the end of one made before the
+// capture (a previous cell's) is left out.
+func connsTo(pkts []lab.Packet, dst netip.AddrPort) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, p := range pkts {
+		if p.SYN && !p.ACK && p.Dst == dst && !slices.Contains(out, p.Src) {
+			out = append(out, p.Src)
+		}
+	}
+	return out
 }
 
 // checkClearUpstream checks the server's link of an offloaded cell: the
@@ -572,22 +602,23 @@ func checkRefusedClear(runErr error, pkts, spkts []lab.Packet, ctl, upstream net
 // gateway's private address to the server's passive port P; and, in the
 // gateway's conntrack table, as one flow whose reply comes from the
 // server's P: a kernel DNAT, not a relay in userspace. Direct, the client
-// connects to the server's own passive port.
-func (e *tlsEnv) checkDataPath(ctx context.Context, pkts, spkts []lab.Packet, from netip.Addr, ctl netip.AddrPort, direct bool) []string {
-	var fails []string
+// connects to the server's own passive port. The notes name each flow.
+func (e *tlsEnv) checkDataPath(ctx context.Context, pkts, spkts []lab.Packet, from netip.Addr, ctl netip.AddrPort, direct bool) (fails, notes []string) {
 	failf := func(format string, args ...any) { fails = append(fails, fmt.Sprintf(format, args...)) }
-	var data []lab.Connect
-	for _, cn := range lab.Connects(pkts) {
-		if cn.From == from && cn.To != ctl {
-			data = append(data, cn)
+	// The data connections, by their SYNs: the client's port too, to find
+	// exactly their conntrack entries.
+	var data []lab.Packet
+	for _, p := range pkts {
+		if p.SYN && !p.ACK && p.Src.Addr() == from && p.Dst != ctl {
+			data = append(data, p)
 		}
 	}
 	if len(data) == 0 {
-		return []string{fmt.Sprintf("no data connection from %v on the client's link (SYNs %v)", from, lab.Connects(pkts))}
+		return []string{fmt.Sprintf("no data connection from %v on the client's link (SYNs %v)", from, lab.Connects(pkts))}, nil
 	}
 	low, high := dataPortRange()
-	for _, cn := range data {
-		to := cn.To
+	for _, syn := range data {
+		to := syn.Dst
 		if direct {
 			if to.Addr() != addr(lab.ServerAddr) || to.Port() < 30000 || to.Port() > 30099 {
 				failf("direct data connection to %v, want %s and a passive port of the server", to, lab.ServerAddr)
@@ -598,7 +629,7 @@ func (e *tlsEnv) checkDataPath(ctx context.Context, pkts, spkts []lab.Packet, fr
 			failf("data connection to %v, want %s (--public-addr) and a port in %s", to, lab.GWPublicAddr2, pasvgateDataPorts)
 			continue
 		}
-		reply, err := conntrackReplySource(ctx, e.l, from, to)
+		reply, err := conntrackReplySource(ctx, e.l, syn.Src, to)
 		switch {
 		case err != nil:
 			failf("conntrack: %v", err)
@@ -606,37 +637,45 @@ func (e *tlsEnv) checkDataPath(ctx context.Context, pkts, spkts []lab.Packet, fr
 			failf("conntrack: the flow to %v is answered by %v, not by the server's passive port (no kernel DNAT)", to, reply)
 		case !slices.Contains(lab.Connects(spkts), lab.Connect{From: addr(lab.GWPrivateAddr), To: reply}):
 			failf("no connection %s->%v on the server's link (SYNs %v)", lab.GWPrivateAddr, reply, lab.Connects(spkts))
+		default:
+			notes = append(notes, fmt.Sprintf("data %v->%v: conntrack DNAT to %v", syn.Src, to, reply))
 		}
 	}
-	return fails
+	return fails, notes
 }
 
 // conntrackReplySource returns the source of the reply direction of the
-// gw's conntrack entry for a TCP flow from src to dst: for a DNATed flow,
-// the backend it was sent to; for a connection the gateway itself
-// accepted, dst again.
-func conntrackReplySource(ctx context.Context, l *lab.Lab, src netip.Addr, dst netip.AddrPort) (netip.AddrPort, error) {
-	out, err := l.Exec(ctx, l.GW, "conntrack", "-L", "-p", "tcp",
-		"--orig-src", src.String(), "--orig-dst", dst.Addr().String(), "--orig-port-dst", strconv.Itoa(int(dst.Port())))
+// gw's conntrack entry for the TCP flow from src to dst: for a DNATed
+// flow, the backend it was sent to; for a connection the gateway itself
+// accepted, dst again. The entry is matched on all four of its original
+// addresses and ports, read back from the listing, so an older flow to
+// the same port cannot stand in for it.
+func conntrackReplySource(ctx context.Context, l *lab.Lab, src, dst netip.AddrPort) (netip.AddrPort, error) {
+	out, err := l.Exec(ctx, l.GW, "conntrack", "-L", "-p", "tcp", "--orig-src", src.Addr().String(), "--orig-dst", dst.Addr().String())
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	for _, line := range strings.Split(out, "\n") {
-		var srcs, sports []string
+		// "tcp 6 117 TIME_WAIT src=A dst=B sport=a dport=b src=C dst=D
+		// sport=c dport=d [ASSURED] ...": the original tuple, then the
+		// reply's.
+		kv := map[string][]string{}
 		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "src="); ok {
-				srcs = append(srcs, v)
-			}
-			if v, ok := strings.CutPrefix(f, "sport="); ok {
-				sports = append(sports, v)
+			if k, v, ok := strings.Cut(f, "="); ok {
+				kv[k] = append(kv[k], v)
 			}
 		}
-		if len(srcs) < 2 || len(sports) < 2 {
+		if len(kv["src"]) < 2 || len(kv["sport"]) < 2 || len(kv["dst"]) < 1 || len(kv["dport"]) < 1 {
 			continue
 		}
-		return netip.ParseAddrPort(srcs[1] + ":" + sports[1])
+		orig, err1 := netip.ParseAddrPort(kv["src"][0] + ":" + kv["sport"][0])
+		origDst, err2 := netip.ParseAddrPort(kv["dst"][0] + ":" + kv["dport"][0])
+		if err1 != nil || err2 != nil || orig != src || origDst != dst {
+			continue
+		}
+		return netip.ParseAddrPort(kv["src"][1] + ":" + kv["sport"][1])
 	}
-	return netip.AddrPort{}, fmt.Errorf("no entry for %v->%v in the gateway: %q", src, dst, strings.TrimSpace(out))
+	return netip.AddrPort{}, fmt.Errorf("no entry for %v->%v in the gateway's conntrack table", src, dst)
 }
 
 // TestTLSWireChecks proves that the FTPS suite's wire checks can fail: on
@@ -653,6 +692,7 @@ func TestTLSWireChecks(t *testing.T) {
 	conn := func(cmds, replies string) []lab.Packet {
 		return []lab.Packet{
 			{Src: ctl, Dst: cli, Payload: []byte(replies)},
+			{Src: cli, Dst: ctl, SYN: true},
 			{Src: cli, Dst: ctl, Payload: []byte(cmds)},
 		}
 	}
@@ -703,4 +743,139 @@ func TestTLSWireChecks(t *testing.T) {
 			t.Errorf("%s: got %q, want a failure with %q", tc.name, fails, tc.expect)
 		}
 	}
+}
+
+// rawFTPS is the suite's own FTPS client, for what real clients do not
+// try: it offers TLS 1.1 at most, which pasvgate (TLS 1.2 at least) must
+// refuse, then on a second connection sends AUTH TLS twice, PBSZ 0, PROT
+// P, CCC and PROT C, each with the answer this slice of pasvgate owes
+// (503, 200, 536, a refusal, 200), logs in, and downloads in passive mode
+// with the data in clear. It reports the certificate it was shown as
+// Ftplib does, and only downloads.
+type rawFTPS struct{ caFile string }
+
+func (rawFTPS) Name() string     { return "raw" }
+func (rawFTPS) Available() error { return nil }
+func (r rawFTPS) Run(ctx context.Context, l *lab.Lab, tr lab.Transfer) (lab.Result, error) {
+	var log strings.Builder
+	if tr.Op != lab.Get {
+		return lab.Result{}, fmt.Errorf("raw FTPS client: %s: %w", tr.Op, lab.ErrUnsupported)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	pem, err := os.ReadFile(r.caFile)
+	if err != nil {
+		return lab.Result{}, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	cfg := &tls.Config{RootCAs: roots, ServerName: tr.Host}
+	err = r.run(ctx, l, tr, cfg, &log)
+	return lab.Result{Log: log.String()}, err
+}
+
+// authTLS dials tr.Host:21, asks for AUTH TLS and makes the handshake
+// with cfg.
+func (rawFTPS) authTLS(ctx context.Context, l *lab.Lab, tr lab.Transfer, cfg *tls.Config) (*tls.Conn, error) {
+	nc, err := l.Dial(ctx, tr.NS, "", net.JoinHostPort(tr.Host, "21"))
+	if err != nil {
+		return nil, fmt.Errorf("dial control: %w", err)
+	}
+	dl, _ := ctx.Deadline()
+	_ = nc.SetDeadline(dl)
+	// The server sends nothing after its 234 until the ClientHello, so
+	// the reader's buffer holds nothing of the handshake (checked).
+	c := textproto.NewConn(nc)
+	if _, err := lab.RawCmd(c, 220, ""); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if _, err := lab.RawCmd(c, 234, "AUTH TLS"); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if c.R.Buffered() > 0 {
+		nc.Close()
+		return nil, fmt.Errorf("%d bytes after the 234 in clear", c.R.Buffered())
+	}
+	tc := tls.Client(nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+func (r rawFTPS) run(ctx context.Context, l *lab.Lab, tr lab.Transfer, cfg *tls.Config, log *strings.Builder) error {
+	old := cfg.Clone()
+	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+	if tc, err := r.authTLS(ctx, l, tr, old); err == nil {
+		v := tls.VersionName(tc.ConnectionState().Version)
+		tc.Close()
+		return fmt.Errorf("a TLS 1.1 client got a handshake (%s): want TLS 1.2 at least", v)
+	} else {
+		fmt.Fprintf(log, "TLS 1.1 refused: %v\n", err)
+	}
+	cfg.MinVersion = tls.VersionTLS12
+	tc, err := r.authTLS(ctx, l, tr, cfg)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+	st := tc.ConnectionState()
+	leaf := st.PeerCertificates[0]
+	sum := sha256.Sum256(leaf.Raw)
+	fmt.Fprintf(log, "pglab peer certificate sha256=%s subject=%s\n", hex.EncodeToString(sum[:]), leaf.Subject)
+	fmt.Fprintf(log, "%s\n", tls.VersionName(st.Version))
+	c := textproto.NewConn(tc)
+	for _, step := range []struct {
+		cmd    string
+		expect int
+	}{
+		{"AUTH TLS", 503}, {"PBSZ 0", 200}, {"PROT P", 536}, {"CCC", 5}, {"PROT C", 200},
+		{"USER " + tr.User, 331}, {"PASS " + tr.Password, 230}, {"TYPE I", 200},
+	} {
+		msg, err := lab.RawCmd(c, step.expect, "%s", step.cmd)
+		fmt.Fprintf(log, "%s: %s\n", strings.Fields(step.cmd)[0], msg)
+		if err != nil {
+			return err
+		}
+	}
+	msg, err := lab.RawCmd(c, 227, "PASV")
+	if err != nil {
+		return err
+	}
+	addrs := parse227s("227 " + msg)
+	if len(addrs) != 1 {
+		return fmt.Errorf("PASV: cannot parse %q", msg)
+	}
+	data, err := l.Dial(ctx, tr.NS, "", addrs[0].String())
+	if err != nil {
+		return fmt.Errorf("dial data %v: %w", addrs[0], err)
+	}
+	defer data.Close()
+	dl, _ := ctx.Deadline()
+	_ = data.SetDeadline(dl)
+	if _, err := lab.RawCmd(c, 1, "RETR %s", tr.Remote); err != nil {
+		return err
+	}
+	f, err := os.Create(tr.Local)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	// Closed before the 226 is awaited: ProFTPD lingers (TimeoutLinger)
+	// until the client closes its side.
+	data.Close()
+	if err != nil {
+		return fmt.Errorf("reading data: %w", err)
+	}
+	if _, err := lab.RawCmd(c, 226, ""); err != nil {
+		return fmt.Errorf("after RETR: %w", err)
+	}
+	_, _ = lab.RawCmd(c, 2, "QUIT")
+	return nil
 }
