@@ -56,7 +56,16 @@ const (
 	// require: its USER gets 530 from pasvgate and never reaches the
 	// server.
 	routeRequireClear = "require-clear"
+	// routeWrongName: AUTH TLS to pasvgate told a name
+	// (--upstream-server-name) that the server's certificate does not
+	// have: the session must fail, and nothing of the login reach the
+	// server.
+	routeWrongName = "wrong-upstream-name"
 )
+
+// wrongServerName is the --upstream-server-name of the routeWrongName
+// cells: a name of the lab's own domain that no certificate carries.
+const wrongServerName = "other.server.test"
 
 // offloadServer names the row group of the offload lab: vsftpd without
 // TLS, behind pasvgate --tls require --upstream-tls never.
@@ -88,6 +97,10 @@ var tlsPartsTLSServer = []tlsPart{
 	{routeExplicit, []string{"raw"}, []lab.Op{lab.Get}},
 	{routeImplicit, []string{"lftp"}, []lab.Op{lab.Get, lab.Put}},
 }
+
+// tlsPartWrongName is run against vsftpd only: whether pasvgate checks
+// the server's certificate does not depend on the server.
+var tlsPartWrongName = tlsPart{routeWrongName, []string{"curl"}, []lab.Op{lab.Get}}
 
 // tlsPartsOffload are the cells of the offload lab.
 var tlsPartsOffload = []tlsPart{
@@ -139,6 +152,9 @@ func TestTLS(t *testing.T) {
 	var order []string
 	for _, s := range servers {
 		groups[s], order = tlsPartsTLSServer, append(order, s)
+		if s == lab.Vsftpd {
+			groups[s] = append(slices.Clone(tlsPartsTLSServer), tlsPartWrongName)
+		}
 	}
 	if slices.Contains(servers, lab.Vsftpd) {
 		groups[offloadServer], order = tlsPartsOffload, append(order, offloadServer)
@@ -232,7 +248,8 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 		}
 	}
 	// The direct cells need no pasvgate: they run first, and whatever
-	// pasvgate is.
+	// pasvgate is. The others run in their order, each run of parts with
+	// the same pasvgate configuration behind one pasvgate.
 	for _, p := range parts {
 		if p.route == routeDirect {
 			runPart(p)
@@ -248,6 +265,38 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 		rows(lab.StatusSkip, "pasvgate: "+oneLine(tl.pasvgateErr.Error()), proxied...)
 		t.Skip(tl.pasvgateErr)
 	}
+	var run []tlsPart
+	for i, p := range parts {
+		if p.route == routeDirect {
+			continue
+		}
+		run = append(run, p)
+		if i+1 < len(parts) && slices.Equal(tlsPasvgateArgs(parts[i+1].route, pki), tlsPasvgateArgs(p.route, pki)) {
+			continue
+		}
+		args := append(tlsPasvgateArgs(p.route, pki), backendArgs(l)...)
+		pg, err := startPasvgateArgs(t, l, tl.pasvgate, []string{lab.GWPublicAddr + ":21"}, args...)
+		if err != nil {
+			for _, r := range run {
+				rows(lab.StatusFail, "pasvgate did not start: "+oneLine(err.Error()), r.route)
+			}
+			t.Fatal(err)
+		}
+		e.pg = pg
+		for _, r := range run {
+			runPart(r)
+		}
+		pg.stop(t)
+		e.pg, run = nil, nil
+	}
+}
+
+// tlsPasvgateArgs are pasvgate's arguments (less the backend's) for the
+// cells of route: with the gateway's certificate always; in front of a
+// server with TLS, also an implicit-FTPS listener and the server's CA and
+// name (a wrong one for routeWrongName); as an offloader, --tls require
+// and --upstream-tls never.
+func tlsPasvgateArgs(route string, pki *lab.PKI) []string {
 	args := []string{
 		"--listen", lab.GWPublicAddr + ":21",
 		"--upstream", lab.ServerAddr + ":21",
@@ -257,27 +306,16 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 		"--tls-key", pki.GW.KeyFile,
 		"--log-format", "json",
 	}
-	if name == offloadServer {
-		args = append(args, "--tls", "require", "--upstream-tls", "never")
-	} else {
-		args = append(args,
-			"--listen-tls", fmt.Sprintf("%s:%d", lab.GWPublicAddr, lab.ImplicitPort),
-			"--upstream-ca", pki.CAFile,
-			"--upstream-server-name", lab.ServerTLSName)
+	switch route {
+	case routeOffload, routeRequireClear:
+		return append(args, "--tls", "require", "--upstream-tls", "never")
+	case routeWrongName:
+		return append(args, "--upstream-ca", pki.CAFile, "--upstream-server-name", wrongServerName)
 	}
-	args = append(args, backendArgs(l)...)
-	pg, err := startPasvgateArgs(t, l, tl.pasvgate, []string{lab.GWPublicAddr + ":21"}, args...)
-	if err != nil {
-		rows(lab.StatusFail, "pasvgate did not start: "+oneLine(err.Error()), proxied...)
-		t.Fatal(err)
-	}
-	defer pg.stop(t)
-	e.pg = pg
-	for _, p := range parts {
-		if p.route != routeDirect {
-			runPart(p)
-		}
-	}
+	return append(args,
+		"--listen-tls", fmt.Sprintf("%s:%d", lab.GWPublicAddr, lab.ImplicitPort),
+		"--upstream-ca", pki.CAFile,
+		"--upstream-server-name", lab.ServerTLSName)
 }
 
 // tlsEnv is one lab of the FTPS suite.
@@ -404,9 +442,30 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 
 	// 1. What the user gets: the file, or for the clear client under
 	// --tls require, a 530 and no login.
-	if c.route == routeRequireClear {
+	switch c.route {
+	case routeRequireClear:
 		fails = append(fails, checkRefusedClear(runErr, pkts, spkts, ctl, upstream)...)
-	} else {
+	case routeWrongName:
+		if runErr == nil {
+			failf("the client got through a gateway told the wrong server name %s", wrongServerName)
+		} else {
+			notes = append(notes, "client: "+lastLines(runErr.Error(), 3))
+		}
+		notes = append(notes, fmt.Sprintf("gateway's replies: %q", lab.Stream(pkts, ctl, netip.AddrPort{})))
+		ucmds := lab.Stream(spkts, netip.AddrPort{}, upstream)
+		for _, v := range []string{"USER", "PASS", "PASV"} {
+			if sentCommand(ucmds, v) {
+				failf("the gateway sent %s to the server in clear, its certificate unverified", v)
+			}
+		}
+		if e.pg != nil {
+			for _, line := range strings.Split(e.pg.proc.Settled(), "\n") {
+				if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+					notes = append(notes, "pasvgate: "+line)
+				}
+			}
+		}
+	default:
 		if runErr != nil {
 			failf("client: %v", runErr)
 			notes = append(notes, "client log: "+lastLines(res.Log, 15))
@@ -439,12 +498,25 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		// 3. The control channel on the client's link: TLS after AUTH
 		// (from the first byte, implicitly), so no 227, no private
 		// address and no login in clear.
-		fails = append(fails, checkTLSControl("client's link", pkts, ctl, c.route == routeImplicit)...)
+		cfails, auths := checkTLSControl("client's link", pkts, ctl, c.route == routeImplicit)
+		fails = append(fails, cfails...)
+		// pasvgate takes both AUTH TLS and AUTH SSL: curl tries the
+		// latter first, the others send the former.
+		if c.route == routeExplicit || c.route == routeOffload {
+			want := "AUTH TLS"
+			if c.client == "curl" {
+				want = "AUTH SSL"
+			}
+			if len(auths) == 0 || auths[len(auths)-1] != want {
+				failf("client's link: TLS began after %q, want after %q", auths, want)
+			}
+		}
 
 		// 4. The control channel on the server's link.
 		switch c.route {
 		case routeExplicit, routeImplicit:
-			fails = append(fails, checkTLSControl("server's link", spkts, upstream, false)...)
+			sfails, _ := checkTLSControl("server's link", spkts, upstream, false)
+			fails = append(fails, sfails...)
 		case routeOffload:
 			fails = append(fails, checkClearUpstream(spkts, upstream)...)
 		}
@@ -493,16 +565,17 @@ func checkPeerCert(pc lab.PeerCert, err error, want, other lab.Cert) []string {
 // checkTLSControl checks every control connection to ctl in a capture:
 // both directions are TLS records from the end of the AUTH command and
 // its 234 reply on (from the first byte, implicit), the clear part before
-// carries no login, and no 227 can be read anywhere.
-func checkTLSControl(link string, pkts []lab.Packet, ctl netip.AddrPort, implicit bool) []string {
-	var fails []string
+// carries no login, and no 227 can be read anywhere. It also returns the
+// command after which each connection turned to TLS ("AUTH TLS", "AUTH
+// SSL"; nothing for implicit FTPS).
+func checkTLSControl(link string, pkts []lab.Packet, ctl netip.AddrPort, implicit bool) (fails, auths []string) {
 	cmdMark, replyMark := "AUTH ", "234 "
 	if implicit {
 		cmdMark, replyMark = "", ""
 	}
 	peers := connsTo(pkts, ctl)
 	if len(peers) == 0 {
-		return []string{fmt.Sprintf("%s: no control connection to %v", link, ctl)}
+		return []string{fmt.Sprintf("%s: no control connection to %v", link, ctl)}, nil
 	}
 	for _, peer := range peers {
 		cmds := lab.Stream(pkts, peer, ctl)
@@ -511,8 +584,13 @@ func checkTLSControl(link string, pkts []lab.Packet, ctl netip.AddrPort, implici
 		if err != nil {
 			fails = append(fails, fmt.Sprintf("%s, commands %v->%v: %v", link, peer, ctl, err))
 		}
-		if clear := cmds[:n]; strings.Contains(clear, "USER ") || strings.Contains(clear, "PASS ") {
+		clear := cmds[:n]
+		if strings.Contains(clear, "USER ") || strings.Contains(clear, "PASS ") {
 			fails = append(fails, fmt.Sprintf("%s: login in clear: %q", link, clear))
+		}
+		if err == nil && !implicit {
+			lines := strings.Split(strings.TrimSuffix(clear, "\r\n"), "\r\n")
+			auths = append(auths, lines[len(lines)-1])
 		}
 		if _, err := lab.TLSRecordsAfter(replies, replyMark); err != nil {
 			fails = append(fails, fmt.Sprintf("%s, replies %v->%v: %v", link, ctl, peer, err))
@@ -521,7 +599,7 @@ func checkTLSControl(link string, pkts []lab.Packet, ctl netip.AddrPort, implici
 			fails = append(fails, fmt.Sprintf("%s: 227 in clear: %v", link, a))
 		}
 	}
-	return fails
+	return fails, auths
 }
 
 // connsTo returns the far ends of the connections to dst that pkts show
@@ -712,7 +790,8 @@ func TestTLSWireChecks(t *testing.T) {
 		{"nothing after AUTH", conn(auth, greeting), false, "nothing follows"},
 		{"implicit in clear", conn("USER x\r\n", "220 hi\r\n"), true, "not a TLS record"},
 	} {
-		fails := strings.Join(checkTLSControl("link", tc.pkts, ctl, tc.implicit), "; ")
+		f, _ := checkTLSControl("link", tc.pkts, ctl, tc.implicit)
+		fails := strings.Join(f, "; ")
 		switch {
 		case tc.expect == "" && fails != "":
 			t.Errorf("%s: %s", tc.name, fails)
