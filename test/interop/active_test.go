@@ -140,6 +140,23 @@ func buildSome(t *testing.T, testftpd bool) tools {
 	return tl
 }
 
+// startServerOf starts a server of kind in l, or ends t: skipped when
+// the server is not installed, failed when it did not start, each with
+// rows told why.
+func startServerOf(t *testing.T, l *lab.Lab, kind string, opt lab.ServerOptions, rows func(status, why string)) *lab.Server {
+	t.Helper()
+	srv, err := l.StartServer(t.Context(), kind, opt)
+	if err != nil {
+		if errors.Is(err, lab.ErrMissing) {
+			rows(lab.StatusSkip, oneLine(err.Error()))
+			t.Skip(err)
+		}
+		rows(lab.StatusFail, "server did not start: "+oneLine(err.Error()))
+		t.Fatal(err)
+	}
+	return srv
+}
+
 func (s revSuite) clientsOf(p revPart, server string) []string {
 	var out []string
 	for _, cl := range lab.SplitList(*flagActiveClients) {
@@ -176,15 +193,7 @@ func (s revSuite) runServer(t *testing.T, name string, tl tools, g *lab.Grid) {
 	}
 	l := lab.New(t, labOptions(*flagActiveRate, s.ipv6))
 	opt.Binary = tl.testftpd
-	srv, err := l.StartServer(t.Context(), kind, opt)
-	if err != nil {
-		if errors.Is(err, lab.ErrMissing) {
-			rows(lab.StatusSkip, oneLine(err.Error()))
-			t.Skip(err)
-		}
-		rows(lab.StatusFail, "server did not start: "+oneLine(err.Error()))
-		t.Fatal(err)
-	}
+	srv := startServerOf(t, l, kind, opt, rows)
 	defer srv.Proc.Stop()
 	args := append(append([]string{}, s.pgArgs...),
 		"--data-ports", pasvgateDataPorts,

@@ -142,21 +142,29 @@ func (e *revEnv) runCell(t *testing.T, g *lab.Grid, c rcell) {
 		t.Skip(err)
 	}
 	fails, notes, skip := e.check(t, c, client)
-	took := time.Since(start)
+	setCell(t, g, c.row(), string(c.op), time.Since(start), fails, notes, skip, e.pg, e.srv)
+}
+
+// setCell logs a cell's notes and records its outcome in g and on t: a
+// skip with its reason, a failure with what went wrong and the tails of
+// pasvgate's (if pg is not nil) and the server's logs, or a pass.
+func setCell(t *testing.T, g *lab.Grid, row []string, col string, took time.Duration, fails, notes []string, skip string, pg *pasvgate, srv *lab.Server) {
 	for _, n := range notes {
 		t.Log(n)
 	}
 	switch {
 	case skip != "":
-		g.Set(c.row(), string(c.op), lab.StatusSkip, skip, 0)
+		g.Set(row, col, lab.StatusSkip, skip, 0)
 		t.Skip(skip)
 	case len(fails) > 0:
-		g.Set(c.row(), string(c.op), lab.StatusFail, strings.Join(fails, "; "), took)
+		g.Set(row, col, lab.StatusFail, strings.Join(fails, "; "), took)
 		t.Error(strings.Join(fails, "\n"))
-		t.Logf("pasvgate log (tail):\n%s", lastLines(e.pg.proc.Output(), 15))
-		t.Logf("server log (tail):\n%s", lastLines(e.srv.Proc.Output(), 15))
+		if pg != nil {
+			t.Logf("pasvgate log (tail):\n%s", lastLines(pg.proc.Output(), 15))
+		}
+		t.Logf("server log (tail):\n%s", lastLines(srv.Proc.Output(), 15))
 	default:
-		g.Set(c.row(), string(c.op), lab.StatusOK, strings.Join(notes, "; "), took)
+		g.Set(row, col, lab.StatusOK, strings.Join(notes, "; "), took)
 	}
 }
 
@@ -181,15 +189,9 @@ func (e *revEnv) check(t *testing.T, c rcell, client lab.Client) (fails, notes [
 	base := strings.ReplaceAll(c.String(), "/", "-")
 	tr := lab.Transfer{NS: l.Client, Host: c.side.gwPublic, User: e.srv.User, Password: e.srv.Password,
 		EPSV: c.extended(), Active: c.active(), IgnorePASVAddr: c.ignore, Op: c.op, Timeout: 60 * time.Second}
-	var putSHA string
-	switch c.op {
-	case lab.Get:
-		tr.Remote, tr.Local = lab.DataFile, filepath.Join(l.Dir, base+".out")
-	case lab.Put:
-		tr.Remote, tr.Local = lab.UploadDir+"/"+base+".bin", filepath.Join(l.Dir, base+".src")
-		if putSHA, err = lab.WriteRandomFile(tr.Local, lab.DataSize); err != nil {
-			return []string{err.Error()}, nil, ""
-		}
+	putSHA, err := setFiles(&tr, l.Dir, base)
+	if err != nil {
+		return []string{err.Error()}, nil, ""
 	}
 
 	var (
@@ -288,6 +290,21 @@ func (e *revEnv) check(t *testing.T, c rcell, client lab.Client) (fails, notes [
 		failf("after the transfer: %s", left)
 	}
 	return fails, notes, ""
+}
+
+// setFiles fills in tr's Remote and Local for its Op, with names made of
+// base in dir (the upload's remote name is base+".bin" in the upload
+// directory), and for Put writes the random file to upload. It returns
+// the upload's SHA-256.
+func setFiles(tr *lab.Transfer, dir, base string) (putSHA string, err error) {
+	switch tr.Op {
+	case lab.Get:
+		tr.Remote, tr.Local = lab.DataFile, filepath.Join(dir, base+".out")
+	case lab.Put:
+		tr.Remote, tr.Local = lab.UploadDir+"/"+base+".bin", filepath.Join(dir, base+".src")
+		return lab.WriteRandomFile(tr.Local, lab.DataSize)
+	}
+	return "", nil
 }
 
 // checkActiveWire checks an active-mode cell's control channels and data

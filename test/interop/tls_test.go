@@ -15,7 +15,6 @@ import (
 	"net/textproto"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -227,15 +226,7 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 		t.Skip(tl.testftpdErr)
 	}
 	l := lab.New(t, lab.Options{IPTables: *flagIPTables, NSPrefix: tlsNSPrefix})
-	srv, err := l.StartServer(t.Context(), kind, opt)
-	if err != nil {
-		if errors.Is(err, lab.ErrMissing) {
-			rows(lab.StatusSkip, oneLine(err.Error()))
-			t.Skip(err)
-		}
-		rows(lab.StatusFail, "server did not start: "+oneLine(err.Error()))
-		t.Fatal(err)
-	}
+	srv := startServerOf(t, l, kind, opt, func(status, why string) { rows(status, why) })
 	defer srv.Proc.Stop()
 	e := &tlsEnv{l: l, srv: srv, pki: pki}
 
@@ -330,24 +321,7 @@ type tlsEnv struct {
 func (e *tlsEnv) runCell(t *testing.T, g *lab.Grid, c tcell) {
 	start := time.Now()
 	fails, notes, skip := e.check(t, c)
-	took := time.Since(start)
-	for _, n := range notes {
-		t.Log(n)
-	}
-	switch {
-	case skip != "":
-		g.Set(c.row(), string(c.op), lab.StatusSkip, skip, 0)
-		t.Skip(skip)
-	case len(fails) > 0:
-		g.Set(c.row(), string(c.op), lab.StatusFail, strings.Join(fails, "; "), took)
-		t.Error(strings.Join(fails, "\n"))
-		if e.pg != nil {
-			t.Logf("pasvgate log (tail):\n%s", lastLines(e.pg.proc.Output(), 15))
-		}
-		t.Logf("server log (tail):\n%s", lastLines(e.srv.Proc.Output(), 15))
-	default:
-		g.Set(c.row(), string(c.op), lab.StatusOK, strings.Join(notes, "; "), took)
-	}
+	setCell(t, g, c.row(), string(c.op), time.Since(start), fails, notes, skip, e.pg, e.srv)
 }
 
 // client returns c's client driver.
@@ -414,15 +388,9 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 
 	base := strings.ReplaceAll(c.String(), "/", "-")
 	tr := lab.Transfer{NS: ns, Host: host, User: e.srv.User, Password: e.srv.Password, Op: c.op, Timeout: 30 * time.Second}
-	var putSHA string
-	switch c.op {
-	case lab.Get:
-		tr.Remote, tr.Local = lab.DataFile, filepath.Join(l.Dir, base+".out")
-	case lab.Put:
-		tr.Remote, tr.Local = lab.UploadDir+"/"+base+".bin", filepath.Join(l.Dir, base+".src")
-		if putSHA, err = lab.WriteRandomFile(tr.Local, lab.DataSize); err != nil {
-			return []string{err.Error()}, nil, ""
-		}
+	putSHA, err := setFiles(&tr, l.Dir, base)
+	if err != nil {
+		return []string{err.Error()}, nil, ""
 	}
 	defer os.Remove(tr.Local)
 	res, runErr := client.Run(ctx, l, tr)

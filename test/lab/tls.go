@@ -82,16 +82,19 @@ type PKI struct {
 func NewPKI(dir string) (*PKI, error) {
 	now := time.Now()
 	newKey := func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
+	ca := func(cn string) *x509.Certificate {
+		return &x509.Certificate{
+			Subject:               pkix.Name{CommonName: cn},
+			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+			BasicConstraintsValid: true,
+			IsCA:                  true,
+		}
+	}
 	rootKey, err := newKey()
 	if err != nil {
 		return nil, err
 	}
-	root := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "pasvgate test root CA"},
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
+	root := ca("pasvgate test root CA")
 	rootDER, rootCert, err := signCert(root, root, rootKey.Public(), rootKey, now)
 	if err != nil {
 		return nil, fmt.Errorf("lab: root CA: %w", err)
@@ -100,13 +103,8 @@ func NewPKI(dir string) (*PKI, error) {
 	if err != nil {
 		return nil, err
 	}
-	inter := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: "pasvgate test intermediate CA"},
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
+	inter := ca("pasvgate test intermediate CA")
+	inter.MaxPathLenZero = true
 	interDER, interCert, err := signCert(inter, rootCert, interKey.Public(), rootKey, now)
 	if err != nil {
 		return nil, fmt.Errorf("lab: intermediate CA: %w", err)
