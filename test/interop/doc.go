@@ -38,7 +38,16 @@
 //     sent to ProFTPD, pure-ftpd and vsftpd directly (what each server
 //     makes of them) and through pasvgate (refused, never forwarded), and
 //     a TAB-separated PORT that works through pasvgate on every server
-//     (smuggle_test.go).
+//     (smuggle_test.go);
+//   - TestTLS: FTPS on the control channel with clear data (PROT C)
+//     through pasvgate: curl, lftp (also implicit FTPS), ftplib and a raw
+//     Go client against vsftpd, ProFTPD, pure-ftpd and test/ftpd that
+//     require TLS, with certificates of a PKI made at run time; pasvgate
+//     as a TLS offloader and with --tls require; checked by the
+//     certificate the client saw, TLS records on both links, and the
+//     data flow's DNAT in conntrack (tls_test.go). It runs with the
+//     default iptables and backend only, and picks its servers with
+//     -interop.tls-servers.
 //
 // Their servers and clients are chosen with -interop.active-servers
 // (default vsftpd) and -interop.active-clients. Transparent mode (the
@@ -50,6 +59,7 @@
 //	go test ./test/interop -run TestMatrix -v
 //	go test ./test/interop -run TestMatrix -v -args -interop.modes=direct -interop.servers=vsftpd
 //	go test ./test/interop -run 'TestActive|TestIPv6|TestBounce|TestVerbSmuggling' -v
+//	go test ./test/interop -run 'TestTLS' -v -args -interop.tls-servers=vsftpd
 //	PASVGATE_INTEROP_MODES=direct,static go test ./...
 //
 // The package has no code besides its tests and the jlclient command.
