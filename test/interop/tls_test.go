@@ -109,26 +109,31 @@ var tlsPartsOffload = []tlsPart{
 
 // TestTLS runs FTPS with clear data (PROT C) through pasvgate in reverse
 // mode: curl --ftp-ssl-control, lftp (ftp:ssl-force, no data
-// protection), Python's ftplib.FTP_TLS with prot_c(), and lftp over
-// implicit ftps:// to pasvgate's --listen-tls, against vsftpd, ProFTPD
-// (mod_tls), pure-ftpd and test/ftpd, each requiring TLS on its control
-// channel and allowing clear data, with a certificate of the suite's own
-// PKI; and pasvgate as a TLS offloader (--upstream-tls never) in front of
-// a plain vsftpd, whose --tls require also refuses a client in clear.
-// The direct cells (the client on the server's LAN) are the positive
-// controls of the checks.
+// protection), Python's ftplib.FTP_TLS with prot_c(), the suite's raw Go
+// client, and lftp over implicit ftps:// to pasvgate's --listen-tls,
+// against vsftpd, ProFTPD (mod_tls), pure-ftpd and test/ftpd, each
+// requiring TLS on its control channel and allowing clear data, with a
+// certificate of the suite's own PKI; pasvgate told the wrong
+// --upstream-server-name; and pasvgate as a TLS offloader (--upstream-tls
+// never) in front of a plain vsftpd, whose --tls require also refuses a
+// client in clear. The direct cells (the client on the server's LAN) are
+// the positive controls of the checks.
 //
 // Each cell checks the file's SHA-256 (download, and the upload as
 // stored); that the certificate the client was shown is the gateway's
-// (the server's in the direct cells) by fingerprint or subject; that on
-// the client's link everything after AUTH TLS (from the first byte, for
-// implicit FTPS) is TLS records, so no 227, no 192.0.2.x and no login is
-// in clear, and likewise on the server's link after pasvgate's own AUTH
-// (or, offloaded, that the server's link is clear); that the data
-// connection went to pasvgate's --public-addr and a port of its data
-// range, reached the server's passive port from the gateway's address,
-// and is a kernel DNAT in the gateway's conntrack table; and that no
-// mapping is left afterwards.
+// (the server's in the direct cells), by the fingerprint or subject the
+// client reports or, for lftp (capped at TLS 1.2 for this), by the
+// Certificate message on the wire; that on the client's link each
+// control connection is TLS records after AUTH SSL (curl) or AUTH TLS
+// (the others), or from the first byte for implicit FTPS, so no 227, no
+// 192.0.2.x and no login is in clear, and likewise on the server's link
+// after pasvgate's own AUTH (or, offloaded, that the server's link is
+// clear); that the data connection went to pasvgate's --public-addr and
+// a port of its data range, reached the server's passive port from the
+// gateway's address, and is a kernel DNAT in the gateway's conntrack
+// table; and that no mapping is left afterwards. The raw client also
+// checks that TLS 1.1 is refused, and the answers to a second AUTH, PBSZ,
+// PROT P (536), CCC and PROT C.
 //
 // Control-channel TLS does not depend on the kernel backend, so the
 // suite runs in the default pass only and skips with another
@@ -393,6 +398,10 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		return []string{err.Error()}, nil, ""
 	}
 	defer os.Remove(tr.Local)
+	var logFrom int // where this cell's lines of pasvgate's log begin
+	if e.pg != nil {
+		logFrom = len(e.pg.proc.Output())
+	}
 	res, runErr := client.Run(ctx, l, tr)
 	if errors.Is(runErr, lab.ErrUnsupported) {
 		return nil, nil, oneLine(runErr.Error())
@@ -427,7 +436,7 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 			}
 		}
 		if e.pg != nil {
-			for _, line := range strings.Split(e.pg.proc.Settled(), "\n") {
+			for _, line := range strings.Split(e.pg.proc.Settled()[logFrom:], "\n") {
 				if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
 					notes = append(notes, "pasvgate: "+line)
 				}

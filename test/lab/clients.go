@@ -246,7 +246,8 @@ func (c Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 // for an IPv6 one, so EPRT over IPv4 is ErrUnsupported.
 //
 // With TLS set, lftp speaks FTPS (see lftpTLSSettings) and prints its
-// debug output, which names the certificate it was shown.
+// debug output on standard error (-d: the control channel as lftp sees
+// it, inside TLS), for failure messages.
 type Lftp struct {
 	// TLS, if set, makes the control channel FTPS; nil is plain FTP.
 	TLS *ClientTLS
