@@ -43,7 +43,9 @@
 //     through pasvgate: curl, lftp (also implicit FTPS), ftplib and a raw
 //     Go client against vsftpd, ProFTPD, pure-ftpd and test/ftpd that
 //     require TLS, with certificates of a PKI made at run time; pasvgate
-//     as a TLS offloader and with --tls require; checked by the
+//     as a TLS offloader, with --tls require, with a wrong
+//     --upstream-server-name, and renewing its certificate on SIGHUP;
+//     checked by the
 //     certificate the client saw, TLS records on both links, and the
 //     data flow's DNAT in conntrack (tls_test.go). It runs with the
 //     default iptables and backend only, and picks its servers with

@@ -149,6 +149,7 @@ func (e *revEnv) runCell(t *testing.T, g *lab.Grid, c rcell) {
 // skip with its reason, a failure with what went wrong and the tails of
 // pasvgate's (if pg is not nil) and the server's logs, or a pass.
 func setCell(t *testing.T, g *lab.Grid, row []string, col string, took time.Duration, fails, notes []string, skip string, pg *pasvgate, srv *lab.Server) {
+	t.Helper()
 	for _, n := range notes {
 		t.Log(n)
 	}

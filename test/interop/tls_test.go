@@ -15,8 +15,10 @@ import (
 	"net/textproto"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,6 +62,17 @@ const (
 	// have: the session must fail, and nothing of the login reach the
 	// server.
 	routeWrongName = "wrong-upstream-name"
+	// routeReload: AUTH TLS to the offloading pasvgate after its
+	// certificate was renewed on disk and it got SIGHUP: the client must
+	// be shown the new certificate.
+	routeReload = "cert-reload"
+)
+
+// Subjects of the certificates of the routeReload cells, neither a part
+// of the other, nor of the PKI's.
+const (
+	reloadCNBefore = "pasvgate reload test gateway 1"
+	reloadCNAfter  = "pasvgate reload test gateway 2"
 )
 
 // wrongServerName is the --upstream-server-name of the routeWrongName
@@ -105,6 +118,7 @@ var tlsPartWrongName = tlsPart{routeWrongName, []string{"curl"}, []lab.Op{lab.Ge
 var tlsPartsOffload = []tlsPart{
 	{routeOffload, []string{"curl", "ftplib"}, []lab.Op{lab.Get, lab.Put}},
 	{routeRequireClear, []string{"curl"}, []lab.Op{lab.Get}},
+	{routeReload, []string{"curl"}, []lab.Op{lab.Get}},
 }
 
 // TestTLS runs FTPS with clear data (PROT C) through pasvgate in reverse
@@ -116,7 +130,8 @@ var tlsPartsOffload = []tlsPart{
 // certificate of the suite's own PKI; pasvgate told the wrong
 // --upstream-server-name; and pasvgate as a TLS offloader (--upstream-tls
 // never) in front of a plain vsftpd, whose --tls require also refuses a
-// client in clear. The direct cells (the client on the server's LAN) are
+// client in clear, and whose certificate, renewed on disk, is shown after
+// a SIGHUP. The direct cells (the client on the server's LAN) are
 // the positive controls of the checks.
 //
 // Each cell checks the file's SHA-256 (download, and the upload as
@@ -234,6 +249,14 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 	srv := startServerOf(t, l, kind, opt, func(status, why string) { rows(status, why) })
 	defer srv.Proc.Stop()
 	e := &tlsEnv{l: l, srv: srv, pki: pki}
+	if slices.ContainsFunc(parts, func(p tlsPart) bool { return p.route == routeReload }) {
+		// Its own files, which its cells renew.
+		var err error
+		if e.reloadGW, err = pki.IssueGateway(filepath.Join(l.Dir, "reload-cert"), reloadCNBefore); err != nil {
+			rows(lab.StatusFail, oneLine(err.Error()), routeReload)
+			t.Fatal(err)
+		}
+	}
 
 	runPart := func(p tlsPart) {
 		for _, cl := range p.clients {
@@ -267,10 +290,10 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 			continue
 		}
 		run = append(run, p)
-		if i+1 < len(parts) && slices.Equal(tlsPasvgateArgs(parts[i+1].route, pki), tlsPasvgateArgs(p.route, pki)) {
+		if i+1 < len(parts) && slices.Equal(e.pasvgateArgs(parts[i+1].route), e.pasvgateArgs(p.route)) {
 			continue
 		}
-		args := append(tlsPasvgateArgs(p.route, pki), backendArgs(l)...)
+		args := append(e.pasvgateArgs(p.route), backendArgs(l)...)
 		pg, err := startPasvgateArgs(t, l, tl.pasvgate, []string{lab.GWPublicAddr + ":21"}, args...)
 		if err != nil {
 			for _, r := range run {
@@ -287,23 +310,27 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 	}
 }
 
-// tlsPasvgateArgs are pasvgate's arguments (less the backend's) for the
-// cells of route: with the gateway's certificate always; in front of a
-// server with TLS, also an implicit-FTPS listener and the server's CA and
-// name (a wrong one for routeWrongName); as an offloader, --tls require
-// and --upstream-tls never.
-func tlsPasvgateArgs(route string, pki *lab.PKI) []string {
+// pasvgateArgs are pasvgate's arguments (less the backend's) for the
+// cells of route: with the gateway's certificate always (for routeReload,
+// its own files); in front of a server with TLS, also an implicit-FTPS
+// listener and the server's CA and name (a wrong one for routeWrongName);
+// as an offloader, --tls require and --upstream-tls never.
+func (e *tlsEnv) pasvgateArgs(route string) []string {
+	pki, gw := e.pki, e.pki.GW
+	if route == routeReload {
+		gw = e.reloadGW
+	}
 	args := []string{
 		"--listen", lab.GWPublicAddr + ":21",
 		"--upstream", lab.ServerAddr + ":21",
 		"--public-addr", lab.GWPublicAddr2,
 		"--data-ports", pasvgateDataPorts,
-		"--tls-cert", pki.GW.CertFile,
-		"--tls-key", pki.GW.KeyFile,
+		"--tls-cert", gw.CertFile,
+		"--tls-key", gw.KeyFile,
 		"--log-format", "json",
 	}
 	switch route {
-	case routeOffload, routeRequireClear:
+	case routeOffload, routeRequireClear, routeReload:
 		return append(args, "--tls", "require", "--upstream-tls", "never")
 	case routeWrongName:
 		return append(args, "--upstream-ca", pki.CAFile, "--upstream-server-name", wrongServerName)
@@ -320,6 +347,9 @@ type tlsEnv struct {
 	srv *lab.Server
 	pg  *pasvgate // nil in the direct cells' time
 	pki *lab.PKI
+	// reloadGW is the certificate pasvgate was started with for the
+	// routeReload cells (its files are renewed by them).
+	reloadGW lab.Cert
 }
 
 // runCell runs c, records it in g, and fails t if it failed.
@@ -402,6 +432,17 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 	if e.pg != nil {
 		logFrom = len(e.pg.proc.Output())
 	}
+	want, other := e.pki.GW, e.pki.Server // the certificate the client must be shown, and one it must not
+	switch c.route {
+	case routeDirect:
+		want, other = other, want
+	case routeReload:
+		renewed, err := e.renewGW()
+		if err != nil {
+			return []string{err.Error()}, nil, ""
+		}
+		want, other = renewed, e.reloadGW
+	}
 	res, runErr := client.Run(ctx, l, tr)
 	if errors.Is(runErr, lab.ErrUnsupported) {
 		return nil, nil, oneLine(runErr.Error())
@@ -451,10 +492,6 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		}
 
 		// 2. The certificate the client was shown.
-		want, other := e.pki.GW, e.pki.Server
-		if direct {
-			want, other = other, want
-		}
 		if tls12(c.client) {
 			mark := "234 "
 			if c.route == routeImplicit {
@@ -479,7 +516,7 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		fails = append(fails, cfails...)
 		// pasvgate takes both AUTH TLS and AUTH SSL: curl tries the
 		// latter first, the others send the former.
-		if c.route == routeExplicit || c.route == routeOffload {
+		if c.route == routeExplicit || c.route == routeOffload || c.route == routeReload {
 			want := "AUTH TLS"
 			if c.client == "curl" {
 				want = "AUTH SSL"
@@ -494,7 +531,7 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		case routeExplicit, routeImplicit:
 			sfails, _ := checkTLSControl("server's link", spkts, upstream, false)
 			fails = append(fails, sfails...)
-		case routeOffload:
+		case routeOffload, routeReload:
 			fails = append(fails, checkClearUpstream(spkts, upstream)...)
 		}
 
@@ -515,6 +552,31 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		}
 	}
 	return fails, notes, ""
+}
+
+// renewGW issues a new certificate into the files of e.reloadGW, sends
+// pasvgate SIGHUP and waits (up to 5 s) for it to log that it reloaded.
+// It returns the new certificate.
+func (e *tlsEnv) renewGW() (lab.Cert, error) {
+	renewed, err := e.pki.IssueGateway(filepath.Dir(e.reloadGW.CertFile), reloadCNAfter)
+	if err != nil {
+		return renewed, err
+	}
+	if renewed.CertFile != e.reloadGW.CertFile || renewed.KeyFile != e.reloadGW.KeyFile {
+		return renewed, fmt.Errorf("renewed certificate in %s, not over %s", renewed.CertFile, e.reloadGW.CertFile)
+	}
+	const reloaded = `"msg":"reloaded"`
+	before := strings.Count(e.pg.proc.Output(), reloaded)
+	if err := syscall.Kill(e.pg.proc.Pid(), syscall.SIGHUP); err != nil {
+		return renewed, fmt.Errorf("SIGHUP to pasvgate: %w", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); strings.Count(e.pg.proc.Output(), reloaded) == before; {
+		if time.Now().After(deadline) {
+			return renewed, fmt.Errorf("pasvgate logged no reload within 5s of SIGHUP:\n%s", lastLines(e.pg.proc.Output(), 5))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return renewed, nil
 }
 
 // checkPeerCert checks what a client reported of the certificate it was

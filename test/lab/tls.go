@@ -74,14 +74,25 @@ type PKI struct {
 	GW Cert
 	// Server is the certificate the FTP servers present to the gateway.
 	Server Cert
+
+	// The intermediate CA, which IssueGateway signs with.
+	interKey  crypto.Signer
+	interCert *x509.Certificate
+	interDER  []byte
+	now       time.Time
 }
+
+// Common names of the PKI's leaves.
+const (
+	gwCommonName     = "pasvgate test gateway"
+	serverCommonName = "pasvgate test FTP server"
+)
 
 // NewPKI makes a PKI and writes its files into dir. The certificates are
 // valid from an hour ago for a day: long enough for any run, and no run's
 // files can be mistaken for another's.
 func NewPKI(dir string) (*PKI, error) {
 	now := time.Now()
-	newKey := func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 	ca := func(cn string) *x509.Certificate {
 		return &x509.Certificate{
 			Subject:               pkix.Name{CommonName: cn},
@@ -90,7 +101,7 @@ func NewPKI(dir string) (*PKI, error) {
 			IsCA:                  true,
 		}
 	}
-	rootKey, err := newKey()
+	rootKey, err := newECKey()
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +110,7 @@ func NewPKI(dir string) (*PKI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: root CA: %w", err)
 	}
-	interKey, err := newKey()
+	interKey, err := newECKey()
 	if err != nil {
 		return nil, err
 	}
@@ -109,76 +120,95 @@ func NewPKI(dir string) (*PKI, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab: intermediate CA: %w", err)
 	}
-	p := &PKI{CAFile: filepath.Join(dir, "ca.pem")}
+	p := &PKI{CAFile: filepath.Join(dir, "ca.pem"), interKey: interKey, interCert: interCert, interDER: interDER, now: now}
 	if err := os.WriteFile(p.CAFile, pemBlock("CERTIFICATE", rootDER), 0o644); err != nil {
+		return nil, err
+	}
+	if p.GW, err = p.IssueGateway(dir, gwCommonName); err != nil {
 		return nil, err
 	}
 	// The gateway's key is ECDSA, the server's RSA: ProFTPD reads an RSA
 	// key with TLSRSACertificateFile, and both kinds get exercised.
-	gwKey, err := newKey()
-	if err != nil {
-		return nil, err
-	}
 	srvKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, err
 	}
-	leaves := []struct {
-		out   *Cert
-		name  string
-		cn    string
-		key   crypto.Signer
-		addrs []string
-	}{
-		{&p.GW, "gw", "pasvgate test gateway", gwKey, []string{GWPublicAddr, GWPublicAddr2}},
-		{&p.Server, "server", "pasvgate test FTP server", srvKey, []string{ServerAddr}},
-	}
-	for _, lf := range leaves {
-		tmpl := &x509.Certificate{
-			Subject:     pkix.Name{CommonName: lf.cn},
-			DNSNames:    []string{map[string]string{"gw": GWTLSName, "server": ServerTLSName}[lf.name]},
-			KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		}
-		for _, a := range lf.addrs {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(a))
-		}
-		der, _, err := signCert(tmpl, interCert, lf.key.Public(), interKey, now)
-		if err != nil {
-			return nil, fmt.Errorf("lab: %s certificate: %w", lf.name, err)
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(lf.key)
-		if err != nil {
-			return nil, err
-		}
-		sum := sha256.Sum256(der)
-		*lf.out = Cert{
-			CertFile:   filepath.Join(dir, lf.name+".pem"),
-			LeafFile:   filepath.Join(dir, lf.name+"-leaf.pem"),
-			ChainFile:  filepath.Join(dir, lf.name+"-chain.pem"),
-			KeyFile:    filepath.Join(dir, lf.name+".key"),
-			BundleFile: filepath.Join(dir, lf.name+"-bundle.pem"),
-			CommonName: lf.cn,
-			SHA256:     hex.EncodeToString(sum[:]),
-		}
-		leaf, chain, key := pemBlock("CERTIFICATE", der), pemBlock("CERTIFICATE", interDER), pemBlock("PRIVATE KEY", keyDER)
-		for _, f := range []struct {
-			path string
-			data []byte
-			mode os.FileMode
-		}{
-			{lf.out.CertFile, concat(leaf, chain), 0o644},
-			{lf.out.LeafFile, leaf, 0o644},
-			{lf.out.ChainFile, chain, 0o644},
-			{lf.out.KeyFile, key, 0o600},
-			{lf.out.BundleFile, concat(leaf, chain, key), 0o600},
-		} {
-			if err := os.WriteFile(f.path, f.data, f.mode); err != nil {
-				return nil, err
-			}
-		}
+	if p.Server, err = p.issue(dir, "server", serverCommonName, srvKey, ServerTLSName, ServerAddr); err != nil {
+		return nil, err
 	}
 	return p, nil
+}
+
+func newECKey() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
+
+// IssueGateway issues a gateway certificate with a new key and the
+// subject cn, naming GWTLSName, GWPublicAddr and GWPublicAddr2 like p.GW,
+// and writes its files into dir, made if need be (over any there: a
+// renewal). p.GW is not changed.
+func (p *PKI) IssueGateway(dir, cn string) (Cert, error) {
+	key, err := newECKey()
+	if err != nil {
+		return Cert{}, err
+	}
+	return p.issue(dir, "gw", cn, key, GWTLSName, GWPublicAddr, GWPublicAddr2)
+}
+
+// issue signs a server certificate for key with the intermediate CA and
+// writes the files of Cert into dir, named after name. Each file is
+// written whole and renamed into place, so that a program that reads it
+// meanwhile (a renewal under a running gateway) never sees half of it.
+func (p *PKI) issue(dir, name, cn string, key crypto.Signer, dns string, addrs ...string) (Cert, error) {
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		DNSNames:    []string{dns},
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, a := range addrs {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(a))
+	}
+	der, _, err := signCert(tmpl, p.interCert, key.Public(), p.interKey, p.now)
+	if err != nil {
+		return Cert{}, fmt.Errorf("lab: %s certificate: %w", name, err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return Cert{}, err
+	}
+	sum := sha256.Sum256(der)
+	c := Cert{
+		CertFile:   filepath.Join(dir, name+".pem"),
+		LeafFile:   filepath.Join(dir, name+"-leaf.pem"),
+		ChainFile:  filepath.Join(dir, name+"-chain.pem"),
+		KeyFile:    filepath.Join(dir, name+".key"),
+		BundleFile: filepath.Join(dir, name+"-bundle.pem"),
+		CommonName: cn,
+		SHA256:     hex.EncodeToString(sum[:]),
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Cert{}, err
+	}
+	leaf, chain, keyPEM := pemBlock("CERTIFICATE", der), pemBlock("CERTIFICATE", p.interDER), pemBlock("PRIVATE KEY", keyDER)
+	for _, f := range []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{
+		{c.CertFile, concat(leaf, chain), 0o644},
+		{c.LeafFile, leaf, 0o644},
+		{c.ChainFile, chain, 0o644},
+		{c.KeyFile, keyPEM, 0o600},
+		{c.BundleFile, concat(leaf, chain, keyPEM), 0o600},
+	} {
+		tmp := f.path + ".new"
+		if err := os.WriteFile(tmp, f.data, f.mode); err != nil {
+			return Cert{}, err
+		}
+		if err := os.Rename(tmp, f.path); err != nil {
+			return Cert{}, err
+		}
+	}
+	return c, nil
 }
 
 // signCert signs tmpl with parent's key and returns the DER and the parsed
