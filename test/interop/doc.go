@@ -45,11 +45,10 @@
 //     require TLS, with certificates of a PKI made at run time; pasvgate
 //     as a TLS offloader, with --tls require, with a wrong
 //     --upstream-server-name, and renewing its certificate on SIGHUP;
-//     checked by the
-//     certificate the client saw, TLS records on both links, and the
-//     data flow's DNAT in conntrack (tls_test.go). It runs with the
-//     default iptables and backend only, and picks its servers with
-//     -interop.tls-servers.
+//     checked by the certificate the client saw, TLS records on both
+//     links, and the data flow's DNAT in conntrack (tls_test.go). It
+//     runs with the default iptables and backend only, and picks its
+//     servers with -interop.tls-servers.
 //
 // Their servers and clients are chosen with -interop.active-servers
 // (default vsftpd) and -interop.active-clients. Transparent mode (the
