@@ -148,7 +148,7 @@ var tlsPartsOffload = []tlsPart{
 // gateway's address, and is a kernel DNAT in the gateway's conntrack
 // table; and that no mapping is left afterwards. The raw client also
 // checks that TLS 1.1 is refused, and the answers to a second AUTH, PBSZ,
-// PROT P (536), CCC and PROT C.
+// PROT P, CCC and PROT C.
 //
 // Control-channel TLS does not depend on the kernel backend, so the
 // suite runs in the default pass only and skips with another
@@ -866,9 +866,10 @@ func TestTLSWireChecks(t *testing.T) {
 // rawFTPS is the suite's own FTPS client, for what real clients do not
 // try: it offers TLS 1.1 at most, which pasvgate (TLS 1.2 at least) must
 // refuse, then on a second connection sends AUTH TLS twice, PBSZ 0, PROT
-// P, CCC and PROT C, each with the answer this slice of pasvgate owes
-// (503, 200, 536, a refusal, 200), logs in, and downloads in passive mode
-// with the data in clear. It reports the certificate it was shown as
+// P, CCC and PROT C, each with the answer pasvgate owes (503, 200, 200
+// now that it relays protected data, a refusal, 200), logs in, and
+// downloads in passive mode with the data back in clear, which must take
+// the kernel path again. It reports the certificate it was shown as
 // Ftplib does, and only downloads.
 type rawFTPS struct{ caFile string }
 
@@ -950,7 +951,7 @@ func (r rawFTPS) run(ctx context.Context, l *lab.Lab, tr lab.Transfer, cfg *tls.
 		cmd    string
 		expect int
 	}{
-		{"AUTH TLS", 503}, {"PBSZ 0", 200}, {"PROT P", 536}, {"CCC", 5}, {"PROT C", 200},
+		{"AUTH TLS", 503}, {"PBSZ 0", 200}, {"PROT P", 200}, {"CCC", 5}, {"PROT C", 200},
 		{"USER " + tr.User, 331}, {"PASS " + tr.Password, 230}, {"TYPE I", 200},
 	} {
 		msg, err := lab.RawCmd(c, step.expect, "%s", step.cmd)
