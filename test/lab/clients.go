@@ -237,8 +237,9 @@ func (c Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 
 // Lftp drives lftp with ftp:fix-pasv-address and ftp:ignore-pasv-address
 // off (by default lftp swaps a private 227 address for the control
-// connection's; Transfer.IgnorePASVAddr turns ignore-pasv-address on) and ftp:prefer-epsv chosen by the mode. TLS is off: the
-// servers in the lab speak plain FTP, and lftp would otherwise try AUTH TLS.
+// connection's; Transfer.IgnorePASVAddr turns ignore-pasv-address on) and ftp:prefer-epsv chosen by the mode. TLS is off unless Lftp.TLS
+// says otherwise: the servers in the lab speak plain FTP, and lftp would
+// otherwise try AUTH TLS.
 //
 // Active mode is ftp:passive-mode no (and ftp:auto-passive-mode no, so a
 // failed active transfer is not retried passively). lftp has no setting
