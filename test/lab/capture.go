@@ -27,6 +27,9 @@ type Packet struct {
 	Src, Dst netip.AddrPort
 	// SYN, ACK, FIN, RST are the segment's flags.
 	SYN, ACK, FIN, RST bool
+	// Seq is the segment's sequence number: what tells a retransmitted
+	// payload from new bytes (see StreamOnce).
+	Seq uint32
 	// Payload is the TCP payload (nil for a bare ACK).
 	Payload []byte
 }
@@ -150,6 +153,7 @@ func (c *Capture) read() {
 		p.Src = netip.AddrPortFrom(p.Src.Addr(), uint16(tcp.SrcPort))
 		p.Dst = netip.AddrPortFrom(p.Dst.Addr(), uint16(tcp.DstPort))
 		p.SYN, p.ACK, p.FIN, p.RST = tcp.SYN, tcp.ACK, tcp.FIN, tcp.RST
+		p.Seq = tcp.Seq
 		if len(tcp.Payload) > 0 {
 			p.Payload = bytes.Clone(tcp.Payload)
 		}
@@ -350,6 +354,47 @@ func Stream(pkts []Packet, src, dst netip.AddrPort) string {
 		if len(p.Payload) > 0 && match(src, p.Src) && match(dst, p.Dst) {
 			b.Write(p.Payload)
 		}
+	}
+	return b.String()
+}
+
+// StreamOnce is the bytes one TCP connection carried from src to dst (both
+// exact), in sequence order, each byte once: a retransmitted segment,
+// which Stream would append again, adds only what was not there before.
+// A segment past a hole (one the capture lost) is appended after it all
+// the same. Reading a byte stream as records (TLS) needs this; a search
+// for text does not.
+func StreamOnce(pkts []Packet, src, dst netip.AddrPort) string {
+	var (
+		b       strings.Builder
+		next    uint32 // sequence number of the next new byte
+		started bool
+	)
+	for _, p := range pkts {
+		if p.Src != src || p.Dst != dst {
+			continue
+		}
+		if p.SYN {
+			next, started = p.Seq+1, true
+			continue
+		}
+		if len(p.Payload) == 0 {
+			continue
+		}
+		if !started {
+			next, started = p.Seq, true
+		}
+		data := p.Payload
+		// Serial-number arithmetic (RFC 1982): behind is how far the
+		// segment starts before next, modulo 2^32.
+		if behind := int32(next - p.Seq); behind > 0 {
+			if int(behind) >= len(data) {
+				continue // all of it seen already
+			}
+			data = data[behind:]
+		}
+		b.Write(data)
+		next = p.Seq + uint32(len(p.Payload))
 	}
 	return b.String()
 }
