@@ -497,7 +497,11 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 			if c.route == routeImplicit {
 				mark = ""
 			}
-			wire, err := lab.WireCertificate(lab.Stream(pkts, ctl, netip.AddrPort{}), mark)
+			var wire string
+			err := errors.New("no control connection in the capture")
+			if peers := connsTo(pkts, ctl); len(peers) > 0 {
+				wire, err = lab.WireCertificate(lab.StreamOnce(pkts, ctl, peers[len(peers)-1]), mark)
+			}
 			for _, f := range checkPeerCert(lab.PeerCert{SHA256: wire}, err, want, other) {
 				failf("on the wire: %s", f)
 			}
@@ -617,8 +621,8 @@ func checkTLSControl(link string, pkts []lab.Packet, ctl netip.AddrPort, implici
 		return []string{fmt.Sprintf("%s: no control connection to %v", link, ctl)}, nil
 	}
 	for _, peer := range peers {
-		cmds := lab.Stream(pkts, peer, ctl)
-		replies := lab.Stream(pkts, ctl, peer)
+		cmds := lab.StreamOnce(pkts, peer, ctl)
+		replies := lab.StreamOnce(pkts, ctl, peer)
 		n, err := lab.TLSRecordsAfter(cmds, cmdMark)
 		if err != nil {
 			fails = append(fails, fmt.Sprintf("%s, commands %v->%v: %v", link, peer, ctl, err))
@@ -808,9 +812,10 @@ func TestTLSWireChecks(t *testing.T) {
 	tlsOK := rec(22, 300) + rec(23, 40)
 	conn := func(cmds, replies string) []lab.Packet {
 		return []lab.Packet{
-			{Src: ctl, Dst: cli, Payload: []byte(replies)},
-			{Src: cli, Dst: ctl, SYN: true},
-			{Src: cli, Dst: ctl, Payload: []byte(cmds)},
+			{Src: cli, Dst: ctl, SYN: true, Seq: 1000},
+			{Src: ctl, Dst: cli, SYN: true, ACK: true, Seq: 5000},
+			{Src: ctl, Dst: cli, Payload: []byte(replies), Seq: 5001},
+			{Src: cli, Dst: ctl, Payload: []byte(cmds), Seq: 1001},
 		}
 	}
 	greeting, auth := "220 hello\r\n234 go ahead\r\n", "AUTH TLS\r\n"
