@@ -3,15 +3,7 @@ package lifecycle
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,32 +11,23 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pasvgate/pasvgate/proxy/probe/probetest"
 	"github.com/pasvgate/pasvgate/test/netns"
 )
 
-// writeCertPair writes a self-signed certificate for 203.0.113.1 named cn,
-// and its key, to cert and key.
+// writeCertPair writes a certificate for 203.0.113.1 named cn, and its
+// key, to cert and key.
 func writeCertPair(t *testing.T, cert, key, cn string) {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := probetest.NewCA("pasvgate test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("203.0.113.1")}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	c, err := ca.Issue(cn, []string{"203.0.113.1"}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	kder, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+	if err := probetest.WriteKeyPair(c, cert, key); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
 	"time"
 )
 
@@ -88,4 +89,21 @@ func (ca *CA) Issue(cn string, names []string, notBefore, notAfter time.Time) (t
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// WriteKeyPair writes c's certificate chain and private key as PEM files,
+// as --tls-cert and --tls-key read them.
+func WriteKeyPair(c tls.Certificate, certFile, keyFile string) error {
+	var chain []byte
+	for _, der := range c.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	key, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return fmt.Errorf("probetest: key: %w", err)
+	}
+	if err := os.WriteFile(certFile, chain, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}), 0o600)
 }
