@@ -470,6 +470,14 @@ func (m *Mapping) Claim() bool {
 	return true
 }
 
+// Claimed reports whether Claim succeeded: a transfer command was sent
+// for the mapping, whose final reply releases it.
+func (m *Mapping) Claimed() bool {
+	m.t.mu.Lock()
+	defer m.t.mu.Unlock()
+	return m.claimed
+}
+
 // Release queues the mapping for removal and returns at once: removal is
 // never on a client's critical path. Releasing twice is harmless; the first
 // reason is the one logged.

@@ -126,16 +126,28 @@ func (rl *relay) run() {
 	if err != nil {
 		return
 	}
-	// The dial and the handshakes end with the session, as the accept
-	// does.
+	// The dial, the handshakes and the copy end with the session, as the
+	// accept does; and when the port is released before any transfer
+	// claimed it (its connect timeout, a new PASV, a logout): a client
+	// that connects and never sends its transfer command must not keep a
+	// relay of its own once its port no longer counts against it.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
 		select {
 		case <-s.over:
-			cancel()
+		case <-rl.m.Done():
+			if rl.m.Claimed() { // its transfer ran: the relay ends when the data does
+				select {
+				case <-s.over:
+				case <-ctx.Done():
+					return
+				}
+			}
 		case <-ctx.Done():
+			return
 		}
+		cancel()
 	}()
 	d := net.Dialer{Timeout: durationOr(s.srv.settings().DialTimeout, 10*time.Second)}
 	if rl.from.IsValid() {
@@ -171,12 +183,19 @@ func (rl *relay) run() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if serr = handshake(ctx, tc, hs+replyGrace); serr == nil && !tc.ConnectionState().DidResume {
-				s.log.Info("protected data connection: the server's TLS session was not resumed")
+			serr = handshake(ctx, tc, hs+replyGrace)
+			switch {
+			case serr != nil:
+				client.Close() // the client's handshake can only fail now
+			case !tc.ConnectionState().DidResume:
+				s.log.Debug("protected data connection: the server's TLS session was not resumed")
 			}
 		}()
 	}
 	cerr := handshake(ctx, cc, hs+replyGrace)
+	if cerr != nil {
+		server.Close() // the server's handshake can only fail now
+	}
 	wg.Wait()
 	switch {
 	case cerr != nil:
@@ -195,7 +214,7 @@ func (rl *relay) run() {
 		server.Close()
 		return
 	}
-	rl.copy(cc, sc, client, server)
+	rl.copy(ctx, cc, sc, client, server)
 }
 
 // accept waits for the one connection the relay admits: from src, to one
@@ -253,7 +272,7 @@ func (rl *relay) localOK(a netip.Addr) bool {
 // socket closed with bytes unread makes the kernel send an RST, which
 // could cost a server the tail of an upload (with TLS 1.3 the server's
 // session tickets arrive after the handshake and may still be unread).
-func (rl *relay) copy(cc, sc, client, server net.Conn) {
+func (rl *relay) copy(ctx context.Context, cc, sc, client, server net.Conn) {
 	s := rl.s
 	idle := durationOr(s.srv.settings().IdleTimeout, 10*time.Minute)
 	var lingering atomic.Bool
@@ -264,21 +283,25 @@ func (rl *relay) copy(cc, sc, client, server net.Conn) {
 			_ = server.SetReadDeadline(t)
 		}
 	}
+	var wg sync.WaitGroup
+	direction := func(dst, src, dstTCP, srcTCP net.Conn) {
+		defer wg.Done()
+		n := relayCopy(dst, src, dstTCP, srcTCP, idle, &lingering)
+		s.srv.stats.relayed.Add(uint64(n))
+		closeWrite(dst, dstTCP)
+		linger()
+	}
+	wg.Add(2)
+	go direction(sc, cc, server, client)
+	go direction(cc, sc, client, server)
 	done := make(chan struct{})
 	go func() {
-		defer close(done)
-		n := relayCopy(sc, cc, server, client, idle, &lingering)
-		s.srv.stats.relayed.Add(uint64(n))
-		closeWrite(sc, server)
-		linger()
+		wg.Wait()
+		close(done)
 	}()
-	n := relayCopy(cc, sc, client, server, idle, &lingering)
-	s.srv.stats.relayed.Add(uint64(n))
-	closeWrite(cc, client)
-	linger()
 	select {
 	case <-done:
-	case <-s.over:
+	case <-ctx.Done():
 		client.Close()
 		server.Close()
 		<-done

@@ -261,3 +261,37 @@ func portArg(t *testing.T, a net.Addr) string {
 	ip := ap.Addr().As4()
 	return fmt.Sprintf("%d,%d,%d,%d,%d,%d", ip[0], ip[1], ip[2], ip[3], ap.Port()>>8, ap.Port()&0xff)
 }
+
+// TestProtectedUnclaimed: a client that connects to its relay port, makes
+// the handshake and never sends a transfer command loses the relay when
+// the port's connect timeout releases it: a relay lives no longer than the
+// port that counts against its client.
+func TestProtectedUnclaimed(t *testing.T) {
+	p := newPKI(t)
+	o := p.options(nil)
+	o.connectTimeout = 300 * time.Millisecond
+	h := newHarness(t, o)
+	c := h.dial(t)
+	c.startTLS(p)
+	c.protect("P")
+	c.login()
+	ap := parse227(t, c.expectAfter("PASV", "227"))
+	raw, err := net.DialTimeout("tcp", ap.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(5 * time.Second))
+	tc := tls.Client(raw, c.tls)
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("data handshake: %v", err)
+	}
+	start := time.Now()
+	if _, err := tc.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the relay sent data for a transfer never asked for")
+	} else if strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("the relay outlived its port's connect timeout: %v", err)
+	}
+	t.Logf("relay closed %v after the handshake", time.Since(start).Round(time.Millisecond))
+	c.expectAfter("NOOP", "200")
+}
