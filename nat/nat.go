@@ -55,6 +55,7 @@ const (
 	ReasonSessionEnd     = "session-end"     // the control session ended
 	ReasonShutdown       = "shutdown"        // the table was closed with the mapping still open
 	ReasonLoggedOut      = "logged-out"      // the session's login ended (REIN) before the mapping was used
+	ReasonRelayListen    = "relay-listen"    // a relay's port could not be listened on (another socket holds it)
 )
 
 // PortRange is an inclusive range of TCP ports.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 
 	"github.com/pasvgate/pasvgate/nat"
@@ -57,29 +58,27 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 	// The control client is charged for the mapping, though the server
 	// makes its data connection.
 	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client, Client: s.peer}
-	protected := s.isProtected()
-	switch {
-	case protected:
+	var m *nat.Mapping
+	var err error
+	if s.isProtected() {
 		// PROT P: the server connects to pasvgate, which relays to the
 		// client (relay.go).
-		req.Relay = true
-	case !s.srv.transparent():
-		// Reverse mode: the client sees the data connection come from the
-		// gateway's public side, the address it dialed.
-		req.SNAT = s.clientSideAddr()
+		m, err = s.openRelay(ctx, req, relay{src: server.Addr(), locals: []netip.Addr{gw}, active: true, target: client,
+			from: s.clientSideAddr(), serverTLS: s.isServerTLS()})
+	} else {
+		if !s.srv.transparent() {
+			// Reverse mode: the client sees the data connection come
+			// from the gateway's public side, the address it dialed.
+			req.SNAT = s.clientSideAddr()
+		}
+		m, err = s.srv.NAT.Open(ctx, req)
 	}
-	m, err := s.srv.NAT.Open(ctx, req)
+	if errors.Is(err, errRelayListen) {
+		s.log.Warn(verb.String()+" refused", "err", err)
+		return nil, nil, cant
+	}
 	if err != nil {
 		return nil, nil, s.mappingRefused(err)
-	}
-	if protected {
-		rl := &relay{m: m, src: server.Addr(), locals: []netip.Addr{gw}, active: true, target: client,
-			from: s.clientSideAddr(), serverTLS: s.isServerTLS()}
-		if err := s.startRelay(rl); err != nil {
-			m.Release(nat.ReasonSessionEnd)
-			s.log.Warn(verb.String()+" refused: cannot listen for the protected data connection", "port", m.Public.Port(), "err", err)
-			return nil, nil, cant
-		}
 	}
 	s.srv.stats.rewrite(verb.String())
 	ap := netip.AddrPortFrom(gw, m.Public.Port())

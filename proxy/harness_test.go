@@ -216,6 +216,8 @@ type options struct {
 	settings func(*proxy.Settings)
 	// implicit serves the listener with ServeTLS.
 	implicit bool
+	// ports, if set, is the data range instead of 20000-20999.
+	ports nat.PortRange
 }
 
 type harness struct {
@@ -250,7 +252,7 @@ func newHarness(t *testing.T, o options) *harness {
 	h.tap = newTap(t, srv.Addr().String())
 	log := slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h.table, err = nat.New(h.backend, nat.Config{
-		Ports:          nat.PortRange{Low: 20000, High: 20999},
+		Ports:          o.portRange(),
 		ConnectTimeout: o.connectTimeout,
 		Logger:         log,
 		MaxPerClient:   o.maxMappings,
@@ -309,6 +311,13 @@ func newHarness(t *testing.T, o options) *harness {
 		}
 	})
 	return h
+}
+
+func (o options) portRange() nat.PortRange {
+	if o.ports.Low == 0 {
+		return nat.PortRange{Low: 20000, High: 20999}
+	}
+	return o.ports
 }
 
 // waitInstalled waits until the backend holds n mappings.

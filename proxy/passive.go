@@ -121,31 +121,30 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 		return cant(), nil
 	}
 	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Dialed: dialed, Target: backend, Client: s.peer}
-	protected := s.isProtected()
-	if protected {
+	var m *nat.Mapping
+	var err error
+	if s.isProtected() {
 		// PROT P: pasvgate relays the data connection itself (relay.go),
 		// on a port of the range, and dials the server from the control
 		// connection's own address.
-		req.Relay = true
-	} else if st.SNAT {
-		req.SNAT = addrPortOf(s.rawServer.LocalAddr()).Addr()
-	}
-	m, err := s.srv.NAT.Open(ctx, req)
-	if err != nil {
-		return ftp.AppendReply(nil, ftp.CodeCantOpenData, s.mappingRefused(err)), nil
-	}
-	if protected {
 		locals := []netip.Addr{match}
 		if dialed.IsValid() {
 			locals = append(locals, dialed)
 		}
-		rl := &relay{m: m, src: s.peer, locals: locals, target: backend,
-			from: addrPortOf(s.rawServer.LocalAddr()).Addr(), serverTLS: s.isServerTLS()}
-		if err := s.startRelay(rl); err != nil {
-			m.Release(nat.ReasonSessionEnd)
-			s.log.Warn("passive reply refused: cannot listen for the protected data connection", "port", m.Public.Port(), "err", err)
-			return cant(), nil
+		m, err = s.openRelay(ctx, req, relay{src: s.peer, locals: locals, target: backend,
+			from: addrPortOf(s.rawServer.LocalAddr()).Addr(), serverTLS: s.isServerTLS()})
+	} else {
+		if st.SNAT {
+			req.SNAT = addrPortOf(s.rawServer.LocalAddr()).Addr()
 		}
+		m, err = s.srv.NAT.Open(ctx, req)
+	}
+	if errors.Is(err, errRelayListen) {
+		s.log.Warn("passive reply refused", "err", err)
+		return cant(), nil
+	}
+	if err != nil {
+		return ftp.AppendReply(nil, ftp.CodeCantOpenData, s.mappingRefused(err)), nil
 	}
 	s.srv.stats.rewrite(strconv.Itoa(code))
 	var line []byte

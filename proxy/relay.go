@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pasvgate/pasvgate/nat"
@@ -101,9 +103,57 @@ type relay struct {
 	serverTLS bool
 }
 
-// startRelay listens on m's port and relays in the background; the
-// session waits for the relay when it ends. On failure to listen, the
-// caller releases m.
+// relayListenTries bounds the ports openRelay tries. A port of the data
+// range can be held by another socket: the range is usually inside the
+// kernel's ephemeral ports (net.ipv4.ip_local_port_range), which every
+// outgoing connection of the host draws from, pasvgate's own included.
+// Each try draws a new port at random, so four that are all taken mean a
+// host whose ephemeral ports are mostly in use.
+const relayListenTries = 4
+
+// errRelayListen: no port of the data range could be listened on.
+var errRelayListen = errors.New("cannot listen for the protected data connection")
+
+// openRelay draws a relay port for req (Request.Relay) and starts rl on
+// it, trying another port when the one drawn is held by another socket.
+// It returns the port's mapping, or the table's refusal, or an error
+// matching errRelayListen.
+func (s *session) openRelay(ctx context.Context, req nat.Request, rl relay) (*nat.Mapping, error) {
+	req.Relay = true
+	// The ports found taken are held until the end, so that each try
+	// draws another.
+	var taken []*nat.Mapping
+	defer func() {
+		for _, m := range taken {
+			m.Release(nat.ReasonRelayListen)
+		}
+	}()
+	var err error
+	for try := 0; try < relayListenTries; try++ {
+		m, oerr := s.srv.NAT.Open(ctx, req)
+		if oerr != nil {
+			if len(taken) > 0 {
+				break // the range, or the client's share of it, is used up
+			}
+			return nil, oerr
+		}
+		r := rl
+		r.m = m
+		if err = s.startRelay(&r); err == nil {
+			return m, nil
+		}
+		taken = append(taken, m)
+		s.log.Debug("relay port taken, trying another", "port", m.Public.Port(), "err", err)
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
+	s.srv.stats.refuse("relay-listen")
+	return nil, fmt.Errorf("%w: %w", errRelayListen, err)
+}
+
+// startRelay listens on rl's port and relays in the background; the
+// session waits for the relay when it ends.
 func (s *session) startRelay(rl *relay) error {
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{Port: int(rl.m.Public.Port())})
 	if err != nil {

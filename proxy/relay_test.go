@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy"
 	"github.com/spf13/afero"
 )
@@ -295,4 +296,49 @@ func TestProtectedUnclaimed(t *testing.T) {
 	}
 	t.Logf("relay closed %v after the handshake", time.Since(start).Round(time.Millisecond))
 	c.expectAfter("NOOP", "200")
+}
+
+// TestRelayPortTaken: a relay port that another socket holds (the data
+// range is usually inside the kernel's ephemeral ports) is passed over
+// for another; when every port is held, PASV gets 425, counted as
+// relay-listen, and no port stays drawn.
+func TestRelayPortTaken(t *testing.T) {
+	p := newPKI(t)
+	o := p.options(nil)
+	o.ports = nat.PortRange{Low: 20100, High: 20103}
+	h := newHarness(t, o)
+	plant(t, h.server.FS(), "f.bin", 1000)
+	var held []net.Listener
+	for port := 20100; port <= 20102; port++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.9:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		held = append(held, ln)
+	}
+	c := h.dial(t)
+	c.startTLS(p)
+	c.protect("P")
+	c.login()
+	dc, err := c.protectedData("RETR f.bin", c.tls, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(dc); err != nil || len(b) != 1000 {
+		t.Fatalf("got %d bytes, %v", len(b), err)
+	}
+	c.expect("226")
+	ln, err := net.Listen("tcp", "127.0.0.9:20103")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c.expectAfter("PASV", "425")
+	if st := h.proxy.Stats(); st.Refused["relay-listen"] != 1 {
+		t.Fatalf("refusals %v, want one relay-listen", st.Refused)
+	}
+	if st := h.table.Stats(); st.PortsBusy != 0 {
+		t.Fatalf("%d ports still drawn after the refusal", st.PortsBusy)
+	}
 }
