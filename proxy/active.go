@@ -60,11 +60,11 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client, Client: s.peer}
 	var m *nat.Mapping
 	var err error
-	if s.isProtected() {
+	if clientProt, serverProt := s.protectedLegs(); clientProt || serverProt {
 		// PROT P: the server connects to pasvgate, which relays to the
 		// client (relay.go).
 		m, err = s.openRelay(ctx, req, relay{src: server.Addr(), locals: []netip.Addr{gw}, active: true, target: client,
-			from: s.clientSideAddr(), serverTLS: s.isServerTLS()})
+			from: s.clientSideAddr(), clientTLS: clientProt, serverTLS: serverProt})
 	} else {
 		if !s.srv.transparent() {
 			// Reverse mode: the client sees the data connection come

@@ -134,20 +134,19 @@ var (
 // pasvgate's to answer: the server's leg had its PBSZ 0 when it was
 // upgraded (upgradeServer, startServerTLS). PROT is passed on canonical
 // when the server's leg is TLS, so that the server protects its side of
-// the data connections exactly when the client does, and answered by
-// pasvgate when it is clear. From PROT P on, data connections are relayed
-// (relay.go); from PROT C on, they take the kernel path. It returns the
-// line to send the server, or nil when pasvgate has answered.
+// the data connections when the client does, and answered by pasvgate
+// when it is clear. It returns the line to send the server, or nil when
+// pasvgate has answered.
 //
 // RFC 4217 puts PBSZ before PROT, but vsftpd, ProFTPD, pure-ftpd and
 // ftpserverlib all take a PROT without it, and Python's FTP_TLS.prot_c()
 // sends none: so does pasvgate.
 //
-// The level is in force from the command on, not from the server's 200:
-// a data command pipelined behind PROT must be judged by it, and a server
-// that refuses PROT P (its reply reaches the client) leaves a session
-// whose protected transfers fail at the server's end, not one that leaks
-// clear data.
+// The client's level is in force from the command on, not from the
+// server's 200: a data command pipelined behind PROT must be judged by
+// it. The server's is in force from its 2xx (popLocked): a server that
+// refuses PROT C (ProFTPD's TLSRequired on) keeps its side protected, and
+// its data connections are then relayed even for a clear client's.
 func (s *session) protection(c ftp.Command) []byte {
 	if c.Verb == ftp.VerbPBSZ {
 		s.reply(ftp.CodeOK, "PBSZ=0")
@@ -155,7 +154,7 @@ func (s *session) protection(c ftp.Command) []byte {
 	}
 	p := protLevel(c.Arg) == 'P'
 	s.mu.Lock()
-	s.protected = p
+	s.clientProt = p
 	serverTLS := s.serverTLS
 	s.mu.Unlock()
 	switch {
@@ -171,10 +170,12 @@ func (s *session) protection(c ftp.Command) []byte {
 	return nil
 }
 
-func (s *session) isProtected() bool {
+// protectedLegs reports each leg's data protection now: whether the
+// client's side, and the server's, of a data connection are TLS.
+func (s *session) protectedLegs() (client, server bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.protected
+	return s.clientProt, s.serverProt
 }
 
 // auth upgrades the client's control channel after an AUTH that passed
@@ -344,42 +345,65 @@ func (s *session) owesReplies() bool {
 // implicit-TLS listener): it reads the server's greeting, which it
 // returns for the client, then sends AUTH TLS, makes the handshake, and
 // sets PBSZ 0 and PROT C, so that data is clear until the client asks
-// otherwise. On failure it returns the reason for Stats.TLSFailures.
-func startServerTLS(ctx context.Context, u net.Conn, st *Settings, cfg *tls.Config, maxLine int) (greeting []byte, tc *tls.Conn, why string, err error) {
+// otherwise; or PROT P for a server that refuses clear data, which
+// protected reports. On failure it returns the reason for
+// Stats.TLSFailures.
+func startServerTLS(ctx context.Context, u net.Conn, st *Settings, cfg *tls.Config, maxLine int) (greeting []byte, tc *tls.Conn, protected bool, why string, err error) {
 	d := durationOr(st.HandshakeTimeout, defaultHandshakeTimeout)
 	_ = u.SetDeadline(time.Now().Add(d))
 	r := ftp.NewReader(u, maxLine)
 	greeting, code, err := readReply(r)
 	switch {
 	case err != nil:
-		return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("reading the greeting: %w", err)
+		return nil, nil, false, tlsFailUpstreamProtocol, fmt.Errorf("reading the greeting: %w", err)
 	case code != ftp.CodeServiceReady:
-		return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("greeting is %d, not 220", code)
+		return nil, nil, false, tlsFailUpstreamProtocol, fmt.Errorf("greeting is %d, not 220", code)
 	}
 	if _, err := u.Write(lineAUTH); err != nil {
-		return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("sending AUTH TLS: %w", err)
+		return nil, nil, false, tlsFailUpstreamProtocol, fmt.Errorf("sending AUTH TLS: %w", err)
 	}
 	if _, code, err = readReply(r); err != nil || code != ftp.CodeAuthOK {
-		return nil, nil, tlsFailUpstreamRefused, fmt.Errorf("AUTH TLS answered %d (%v)", code, err)
+		return nil, nil, false, tlsFailUpstreamRefused, fmt.Errorf("AUTH TLS answered %d (%v)", code, err)
 	}
 	if r.Buffered() > 0 {
-		return nil, nil, tlsFailUpstreamProtocol, errors.New("the server sent more after its 234")
+		return nil, nil, false, tlsFailUpstreamProtocol, errors.New("the server sent more after its 234")
 	}
 	tc = tls.Client(u, cfg)
 	if err := handshake(ctx, tc, d); err != nil {
-		return nil, nil, upstreamFailure(err), fmt.Errorf("TLS handshake: %w", err)
+		return nil, nil, false, upstreamFailure(err), fmt.Errorf("TLS handshake: %w", err)
 	}
 	r = ftp.NewReader(tc, maxLine)
-	for _, line := range [][]byte{linePBSZ0, linePROTC} {
+	ask := func(line []byte) (int, error) {
 		if _, err := tc.Write(line); err != nil {
-			return nil, nil, tlsFailUpstreamProtocol, fmt.Errorf("sending %s: %w", bytes.TrimSpace(line), err)
+			return 0, fmt.Errorf("sending %s: %w", bytes.TrimSpace(line), err)
 		}
-		if _, code, err := readReply(r); err != nil || code/100 != 2 {
-			return nil, nil, tlsFailUpstreamRefused, fmt.Errorf("%s answered %d (%v)", bytes.TrimSpace(line), code, err)
+		reply, code, err := readReply(r)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", bytes.TrimSpace(line), err)
 		}
+		if code/100 != 2 {
+			return code, fmt.Errorf("%s answered %q", bytes.TrimSpace(line), bytes.TrimSpace(reply))
+		}
+		return code, nil
+	}
+	if _, err := ask(linePBSZ0); err != nil {
+		return nil, nil, false, tlsFailUpstreamRefused, err
+	}
+	// Clear data if the server takes it: it then goes through the
+	// kernel. A server that requires protected data (ProFTPD's
+	// TLSRequired on answers 534) gets PROT P, and its data connections
+	// are relayed.
+	if code, err := ask(linePROTC); err != nil {
+		if code == 0 {
+			return nil, nil, false, tlsFailUpstreamProtocol, err
+		}
+		if _, perr := ask(linePROTP); perr != nil {
+			return nil, nil, false, tlsFailUpstreamRefused, fmt.Errorf("%v, and %w", err, perr)
+		}
+		protected = true
 	}
 	_ = u.SetDeadline(time.Time{})
-	return greeting, tc, "", nil
+	return greeting, tc, protected, "", nil
 }
 
 // readReply reads one whole reply and returns its raw bytes and code.

@@ -95,6 +95,7 @@ func (s *session) command(ctx context.Context, c ftp.Command) string {
 		if out = s.protection(c); out == nil {
 			return ""
 		}
+		p.protP = c.Verb == ftp.VerbPROT && protLevel(c.Arg) == 'P'
 	case ftp.VerbPASV, ftp.VerbEPSV:
 		if c.Verb == ftp.VerbEPSV && isEPSVAllArg(c.Arg) {
 			s.mu.Lock()

@@ -163,13 +163,16 @@ func (s *session) isLoggedIn() bool {
 // awaitLogin lets the replies to login commands still in flight (USER,
 // PASS, ACCT) arrive before a data command is judged on the login, so that
 // a client that pipelines PASV behind its PASS is not refused for being
-// quick. It waits at most the write timeout; a server that takes longer to
-// answer a login leaves the session not logged in.
+// quick; and the reply to a PROT, which settles the server's side of the
+// data connections (a PORT pipelined behind PROT P must be relayed with
+// the server's side protected). It waits at most the write timeout; a
+// server that takes longer to answer a login leaves the session not
+// logged in.
 func (s *session) awaitLogin(ctx context.Context) {
 	var deadline <-chan time.Time
 	for {
 		s.mu.Lock()
-		waiting := !s.loggedIn && !s.ended && s.loginPendingLocked()
+		waiting := !s.ended && ((!s.loggedIn && s.loginPendingLocked()) || s.protPendingLocked())
 		s.mu.Unlock()
 		if !waiting {
 			return
@@ -194,6 +197,17 @@ func (s *session) loginPendingLocked() bool {
 	for _, p := range s.queue {
 		switch p.verb {
 		case ftp.VerbUSER, ftp.VerbPASS, ftp.VerbACCT:
+			return true
+		}
+	}
+	return false
+}
+
+// protPendingLocked reports whether a PROT passed on to the server awaits
+// its reply.
+func (s *session) protPendingLocked() bool {
+	for _, p := range s.queue {
+		if p.verb == ftp.VerbPROT {
 			return true
 		}
 	}

@@ -123,7 +123,7 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Dialed: dialed, Target: backend, Client: s.peer}
 	var m *nat.Mapping
 	var err error
-	if s.isProtected() {
+	if clientProt, serverProt := s.protectedLegs(); clientProt || serverProt {
 		// PROT P: pasvgate relays the data connection itself (relay.go),
 		// on a port of the range, and dials the server from the control
 		// connection's own address.
@@ -132,7 +132,7 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 			locals = append(locals, dialed)
 		}
 		m, err = s.openRelay(ctx, req, relay{src: s.peer, locals: locals, target: backend,
-			from: addrPortOf(s.rawServer.LocalAddr()).Addr(), serverTLS: s.isServerTLS()})
+			from: addrPortOf(s.rawServer.LocalAddr()).Addr(), clientTLS: clientProt, serverTLS: serverProt})
 	} else {
 		if st.SNAT {
 			req.SNAT = addrPortOf(s.rawServer.LocalAddr()).Addr()

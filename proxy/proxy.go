@@ -477,7 +477,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
 	sess.upstream = upstream
 	if st.UpstreamTLS == UpstreamTLSAlways || (st.UpstreamTLS == UpstreamTLSAuto && implicit) {
 		sess.upTLS = upstreamTLS(st, upstream)
-		greeting, tc, why, err := startServerTLS(ctx, server, st, sess.upTLS, sess.maxLine())
+		greeting, tc, protected, why, err := startServerTLS(ctx, server, st, sess.upTLS, sess.maxLine())
 		if err != nil {
 			s.stats.tlsFailed(why)
 			s.stats.refuseSession("upstream-tls")
@@ -487,7 +487,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
 			return
 		}
 		s.stats.tlsHandshake("server")
-		sess.greeting, sess.serverTLS = greeting, true
+		sess.greeting, sess.serverTLS, sess.serverProt = greeting, true, protected
 		sess.mu.Lock()
 		sess.server = tc
 		sess.mu.Unlock()

@@ -97,10 +97,11 @@ type relay struct {
 	// same-address check passes; towards the client, the gateway's public
 	// side.
 	from netip.Addr
-	// serverTLS is whether the server's side of the data connection is
-	// TLS: it is when the server's control channel is (it was sent the
-	// client's PROT P).
-	serverTLS bool
+	// clientTLS and serverTLS are whether each side of the data
+	// connection is TLS: the client's side when the client said PROT P,
+	// the server's when the server took a PROT P from pasvgate. At least
+	// one is, or the data would take the kernel path.
+	clientTLS, serverTLS bool
 }
 
 // relayListenTries bounds the ports openRelay tries. A port of the data
@@ -223,8 +224,7 @@ func (rl *relay) run() {
 	// Both handshakes at once: some servers make theirs before the 150
 	// the client waits for before its own.
 	hs := s.srv.handshakeTimeout()
-	cc := tls.Server(client, s.dataTLS)
-	var sc net.Conn = server
+	var cc, sc net.Conn = client, server
 	var serr error
 	var wg sync.WaitGroup
 	if rl.serverTLS {
@@ -242,9 +242,13 @@ func (rl *relay) run() {
 			}
 		}()
 	}
-	cerr := handshake(ctx, cc, hs+replyGrace)
-	if cerr != nil {
-		server.Close() // the server's handshake can only fail now
+	var cerr error
+	if rl.clientTLS {
+		tc := tls.Server(client, s.dataTLS)
+		cc = tc
+		if cerr = handshake(ctx, tc, hs+replyGrace); cerr != nil {
+			server.Close() // the server's handshake can only fail now
+		}
 	}
 	wg.Wait()
 	switch {

@@ -246,6 +246,9 @@ func (s *session) popLocked(code int) *finished {
 		}
 		f = &finished{user: s.user, verb: p.verb, arg: p.arg, mapping: p.mapping, took: time.Since(p.sent), code: code}
 	}
+	if p.verb == ftp.VerbPROT && code/100 == 2 {
+		s.serverProt = p.protP
+	}
 	if p.verb == ftp.VerbREIN && code >= 300 {
 		// Refused (vsftpd answers 502): the server kept the
 		// login, so pasvgate does too.

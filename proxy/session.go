@@ -51,6 +51,9 @@ type pending struct {
 	// loggedIn, for REIN, is whether the session was logged in before
 	// it: a server that refuses REIN leaves its login as it was.
 	loggedIn bool
+	// protP, for a PROT passed on to the server, is whether it asked for
+	// P: the server's side is protected so from its 2xx on.
+	protP bool
 }
 
 // session is one client's control connection and its connection to the
@@ -111,8 +114,12 @@ type session struct {
 	draining  bool   // the server is shutting down: end after the transfer
 	clientTLS bool   // the client's control channel is TLS
 	serverTLS bool   // the server's control channel is TLS
-	protected bool   // the client's PROT P is in force: data connections are relayed
-	bye       bool   // the server has said 221: it is closing the session
+	// clientProt and serverProt are each leg's data protection: the
+	// client's PROT P (from the command on), and the server's (from its
+	// 2xx to a PROT P pasvgate sent, see protection and startServerTLS).
+	// When either is set, data connections are relayed (relay.go).
+	clientProt, serverProt bool
+	bye                    bool // the server has said 221: it is closing the session
 }
 
 // Reasons a session ends, for its log line.
