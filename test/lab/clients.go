@@ -174,7 +174,8 @@ func lookPath(name string) error {
 // refused EPRT to PORT, by itself; the caller sees that in the control
 // channel. An IPv6 host goes into the URL in brackets, with --globoff so
 // that curl does not read them as a glob. With TLS set, the control
-// channel is explicit FTPS (see curlTLSArgs).
+// channel is FTPS, and the data too with TLS.ProtectData (see
+// curlTLSArgs).
 type Curl struct {
 	// TLS, if set, makes the control channel FTPS; nil is plain FTP.
 	TLS *ClientTLS
@@ -191,7 +192,7 @@ func (c Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if err := tr.checkFamily("curl"); err != nil {
 		return Result{}, err
 	}
-	tlsArgs, err := curlTLSArgs(c.TLS)
+	tlsArgs, url, err := curlTLSArgs(c.TLS, tr)
 	if err != nil {
 		return Result{}, err
 	}
@@ -220,7 +221,6 @@ func (c Curl) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 		}
 	}
 	args = append(args, tlsArgs...)
-	url := "ftp://" + tr.urlHost() + "/"
 	switch tr.Op {
 	case Get:
 		args = append(args, "--output", tr.Local, url+tr.Remote)
@@ -325,8 +325,10 @@ func (lf Lftp) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 // the script sends ftplib's own sendeprt instead of sendport.
 //
 // With TLS set it is ftplib.FTP_TLS: AUTH TLS before the login, PROT C
-// after it, and a line on standard error with the certificate it was
-// shown (see PeerCertOf).
+// after it (PROT P with TLS.ProtectData: stock ftplib, whose data
+// connections make full handshakes, never resuming the control
+// connection's session), and a line on standard error with the
+// certificate it was shown (see PeerCertOf).
 type Ftplib struct {
 	// Python is the interpreter; empty means Debian's /usr/bin/python3,
 	// so a pyenv or venv on PATH cannot change which ftplib runs.
@@ -356,10 +358,10 @@ func (f Ftplib) Available() error {
 
 // ftplibScript is the client program. Arguments: host user password
 // pasv|epsv|port|eprt get|put|list remote local timeout trust|ignore
-// clear|explicit|explicit-tls12 cafile.
+// clear|explicit|explicit-tls12 cafile C|P.
 const ftplibScript = `
 import ftplib, hashlib, ssl, sys
-host, user, password, mode, op, remote, local, timeout, pasvaddr, tls, cafile = sys.argv[1:]
+host, user, password, mode, op, remote, local, timeout, pasvaddr, tls, cafile, prot = sys.argv[1:]
 
 class FTP(ftplib.FTP_TLS if tls != "clear" else ftplib.FTP):
     # By default ftplib connects to the control peer, not to the 227 address.
@@ -390,7 +392,10 @@ if tls != "clear":
     print("pglab peer certificate sha256=%s subject=%s" % (hashlib.sha256(der).hexdigest(), subject), file=sys.stderr)
 ftp.login(user, password)
 if tls != "clear":
-    ftp.prot_c()
+    if prot == "P":
+        ftp.prot_p()
+    else:
+        ftp.prot_c()
 ftp.set_pasv(mode in ("pasv", "epsv"))
 if op == "get":
     with open(local, "wb") as f:
@@ -415,13 +420,13 @@ func (f Ftplib) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if tr.IgnorePASVAddr {
 		pasvaddr = "ignore"
 	}
-	tls, cafile, err := ftplibTLSArgs(f.TLS)
+	tls, cafile, prot, err := ftplibTLSArgs(f.TLS)
 	if err != nil {
 		return Result{}, err
 	}
 	return run(ctx, l, tr, f.python(), "-c", ftplibScript,
 		tr.Host, tr.User, tr.Password, mode, string(tr.Op), tr.Remote, tr.Local,
-		strconv.Itoa(int(tr.timeout().Seconds())), pasvaddr, tls, cafile)
+		strconv.Itoa(int(tr.timeout().Seconds())), pasvaddr, tls, cafile, prot)
 }
 
 // JLFTP drives test/interop/cmd/jlclient, a small program on
@@ -429,9 +434,16 @@ func (f Ftplib) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 // address it dials on standard error ("dial control ADDR", "dial data
 // ADDR"), which ends up in Result.Log and in failure messages; the interop
 // matrix checks the same thing for every client from the capture.
+//
+// With TLS set it speaks explicit FTPS with protected data (see
+// jlclientTLSArgs), resuming the control connection's TLS session on its
+// data connections (a client session cache), and prints the certificate
+// it was shown as Ftplib does (see PeerCertOf).
 type JLFTP struct {
 	// Bin is the built jlclient (see BuildGo).
 	Bin string
+	// TLS, if set, makes the session FTPS with PROT P; nil is plain FTP.
+	TLS *ClientTLS
 }
 
 // Name implements Client.
@@ -460,15 +472,19 @@ func (j JLFTP) Run(ctx context.Context, l *Lab, tr Transfer) (Result, error) {
 	if err := tr.checkFamily("jlaffaye"); err != nil {
 		return Result{}, err
 	}
-	return run(ctx, l, tr, j.Bin,
+	tlsArgs, err := jlclientTLSArgs(j.TLS)
+	if err != nil {
+		return Result{}, err
+	}
+	return run(ctx, l, tr, j.Bin, append([]string{
 		"--addr", net.JoinHostPort(tr.Host, "21"),
 		"--user", tr.User,
 		"--password", tr.Password,
-		"--epsv="+strconv.FormatBool(tr.EPSV),
+		"--epsv=" + strconv.FormatBool(tr.EPSV),
 		"--op", string(tr.Op),
 		"--remote", tr.Remote,
 		"--local", tr.Local,
-		"--timeout", tr.timeout().String())
+		"--timeout", tr.timeout().String()}, tlsArgs...)...)
 }
 
 // ClientByName returns the driver of the real client name (curl, lftp,

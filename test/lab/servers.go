@@ -103,6 +103,13 @@ type ServerOptions struct {
 	// data (PROT C allowed), in each kind's own terms (see tls.go). The
 	// greeting stays clear, so StartServer waits for it as usual.
 	TLS *Cert
+	// TLSRequireData, with TLS, requires protected data connections
+	// (PROT P) as well, and refuses clear ones: vsftpd
+	// force_anon_data_ssl, ProFTPD TLSRequired on, pure-ftpd -Y 3.
+	// test/ftpd has no such setting and takes either. vsftpd and ProFTPD
+	// also require, by their defaults, that a protected data connection
+	// resume the control connection's TLS session.
+	TLSRequireData bool
 }
 
 // Server is an FTP server running in the lab's server namespace, on
@@ -313,7 +320,7 @@ func vsftpdSetup(s *Server, dir, addr string, opt ServerOptions) (string, []stri
 	if opt.AsyncAbor {
 		conf += "async_abor_enable=YES\n"
 	}
-	conf += vsftpdTLS(opt.TLS)
+	conf += vsftpdTLS(opt.TLS, opt.TLSRequireData)
 	path := filepath.Join(dir, "vsftpd.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return "", nil, err
@@ -363,7 +370,7 @@ func pureFTPdSetup(ctx context.Context, s *Server, dir, addr string, opt ServerO
 	if opt.PublicAddr != "" {
 		args = append(args, "-P", opt.PublicAddr)
 	}
-	args = append(args, pureFTPdTLS(opt.TLS)...)
+	args = append(args, pureFTPdTLS(opt.TLS, opt.TLSRequireData)...)
 	return bin, args, nil
 }
 
@@ -420,7 +427,7 @@ func proFTPDSetup(s *Server, dir, addr, addr6 string, opt ServerOptions) (string
 	if opt.PublicAddr != "" {
 		conf += "MasqueradeAddress " + opt.PublicAddr + "\n"
 	}
-	tlsConf, err := proFTPDTLS(opt.TLS, dir)
+	tlsConf, err := proFTPDTLS(opt.TLS, dir, opt.TLSRequireData)
 	if err != nil {
 		return "", nil, err
 	}

@@ -236,22 +236,26 @@ func concat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
 // vsftpdTLS is the vsftpd.conf addition for ServerOptions.TLS. The lab's
 // vsftpd login is anonymous, so the anon_ settings are the ones that
-// apply: TLS is required for the login (force_anon_logins_ssl) and
-// optional for data (force_anon_data_ssl=NO: PROT C is allowed). The
-// local_ ones are set the same way for completeness, and
-// require_ssl_reuse stays at its default (YES; it concerns TLS data
-// connections only).
-func vsftpdTLS(c *Cert) string {
+// apply: TLS is required for the login (force_anon_logins_ssl), and for
+// data (force_anon_data_ssl) only with requireData: otherwise PROT C is
+// allowed. The local_ ones are set the same way for completeness, and
+// require_ssl_reuse stays at its default (YES: a protected data
+// connection must resume the control connection's TLS session).
+func vsftpdTLS(c *Cert, requireData bool) string {
 	if c == nil {
 		return ""
+	}
+	data := "NO"
+	if requireData {
+		data = "YES"
 	}
 	return strings.Join([]string{
 		"ssl_enable=YES",
 		"allow_anon_ssl=YES",
 		"force_anon_logins_ssl=YES",
-		"force_anon_data_ssl=NO",
+		"force_anon_data_ssl=" + data,
 		"force_local_logins_ssl=YES",
-		"force_local_data_ssl=NO",
+		"force_local_data_ssl=" + data,
 		"rsa_cert_file=" + c.CertFile,
 		"rsa_private_key_file=" + c.KeyFile,
 		// vsftpd 3.0.3's compiled-in list is DES-CBC3-SHA alone.
@@ -261,10 +265,17 @@ func vsftpdTLS(c *Cert) string {
 
 // proFTPDTLS is the proftpd.conf addition for ServerOptions.TLS: mod_tls,
 // from the unpacked proftpd-mod-crypto, with TLS required on the control
-// channel only (TLSRequired ctrl).
-func proFTPDTLS(c *Cert, dir string) (string, error) {
+// channel only (TLSRequired ctrl), or with requireData on data
+// connections too (TLSRequired on). No TLSOptions: so not
+// NoSessionReuseRequired, and a protected data connection must resume the
+// control connection's session (mod_tls's default).
+func proFTPDTLS(c *Cert, dir string, requireData bool) (string, error) {
 	if c == nil {
 		return "", nil
+	}
+	required := "ctrl"
+	if requireData {
+		required = "on"
 	}
 	mods := filepath.Join(CacheDir(), "proftpd-mod-crypto/usr/lib/proftpd")
 	if _, err := os.Stat(filepath.Join(mods, "mod_tls.so")); err != nil {
@@ -281,23 +292,31 @@ func proFTPDTLS(c *Cert, dir string) (string, error) {
 		`  TLSRSACertificateKeyFile ` + c.KeyFile,
 		`  TLSCertificateChainFile ` + c.ChainFile,
 		`  TLSVerifyClient off`,
-		`  TLSRequired ctrl`,
+		`  TLSRequired ` + required,
 		`</IfModule>`,
 	}, "\n") + "\n", nil
 }
 
 // pureFTPdTLS is pure-ftpd's arguments for ServerOptions.TLS: -Y 2 refuses
-// a session that does not secure its control channel (-Y 3 would require
-// TLS data too), with the chain and key in one file.
-func pureFTPdTLS(c *Cert) []string {
+// a session that does not secure its control channel, -Y 3 (requireData)
+// also refuses clear data connections, with the chain and key in one
+// file. pure-ftpd has no setting that requires a data connection to
+// resume the control connection's session.
+func pureFTPdTLS(c *Cert, requireData bool) []string {
 	if c == nil {
 		return nil
 	}
-	return []string{"-Y", "2", "-2", c.BundleFile}
+	level := "2"
+	if requireData {
+		level = "3"
+	}
+	return []string{"-Y", level, "-2", c.BundleFile}
 }
 
 // testftpdTLS is testftpd's arguments for ServerOptions.TLS: with a
-// certificate it requires TLS for the login and allows clear data.
+// certificate it requires TLS for the login and allows clear data, and
+// protected data (PROT P) too; it has no setting that requires it, so
+// ServerOptions.TLSRequireData changes nothing there.
 func testftpdTLS(c *Cert) []string {
 	if c == nil {
 		return nil
@@ -305,23 +324,31 @@ func testftpdTLS(c *Cert) []string {
 	return []string{"--tls-cert", c.CertFile, "--tls-key", c.KeyFile}
 }
 
-// ClientTLS makes a client driver (Curl, Lftp, Ftplib) speak FTPS: the
-// control channel in TLS, the data connections in clear (PROT C), as the
-// kernel path of a gateway needs them.
+// ClientTLS makes a client driver (Curl, Lftp, Ftplib, JLFTP) speak FTPS:
+// the control channel in TLS, the data connections in clear (PROT C), as
+// the kernel path of a gateway needs them, or protected too (PROT P,
+// ProtectData), which a gateway must relay itself.
 type ClientTLS struct {
 	// CAFile is the PEM file of the certificates the client trusts; the
 	// peer's certificate must verify against it and name the address
 	// the client dials.
 	CAFile string
 	// Implicit selects implicit FTPS: TLS from the first byte, on
-	// ImplicitPort. Only Lftp supports it here. False is explicit FTPS
-	// (AUTH TLS on port 21).
+	// ImplicitPort. Lftp supports it, and Curl with ProtectData (its
+	// ftps:// always protects data). False is explicit FTPS (AUTH TLS on
+	// port 21).
 	Implicit bool
 	// TLS12 caps the client at TLS 1.2, whose handshake shows the
 	// server's certificate in clear (see WireCertificate); TLS 1.3
 	// encrypts it. False lets the client choose, which is TLS 1.3 with
 	// every peer of the lab.
 	TLS12 bool
+	// ProtectData makes the data connections (listings too) TLS: PBSZ 0
+	// and PROT P. curl --ssl-reqd, lftp ftp:ssl-protect-data, ftplib
+	// prot_p(), jlaffaye/ftp's explicit TLS (which has no PROT C). Curl,
+	// Lftp and JLFTP resume the control connection's TLS session on each
+	// data connection; Python's stock ftplib does not.
+	ProtectData bool
 }
 
 // peerCertLine is how Ftplib reports the certificate it was shown, on
@@ -435,41 +462,57 @@ func tlsRecords(rest string) error {
 	return nil
 }
 
-// curlTLSArgs are curl's arguments for c: --ftp-ssl-control (TLS for the
-// login and the whole control channel, clear data: curl sends PBSZ 0 and
-// PROT C, and tries AUTH SSL before AUTH TLS), the trust anchors, and
-// what makes curl show the certificate it was given: --verbose prints
-// its subject on standard error, --write-out %{certs} the chain on
-// standard output (after a listing, for List).
-func curlTLSArgs(c *ClientTLS) ([]string, error) {
+// curlTLSArgs are curl's arguments for c, and the URL to append the path
+// to: --ftp-ssl-control (TLS for the login and the whole control channel,
+// clear data: curl sends PBSZ 0 and PROT C, and tries AUTH SSL before AUTH
+// TLS), or with c.ProtectData --ssl-reqd (PROT P); implicit FTPS is an
+// ftps:// URL to ImplicitPort, which protects data; the trust anchors; and
+// what makes curl show the certificate it was given: --verbose prints its
+// subject on standard error, --write-out %{certs} the chain on standard
+// output (after a listing, for List).
+func curlTLSArgs(c *ClientTLS, tr Transfer) ([]string, string, error) {
+	url := "ftp://" + tr.urlHost() + "/"
 	if c == nil {
-		return nil, nil
+		return nil, url, nil
 	}
-	if c.Implicit {
-		return nil, fmt.Errorf("curl: implicit FTPS is not driven here: %w", ErrUnsupported)
+	args := []string{"--cacert", c.CAFile, "--verbose", "--write-out", "%{certs}"}
+	switch {
+	case c.Implicit && !c.ProtectData:
+		return nil, "", fmt.Errorf("curl: implicit FTPS (ftps://) protects data, PROT C is not driven here: %w", ErrUnsupported)
+	case c.Implicit:
+		url = fmt.Sprintf("ftps://%s:%d/", tr.urlHost(), ImplicitPort)
+	case c.ProtectData:
+		args = append(args, "--ssl-reqd")
+	default:
+		args = append(args, "--ftp-ssl-control")
 	}
-	args := []string{"--ftp-ssl-control", "--cacert", c.CAFile, "--verbose", "--write-out", "%{certs}"}
 	if c.TLS12 {
 		args = append(args, "--tls-max", "1.2")
 	}
-	return args, nil
+	return args, url, nil
 }
 
 // lftpTLSSettings are lftp's settings for c, and the URL to open: TLS
-// forced on the control channel, data and listings in clear, the
-// certificate checked against c.CAFile and the host name (an IP address,
-// which the certificate must name). Implicit FTPS is an ftps:// URL to
-// ImplicitPort. Without c, TLS is off: the servers of the plain cells
-// speak plain FTP, and lftp would otherwise try AUTH TLS.
+// forced on the control channel, data and listings in clear (protected
+// with c.ProtectData), SSL allowed for the anonymous login (vsftpd's in
+// the lab), the certificate checked against c.CAFile and the host name (an
+// IP address, which the certificate must name). Implicit FTPS is an
+// ftps:// URL to ImplicitPort. Without c, TLS is off: the servers of the
+// plain cells speak plain FTP, and lftp would otherwise try AUTH TLS.
 func lftpTLSSettings(c *ClientTLS, tr Transfer) ([]string, string) {
 	if c == nil {
 		return []string{"set ftp:ssl-allow no"}, "ftp://" + tr.urlHost()
 	}
+	protect := "no"
+	if c.ProtectData {
+		protect = "yes"
+	}
 	s := []string{
 		"set ftp:ssl-allow yes",
 		"set ftp:ssl-force yes",
-		"set ftp:ssl-protect-data no",
-		"set ftp:ssl-protect-list no",
+		"set ftp:ssl-allow-anonymous yes",
+		"set ftp:ssl-protect-data " + protect,
+		"set ftp:ssl-protect-list " + protect,
 		"set ssl:ca-file " + c.CAFile,
 		"set ssl:verify-certificate yes",
 		"set ssl:check-hostname yes",
@@ -484,16 +527,40 @@ func lftpTLSSettings(c *ClientTLS, tr Transfer) ([]string, string) {
 }
 
 // ftplibTLSArgs are the TLS arguments of ftplibScript for c.
-func ftplibTLSArgs(c *ClientTLS) (mode, cafile string, err error) {
+func ftplibTLSArgs(c *ClientTLS) (mode, cafile, prot string, err error) {
 	switch {
 	case c == nil:
-		return "clear", "", nil
+		return "clear", "", "C", nil
 	case c.Implicit:
-		return "", "", fmt.Errorf("ftplib has no implicit FTPS: %w", ErrUnsupported)
-	case c.TLS12:
-		return "explicit-tls12", c.CAFile, nil
+		return "", "", "", fmt.Errorf("ftplib has no implicit FTPS: %w", ErrUnsupported)
 	}
-	return "explicit", c.CAFile, nil
+	prot = "C"
+	if c.ProtectData {
+		prot = "P"
+	}
+	if c.TLS12 {
+		return "explicit-tls12", c.CAFile, prot, nil
+	}
+	return "explicit", c.CAFile, prot, nil
+}
+
+// jlclientTLSArgs are jlclient's arguments for c: explicit FTPS with data
+// protected (jlaffaye/ftp's DialWithExplicitTLS sends PBSZ 0 and PROT P,
+// and has no PROT C), verifying the peer against c.CAFile.
+func jlclientTLSArgs(c *ClientTLS) ([]string, error) {
+	switch {
+	case c == nil:
+		return nil, nil
+	case c.Implicit:
+		return nil, fmt.Errorf("jlclient: implicit FTPS is not driven here: %w", ErrUnsupported)
+	case !c.ProtectData:
+		return nil, fmt.Errorf("jlaffaye/ftp's explicit TLS always sends PROT P: %w", ErrUnsupported)
+	}
+	args := []string{"--tls-ca", c.CAFile}
+	if c.TLS12 {
+		args = append(args, "--tls12")
+	}
+	return args, nil
 }
 
 // WireCertificate returns the hex SHA-256 of the first certificate (the
