@@ -29,7 +29,7 @@ import (
 func TestAsyncAbort(t *testing.T) {
 	lab.RequireRoot(t)
 	requirePasvgateMode(t)
-	tl := buildSome(t, false)
+	tl := buildSome(t, false, false)
 	if tl.pasvgateErr != nil {
 		t.Skipf("pasvgate binary: %v", tl.pasvgateErr)
 	}

@@ -94,7 +94,7 @@ func (s revSuite) run(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
 	servers := s.servers()
-	tl := buildSome(t, slices.Contains(servers, lab.BuiltIn))
+	tl := buildSome(t, slices.Contains(servers, lab.BuiltIn), false)
 	g := lab.NewGrid(fmt.Sprintf("%s (%s)", s.title, *flagIPTables), gridHead, []string{"get", "put", "list"})
 	for _, p := range s.parts {
 		for _, kind := range servers {
@@ -123,9 +123,10 @@ func (s revSuite) run(t *testing.T) {
 }
 
 // buildSome builds what buildTools does, less what the suite does not
-// use: jlclient never, testftpd only when ftpd is one of its servers.
-// Builds are mostly linking, which adds up on a loaded 2-core machine.
-func buildSome(t *testing.T, testftpd bool) tools {
+// use: testftpd only when ftpd is one of its servers, jlclient only when
+// the suite has its cells. Builds are mostly linking, which adds up on a
+// loaded 2-core machine.
+func buildSome(t *testing.T, testftpd, jlclient bool) tools {
 	dir := t.TempDir()
 	var tl tools
 	var wg sync.WaitGroup
@@ -134,7 +135,11 @@ func buildSome(t *testing.T, testftpd bool) tools {
 	} else {
 		tl.testftpdErr = errors.New("testftpd not built: ftpd not selected")
 	}
-	tl.jlclientErr = errors.New("jlclient not built: not used here")
+	if jlclient {
+		wg.Go(func() { tl.jlclient, tl.jlclientErr = lab.BuildGo(t.Context(), dir, "./test/interop/cmd/jlclient") })
+	} else {
+		tl.jlclientErr = errors.New("jlclient not built: not used here")
+	}
 	wg.Go(func() { tl.pasvgate, tl.pasvgateErr = pasvgateBin(t.Context(), dir) })
 	wg.Wait()
 	return tl

@@ -80,7 +80,7 @@ func TestBounce(t *testing.T) {
 	lab.RequireRoot(t)
 	requirePasvgateMode(t)
 	start := time.Now()
-	tl := buildSome(t, false)
+	tl := buildSome(t, false, false)
 	if tl.pasvgateErr != nil {
 		t.Skipf("pasvgate binary: %v", tl.pasvgateErr)
 	}

@@ -25,10 +25,11 @@ import (
 	"github.com/pasvgate/pasvgate/test/lab"
 )
 
-// The FTPS suite, PROT C slice: pasvgate terminates the client's TLS on
-// the control channel, speaks TLS to the server, and leaves the data
-// connections in clear on the kernel path (DNAT, no byte in userspace),
-// exactly as for plain FTP.
+// The FTPS suite. pasvgate terminates the client's TLS on the control
+// channel and speaks TLS to the server. Clear data (PROT C) stays on the
+// kernel path (DNAT, no byte in userspace), exactly as for plain FTP;
+// protected data (PROT P) is relayed by pasvgate, which terminates the
+// data connection's TLS on each side (protp_test.go has its checks).
 
 var flagTLSServers = flag.String("interop.tls-servers", lab.EnvOr("PASVGATE_INTEROP_TLS_SERVERS", strings.Join(lab.Servers, ",")),
 	"comma-separated servers of the FTPS suite [$PASVGATE_INTEROP_TLS_SERVERS]")
@@ -50,6 +51,18 @@ const (
 	routeExplicit = "explicit"
 	// routeImplicit: TLS from the first byte, to pasvgate's --listen-tls.
 	routeImplicit = "implicit"
+	// routeActive: routeExplicit in active mode (PORT): with PROT P the
+	// server connects to pasvgate, which dials the client, which stays
+	// the TLS client of the data connection.
+	routeActive = "explicit-active"
+	// routeIntruder: routeExplicit, PROT P, with an intruder on the
+	// client's network connecting to the announced data port before the
+	// client does: refused, and the client's transfer still works.
+	routeIntruder = "intruder-first"
+	// routeRequireReuse: routeExplicit to a pasvgate with
+	// --tls-require-reuse: a protected data connection whose TLS session
+	// does not resume the control connection's is refused.
+	routeRequireReuse = "require-reuse"
 	// routeOffload: AUTH TLS to pasvgate with --upstream-tls never, in
 	// front of a server that speaks plain FTP.
 	routeOffload = "offload"
@@ -66,6 +79,28 @@ const (
 	// certificate was renewed on disk and it got SIGHUP: the client must
 	// be shown the new certificate.
 	routeReload = "cert-reload"
+)
+
+// Data protection of a cell, the PROT column: clear data on the kernel
+// path, or protected data that pasvgate relays.
+const (
+	protC = "C"
+	protP = "P"
+)
+
+// What a cell wants, the want column: the transfer done, or the client's
+// protected data connection refused.
+const (
+	// wantOK: the file arrives whole.
+	wantOK = "ok"
+	// want522: vsftpd refuses the data connection of a client that does
+	// not resume its control session (require_ssl_reuse=YES):
+	// "522 SSL connection failed: session reuse required". The negative
+	// control of the cells where pasvgate makes such a client work.
+	want522 = "fail-522"
+	// wantNoReuse: pasvgate (--tls-require-reuse) refuses the client's
+	// data handshake, which did not resume.
+	wantNoReuse = "fail-no-reuse"
 )
 
 // Subjects of the certificates of the routeReload cells, neither a part
@@ -85,44 +120,107 @@ const offloadServer = "vsftpd-clear"
 
 // tcell is one FTPS cell.
 type tcell struct {
-	server, client, route string
-	op                    lab.Op
+	server, client, route, prot, want string
+	op                                lab.Op
 }
 
-func (c tcell) row() []string { return []string{c.server, c.client, c.route} }
+func (c tcell) row() []string { return []string{c.server, c.client, c.route, c.prot, c.want} }
 func (c tcell) String() string {
-	return fmt.Sprintf("%s/%s/%s/%s", c.server, c.client, c.route, c.op)
+	return fmt.Sprintf("%s/%s/%s/%s/%s/%s", c.server, c.client, c.route, c.prot, c.want, c.op)
 }
 
-// tlsPart is a group of cells of one route: its clients and operations.
+// tlsPart is a group of cells of one route and protection level: its
+// clients and operations, and what they want (wantOK if empty).
 type tlsPart struct {
 	route   string
+	prot    string
 	clients []string
 	ops     []lab.Op
+	want    string
 }
+
+func (p tlsPart) wants() string {
+	if p.want == "" {
+		return wantOK
+	}
+	return p.want
+}
+
+func (p tlsPart) cell(server, client string, op lab.Op) tcell {
+	return tcell{server: server, client: client, route: p.route, prot: p.prot, want: p.wants(), op: op}
+}
+
+var (
+	getPut = []lab.Op{lab.Get, lab.Put}
+	get    = []lab.Op{lab.Get}
+)
 
 // tlsPartsTLSServer are the cells run against a server that requires
-// TLS on its control channel.
+// TLS on its control channel: first with clear data allowed (PROT C),
+// then against the same kind of server restarted to require protected
+// data (PROT P).
 var tlsPartsTLSServer = []tlsPart{
-	{routeDirect, []string{"curl", "lftp", "ftplib"}, []lab.Op{lab.Get}},
-	{routeExplicit, []string{"curl", "lftp", "ftplib"}, []lab.Op{lab.Get, lab.Put}},
-	{routeExplicit, []string{"raw"}, []lab.Op{lab.Get}},
-	{routeImplicit, []string{"lftp"}, []lab.Op{lab.Get, lab.Put}},
+	{routeDirect, protC, []string{"curl", "lftp", "ftplib"}, get, ""},
+	{routeExplicit, protC, []string{"curl", "lftp", "ftplib"}, getPut, ""},
+	{routeExplicit, protC, []string{"raw"}, get, ""},
+	{routeImplicit, protC, []string{"lftp"}, getPut, ""},
+
+	{routeDirect, protP, []string{"curl"}, get, ""},
+	{routeExplicit, protP, []string{"curl", "lftp", "ftplib", "jlaffaye"}, getPut, ""},
+	{routeImplicit, protP, []string{"curl"}, getPut, ""},
 }
 
-// tlsPartWrongName is run against vsftpd only: whether pasvgate checks
-// the server's certificate does not depend on the server.
-var tlsPartWrongName = tlsPart{routeWrongName, []string{"curl"}, []lab.Op{lab.Get}}
+// tlsPartsVsftpd are run against vsftpd only, after the others of its
+// protection level. pasvgate's certificate check, active mode, the
+// intruder and --tls-require-reuse do not depend on the server; vsftpd
+// is the one that requires session reuse by default and says so.
+var tlsPartsVsftpd = []tlsPart{
+	{routeWrongName, protC, []string{"curl"}, get, ""},
+
+	{routeDirect, protP, []string{"ftplib"}, get, want522},
+	{routeActive, protP, []string{"lftp"}, getPut, ""},
+	{routeIntruder, protP, []string{"raw"}, get, ""},
+	{routeRequireReuse, protP, []string{"curl"}, get, ""},
+	{routeRequireReuse, protP, []string{"ftplib"}, get, wantNoReuse},
+}
 
 // tlsPartsOffload are the cells of the offload lab.
 var tlsPartsOffload = []tlsPart{
-	{routeOffload, []string{"curl", "ftplib"}, []lab.Op{lab.Get, lab.Put}},
-	{routeRequireClear, []string{"curl"}, []lab.Op{lab.Get}},
-	{routeReload, []string{"curl"}, []lab.Op{lab.Get}},
+	{routeOffload, protC, []string{"curl", "ftplib"}, getPut, ""},
+	{routeRequireClear, protC, []string{"curl"}, get, ""},
+	{routeReload, protC, []string{"curl"}, get, ""},
 }
 
-// TestTLS runs FTPS with clear data (PROT C) through pasvgate in reverse
-// mode: curl --ftp-ssl-control, lftp (ftp:ssl-force, no data
+// partsOf returns parts in the order a lab runs them: by protection
+// level (the server is restarted in between), the direct cells first in
+// each.
+func partsOf(server string) []tlsPart {
+	var all []tlsPart
+	switch server {
+	case offloadServer:
+		all = tlsPartsOffload
+	case lab.Vsftpd:
+		all = append(slices.Clone(tlsPartsTLSServer), tlsPartsVsftpd...)
+	default:
+		all = tlsPartsTLSServer
+	}
+	var out []tlsPart
+	for _, prot := range []string{protC, protP} {
+		for _, direct := range []bool{true, false} {
+			for _, p := range all {
+				if p.prot == prot && (p.route == routeDirect) == direct {
+					out = append(out, p)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestTLS runs FTPS through pasvgate in reverse mode, with clear data
+// (PROT C) and protected data (PROT P), and prints the cells as a table.
+//
+// PROT C: curl --ftp-ssl-control, lftp (ftp:ssl-force, no data
 // protection), Python's ftplib.FTP_TLS with prot_c(), the suite's raw Go
 // client, and lftp over implicit ftps:// to pasvgate's --listen-tls,
 // against vsftpd, ProFTPD (mod_tls), pure-ftpd and test/ftpd, each
@@ -131,8 +229,20 @@ var tlsPartsOffload = []tlsPart{
 // --upstream-server-name; and pasvgate as a TLS offloader (--upstream-tls
 // never) in front of a plain vsftpd, whose --tls require also refuses a
 // client in clear, and whose certificate, renewed on disk, is shown after
-// a SIGHUP. The direct cells (the client on the server's LAN) are
-// the positive controls of the checks.
+// a SIGHUP.
+//
+// PROT P, against the same servers restarted to require protected data
+// (vsftpd force_anon_data_ssl with require_ssl_reuse at its default YES,
+// ProFTPD TLSRequired on with its default reuse requirement, pure-ftpd
+// -Y 3; test/ftpd takes either): curl --ssl-reqd, curl over implicit
+// ftps://, lftp ftp:ssl-protect-data, ftplib prot_p() (which never
+// resumes a session) and jlaffaye/ftp's explicit TLS; against vsftpd
+// also lftp in active mode, the raw client with an intruder connecting to
+// the data port first, and pasvgate with --tls-require-reuse (curl
+// passes, ftplib is refused). The direct cells (the client on the
+// server's LAN) are the positive controls of the checks; ftplib's direct
+// PROT P cell against vsftpd is the negative control of session reuse:
+// it must fail with vsftpd's 522.
 //
 // Each cell checks the file's SHA-256 (download, and the upload as
 // stored); that the certificate the client was shown is the gateway's
@@ -143,12 +253,23 @@ var tlsPartsOffload = []tlsPart{
 // (the others), or from the first byte for implicit FTPS, so no 227, no
 // 192.0.2.x and no login is in clear, and likewise on the server's link
 // after pasvgate's own AUTH (or, offloaded, that the server's link is
-// clear); that the data connection went to pasvgate's --public-addr and
-// a port of its data range, reached the server's passive port from the
-// gateway's address, and is a kernel DNAT in the gateway's conntrack
-// table; and that no mapping is left afterwards. The raw client also
-// checks that TLS 1.1 is refused, and the answers to a second AUTH, PBSZ,
-// PROT P, CCC and PROT C.
+// clear); and that no mapping is left afterwards. The data connection:
+// with PROT C it went to pasvgate's --public-addr and a port of its data
+// range, reached the server's passive port from the gateway's address,
+// is a kernel DNAT in the gateway's conntrack table, and pasvgate's
+// pasvgate_transfers_total{path="kernel"} rose by one and the relay's
+// did not; with PROT P the client's data connection ended at the gateway
+// itself (its conntrack entry is answered by the address it was made to),
+// the gateway made its own to the server's passive port (in active mode:
+// the server connected to the gateway's data port, and the gateway to
+// the client), each is TLS records from its first byte on both links,
+// and pasvgate_transfers_total{path="relay"} rose by one,
+// pasvgate_relayed_bytes_total by the file's size at least, and the
+// kernel's did not. The raw client also checks that TLS 1.1 is refused,
+// and the answers to a second AUTH, PBSZ, PROT P, CCC and PROT C; the
+// intruder's connection must get no TLS handshake and count as a
+// relay-foreign-source refusal; --tls-require-reuse's refusal must count
+// as a data-no-reuse TLS failure.
 //
 // Control-channel TLS does not depend on the kernel backend, so the
 // suite runs in the default pass only and skips with another
@@ -165,23 +286,16 @@ func TestTLS(t *testing.T) {
 		t.Logf("sweeping stale %s namespaces: %v", tlsNSPrefix, err)
 	}
 	servers := lab.SplitList(*flagTLSServers)
-	g := lab.NewGrid(fmt.Sprintf("FTPS control channel, PROT C data, reverse mode (%s)", *flagIPTables),
-		[]string{"server", "client", "route"}, []string{"get", "put"})
-	groups := map[string][]tlsPart{}
-	var order []string
-	for _, s := range servers {
-		groups[s], order = tlsPartsTLSServer, append(order, s)
-		if s == lab.Vsftpd {
-			groups[s] = append(slices.Clone(tlsPartsTLSServer), tlsPartWrongName)
-		}
-	}
+	g := lab.NewGrid(fmt.Sprintf("FTPS, PROT C data on the kernel path and PROT P data relayed, reverse mode (%s)", *flagIPTables),
+		[]string{"server", "client", "route", "PROT", "want"}, []string{"get", "put"})
+	order := slices.Clone(servers)
 	if slices.Contains(servers, lab.Vsftpd) {
-		groups[offloadServer], order = tlsPartsOffload, append(order, offloadServer)
+		order = append(order, offloadServer)
 	}
 	for _, s := range order {
-		for _, p := range groups[s] {
+		for _, p := range partsOf(s) {
 			for _, cl := range p.clients {
-				c := tcell{server: s, client: cl, route: p.route}
+				c := p.cell(s, cl, "")
 				g.Row(c.row()...)
 				for _, op := range []lab.Op{lab.Get, lab.Put} {
 					if !slices.Contains(p.ops, op) {
@@ -193,7 +307,7 @@ func TestTLS(t *testing.T) {
 	}
 	defer func() { g.Print(os.Stdout, time.Since(start)) }()
 
-	tl := buildSome(t, slices.Contains(servers, lab.BuiltIn))
+	tl := buildSome(t, slices.Contains(servers, lab.BuiltIn), true)
 	pki, err := lab.NewPKI(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +319,7 @@ func TestTLS(t *testing.T) {
 		for _, s := range order {
 			t.Run(s, func(t *testing.T) {
 				t.Parallel()
-				runTLSServer(t, s, groups[s], tl, pki, g)
+				runTLSServer(t, s, partsOf(s), tl, pki, g)
 			})
 		}
 	})
@@ -222,17 +336,19 @@ func pasvgateHasTLS(ctx context.Context, bin string) error {
 }
 
 // runTLSServer runs one row group (a server, or the offload lab) in a lab
-// of its own.
+// of its own: for each protection level, the server started for it, the
+// direct cells, then the others, each run of parts with the same
+// pasvgate configuration behind one pasvgate.
 func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab.PKI, g *lab.Grid) {
-	rows := func(status, why string, routes ...string) {
-		for _, p := range parts {
-			if routes != nil && !slices.Contains(routes, p.route) {
-				continue
-			}
+	// rows sets every cell of ps (all parts if nil) that has no outcome
+	// yet to status.
+	rows := func(status, why string, ps []tlsPart) {
+		if ps == nil {
+			ps = parts
+		}
+		for _, p := range ps {
 			for _, cl := range p.clients {
-				for _, op := range p.ops {
-					g.Set(tcell{name, cl, p.route, op}.row(), string(op), status, why, 0)
-				}
+				g.SetRow(p.cell(name, cl, "").row(), status, why)
 			}
 		}
 	}
@@ -242,18 +358,21 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 		kind, opt.TLS = lab.Vsftpd, nil
 	}
 	if kind == lab.BuiltIn && tl.testftpdErr != nil {
-		rows(lab.StatusSkip, oneLine(tl.testftpdErr.Error()))
+		rows(lab.StatusSkip, oneLine(tl.testftpdErr.Error()), nil)
 		t.Skip(tl.testftpdErr)
 	}
 	l := lab.New(t, lab.Options{IPTables: *flagIPTables, NSPrefix: tlsNSPrefix})
-	srv := startServerOf(t, l, kind, opt, func(status, why string) { rows(status, why) })
-	defer srv.Proc.Stop()
-	e := &tlsEnv{l: l, srv: srv, pki: pki}
+	e := &tlsEnv{l: l, pki: pki, tl: tl}
+	defer func() {
+		if e.srv != nil {
+			e.srv.Proc.Stop()
+		}
+	}()
 	if slices.ContainsFunc(parts, func(p tlsPart) bool { return p.route == routeReload }) {
 		// Its own files, which its cells renew.
 		var err error
 		if e.reloadGW, err = pki.IssueGateway(filepath.Join(l.Dir, "reload-cert"), reloadCNBefore); err != nil {
-			rows(lab.StatusFail, oneLine(err.Error()), routeReload)
+			rows(lab.StatusFail, oneLine(err.Error()), nil)
 			t.Fatal(err)
 		}
 	}
@@ -261,60 +380,71 @@ func runTLSServer(t *testing.T, name string, parts []tlsPart, tl tools, pki *lab
 	runPart := func(p tlsPart) {
 		for _, cl := range p.clients {
 			for _, op := range p.ops {
-				c := tcell{server: name, client: cl, route: p.route, op: op}
-				t.Run(p.route+"/"+cl+"/"+string(op), func(t *testing.T) { e.runCell(t, g, c) })
+				c := p.cell(name, cl, op)
+				t.Run(p.prot+"/"+p.route+"/"+cl+"/"+string(op), func(t *testing.T) { e.runCell(t, g, c) })
 			}
 		}
 	}
-	// The direct cells need no pasvgate: they run first, and whatever
-	// pasvgate is. The others run in their order, each run of parts with
-	// the same pasvgate configuration behind one pasvgate.
-	for _, p := range parts {
-		if p.route == routeDirect {
-			runPart(p)
+	for _, prot := range []string{protC, protP} {
+		var phase []tlsPart
+		for _, p := range parts {
+			if p.prot == prot {
+				phase = append(phase, p)
+			}
 		}
-	}
-	var proxied []string
-	for _, p := range parts {
-		if p.route != routeDirect {
-			proxied = append(proxied, p.route)
+		if len(phase) == 0 {
+			continue
+		}
+		if e.srv != nil {
+			e.srv.Proc.Stop()
+		}
+		opt.TLSRequireData = prot == protP
+		e.srv = startServerOf(t, l, kind, opt, func(status, why string) { rows(status, why, nil) })
+		// The direct cells need no pasvgate: they run whatever pasvgate
+		// is.
+		var run []tlsPart
+		for i, p := range phase {
+			if p.route == routeDirect {
+				runPart(p)
+				continue
+			}
+			if tl.pasvgateErr != nil {
+				rows(lab.StatusSkip, "pasvgate: "+oneLine(tl.pasvgateErr.Error()), []tlsPart{p})
+				continue
+			}
+			run = append(run, p)
+			if i+1 < len(phase) && slices.Equal(e.pasvgateArgs(phase[i+1].route), e.pasvgateArgs(p.route)) {
+				continue
+			}
+			args := append(e.pasvgateArgs(p.route), backendArgs(l)...)
+			pg, err := startPasvgateArgs(t, l, tl.pasvgate, []string{lab.GWPublicAddr + ":21"}, args...)
+			if err != nil {
+				rows(lab.StatusFail, "pasvgate did not start: "+oneLine(err.Error()), run)
+				t.Fatal(err)
+			}
+			e.pg = pg
+			for _, r := range run {
+				runPart(r)
+			}
+			pg.stop(t)
+			e.pg, run = nil, nil
 		}
 	}
 	if tl.pasvgateErr != nil {
-		rows(lab.StatusSkip, "pasvgate: "+oneLine(tl.pasvgateErr.Error()), proxied...)
 		t.Skip(tl.pasvgateErr)
-	}
-	var run []tlsPart
-	for i, p := range parts {
-		if p.route == routeDirect {
-			continue
-		}
-		run = append(run, p)
-		if i+1 < len(parts) && slices.Equal(e.pasvgateArgs(parts[i+1].route), e.pasvgateArgs(p.route)) {
-			continue
-		}
-		args := append(e.pasvgateArgs(p.route), backendArgs(l)...)
-		pg, err := startPasvgateArgs(t, l, tl.pasvgate, []string{lab.GWPublicAddr + ":21"}, args...)
-		if err != nil {
-			for _, r := range run {
-				rows(lab.StatusFail, "pasvgate did not start: "+oneLine(err.Error()), r.route)
-			}
-			t.Fatal(err)
-		}
-		e.pg = pg
-		for _, r := range run {
-			runPart(r)
-		}
-		pg.stop(t)
-		e.pg, run = nil, nil
 	}
 }
 
+// pasvgateMetrics is where each lab's pasvgate serves --metrics: on the
+// gateway namespace's loopback, which nothing else in the lab reaches.
+const pasvgateMetrics = "127.0.0.1:9464"
+
 // pasvgateArgs are pasvgate's arguments (less the backend's) for the
 // cells of route: with the gateway's certificate always (for routeReload,
-// its own files); in front of a server with TLS, also an implicit-FTPS
-// listener and the server's CA and name (a wrong one for routeWrongName);
-// as an offloader, --tls require and --upstream-tls never.
+// its own files), and metrics; in front of a server with TLS, also an
+// implicit-FTPS listener and the server's CA and name (a wrong one for
+// routeWrongName), and --tls-require-reuse for routeRequireReuse; as an
+// offloader, --tls require and --upstream-tls never.
 func (e *tlsEnv) pasvgateArgs(route string) []string {
 	pki, gw := e.pki, e.pki.GW
 	if route == routeReload {
@@ -327,6 +457,7 @@ func (e *tlsEnv) pasvgateArgs(route string) []string {
 		"--data-ports", pasvgateDataPorts,
 		"--tls-cert", gw.CertFile,
 		"--tls-key", gw.KeyFile,
+		"--metrics", pasvgateMetrics,
 		"--log-format", "json",
 	}
 	switch route {
@@ -334,6 +465,8 @@ func (e *tlsEnv) pasvgateArgs(route string) []string {
 		return append(args, "--tls", "require", "--upstream-tls", "never")
 	case routeWrongName:
 		return append(args, "--upstream-ca", pki.CAFile, "--upstream-server-name", wrongServerName)
+	case routeRequireReuse:
+		args = append(args, "--tls-require-reuse")
 	}
 	return append(args,
 		"--listen-tls", fmt.Sprintf("%s:%d", lab.GWPublicAddr, lab.ImplicitPort),
@@ -344,9 +477,10 @@ func (e *tlsEnv) pasvgateArgs(route string) []string {
 // tlsEnv is one lab of the FTPS suite.
 type tlsEnv struct {
 	l   *lab.Lab
-	srv *lab.Server
-	pg  *pasvgate // nil in the direct cells' time
+	srv *lab.Server // the server of the current protection level
+	pg  *pasvgate   // nil in the direct cells' time
 	pki *lab.PKI
+	tl  tools
 	// reloadGW is the certificate pasvgate was started with for the
 	// routeReload cells (its files are renewed by them).
 	reloadGW lab.Cert
@@ -361,7 +495,7 @@ func (e *tlsEnv) runCell(t *testing.T, g *lab.Grid, c tcell) {
 
 // client returns c's client driver.
 func (e *tlsEnv) client(c tcell) (lab.Client, error) {
-	ct := &lab.ClientTLS{CAFile: e.pki.CAFile, Implicit: c.route == routeImplicit, TLS12: tls12(c.client)}
+	ct := &lab.ClientTLS{CAFile: e.pki.CAFile, Implicit: c.route == routeImplicit, TLS12: tls12(c.client), ProtectData: c.prot == protP}
 	if c.route == routeRequireClear {
 		ct = nil
 	}
@@ -373,8 +507,13 @@ func (e *tlsEnv) client(c tcell) (lab.Client, error) {
 		cl = lab.Lftp{TLS: ct}
 	case "ftplib":
 		cl = lab.Ftplib{TLS: ct}
+	case "jlaffaye":
+		if e.tl.jlclientErr != nil {
+			return nil, e.tl.jlclientErr
+		}
+		cl = lab.JLFTP{Bin: e.tl.jlclient, TLS: ct}
 	case "raw":
-		cl = rawFTPS{caFile: e.pki.CAFile}
+		cl = rawFTPS{caFile: e.pki.CAFile, protP: c.prot == protP, intrude: e.intruder(c)}
 	default:
 		return nil, fmt.Errorf("client %q is not in this suite: %w", c.client, lab.ErrMissing)
 	}
@@ -422,15 +561,20 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 	}
 
 	base := strings.ReplaceAll(c.String(), "/", "-")
-	tr := lab.Transfer{NS: ns, Host: host, User: e.srv.User, Password: e.srv.Password, Op: c.op, Timeout: 30 * time.Second}
+	tr := lab.Transfer{NS: ns, Host: host, User: e.srv.User, Password: e.srv.Password, Op: c.op,
+		Active: c.route == routeActive, Timeout: 30 * time.Second}
 	putSHA, err := setFiles(&tr, l.Dir, base)
 	if err != nil {
 		return []string{err.Error()}, nil, ""
 	}
 	defer os.Remove(tr.Local)
 	var logFrom int // where this cell's lines of pasvgate's log begin
+	var before pgMetrics
 	if e.pg != nil {
 		logFrom = len(e.pg.proc.Output())
+		if before, err = e.pg.scrape(ctx); err != nil {
+			return []string{err.Error()}, nil, ""
+		}
 	}
 	want, other := e.pki.GW, e.pki.Server // the certificate the client must be shown, and one it must not
 	switch c.route {
@@ -484,11 +628,17 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 			}
 		}
 	default:
-		if runErr != nil {
+		switch {
+		case c.want != wantOK:
+			rfails, rnotes := e.checkRefused(ctx, c, runErr, before, logFrom)
+			fails, notes = append(fails, rfails...), append(notes, rnotes...)
+		case runErr != nil:
 			failf("client: %v", runErr)
 			notes = append(notes, "client log: "+lastLines(res.Log, 15))
-		} else if bad := e.srv.CheckOutcome(c.op, res, tr.Local, "", base+".bin", putSHA); bad != "" {
-			failf("%s", bad)
+		default:
+			if bad := e.srv.CheckOutcome(c.op, res, tr.Local, "", base+".bin", putSHA); bad != "" {
+				failf("%s", bad)
+			}
 		}
 
 		// 2. The certificate the client was shown.
@@ -539,8 +689,34 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 			fails = append(fails, checkClearUpstream(spkts, upstream)...)
 		}
 
-		// 5. The data connection took the kernel path.
-		dfails, dnotes := e.checkDataPath(ctx, pkts, spkts, from, ctl, direct)
+		// 5. The data connection took the kernel path (PROT C) or
+		// pasvgate's relay (PROT P), and pasvgate counted it so.
+		var dfails, dnotes []string
+		switch {
+		case c.want != wantOK:
+			// Refused: checkRefused said what happened to it.
+		case c.prot == protC:
+			dfails, dnotes = e.checkDataPath(ctx, pkts, spkts, from, ctl, direct)
+			if e.pg != nil {
+				dfails = append(dfails, e.pg.checkCounts(ctx, before, kernelTransfer)...)
+			}
+		case tr.Active:
+			dfails, dnotes = e.checkRelayActive(ctx, pkts, spkts)
+		default:
+			dfails, dnotes = e.checkRelayPath(ctx, pkts, spkts, from, ctl, direct)
+		}
+		if c.want == wantOK && c.prot == protP && e.pg != nil {
+			dfails = append(dfails, e.pg.checkCounts(ctx, before, relayTransfer)...)
+			if c.route == routeIntruder {
+				for _, line := range strings.Split(res.Log, "\n") {
+					if strings.HasPrefix(line, "intruder ") {
+						dnotes = append(dnotes, line)
+					}
+				}
+				dfails = append(dfails, e.pg.checkCounts(ctx, before, foreignRefused)...)
+				dfails = append(dfails, checkLogged(e.pg.proc.Settled()[logFrom:], "protected data connection refused: not from the address it is for", lab.IntruderAddr)...)
+			}
+		}
 		fails, notes = append(fails, dfails...), append(notes, dnotes...)
 	}
 	if !direct {
@@ -874,9 +1050,16 @@ func TestTLSWireChecks(t *testing.T) {
 // P, CCC and PROT C, each with the answer pasvgate owes (503, 200, 200
 // now that it relays protected data, a refusal, 200), logs in, and
 // downloads in passive mode with the data back in clear, which must take
-// the kernel path again. It reports the certificate it was shown as
-// Ftplib does, and only downloads.
-type rawFTPS struct{ caFile string }
+// the kernel path again. With protP it leaves PROT C out and downloads
+// over TLS, resuming the control connection's session (it fails if the
+// data handshake does not resume), and intrude, if set, runs between the
+// PASV reply and its own data connection (an intruder's try). It reports
+// the certificate it was shown as Ftplib does, and only downloads.
+type rawFTPS struct {
+	caFile  string
+	protP   bool
+	intrude func(ctx context.Context, target netip.AddrPort) (note string, err error)
+}
 
 func (rawFTPS) Name() string     { return "raw" }
 func (rawFTPS) Available() error { return nil }
@@ -893,7 +1076,9 @@ func (r rawFTPS) Run(ctx context.Context, l *lab.Lab, tr lab.Transfer) (lab.Resu
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
-	cfg := &tls.Config{RootCAs: roots, ServerName: tr.Host}
+	// The cache keeps the control connection's session (its TLS 1.3
+	// ticket comes with the first replies) for the data connection.
+	cfg := &tls.Config{RootCAs: roots, ServerName: tr.Host, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
 	err = r.run(ctx, l, tr, cfg, &log)
 	return lab.Result{Log: log.String()}, err
 }
@@ -952,13 +1137,16 @@ func (r rawFTPS) run(ctx context.Context, l *lab.Lab, tr lab.Transfer, cfg *tls.
 	fmt.Fprintf(log, "pglab peer certificate sha256=%s subject=%s\n", hex.EncodeToString(sum[:]), leaf.Subject)
 	fmt.Fprintf(log, "%s\n", tls.VersionName(st.Version))
 	c := textproto.NewConn(tc)
-	for _, step := range []struct {
+	type step struct {
 		cmd    string
 		expect int
-	}{
-		{"AUTH TLS", 503}, {"PBSZ 0", 200}, {"PROT P", 200}, {"CCC", 5}, {"PROT C", 200},
-		{"USER " + tr.User, 331}, {"PASS " + tr.Password, 230}, {"TYPE I", 200},
-	} {
+	}
+	steps := []step{{"AUTH TLS", 503}, {"PBSZ 0", 200}, {"PROT P", 200}, {"CCC", 5}, {"PROT C", 200}}
+	if r.protP {
+		steps = steps[:len(steps)-1]
+	}
+	steps = append(steps, step{"USER " + tr.User, 331}, step{"PASS " + tr.Password, 230}, step{"TYPE I", 200})
+	for _, step := range steps {
 		msg, err := lab.RawCmd(c, step.expect, "%s", step.cmd)
 		fmt.Fprintf(log, "%s: %s\n", strings.Fields(step.cmd)[0], msg)
 		if err != nil {
@@ -973,6 +1161,13 @@ func (r rawFTPS) run(ctx context.Context, l *lab.Lab, tr lab.Transfer, cfg *tls.
 	if len(addrs) != 1 {
 		return fmt.Errorf("PASV: cannot parse %q", msg)
 	}
+	if r.intrude != nil {
+		note, err := r.intrude(ctx, addrs[0])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(log, note)
+	}
 	data, err := l.Dial(ctx, tr.NS, "", addrs[0].String())
 	if err != nil {
 		return fmt.Errorf("dial data %v: %w", addrs[0], err)
@@ -980,14 +1175,34 @@ func (r rawFTPS) run(ctx context.Context, l *lab.Lab, tr lab.Transfer, cfg *tls.
 	defer data.Close()
 	dl, _ := ctx.Deadline()
 	_ = data.SetDeadline(dl)
-	if _, err := lab.RawCmd(c, 1, "RETR %s", tr.Remote); err != nil {
+	var rd io.Reader = data
+	if r.protP {
+		// RETR first, then the handshake: a server may make its own with
+		// the gateway only once it has the command, and the 150 may come
+		// before or after it.
+		if err := c.PrintfLine("RETR %s", tr.Remote); err != nil {
+			return err
+		}
+		dtc := tls.Client(data, cfg)
+		if err := dtc.HandshakeContext(ctx); err != nil {
+			return fmt.Errorf("data connection's TLS handshake: %w", err)
+		}
+		if !dtc.ConnectionState().DidResume {
+			return errors.New("the data connection's TLS session does not resume the control connection's")
+		}
+		fmt.Fprintln(log, "data TLS resumed the control session")
+		if _, _, err := c.ReadResponse(1); err != nil {
+			return fmt.Errorf("RETR: %w", err)
+		}
+		rd = dtc
+	} else if _, err := lab.RawCmd(c, 1, "RETR %s", tr.Remote); err != nil {
 		return err
 	}
 	f, err := os.Create(tr.Local)
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(f, data)
+	_, err = io.Copy(f, rd)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
