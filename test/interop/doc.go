@@ -39,16 +39,25 @@
 //     makes of them) and through pasvgate (refused, never forwarded), and
 //     a TAB-separated PORT that works through pasvgate on every server
 //     (smuggle_test.go);
-//   - TestTLS: FTPS on the control channel with clear data (PROT C)
-//     through pasvgate: curl, lftp (also implicit FTPS), ftplib and a raw
-//     Go client against vsftpd, ProFTPD, pure-ftpd and test/ftpd that
-//     require TLS, with certificates of a PKI made at run time; pasvgate
-//     as a TLS offloader, with --tls require, with a wrong
-//     --upstream-server-name, and renewing its certificate on SIGHUP;
-//     checked by the certificate the client saw, TLS records on both
-//     links, and the data flow's DNAT in conntrack (tls_test.go). It
-//     runs with the default iptables and backend only, and picks its
-//     servers with -interop.tls-servers.
+//   - TestTLS: FTPS through pasvgate, with clear data (PROT C, the
+//     kernel path) and protected data (PROT P, relayed by pasvgate):
+//     curl (--ssl-reqd for PROT P, and implicit ftps://), lftp (also
+//     implicit FTPS, and active mode with PROT P), ftplib, jlaffaye/ftp
+//     (PROT P) and a raw Go client against vsftpd, ProFTPD, pure-ftpd and
+//     test/ftpd that require TLS, then require protected data too (vsftpd
+//     and ProFTPD also session reuse, by default), with certificates of
+//     a PKI made at run time; pasvgate as a TLS offloader, with --tls
+//     require, with a wrong --upstream-server-name, renewing its
+//     certificate on SIGHUP, with an intruder first on a relay's port,
+//     and with --tls-require-reuse; ftplib's PROT P directly against
+//     vsftpd and ProFTPD as the negative control of session reuse (it
+//     does not resume: refused there, working through pasvgate).
+//     Checked by the certificate the client saw, TLS records on both
+//     links (control, and PROT P data), the data flow in conntrack (a
+//     DNAT for PROT C, accepted by the gateway itself for PROT P), and
+//     pasvgate's --metrics (transfers by path, relayed bytes, refusals)
+//     (tls_test.go, protp_test.go). It runs with the default iptables
+//     and backend only, and picks its servers with -interop.tls-servers.
 //
 // Their servers and clients are chosen with -interop.active-servers
 // (default vsftpd) and -interop.active-clients. Transparent mode (the

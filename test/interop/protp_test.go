@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/pasvgate/pasvgate/test/lab"
@@ -149,8 +151,9 @@ func checkLogged(log, msg string, with ...string) []string {
 
 // checkRefused checks a cell whose protected data connection must be
 // refused: the client failed, directly by vsftpd's 522 (session reuse
-// required), through pasvgate --tls-require-reuse by pasvgate, which
-// counted and logged a data-no-reuse failure and relayed nothing.
+// required) or ProFTPD's 425 (its TLSLog saying why), through pasvgate
+// --tls-require-reuse by pasvgate, which counted and logged a
+// data-no-reuse failure and relayed nothing.
 func (e *tlsEnv) checkRefused(ctx context.Context, c tcell, runErr error, before pgMetrics, logFrom int) (fails, notes []string) {
 	if runErr == nil {
 		return []string{fmt.Sprintf("the client's transfer worked: want it refused (%s)", c.want)}, nil
@@ -158,8 +161,16 @@ func (e *tlsEnv) checkRefused(ctx context.Context, c tcell, runErr error, before
 	notes = append(notes, "client failed as it must: "+lastLines(runErr.Error(), 2))
 	switch c.want {
 	case want522:
-		if !strings.Contains(runErr.Error(), "522") || !strings.Contains(runErr.Error(), "reuse") {
+		if !strings.Contains(runErr.Error(), "522 SSL connection failed: session reuse required") {
 			fails = append(fails, fmt.Sprintf("client failed with %q, want vsftpd's 522 (session reuse required)", lastLines(runErr.Error(), 3)))
+		}
+	case want425:
+		if !strings.Contains(runErr.Error(), "425 ") {
+			fails = append(fails, fmt.Sprintf("client failed with %q, want ProFTPD's 425", lastLines(runErr.Error(), 3)))
+		}
+		const why = "did not reuse TLS session, rejecting data connection"
+		if b, err := os.ReadFile(filepath.Join(filepath.Dir(e.srv.Root), "proftpd-tls.log")); err != nil || !strings.Contains(string(b), why) {
+			fails = append(fails, fmt.Sprintf("ProFTPD's TLSLog does not say %q (%v)", why, err))
 		}
 	case wantNoReuse:
 		if e.pg == nil {
@@ -328,5 +339,54 @@ func (e *tlsEnv) intruder(c tcell) func(context.Context, netip.AddrPort) (string
 			return fmt.Sprintf("intruder %s -> %v: connected, no TLS handshake (%v)", lab.IntruderAddr, target, err), nil
 		}
 		return "", fmt.Errorf("intruder %s got a TLS handshake on the data port %v", lab.IntruderAddr, target)
+	}
+}
+
+// TestProtPChecks proves that the PROT P checks' readers can fail: a
+// metrics exposition is read by series, a malformed one is an error; a log
+// line is found only with all its parts; a data connection in clear, or
+// in one direction only, is not TLS.
+func TestProtPChecks(t *testing.T) {
+	m, err := parseMetrics(strings.NewReader("# HELP x\n# TYPE x counter\n" +
+		seriesRelay + " 3\n" + seriesRelayed + " 1.048576e+06\npasvgate_sessions_active 0\n"))
+	if err != nil || m[seriesRelay] != 3 || m[seriesRelayed] != 1<<20 || m[seriesKernel] != 0 {
+		t.Errorf("parseMetrics: %v, %v", m, err)
+	}
+	if _, err := parseMetrics(strings.NewReader(seriesRelay + " three\n")); err == nil {
+		t.Error("parseMetrics took a value that is not a number")
+	}
+
+	log := `{"level":"WARN","msg":"protected data connection refused: not from the address it is for","from":"203.0.113.11:4000"}`
+	msg := "protected data connection refused: not from the address it is for"
+	if f := checkLogged(log, msg, "203.0.113.11"); f != nil {
+		t.Errorf("checkLogged: %v", f)
+	}
+	if f := checkLogged(log, msg, "203.0.113.12"); f == nil {
+		t.Error("checkLogged found a line without the address")
+	}
+
+	ap := netip.MustParseAddrPort
+	cli, srv := ap("203.0.113.10:50000"), ap("203.0.113.2:40000")
+	rec := string([]byte{23, 3, 3, 0, 4}) + "abcd"
+	conn := func(up, down string) []lab.Packet {
+		return []lab.Packet{
+			{Src: cli, Dst: srv, SYN: true, Seq: 100},
+			{Src: srv, Dst: cli, SYN: true, ACK: true, Seq: 900},
+			{Src: cli, Dst: srv, Payload: []byte(up), Seq: 101},
+			{Src: srv, Dst: cli, Payload: []byte(down), Seq: 901},
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		up, down string
+		ok       bool
+	}{
+		{"TLS both ways", rec, rec + rec, true},
+		{"clear data", rec, "the file's bytes in clear", false},
+		{"nothing sent", "", rec, false},
+	} {
+		if f := checkDataTLS("link", conn(tc.up, tc.down), cli, srv); (f == nil) != tc.ok {
+			t.Errorf("checkDataTLS, %s: %v", tc.name, f)
+		}
 	}
 }

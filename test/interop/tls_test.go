@@ -98,6 +98,10 @@ const (
 	// "522 SSL connection failed: session reuse required". The negative
 	// control of the cells where pasvgate makes such a client work.
 	want522 = "fail-522"
+	// want425: ProFTPD does (its default, no NoSessionReuseRequired):
+	// "425 Unable to build data connection: Operation not permitted",
+	// and its TLSLog says why ("did not reuse TLS session").
+	want425 = "fail-425"
 	// wantNoReuse: pasvgate (--tls-require-reuse) refuses the client's
 	// data handshake, which did not resume.
 	wantNoReuse = "fail-no-reuse"
@@ -184,6 +188,13 @@ var tlsPartsVsftpd = []tlsPart{
 	{routeRequireReuse, protP, []string{"ftplib"}, get, wantNoReuse},
 }
 
+// tlsPartsProFTPD are run against ProFTPD only: the negative control of
+// its session reuse requirement, which the cells through pasvgate meet
+// with every client.
+var tlsPartsProFTPD = []tlsPart{
+	{routeDirect, protP, []string{"ftplib"}, get, want425},
+}
+
 // tlsPartsOffload are the cells of the offload lab.
 var tlsPartsOffload = []tlsPart{
 	{routeOffload, protC, []string{"curl", "ftplib"}, getPut, ""},
@@ -201,6 +212,8 @@ func partsOf(server string) []tlsPart {
 		all = tlsPartsOffload
 	case lab.Vsftpd:
 		all = append(slices.Clone(tlsPartsTLSServer), tlsPartsVsftpd...)
+	case lab.ProFTPD:
+		all = append(slices.Clone(tlsPartsTLSServer), tlsPartsProFTPD...)
 	default:
 		all = tlsPartsTLSServer
 	}
@@ -241,8 +254,8 @@ func partsOf(server string) []tlsPart {
 // the data port first, and pasvgate with --tls-require-reuse (curl
 // passes, ftplib is refused). The direct cells (the client on the
 // server's LAN) are the positive controls of the checks; ftplib's direct
-// PROT P cell against vsftpd is the negative control of session reuse:
-// it must fail with vsftpd's 522.
+// PROT P cells against vsftpd and ProFTPD are the negative controls of
+// session reuse: they must fail, with vsftpd's 522 and ProFTPD's 425.
 //
 // Each cell checks the file's SHA-256 (download, and the upload as
 // stored); that the certificate the client was shown is the gateway's
