@@ -49,7 +49,9 @@
 //     a PKI made at run time; pasvgate as a TLS offloader, with --tls
 //     require, with a wrong --upstream-server-name, renewing its
 //     certificate on SIGHUP, with an intruder first on a relay's port,
-//     and with --tls-require-reuse; ftplib's PROT P directly against
+//     with --tls-require-reuse, and with --upstream-tls always for a
+//     clear curl against ProFTPD, which refuses PROT C (its data relayed,
+//     clear on the client's side); ftplib's PROT P directly against
 //     vsftpd and ProFTPD as the negative control of session reuse (it
 //     does not resume: refused there, working through pasvgate).
 //     Checked by the certificate the client saw, TLS records on both

@@ -75,6 +75,12 @@ const (
 	// have: the session must fail, and nothing of the login reach the
 	// server.
 	routeWrongName = "wrong-upstream-name"
+	// routeAlwaysClear: a client in clear through pasvgate with
+	// --upstream-tls always, to a server that requires protected data
+	// (ProFTPD's TLSRequired on refuses PROT C): pasvgate's start-up
+	// upgrade falls back to PROT P, and relays the data, clear on the
+	// client's side and TLS on the server's.
+	routeAlwaysClear = "always-clear"
 	// routeReload: AUTH TLS to the offloading pasvgate after its
 	// certificate was renewed on disk and it got SIGHUP: the client must
 	// be shown the new certificate.
@@ -193,6 +199,7 @@ var tlsPartsVsftpd = []tlsPart{
 // with every client.
 var tlsPartsProFTPD = []tlsPart{
 	{routeDirect, protP, []string{"ftplib"}, get, want425},
+	{routeAlwaysClear, protP, []string{"curl"}, getPut, ""},
 }
 
 // tlsPartsOffload are the cells of the offload lab.
@@ -252,7 +259,10 @@ func partsOf(server string) []tlsPart {
 // resumes a session) and jlaffaye/ftp's explicit TLS; against vsftpd
 // also lftp in active mode, the raw client with an intruder connecting to
 // the data port first, and pasvgate with --tls-require-reuse (curl
-// passes, ftplib is refused). The direct cells (the client on the
+// passes, ftplib is refused); against ProFTPD also a clear curl through
+// pasvgate with --upstream-tls always, whose data pasvgate relays (clear
+// on the client's side, TLS on the server's), since ProFTPD refuses
+// PROT C. The direct cells (the client on the
 // server's LAN) are the positive controls of the checks; ftplib's direct
 // PROT P cells against vsftpd and ProFTPD are the negative controls of
 // session reuse: they must fail, with vsftpd's 522 and ProFTPD's 425.
@@ -480,6 +490,8 @@ func (e *tlsEnv) pasvgateArgs(route string) []string {
 		return append(args, "--upstream-ca", pki.CAFile, "--upstream-server-name", wrongServerName)
 	case routeRequireReuse:
 		args = append(args, "--tls-require-reuse")
+	case routeAlwaysClear:
+		args = append(args, "--upstream-tls", "always")
 	}
 	return append(args,
 		"--listen-tls", fmt.Sprintf("%s:%d", lab.GWPublicAddr, lab.ImplicitPort),
@@ -509,7 +521,7 @@ func (e *tlsEnv) runCell(t *testing.T, g *lab.Grid, c tcell) {
 // client returns c's client driver.
 func (e *tlsEnv) client(c tcell) (lab.Client, error) {
 	ct := &lab.ClientTLS{CAFile: e.pki.CAFile, Implicit: c.route == routeImplicit, TLS12: tls12(c.client), ProtectData: c.prot == protP}
-	if c.route == routeRequireClear {
+	if c.route == routeRequireClear || c.route == routeAlwaysClear {
 		ct = nil
 	}
 	var cl lab.Client
@@ -655,7 +667,17 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		}
 
 		// 2. The certificate the client was shown.
-		if tls12(c.client) {
+		if c.route == routeAlwaysClear {
+			// A clear client is shown none; its control channel is
+			// clear on its link, and TLS on the server's (4). Its 227
+			// must still name no private address.
+			if leaks := lab.Leaks(lab.Payloads(pkts), lab.PrivatePrefix); len(leaks) > 0 {
+				failf("client's link: %v", leaks)
+			}
+			if !sentCommand(lab.Stream(pkts, netip.AddrPort{}, ctl), "USER") {
+				failf("client's link: no USER in clear: the client was not the clear one this cell is for")
+			}
+		} else if tls12(c.client) {
 			mark := "234 "
 			if c.route == routeImplicit {
 				mark = ""
@@ -679,7 +701,10 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		// 3. The control channel on the client's link: TLS after AUTH
 		// (from the first byte, implicitly), so no 227, no private
 		// address and no login in clear.
-		cfails, auths := checkTLSControl("client's link", pkts, ctl, c.route == routeImplicit)
+		var cfails, auths []string
+		if c.route != routeAlwaysClear {
+			cfails, auths = checkTLSControl("client's link", pkts, ctl, c.route == routeImplicit)
+		}
 		fails = append(fails, cfails...)
 		// pasvgate takes both AUTH TLS and AUTH SSL: curl tries the
 		// latter first, the others send the former.
@@ -695,7 +720,7 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 
 		// 4. The control channel on the server's link.
 		switch c.route {
-		case routeExplicit, routeImplicit:
+		case routeExplicit, routeImplicit, routeAlwaysClear:
 			sfails, _ := checkTLSControl("server's link", spkts, upstream, false)
 			fails = append(fails, sfails...)
 		case routeOffload, routeReload:
@@ -716,7 +741,7 @@ func (e *tlsEnv) check(t *testing.T, c tcell) (fails, notes []string, skip strin
 		case tr.Active:
 			dfails, dnotes = e.checkRelayActive(ctx, pkts, spkts)
 		default:
-			dfails, dnotes = e.checkRelayPath(ctx, pkts, spkts, from, ctl, direct)
+			dfails, dnotes = e.checkRelayPath(ctx, pkts, spkts, from, ctl, direct, c.route == routeAlwaysClear)
 		}
 		if c.want == wantOK && c.prot == protP && e.pg != nil {
 			dfails = append(dfails, e.pg.checkCounts(ctx, before, relayTransfer)...)
