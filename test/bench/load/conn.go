@@ -47,7 +47,8 @@ const (
 
 // Conn is one control connection. It is not safe for concurrent use.
 type Conn struct {
-	nc      *net.TCPConn
+	// nc is the control connection: TCP, or TLS over it after StartTLS.
+	nc      net.Conn
 	r       *bufio.Reader
 	peer    netip.AddrPort
 	timeout time.Duration
@@ -58,6 +59,9 @@ type Conn struct {
 
 	wbuf  []byte // the command being sent, reused
 	first []byte // copy of a multi-line reply's first line, reused
+
+	// tls is the FTPS state (tls.go); nil for plain FTP.
+	tls *tlsState
 }
 
 // Dial connects to addr and reads the server's greeting. timeout bounds the
@@ -68,18 +72,36 @@ func Dial(ctx context.Context, addr netip.AddrPort, timeout time.Duration) (*Con
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 	}
-	c.nc = nc.(*net.TCPConn)
-	c.r = bufio.NewReaderSize(c.nc, 4096)
-	c.wbuf = make([]byte, 0, 128)
-	if err := c.nc.SetDeadline(time.Now().Add(timeout)); err != nil {
-		c.nc.Close()
-		return nil, err
-	}
-	if err := c.expect(codeReady, "greeting"); err != nil {
-		c.nc.Close()
+	if err := c.greeted(nc); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// NewConn takes over nc, a control connection already dialled to peer (the
+// bench dials from another namespace), and reads the server's greeting.
+func NewConn(nc net.Conn, peer netip.AddrPort, timeout time.Duration) (*Conn, error) {
+	c := &Conn{peer: peer, timeout: timeout, dialer: net.Dialer{Timeout: timeout}}
+	if err := c.greeted(nc); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// greeted reads the greeting on nc; on error nc is closed.
+func (c *Conn) greeted(nc net.Conn) error {
+	c.nc = nc
+	c.r = bufio.NewReaderSize(c.nc, 4096)
+	c.wbuf = make([]byte, 0, 128)
+	if err := c.nc.SetDeadline(time.Now().Add(c.timeout)); err != nil {
+		c.nc.Close()
+		return err
+	}
+	if err := c.expect(codeReady, "greeting"); err != nil {
+		c.nc.Close()
+		return err
+	}
+	return nil
 }
 
 // Close drops the connection without QUIT.
@@ -284,6 +306,13 @@ func (t Timing) Total() time.Duration { return t.Passive + t.Connect + t.Open + 
 // buf-sized pieces and throwing the bytes away, and returns the number of
 // bytes received.
 func (c *Conn) Retr(ctx context.Context, name string, epsv bool, buf []byte) (int64, Timing, error) {
+	return c.RetrTo(ctx, name, epsv, buf, nil)
+}
+
+// RetrTo is Retr that also writes every byte received to sink, when it is
+// not nil (a hash, to check the bytes). Under PROT P the data connection's
+// TLS handshake is part of the Data phase.
+func (c *Conn) RetrTo(ctx context.Context, name string, epsv bool, buf []byte, sink io.Writer) (int64, Timing, error) {
 	var t Timing
 	t0 := time.Now()
 	ap, err := c.Passive(epsv)
@@ -304,10 +333,17 @@ func (c *Conn) Retr(ctx context.Context, name string, epsv bool, buf []byte) (in
 	if err := dc.SetDeadline(time.Now().Add(c.timeout)); err != nil {
 		return 0, t, err
 	}
+	rd, err := c.protect(ctx, dc)
+	if err != nil {
+		return 0, t, err
+	}
 	var n int64
 	for {
-		m, err := dc.Read(buf)
+		m, err := rd.Read(buf)
 		n += int64(m)
+		if sink != nil && m > 0 {
+			_, _ = sink.Write(buf[:m])
+		}
 		if err == io.EOF {
 			break
 		}
@@ -348,23 +384,33 @@ func (c *Conn) Stor(ctx context.Context, name string, epsv bool, size int64, chu
 	if err := dc.SetDeadline(time.Now().Add(c.timeout)); err != nil {
 		return t, err
 	}
+	wr, err := c.protect(ctx, dc)
+	if err != nil {
+		return t, err
+	}
 	for left := size; left > 0; {
 		p := chunk
 		if int64(len(p)) > left {
 			p = p[:left]
 		}
-		m, err := dc.Write(p)
+		m, err := wr.Write(p)
 		left -= int64(m)
 		if err != nil {
 			return t, fmt.Errorf("writing %s to %s: %w", name, ap, err)
 		}
 	}
-	// Half-close, then wait for the server's close: closing outright could
-	// reset the connection if anything were left unread.
+	// Half-close (under TLS a close_notify first), then wait for the
+	// server's close: closing outright could reset the connection if
+	// anything were left unread.
+	if wr != net.Conn(dc) {
+		if err := wr.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+			return t, fmt.Errorf("closing %s upload's TLS: %w", name, err)
+		}
+	}
 	if err := dc.CloseWrite(); err != nil {
 		return t, fmt.Errorf("closing %s upload: %w", name, err)
 	}
-	if _, err := io.Copy(io.Discard, dc); err != nil {
+	if _, err := io.Copy(io.Discard, wr); err != nil {
 		return t, fmt.Errorf("waiting for the server to close %s: %w", name, err)
 	}
 	dc.Close()

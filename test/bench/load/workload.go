@@ -2,7 +2,11 @@ package load
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"hash"
+	"io"
 	"net/netip"
 	"slices"
 	"time"
@@ -49,6 +53,22 @@ type Config struct {
 	// after each upload has been checked.
 	UploadFile string
 	UploadSize int64
+
+	// TLS makes every session FTPS when its Config is set (tls.go).
+	TLS TLS
+	// SessionRetr adds one small download to each whole session. The
+	// FTPS bench leaves it out: its sessions are connect, AUTH TLS, login
+	// and QUIT.
+	SessionRetr bool
+	// SmallSHA256 and BigSHA256, when set, are the hex SHA-256 of the
+	// small and the big file, and every download of them is checked
+	// against it, inside the timing.
+	SmallSHA256, BigSHA256 string
+	// KeepUploads leaves each bulk upload on the server, as UploadFile
+	// with ".N" appended, for the orchestrator to check its bytes
+	// (Result.Uploads; UploadSHA256 says what they must hash to), in place
+	// of the SIZE check and DELE.
+	KeepUploads bool
 }
 
 // Result is what a run measured. Rates use MB = 10^6 bytes.
@@ -83,6 +103,11 @@ type Result struct {
 
 	// Profile holds one entry per profiled transfer.
 	Profile []Sample `json:"profile,omitempty"`
+
+	// TLS is what the client saw of FTPS, when it spoke it.
+	TLS *TLSStats `json:"tls,omitempty"`
+	// Uploads are the files KeepUploads left on the server.
+	Uploads []string `json:"uploads,omitempty"`
 }
 
 // Sample is one profiled transfer, in milliseconds.
@@ -102,6 +127,9 @@ type Sample struct {
 // measured over a broken path would be a lie.
 func Run(ctx context.Context, cfg Config) (Result, error) {
 	var res Result
+	if cfg.TLS.Config != nil {
+		res.TLS = &TLSStats{}
+	}
 	if cfg.Noops > 0 || cfg.Gets > 0 || cfg.Bulk > 0 {
 		if err := oneSession(ctx, cfg, &res); err != nil {
 			return res, err
@@ -123,14 +151,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 // oneSession runs the NOOPs, the sequential small downloads and the bulk
 // transfers, in that order, in one control session.
 func oneSession(ctx context.Context, cfg Config, res *Result) error {
-	c, err := dial(ctx, cfg)
+	c, err := dialLogin(ctx, cfg, res, true)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.Login(); err != nil {
-		return err
-	}
 
 	if cfg.Noops > 0 {
 		rtt := make([]time.Duration, cfg.Noops)
@@ -153,12 +178,9 @@ func oneSession(ctx context.Context, cfg Config, res *Result) error {
 		for _, epsv := range []bool{false, true} {
 			start := time.Now()
 			for i := range cfg.Gets {
-				n, t, err := c.Retr(ctx, cfg.SmallFile, epsv, buf)
+				_, t, err := retrChecked(ctx, c, cfg.SmallFile, epsv, buf, cfg.SmallSize, cfg.SmallSHA256)
 				if err != nil {
-					return err
-				}
-				if n != cfg.SmallSize {
-					return fmt.Errorf("download %d of %s: got %d bytes, want %d", i, cfg.SmallFile, n, cfg.SmallSize)
+					return fmt.Errorf("download %d: %w", i, err)
 				}
 				if i == 0 {
 					if epsv {
@@ -179,17 +201,11 @@ func oneSession(ctx context.Context, cfg Config, res *Result) error {
 
 	if cfg.Bulk > 0 {
 		buf := make([]byte, 256<<10)
-		chunk := make([]byte, 1<<20)
-		for i := range chunk {
-			chunk[i] = byte(i * 7)
-		}
-		for range cfg.Bulk {
-			n, t, err := c.Retr(ctx, cfg.BigFile, false, buf)
+		chunk := uploadChunk()
+		for i := range cfg.Bulk {
+			n, t, err := retrChecked(ctx, c, cfg.BigFile, false, buf, cfg.BigSize, cfg.BigSHA256)
 			if err != nil {
 				return err
-			}
-			if n != cfg.BigSize {
-				return fmt.Errorf("download of %s: got %d bytes, want %d", cfg.BigFile, n, cfg.BigSize)
 			}
 			if res.PASVAddr == "" {
 				res.PASVAddr = t.Addr.String()
@@ -197,21 +213,29 @@ func oneSession(ctx context.Context, cfg Config, res *Result) error {
 			res.DownMBps = append(res.DownMBps, mbps(n, t.Open+t.Data+t.Final))
 			res.DownSetupMBps = append(res.DownSetupMBps, mbps(n, t.Total()))
 
-			t, err = c.Stor(ctx, cfg.UploadFile, false, cfg.UploadSize, chunk)
+			up := cfg.UploadFile
+			if cfg.KeepUploads {
+				up = fmt.Sprintf("%s.%d", up, i)
+			}
+			t, err = c.Stor(ctx, up, false, cfg.UploadSize, chunk)
 			if err != nil {
 				return err
 			}
 			// Checked and removed outside the timing: the server must
 			// have every byte, and the next upload starts from nothing.
-			got, err := c.Size(cfg.UploadFile)
-			if err != nil {
-				return err
-			}
-			if got != cfg.UploadSize {
-				return fmt.Errorf("upload of %s: server has %d bytes, want %d", cfg.UploadFile, got, cfg.UploadSize)
-			}
-			if err := c.Delete(cfg.UploadFile); err != nil {
-				return err
+			if cfg.KeepUploads {
+				res.Uploads = append(res.Uploads, up)
+			} else {
+				got, err := c.Size(up)
+				if err != nil {
+					return err
+				}
+				if got != cfg.UploadSize {
+					return fmt.Errorf("upload of %s: server has %d bytes, want %d", up, got, cfg.UploadSize)
+				}
+				if err := c.Delete(up); err != nil {
+					return err
+				}
 			}
 			res.UpMBps = append(res.UpMBps, mbps(cfg.UploadSize, t.Open+t.Data+t.Final))
 			res.UpSetupMBps = append(res.UpSetupMBps, mbps(cfg.UploadSize, t.Total()))
@@ -226,17 +250,12 @@ func sessions(ctx context.Context, cfg Config, res *Result) error {
 	buf := make([]byte, 64<<10)
 	start := time.Now()
 	for i := range cfg.Sessions {
-		c, err := dial(ctx, cfg)
+		c, err := dialLogin(ctx, cfg, res, cfg.SessionRetr)
 		if err != nil {
 			return fmt.Errorf("session %d: %w", i, err)
 		}
-		err = c.Login()
-		if err == nil {
-			var n int64
-			n, _, err = c.Retr(ctx, cfg.SmallFile, false, buf)
-			if err == nil && n != cfg.SmallSize {
-				err = fmt.Errorf("got %d bytes of %s, want %d", n, cfg.SmallFile, cfg.SmallSize)
-			}
+		if cfg.SessionRetr {
+			_, _, err = retrChecked(ctx, c, cfg.SmallFile, false, buf, cfg.SmallSize, cfg.SmallSHA256)
 		}
 		if err == nil {
 			err = c.Quit()
@@ -253,14 +272,11 @@ func sessions(ctx context.Context, cfg Config, res *Result) error {
 
 // profile times single small downloads phase by phase, spaced apart.
 func profile(ctx context.Context, cfg Config, res *Result) error {
-	c, err := dial(ctx, cfg)
+	c, err := dialLogin(ctx, cfg, res, true)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.Login(); err != nil {
-		return err
-	}
 	buf := make([]byte, 64<<10)
 	for i := range cfg.Profile {
 		n, t, err := c.Retr(ctx, cfg.SmallFile, false, buf)
@@ -295,6 +311,77 @@ func dial(ctx context.Context, cfg Config) (*Conn, error) {
 	}
 	c.pasvHost = cfg.PASVHost
 	return c, nil
+}
+
+// dialLogin opens a control connection as cfg says, upgrades it to TLS
+// when cfg asks for FTPS, and logs in; then, for a session that will
+// transfer, sets the data protection.
+func dialLogin(ctx context.Context, cfg Config, res *Result, transfers bool) (*Conn, error) {
+	c, err := dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.TLS.Config != nil {
+		err = c.StartTLS(ctx, cfg.TLS, res.TLS)
+	}
+	if err == nil {
+		err = c.Login()
+	}
+	if err == nil && cfg.TLS.Config != nil && transfers {
+		err = c.Protect()
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// retrChecked downloads name and checks its size and, when sum is set,
+// its SHA-256 (hex).
+func retrChecked(ctx context.Context, c *Conn, name string, epsv bool, buf []byte, size int64, sum string) (int64, Timing, error) {
+	var h hash.Hash
+	if sum != "" {
+		h = sha256.New()
+	}
+	var sink io.Writer
+	if h != nil {
+		sink = h
+	}
+	n, t, err := c.RetrTo(ctx, name, epsv, buf, sink)
+	if err != nil {
+		return n, t, err
+	}
+	if n != size {
+		return n, t, fmt.Errorf("download of %s: got %d bytes, want %d", name, n, size)
+	}
+	if h != nil {
+		if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+			return n, t, fmt.Errorf("download of %s: SHA-256 %s, want %s", name, got, sum)
+		}
+	}
+	return n, t, nil
+}
+
+// uploadChunk is what a bulk upload writes, over and over.
+func uploadChunk() []byte {
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i * 7)
+	}
+	return chunk
+}
+
+// UploadSHA256 is the hex SHA-256 of a bulk upload of size bytes.
+func UploadSHA256(size int64) string {
+	h := sha256.New()
+	chunk := uploadChunk()
+	for left := size; left > 0; {
+		p := chunk[:min(int64(len(chunk)), left)]
+		h.Write(p)
+		left -= int64(len(p))
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }

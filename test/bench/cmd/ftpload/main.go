@@ -8,6 +8,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -25,6 +27,9 @@ func main() {
 		addr     string
 		pasvHost string
 		deadline time.Duration
+		tlsCA    string
+		tlsName  string
+		prot     string
 	)
 	flag.StringVar(&addr, "addr", "", "control `address:port` to dial")
 	flag.StringVar(&pasvHost, "pasv-host", "", "connect PASV data connections to this `IP` instead of the 227's host (the floor's relay does not rewrite 227)")
@@ -42,6 +47,14 @@ func main() {
 	flag.Int64Var(&cfg.BigSize, "big-size", 256<<20, "its size in bytes")
 	flag.StringVar(&cfg.UploadFile, "upload", "up/upload.bin", "where to upload")
 	flag.Int64Var(&cfg.UploadSize, "upload-size", 256<<20, "upload size in bytes")
+	flag.BoolVar(&cfg.SessionRetr, "session-retr", true, "each whole session downloads the small file once")
+	flag.StringVar(&cfg.SmallSHA256, "small-sha256", "", "check every small download against this hex SHA-256")
+	flag.StringVar(&cfg.BigSHA256, "big-sha256", "", "check every big download against this hex SHA-256")
+	flag.BoolVar(&cfg.KeepUploads, "keep-uploads", false, "leave each upload on the server as UPLOAD.N, listed in the result, instead of SIZE and DELE")
+	flag.StringVar(&tlsCA, "tls-ca", "", "speak FTPS (AUTH TLS), trusting the CA certificates in this PEM `file`")
+	flag.StringVar(&tlsName, "tls-name", "", "the `name` to verify the certificate against, the SNI, and the key of the TLS session cache")
+	flag.StringVar(&cfg.TLS.Leaf, "tls-leaf", "", "a DNS `name` every certificate shown must carry (default: -tls-name)")
+	flag.StringVar(&prot, "prot", "P", "data protection with FTPS: P (every data connection TLS, resuming the control session) or C")
 	flag.Parse()
 
 	ap, err := netip.ParseAddrPort(addr)
@@ -50,6 +63,16 @@ func main() {
 		os.Exit(2)
 	}
 	cfg.Addr = ap
+	if tlsCA != "" {
+		pem, err := os.ReadFile(tlsCA)
+		pool := x509.NewCertPool()
+		if err != nil || !pool.AppendCertsFromPEM(pem) || tlsName == "" || (prot != "P" && prot != "C") {
+			fmt.Fprintln(os.Stderr, "ftpload: -tls-ca needs a PEM file of CA certificates, -tls-name, and -prot P or C:", err)
+			os.Exit(2)
+		}
+		cfg.TLS.Config = &tls.Config{RootCAs: pool, ServerName: tlsName}
+		cfg.TLS.Private = prot == "P"
+	}
 	if pasvHost != "" {
 		if cfg.PASVHost, err = netip.ParseAddr(pasvHost); err != nil {
 			fmt.Fprintln(os.Stderr, "ftpload: -pasv-host:", err)
