@@ -83,6 +83,10 @@ type options struct {
 	profile    int
 	profileGap time.Duration
 	timeout    time.Duration
+	tls        bool
+	tlsColumns string
+	idle       int
+	strictEOF  bool
 }
 
 func main() {
@@ -107,6 +111,10 @@ func main() {
 	flag.IntVar(&o.profile, "profile", 20, "single small downloads timed phase by phase, per gateway")
 	flag.DurationVar(&o.profileGap, "profile-gap", 200*time.Millisecond, "pause between profiled downloads (0: back to back)")
 	flag.DurationVar(&o.timeout, "timeout", 12*time.Minute, "bound on the whole bench")
+	flag.BoolVar(&o.tls, "tls", false, "run the FTPS bench instead (tls.go): direct TLS, pasvgate PROT P, PROT C and plain, mod_proxy with FTPS; it uses -rounds, -gets, -sessions, -bulk, -bulk-mib, -idle, -modproxy, -pasvgate, -ns-prefix and -timeout")
+	flag.StringVar(&o.tlsColumns, "tls-columns", "T,P,PC,P0,MT", "with -tls: the columns to measure, comma-separated")
+	flag.BoolVar(&o.strictEOF, "strict-eof", false, "with -tls: vsftpd under OpenSSL 3's default, which fails a TLS upload whose client ends without close_notify (tls.go, opensslLenientEOF)")
+	flag.IntVar(&o.idle, "idle", 200, "with -tls: idle TLS sessions opened per round to measure what one costs the gateway's memory (0: none)")
 	relayListen := flag.String("relay", "", "internal: run as column F's relay, listening on `ADDR:PORT`")
 	relayUpstream := flag.String("relay-upstream", "", "internal: the relay's upstream `ADDR:PORT`")
 	relayInstall := flag.Bool("relay-install", false, "internal: the relay installs a mapping per transfer (column F)")
@@ -120,7 +128,7 @@ func main() {
 		}
 		return
 	}
-	if flag.NArg() > 0 || o.rounds < 1 || o.rounds > 50 || o.bulkMiB < 1 || o.bulkMiB > 4096 {
+	if flag.NArg() > 0 || o.rounds < 1 || o.rounds > 50 || o.bulkMiB < 1 || o.bulkMiB > 4096 || o.idle < 0 || o.idle > 450 {
 		fmt.Fprintln(os.Stderr, "bench: bad arguments; see -h")
 		os.Exit(2)
 	}
@@ -132,7 +140,11 @@ func main() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	if err := bench(ctx, o, os.Stdout, os.Stderr); err != nil {
+	run := bench
+	if o.tls {
+		run = benchTLS
+	}
+	if err := run(ctx, o, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "bench: FAILED:", err)
 		cancel()
 		stop()
@@ -188,7 +200,7 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 	}
 	defer func() { retErr = errors.Join(retErr, l.close()) }()
 
-	srv, err := startServer(ctx, l, o.server, bins.testftpd, dataDir, root)
+	srv, err := startServer(ctx, l, o.server, bins.testftpd, dataDir, root, "")
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,6 +29,8 @@ type modProxyGW struct {
 	l   *lab
 	dir string // its configuration, tables and logs
 	p   *proc
+	// tls, when set, makes it FTPS on both legs (tls.go, column MT).
+	tls *benchPKI
 }
 
 // modProxyPaths are proftpd and the directory holding mod_proxy.so.
@@ -49,8 +52,17 @@ func modProxyAvailable() bool {
 	return err1 == nil && err2 == nil
 }
 
-func (g *modProxyGW) key() string { return "M" }
+func (g *modProxyGW) key() string {
+	if g.tls != nil {
+		return "MT"
+	}
+	return "M"
+}
+
 func (g *modProxyGW) title() string {
+	if g.tls != nil {
+		return "ProFTPD mod_proxy, reverse proxy, FTPS on both legs (mod_tls towards the client, ProxyTLSEngine on towards the server), PROT P"
+	}
 	return "ProFTPD mod_proxy, reverse proxy (data relayed in userspace)"
 }
 func (g *modProxyGW) target() netip.AddrPort { return netip.MustParseAddrPort(gwPublic + ":21") }
@@ -66,7 +78,17 @@ func (g *modProxyGW) up(ctx context.Context, _ bool) error {
 		return err
 	}
 	lo, hi, _ := strings.Cut(dataPorts, "-")
-	conf := strings.Join([]string{
+	// FTPS (column MT): mod_tls is loaded before mod_proxy, which then
+	// takes every command first and leaves the client leg's AUTH, PBSZ
+	// and PROT to it.
+	modules, tlsModule, proxyTLS := modDir, []string(nil), []string(nil)
+	if g.tls != nil {
+		var err error
+		if modules, tlsModule, proxyTLS, err = g.tlsConfig(); err != nil {
+			return err
+		}
+	}
+	conf := strings.Join(slices.Concat([]string{
 		`ServerType standalone`,
 		`ServerName "pgbench mod_proxy"`,
 		`DefaultServer on`,
@@ -87,7 +109,8 @@ func (g *modProxyGW) up(ctx context.Context, _ bool) error {
 		`SystemLog ` + filepath.Join(g.dir, "proftpd.log"),
 		`TransferLog none`,
 		`PassivePorts ` + lo + ` ` + hi,
-		`ModulePath ` + modDir,
+		`ModulePath ` + modules,
+	}, tlsModule, []string{
 		`LoadModule mod_proxy.c`,
 		`<IfModule mod_proxy.c>`,
 		`  ProxyEngine on`,
@@ -95,8 +118,9 @@ func (g *modProxyGW) up(ctx context.Context, _ bool) error {
 		`  ProxyTables ` + tables,
 		`  ProxyReverseServers ftp://` + serverAddr + `:21`,
 		`  ProxyTimeoutConnect 5sec`,
+	}, proxyTLS, []string{
 		`</IfModule>`,
-	}, "\n") + "\n"
+	}), "\n") + "\n"
 	path := filepath.Join(g.dir, "proftpd.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return err
@@ -140,6 +164,11 @@ func (g *modProxyGW) down(context.Context) error {
 
 // logTail is proftpd's own log, for a failure's message.
 func (g *modProxyGW) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(g.dir, "proftpd.log"))
-	return tail(string(b), 3000)
+	var s string
+	for _, f := range []string{"proftpd.log", "proxy.log", "tls.log"} {
+		if b, err := os.ReadFile(filepath.Join(g.dir, f)); err == nil {
+			s += "== " + f + "\n" + tail(string(b), 1500) + "\n"
+		}
+	}
+	return s
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
@@ -121,19 +122,28 @@ connect_timeout=30
 `
 
 // startServer starts the FTP server in the server namespace and waits for
-// its greeting.
-func startServer(ctx context.Context, l *lab, kind, testftpd, dir, root string) (*proc, error) {
+// its greeting. extra is more of vsftpd's configuration, and env more of
+// its environment (the FTPS bench's).
+func startServer(ctx context.Context, l *lab, kind, testftpd, dir, root, extra string, env ...string) (*proc, error) {
 	var p *proc
 	var err error
 	lo, hi, _ := strings.Cut(serverPorts, "-")
 	switch kind {
 	case "vsftpd":
 		conf := filepath.Join(dir, "vsftpd.conf")
-		if err := os.WriteFile(conf, fmt.Appendf(nil, vsftpdConfig, root, lo, hi), 0o600); err != nil {
+		if err := os.WriteFile(conf, fmt.Appendf(nil, vsftpdConfig+extra, root, lo, hi), 0o600); err != nil {
 			return nil, err
 		}
-		p, err = startProc(l.server, "/usr/sbin/vsftpd", conf)
+		if len(env) == 0 {
+			p, err = startProc(l.server, "/usr/sbin/vsftpd", conf)
+		} else {
+			// env execs vsftpd in place: the PID stays the server's.
+			p, err = startProc(l.server, "env", append(env, "/usr/sbin/vsftpd", conf)...)
+		}
 	case "testftpd":
+		if extra != "" || len(env) > 0 {
+			return nil, errors.New("the built-in server takes no vsftpd configuration")
+		}
 		// The built-in server has no same-IP data check; it advertises the
 		// server address like vsftpd does.
 		p, err = startProc(l.server, testftpd, "--listen", serverAddr+":21", "--public-host", serverAddr,
