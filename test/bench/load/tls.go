@@ -52,7 +52,9 @@ type TLSStats struct {
 
 // tlsState is one control connection's FTPS state.
 type tlsState struct {
-	conf    *tls.Config // the run's Config with this connection's own cache
+	// conf is the run's Config with a cache that only the control
+	// connection fills; data connections take theirs from it (dataCache).
+	conf    *tls.Config
 	private bool
 	leaf    string
 	stats   *TLSStats
@@ -74,10 +76,12 @@ func (c *Conn) StartTLS(ctx context.Context, t TLS, stats *TLSStats) error {
 		return fmt.Errorf("the server sent %d bytes after its 234, before the TLS handshake", n)
 	}
 	st := &tlsState{conf: t.Config.Clone(), private: t.Private, leaf: t.Leaf, stats: stats}
-	st.conf.ClientSessionCache = tls.NewLRUClientSessionCache(4)
-	tc := tls.Client(c.nc, st.conf)
+	ctrl := t.Config.Clone()
+	ctrl.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	st.conf.ClientSessionCache = dataCache{ctrl.ClientSessionCache}
+	tc := tls.Client(c.nc, ctrl)
 	if st.leaf == "" {
-		st.leaf = st.conf.ServerName
+		st.leaf = ctrl.ServerName
 	}
 	if err := c.handshake(ctx, tc, "control", st.leaf); err != nil {
 		return err
@@ -152,3 +156,15 @@ func (c *Conn) protect(ctx context.Context, dc net.Conn) (net.Conn, error) {
 	// The handshake had its own bound; the transfer has dc's.
 	return tc, tc.SetDeadline(time.Now().Add(c.timeout))
 }
+
+// dataCache is a data connection's view of its control connection's
+// session cache: it resumes the control connection's session and keeps
+// nothing a data connection is given. So every data connection resumes
+// the control session itself, as Python's ftplib does (it hands each data
+// connection the control socket's session) and as servers that tie data
+// to control sessions expect, rather than the session of the data
+// connection before it, which Go's cache would otherwise keep.
+type dataCache struct{ ctrl tls.ClientSessionCache }
+
+func (d dataCache) Get(key string) (*tls.ClientSessionState, bool) { return d.ctrl.Get(key) }
+func (d dataCache) Put(string, *tls.ClientSessionState)            {}
