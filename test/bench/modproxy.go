@@ -29,8 +29,10 @@ type modProxyGW struct {
 	l   *lab
 	dir string // its configuration, tables and logs
 	p   *proc
-	// tls, when set, makes it FTPS on both legs (tls.go, column MT).
-	tls *benchPKI
+	// tls, when set, makes it FTPS on both legs (tls.go, column MT), and
+	// tls13 allows TLS 1.3 on its leg to the server.
+	tls   *benchPKI
+	tls13 bool
 }
 
 // modProxyPaths are proftpd and the directory holding mod_proxy.so.
@@ -61,7 +63,11 @@ func (g *modProxyGW) key() string {
 
 func (g *modProxyGW) title() string {
 	if g.tls != nil {
-		return "ProFTPD mod_proxy, reverse proxy, FTPS on both legs (mod_tls towards the client, ProxyTLSEngine on towards the server), PROT P"
+		leg := "TLS 1.2 (see tls.go)"
+		if g.tls13 {
+			leg = "TLS 1.2 or 1.3"
+		}
+		return "ProFTPD mod_proxy, reverse proxy, FTPS on both legs (mod_tls towards the client; ProxyTLSEngine on towards the server, " + leg + "), PROT P"
 	}
 	return "ProFTPD mod_proxy, reverse proxy (data relayed in userspace)"
 }

@@ -122,9 +122,8 @@ connect_timeout=30
 `
 
 // startServer starts the FTP server in the server namespace and waits for
-// its greeting. extra is more of vsftpd's configuration, and env more of
-// its environment (the FTPS bench's).
-func startServer(ctx context.Context, l *lab, kind, testftpd, dir, root, extra string, env ...string) (*proc, error) {
+// its greeting. extra is more of vsftpd's configuration (the FTPS bench's).
+func startServer(ctx context.Context, l *lab, kind, testftpd, dir, root, extra string) (*proc, error) {
 	var p *proc
 	var err error
 	lo, hi, _ := strings.Cut(serverPorts, "-")
@@ -134,14 +133,9 @@ func startServer(ctx context.Context, l *lab, kind, testftpd, dir, root, extra s
 		if err := os.WriteFile(conf, fmt.Appendf(nil, vsftpdConfig+extra, root, lo, hi), 0o600); err != nil {
 			return nil, err
 		}
-		if len(env) == 0 {
-			p, err = startProc(l.server, "/usr/sbin/vsftpd", conf)
-		} else {
-			// env execs vsftpd in place: the PID stays the server's.
-			p, err = startProc(l.server, "env", append(env, "/usr/sbin/vsftpd", conf)...)
-		}
+		p, err = startProc(l.server, "/usr/sbin/vsftpd", conf)
 	case "testftpd":
-		if extra != "" || len(env) > 0 {
+		if extra != "" {
 			return nil, errors.New("the built-in server takes no vsftpd configuration")
 		}
 		// The built-in server has no same-IP data check; it advertises the

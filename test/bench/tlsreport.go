@@ -74,12 +74,8 @@ func (r *tlsReport) write(w io.Writer) {
 	for _, c := range b.cols {
 		keys = append(keys, c.k)
 	}
-	eof := "OpenSSL IgnoreUnexpectedEOF, as strict_ssl_read_eof=NO means"
-	if b.o.strictEOF {
-		eof = "OpenSSL 3's strict EOF (-strict-eof)"
-	}
-	fmt.Fprintf(w, "\npasvgate FTPS bench: %d rounds interleaved (%s), vsftpd (ssl_enable=YES, require_ssl_reuse=YES, %s), host %s, kernel %s, %d CPUs, %s total\n",
-		r.rounds, strings.Join(keys, ", "), eof, host, strings.TrimSpace(string(kernel)),
+	fmt.Fprintf(w, "\npasvgate FTPS bench: %d rounds interleaved (%s), vsftpd (ssl_enable=YES, require_ssl_reuse=YES), host %s, kernel %s, %d CPUs, %s total\n",
+		r.rounds, strings.Join(keys, ", "), host, strings.TrimSpace(string(kernel)),
 		runtime.NumCPU(), r.elapsed.Round(time.Second))
 	fmt.Fprintf(w, "measured: %s; load average (1, 5, 15 min) at end %s\n", r.version, r.load)
 	for _, c := range b.cols {
