@@ -27,34 +27,42 @@ type tlsMetric struct {
 	name string
 	get  func(tlsRound) float64
 	prec int
+	// has says whether a column is measured on it at all; nil: every one.
+	has func(*tlsColumn) bool
+	// in says whether a round measured it; nil: every one.
+	in func(tlsRound) bool
 }
 
 func (r *tlsReport) metrics() []tlsMetric {
 	o := r.b.o
 	return []tlsMetric{
-		{fmt.Sprintf("1 KiB RETR/s, PASV (%d in one session)", o.gets), func(x tlsRound) float64 { return x.small.PASVPerSec }, 0},
-		{fmt.Sprintf("1 KiB RETR/s, EPSV (%d in one session)", o.gets), func(x tlsRound) float64 { return x.small.EPSVPerSec }, 0},
-		{fmt.Sprintf("sessions/s (%d x connect, AUTH TLS, login, QUIT)", o.sessions), func(x tlsRound) float64 { return x.small.SessionsPerSec }, 0},
-		{fmt.Sprintf("%d MiB download, MB/s (RETR to 226)", o.bulkMiB), func(x tlsRound) float64 { return median(x.bulk.DownMBps) }, 0},
-		{fmt.Sprintf("%d MiB upload, MB/s (STOR to 226)", o.bulkMiB), func(x tlsRound) float64 { return median(x.bulk.UpMBps) }, 0},
-		{"gateway CPU s per GiB relayed (bulk, both ways)", cpuPerGiB, 2},
-		{fmt.Sprintf("idle TLS session, KiB each (%d sessions)", o.idle), func(x tlsRound) float64 { return x.idleKiB }, 1},
+		{fmt.Sprintf("1 KiB RETR/s, PASV (%d in one session)", o.gets), func(x tlsRound) float64 { return x.small.PASVPerSec }, 0, nil, nil},
+		{fmt.Sprintf("1 KiB RETR/s, EPSV (%d in one session)", o.gets), func(x tlsRound) float64 { return x.small.EPSVPerSec }, 0, nil, nil},
+		{fmt.Sprintf("sessions/s (%d x connect, AUTH TLS, login, QUIT)", o.sessions), func(x tlsRound) float64 { return x.small.SessionsPerSec }, 0, nil, nil},
+		{fmt.Sprintf("%d MiB download, MB/s (RETR to 226)", o.bulkMiB), func(x tlsRound) float64 { return median(x.bulk.DownMBps) }, 0, nil, nil},
+		{fmt.Sprintf("%d MiB upload, MB/s (STOR to 226)", o.bulkMiB), func(x tlsRound) float64 { return median(x.bulk.UpMBps) }, 0, nil, nil},
+		{"gateway CPU s per GiB relayed (bulk, both ways)", cpuPerGiB, 2, func(c *tlsColumn) bool { return c.pid != nil }, nil},
+		{fmt.Sprintf("idle TLS session, KiB each (%d sessions)", o.idle), func(x tlsRound) float64 { return x.idleKiB }, 1,
+			func(c *tlsColumn) bool { return c.idle && o.idle > 0 }, func(x tlsRound) bool { return x.idleDone }},
 	}
 }
 
 // values are one metric's per-round values for a column, and whether it
-// has any (a column without a gateway process has no CPU figure).
+// is measured there at all (a column without a gateway process has no CPU
+// figure). A round that did not measure it (mod_proxy's idle sessions
+// after the first) has no value.
 func (r *tlsReport) values(k string, m tlsMetric) ([]float64, bool) {
+	c := r.b.column(k)
+	if c == nil || (m.has != nil && !m.has(c)) {
+		return nil, false
+	}
 	var v []float64
 	for _, res := range r.b.results[k] {
-		v = append(v, m.get(res))
-	}
-	for _, x := range v {
-		if x != 0 {
-			return v, true
+		if m.in == nil || m.in(res) {
+			v = append(v, m.get(res))
 		}
 	}
-	return v, false
+	return v, len(v) > 0
 }
 
 // med is a metric's median over rounds for a column, 0 if it has none.
@@ -96,7 +104,7 @@ func (r *tlsReport) write(w io.Writer) {
 		for _, k := range keys {
 			v, ok := r.values(k, m)
 			switch {
-			case b.failed[k] != nil && len(v) == 0:
+			case b.failed[k] != nil && len(b.results[k]) == 0:
 				fmt.Fprintf(tw, "FAILED\t")
 			case !ok:
 				fmt.Fprintf(tw, "-\t")
@@ -207,14 +215,7 @@ func (r *tlsReport) missing(k, against string, m tlsMetric) string {
 	return strings.Join(why, ", ")
 }
 
-func (r *tlsReport) has(k string) bool {
-	for _, c := range r.b.cols {
-		if c.k == k {
-			return true
-		}
-	}
-	return false
-}
+func (r *tlsReport) has(k string) bool { return r.b.column(k) != nil }
 
 func verdictOf(ok bool) string {
 	if ok {
