@@ -40,6 +40,8 @@
 // client's address on both. vsftpd sends files with sendfile from tmpfs,
 // so downloads are not limited by the server's copying.
 //
+// With -tls it runs the FTPS bench instead, on the same lab (tls.go).
+//
 // It needs root and skips (exit 0) without it. It touches nothing outside
 // the namespaces and directories it creates (pgbench-*), and deletes them
 // on exit, on failure and on SIGINT/SIGTERM. It is a program, not a test,

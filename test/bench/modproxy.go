@@ -133,8 +133,9 @@ func (g *modProxyGW) up(ctx context.Context, _ bool) error {
 	}
 	// -n: foreground; -q: no start-up banner on stderr. mod_proxy.so calls
 	// OpenSSL without linking it: in Debian the binary that brings it is
-	// mod_tls, in proftpd-mod-crypto; preloading libssl is all it needs,
-	// and the bench uses no TLS. env execs proftpd in place.
+	// mod_tls, in proftpd-mod-crypto; preloading libssl is all column M
+	// needs, as it uses no TLS (column MT loads mod_tls). env execs
+	// proftpd in place.
 	p, err := startProc(g.l.gw, "env", "LD_PRELOAD=libssl.so.3", bin, "-n", "-q", "-c", path)
 	if err != nil {
 		return err

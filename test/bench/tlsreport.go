@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -85,7 +86,9 @@ func (r *tlsReport) write(w io.Writer) {
 	fmt.Fprintf(w, "\npasvgate FTPS bench: %d rounds interleaved (%s), vsftpd (ssl_enable=YES, require_ssl_reuse=YES), host %s, kernel %s, %d CPUs, %s total\n",
 		r.rounds, strings.Join(keys, ", "), host, strings.TrimSpace(string(kernel)),
 		runtime.NumCPU(), r.elapsed.Round(time.Second))
-	fmt.Fprintf(w, "measured: %s; load average (1, 5, 15 min) at end %s\n", r.version, r.load)
+	var set []string
+	flag.Visit(func(f *flag.Flag) { set = append(set, "-"+f.Name+"="+f.Value.String()) })
+	fmt.Fprintf(w, "measured: %s; flags: %s; load average (1, 5, 15 min) at end %s\n", r.version, strings.Join(set, " "), r.load)
 	for _, c := range b.cols {
 		fmt.Fprintf(w, "  %-3s %s\n", c.k, c.name)
 	}
