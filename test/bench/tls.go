@@ -580,7 +580,7 @@ func (b *tlsBench) columns(pasvgate, modProxyDir string) []*tlsColumn {
 		m := &modProxyGW{l: l, dir: modProxyDir, tls: pki, tls13: b.o.modProxyTLS13}
 		cols = append(cols, &tlsColumn{
 			gateway: m, k: "MT", name: m.title(),
-			args: ftps(gwTLSName, "P"), prot: 'P', pid: func() int { return m.p.pid() }, idle: true,
+			args: ftps(gwTLSName, "P"), prot: 'P', pid: func() int { return m.p.pid() }, idle: true, idleOnce: true,
 		})
 	}
 	return cols
