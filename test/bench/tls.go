@@ -292,10 +292,11 @@ func (c *tlsColumn) logTail() string {
 // tlsRound is what one round measured through one column.
 type tlsRound struct {
 	small, bulk load.Result
-	// cpu is the gateway's CPU time during the bulk transfers, and
-	// bulkBytes what they moved, both ways.
-	cpu       time.Duration
-	bulkBytes int64
+	// cpu is the gateway's CPU time during the bulk transfers, server's
+	// the server's (vsftpd with its sessions) and client's the client's,
+	// and bulkBytes what they moved, both ways.
+	cpu, server, client time.Duration
+	bulkBytes           int64
 	// idleKiB is the memory one idle TLS session costs the gateway, when
 	// idleDone says this round measured it.
 	idleKiB  float64
@@ -309,6 +310,7 @@ type tlsBench struct {
 	r     *runner
 	pki   *benchPKI
 	root  string // the server's root, where uploads land
+	srv   *proc  // the server
 	cols  []*tlsColumn
 	small []string // ftpload's flags for the small part of a round
 	bulk  []string // and for the bulk part
@@ -386,7 +388,7 @@ func benchTLS(ctx context.Context, o options, out, progress io.Writer) (retErr e
 		}
 	}()
 
-	b := &tlsBench{o: o, l: l, pki: pki, root: root,
+	b := &tlsBench{o: o, l: l, pki: pki, root: root, srv: srv,
 		r: &runner{l: l, ftpload: bins.ftpload, progress: progress,
 			files: []string{"-small", smallFile, "-small-size", fmt.Sprint(smallSize), "-small-sha256", smallSum,
 				"-big", bigFile, "-big-size", fmt.Sprint(bigSize), "-big-sha256", bigSum,
@@ -621,6 +623,10 @@ func (b *tlsBench) round(ctx context.Context, c *tlsColumn, small, bulk []string
 			return res, err
 		}
 	}
+	srv0, err := settledCPU(b.srv.pid())
+	if err != nil {
+		return res, err
+	}
 	if res.bulk, err = b.r.load(ctx, b.l.client, c.target(), args(bulk)...); err != nil {
 		return res, err
 	}
@@ -631,6 +637,12 @@ func (b *tlsBench) round(ctx context.Context, c *tlsColumn, small, bulk []string
 		}
 		res.cpu = cpu1 - cpu0
 	}
+	srv1, err := settledCPU(b.srv.pid())
+	if err != nil {
+		return res, err
+	}
+	res.server = srv1 - srv0
+	res.client = time.Duration(res.bulk.ClientCPUSeconds * float64(time.Second))
 	if err := c.check(ctx, res.bulk); err != nil {
 		return res, err
 	}
@@ -835,9 +847,12 @@ func fileSHA256(path string) (string, error) {
 }
 
 // cpuPerGiB is the gateway's CPU seconds per GiB of bulk data relayed.
-func cpuPerGiB(r tlsRound) float64 {
+func cpuPerGiB(r tlsRound) float64 { return perGiB(r.cpu, r) }
+
+// perGiB is d in seconds per GiB of r's bulk data.
+func perGiB(d time.Duration, r tlsRound) float64 {
 	if r.bulkBytes == 0 {
 		return 0
 	}
-	return r.cpu.Seconds() / (float64(r.bulkBytes) / (1 << 30))
+	return d.Seconds() / (float64(r.bulkBytes) / (1 << 30))
 }

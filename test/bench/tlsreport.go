@@ -43,6 +43,8 @@ func (r *tlsReport) metrics() []tlsMetric {
 		{fmt.Sprintf("%d MiB download, MB/s (RETR to 226)", o.bulkMiB), func(x tlsRound) float64 { return median(x.bulk.DownMBps) }, 0, nil, nil},
 		{fmt.Sprintf("%d MiB upload, MB/s (STOR to 226)", o.bulkMiB), func(x tlsRound) float64 { return median(x.bulk.UpMBps) }, 0, nil, nil},
 		{"gateway CPU s per GiB relayed (bulk, both ways)", cpuPerGiB, 2, func(c *tlsColumn) bool { return c.pid != nil }, nil},
+		{"  server's (vsftpd) CPU s per GiB, the same transfers", func(x tlsRound) float64 { return perGiB(x.server, x) }, 2, nil, nil},
+		{"  client's CPU s per GiB (TLS, SHA-256), the same", func(x tlsRound) float64 { return perGiB(x.client, x) }, 2, nil, nil},
 		{fmt.Sprintf("idle TLS session, KiB each (%d sessions)", o.idle), func(x tlsRound) float64 { return x.idleKiB }, 1,
 			func(c *tlsColumn) bool { return c.idle && o.idle > 0 }, func(x tlsRound) bool { return x.idleDone }},
 	}
@@ -163,7 +165,7 @@ func (r *tlsReport) write(w io.Writer) {
 // it does not fail the bench.
 func (r *tlsReport) writeTargets(w io.Writer) {
 	ms := r.metrics()
-	pasv, epsv, sess, down, up, idle := ms[0], ms[1], ms[2], ms[3], ms[4], ms[6]
+	pasv, epsv, sess, down, up, idle := ms[0], ms[1], ms[2], ms[3], ms[4], ms[8]
 	fmt.Fprintf(w, "\ntargets:\n")
 	target := func(what string, k, against string, m tlsMetric, min float64) {
 		a, b := r.med(k, m), r.med(against, m)

@@ -108,6 +108,9 @@ type Result struct {
 	TLS *TLSStats `json:"tls,omitempty"`
 	// Uploads are the files KeepUploads left on the server.
 	Uploads []string `json:"uploads,omitempty"`
+	// ClientCPUSeconds is the CPU time, user and system, the client's
+	// process used for the whole run (set by cmd/ftpload).
+	ClientCPUSeconds float64 `json:"client_cpu_s,omitempty"`
 }
 
 // Sample is one profiled transfer, in milliseconds.
