@@ -448,9 +448,13 @@ func benchTLS(ctx context.Context, o options, out, progress io.Writer) (retErr e
 				continue
 			}
 			b.results[c.k] = append(b.results[c.k], res)
-			fmt.Fprintf(progress, "bench: round %d/%d %-2s %5.1fs  get %.0f/s  sessions %.0f/s  down %.0f MB/s  up %.0f MB/s  cpu %.2fs/GiB  idle %.1f KiB\n",
+			fmt.Fprintf(progress, "bench: round %d/%d %-2s %5.1fs  get %.0f/s  sessions %.0f/s  down %.0f MB/s  up %.0f MB/s  cpu/GiB gw %.2fs server %.2fs client %.2fs",
 				round, o.rounds, c.k, time.Since(t).Seconds(), res.small.PASVPerSec, res.small.SessionsPerSec,
-				median(res.bulk.DownMBps), median(res.bulk.UpMBps), cpuPerGiB(res), res.idleKiB)
+				median(res.bulk.DownMBps), median(res.bulk.UpMBps), cpuPerGiB(res), perGiB(res.server, res), perGiB(res.client, res))
+			if res.idleDone {
+				fmt.Fprintf(progress, "  idle %.1f KiB", res.idleKiB)
+			}
+			fmt.Fprintln(progress)
 		}
 		rounds = round
 	}
