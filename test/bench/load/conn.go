@@ -21,6 +21,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -361,8 +362,9 @@ func (c *Conn) RetrTo(ctx context.Context, name string, epsv bool, buf []byte, s
 	return n, t, nil
 }
 
-// Stor uploads size bytes, written from chunk over and over, to name
-// through a new passive data connection.
+// Stor uploads size bytes, written from chunk over and over, each time
+// with its offset in its first 8 bytes (stampOffset), to name through a
+// new passive data connection.
 func (c *Conn) Stor(ctx context.Context, name string, epsv bool, size int64, chunk []byte) (Timing, error) {
 	var t Timing
 	t0 := time.Now()
@@ -393,6 +395,7 @@ func (c *Conn) Stor(ctx context.Context, name string, epsv bool, size int64, chu
 		if int64(len(p)) > left {
 			p = p[:left]
 		}
+		stampOffset(p, size-left)
 		m, err := wr.Write(p)
 		left -= int64(m)
 		if err != nil {
@@ -420,6 +423,15 @@ func (c *Conn) Stor(ctx context.Context, name string, epsv bool, size int64, chu
 	}
 	t5 := time.Now()
 	return Timing{Passive: t1.Sub(t0), Connect: t2.Sub(t1), Open: t3.Sub(t2), Data: t4.Sub(t3), Final: t5.Sub(t4), Done: t5, Addr: ap}, nil
+}
+
+// stampOffset writes off into p's first 8 bytes (big-endian), if it has
+// them: so that no two pieces of an upload are alike, and a relay that
+// dropped one and repeated another would change the upload's hash.
+func stampOffset(p []byte, off int64) {
+	if len(p) >= 8 {
+		binary.BigEndian.PutUint64(p, uint64(off))
+	}
 }
 
 // opening sends a transfer command and waits for its preliminary reply.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"time"
@@ -366,21 +367,23 @@ func retrChecked(ctx context.Context, c *Conn, name string, epsv bool, buf []byt
 	return n, t, nil
 }
 
-// uploadChunk is what a bulk upload writes, over and over.
+// uploadChunk is what a bulk upload writes, over and over: 1 MiB from a
+// generator with a fixed seed, so that UploadSHA256 can say what the
+// server must have.
 func uploadChunk() []byte {
 	chunk := make([]byte, 1<<20)
-	for i := range chunk {
-		chunk[i] = byte(i * 7)
-	}
+	_, _ = rand.NewChaCha8([32]byte{'p', 'g', 'b'}).Read(chunk)
 	return chunk
 }
 
-// UploadSHA256 is the hex SHA-256 of a bulk upload of size bytes.
+// UploadSHA256 is the hex SHA-256 of a bulk upload of size bytes, as Stor
+// writes it from uploadChunk.
 func UploadSHA256(size int64) string {
 	h := sha256.New()
 	chunk := uploadChunk()
 	for left := size; left > 0; {
 		p := chunk[:min(int64(len(chunk)), left)]
+		stampOffset(p, size-left)
 		h.Write(p)
 		left -= int64(len(p))
 	}
