@@ -422,7 +422,7 @@ func benchTLS(ctx context.Context, o options, out, progress io.Writer) (retErr e
 	check := []string{"-gets", "3", "-sessions", "3"}
 	for _, c := range b.cols {
 		if _, err := b.round(ctx, c, check, []string{"-bulk", "1"}, false); err != nil {
-			if !b.columnFailed(c, "check round", err, progress) {
+			if !b.columnFailed(ctx, c, "check round", err, progress) {
 				return err
 			}
 		}
@@ -444,7 +444,7 @@ func benchTLS(ctx context.Context, o options, out, progress io.Writer) (retErr e
 			t := time.Now()
 			res, err := b.round(ctx, c, b.small, b.bulk, true)
 			if err != nil {
-				if !b.columnFailed(c, fmt.Sprintf("round %d", round), err, progress) {
+				if !b.columnFailed(ctx, c, fmt.Sprintf("round %d", round), err, progress) {
 					return err
 				}
 				continue
@@ -478,11 +478,13 @@ func benchTLS(ctx context.Context, o options, out, progress io.Writer) (retErr e
 }
 
 // columnFailed records a column's failure, unless it is the lab's (rules
-// left behind, which would bend every column after it): then it returns
-// false and the bench stops.
-func (b *tlsBench) columnFailed(c *tlsColumn, when string, err error, progress io.Writer) bool {
+// left behind, which would bend every column after it) or the bench was
+// stopped: then it returns false and the bench stops.
+func (b *tlsBench) columnFailed(ctx context.Context, c *tlsColumn, when string, err error, progress io.Writer) bool {
 	var lab *labError
-	if errors.As(err, &lab) {
+	// An interrupt or the bench's -timeout fails no column: it ends the
+	// bench.
+	if errors.As(err, &lab) || ctx.Err() != nil {
 		return false
 	}
 	b.failed[c.k] = fmt.Errorf("in the %s: %w", when, err)
