@@ -119,7 +119,7 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 12*time.Minute, "bound on the whole bench")
 	flag.BoolVar(&o.tls, "tls", false, "run the FTPS bench instead (tls.go): direct TLS, pasvgate PROT P, PROT C and plain, mod_proxy with FTPS; it uses -rounds, -gets, -sessions, -bulk, -bulk-mib, -idle, -modproxy, -pasvgate, -ns-prefix and -timeout")
 	flag.StringVar(&o.tlsColumns, "tls-columns", "T,TC,T0,P,PC,P0,MT", "with -tls: the columns to measure, comma-separated")
-	flag.BoolVar(&o.reserveDataPorts, "reserve-data-ports", false, "with -tls: reserve the data ports in the gw (net.ipv4.ip_local_reserved_ports), so no outgoing connection of the gw takes one as its local port")
+	flag.BoolVar(&o.reserveDataPorts, "reserve-data-ports", false, "with -tls: reserve the data ports in the gw (net.ipv4.ip_local_reserved_ports), so no outgoing connection of the gw takes one as its local port, as the README advises where much PROT P is relayed")
 	flag.BoolVar(&o.modProxyTLS13, "modproxy-tls13", false, "with -tls: allow TLS 1.3 on mod_proxy's leg to the server, where its uploads fail now and then (tls.go)")
 	flag.IntVar(&o.idle, "idle", 200, "with -tls: idle TLS sessions opened per round to measure what one costs the gateway's memory (0: none)")
 	relayListen := flag.String("relay", "", "internal: run as column F's relay, listening on `ADDR:PORT`")

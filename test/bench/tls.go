@@ -372,10 +372,11 @@ func benchTLS(ctx context.Context, o options, out, progress io.Writer) (retErr e
 	defer func() { retErr = errors.Join(retErr, l.close()) }()
 	if o.reserveDataPorts {
 		// pasvgate listens for a PROT P data connection on a port of
-		// --data-ports on every address; the range lies inside the
-		// kernel's ephemeral one, so one of the gw's own outgoing
-		// connections (to the server) can hold the port, and the listen
-		// fails (425).
+		// --data-ports; the range lies inside the kernel's ephemeral
+		// one, so one of the gw's own outgoing connections (to the
+		// server) can hold the port. pasvgate then tries another, up to
+		// four; the README advises this reservation where much PROT P
+		// is relayed.
 		if err := l.gw.Sysctl("net.ipv4.ip_local_reserved_ports", dataPorts); err != nil {
 			return err
 		}
