@@ -44,11 +44,14 @@ demo:
 # install per transfer, and without) and ProFTPD mod_proxy in one netns lab,
 # rounds interleaved (root; ~6 minutes), after the proxy's micro-benchmarks:
 # the line paths a fixed 20000 times, the capture reader for Go's default
-# second (a pass over its 20000-frame capture takes about 17 ms).
+# second (a pass over its 20000-frame capture takes about 17 ms); then the
+# FTPS bench (~10 minutes): direct TLS, pasvgate PROT P, PROT C and plain,
+# and mod_proxy with FTPS on both legs.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 20000x ./proxy ./proxy/ftp
 	$(GO) test -run '^$$' -bench . ./proxy/sniff
 	$(GO) run ./test/bench -pasvgate $(BIN)
+	$(GO) run ./test/bench -tls -pasvgate $(BIN)
 
 # fuzz runs every fuzz target (the wire codec, the capture extractor) for
 # FUZZTIME each.
