@@ -13,7 +13,7 @@ import (
 
 // setOOBInline keeps TCP urgent data in c's byte stream, as FTP servers
 // set their control connections.
-func setOOBInline(t *testing.T, c net.Conn) {
+func setOOBInline(t testing.TB, c net.Conn) {
 	rc, err := c.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Error(err)

@@ -277,6 +277,7 @@ func (s *session) upgradeServer(ctx context.Context, r *ftp.Reader) (*ftp.Reader
 		s.say421AndEnd("TLS to the FTP server failed.", endServerTLS)
 		return nil, endServerTLS
 	}
+	s.upDataTLS = upstreamDataTLS(s.upTLS, tc.ConnectionState())
 	s.mu.Lock()
 	s.server = tc
 	s.serverTLS = true

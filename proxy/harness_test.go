@@ -135,7 +135,7 @@ type tap struct {
 	wg  sync.WaitGroup
 }
 
-func newTap(t *testing.T, upstream string) *tap {
+func newTap(t testing.TB, upstream string) *tap {
 	ln, err := net.Listen("tcp", serverAddr+":0")
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ type harness struct {
 	proxy   *proxy.Server
 }
 
-func newHarness(t *testing.T, o options) *harness {
+func newHarness(t testing.TB, o options) *harness {
 	t.Helper()
 	if o.advertise == "" {
 		o.advertise = serverAddr
@@ -352,7 +352,7 @@ func (h *harness) waitLog(t *testing.T, substr string) {
 
 // conn is a raw control connection for asserting exact reply text.
 type conn struct {
-	t *testing.T
+	t testing.TB
 	c net.Conn
 	r *bufio.Reader
 	// tls, once the control channel is TLS (startTLS), is the client's
@@ -360,7 +360,7 @@ type conn struct {
 	tls *tls.Config
 }
 
-func (h *harness) dial(t *testing.T) *conn {
+func (h *harness) dial(t testing.TB) *conn {
 	t.Helper()
 	c, err := net.Dial("tcp", h.addr)
 	if err != nil {

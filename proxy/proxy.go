@@ -150,8 +150,9 @@ type Server struct {
 	once  sync.Once
 	stats counters
 
-	tlsOnce sync.Once
-	tlsConf *tls.Config // clientTLS
+	tlsOnce   sync.Once
+	tlsConf   *tls.Config // clientTLS
+	relayBufs bufPool     // relay.go
 
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
@@ -488,6 +489,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
 		}
 		s.stats.tlsHandshake("server")
 		sess.greeting, sess.serverTLS, sess.serverProt = greeting, true, protected
+		sess.upDataTLS = upstreamDataTLS(sess.upTLS, tc.ConnectionState())
 		sess.mu.Lock()
 		sess.server = tc
 		sess.mu.Unlock()

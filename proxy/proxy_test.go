@@ -28,7 +28,7 @@ import (
 var pasvRe = regexp.MustCompile(`^227 Entering Passive Mode \((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)\.$`)
 
 // parse227 returns the address of a rewritten 227 as the client sees it.
-func parse227(t *testing.T, line string) netip.AddrPort {
+func parse227(t testing.TB, line string) netip.AddrPort {
 	t.Helper()
 	m := pasvRe.FindStringSubmatch(line)
 	if m == nil {
@@ -44,7 +44,7 @@ func parse227(t *testing.T, line string) netip.AddrPort {
 
 func inRange(p uint16) bool { return p >= 20000 && p <= 20999 }
 
-func plant(t *testing.T, fs afero.Fs, name string, size int) []byte {
+func plant(t testing.TB, fs afero.Fs, name string, size int) []byte {
 	t.Helper()
 	data := make([]byte, size)
 	_, _ = rand.Read(data)

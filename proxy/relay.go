@@ -228,7 +228,7 @@ func (rl *relay) run() {
 	var serr error
 	var wg sync.WaitGroup
 	if rl.serverTLS {
-		tc := tls.Client(server, s.upTLS)
+		tc := tls.Client(server, s.upDataTLS)
 		sc = tc
 		wg.Add(1)
 		go func() {
@@ -340,7 +340,7 @@ func (rl *relay) copy(ctx context.Context, cc, sc, client, server net.Conn) {
 	var wg sync.WaitGroup
 	direction := func(dst, src, dstTCP, srcTCP net.Conn) {
 		defer wg.Done()
-		n := relayCopy(dst, src, dstTCP, srcTCP, idle, &lingering)
+		n := relayCopy(&s.srv.relayBufs, dst, src, dstTCP, srcTCP, idle, &lingering)
 		s.srv.stats.relayed.Add(uint64(n))
 		closeWrite(dst, dstTCP)
 		linger()
@@ -369,8 +369,10 @@ func (rl *relay) copy(ctx context.Context, cc, sc, client, server net.Conn) {
 // linger deadline replaces it), and under dst before each write, so that
 // a peer that stops reading cannot pin the relay. It returns the bytes
 // copied.
-func relayCopy(dst, src, dstTCP, srcTCP net.Conn, idle time.Duration, lingering *atomic.Bool) int64 {
-	buf := make([]byte, relayBuf)
+func relayCopy(pool *bufPool, dst, src, dstTCP, srcTCP net.Conn, idle time.Duration, lingering *atomic.Bool) int64 {
+	bp := pool.get()
+	defer pool.put(bp)
+	buf := bp[:]
 	var n int64
 	for {
 		if !lingering.Load() {
@@ -405,3 +407,17 @@ func closeWrite(c, tcp net.Conn) {
 		_ = cw.CloseWrite()
 	}
 }
+
+// bufPool keeps relay copy buffers between relays: a small transfer would
+// otherwise allocate two of them, which the garbage collector then sweeps
+// at every transfer's pace. The zero value is ready.
+type bufPool struct{ p sync.Pool }
+
+func (b *bufPool) get() *[relayBuf]byte {
+	if buf, ok := b.p.Get().(*[relayBuf]byte); ok {
+		return buf
+	}
+	return new([relayBuf]byte)
+}
+
+func (b *bufPool) put(buf *[relayBuf]byte) { b.p.Put(buf) }

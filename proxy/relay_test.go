@@ -342,3 +342,31 @@ func TestRelayPortTaken(t *testing.T) {
 		t.Fatalf("%d ports still drawn after the refusal", st.PortsBusy)
 	}
 }
+
+// BenchmarkProtectedTransfer is one small PROT P download through
+// pasvgate's relay per op, in one session, against the test server with
+// TLS: the relay's setup per transfer (a port, a listener, a dial, two
+// resumed handshakes) dominates it.
+func BenchmarkProtectedTransfer(b *testing.B) {
+	p := newPKI(b)
+	h := newHarness(b, p.options(nil))
+	want := plant(b, h.server.FS(), "f.bin", 1024)
+	c := h.dial(b)
+	c.startTLS(p)
+	c.protect("P")
+	c.login()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		dc, err := c.protectedData("RETR f.bin", c.tls, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		got, err := io.ReadAll(dc)
+		if err != nil || len(got) != len(want) {
+			b.Fatalf("got %d bytes, %v", len(got), err)
+		}
+		dc.Close()
+		c.expect("226")
+	}
+}

@@ -90,6 +90,9 @@ type session struct {
 	// connections resume the control connection's session. Set before
 	// the leg is upgraded, then read only.
 	ctlTLS, dataTLS, upTLS *tls.Config
+	// upDataTLS is upTLS for data connections, limited to the key
+	// exchange the control connection settled on (upstreamDataTLS).
+	upDataTLS *tls.Config
 	// relays are the session's protected data connections (relay.go),
 	// waited for when it ends.
 	relays sync.WaitGroup

@@ -164,3 +164,20 @@ func upstreamFailure(err error) string {
 	}
 	return tlsFailUpstreamHandshake
 }
+
+// upstreamDataTLS is a session's configuration for its data connections
+// to the server: upTLS, sharing its session cache (the data connections
+// resume the control connection's session), offering only the key
+// exchange the control connection's handshake settled on. Go's client
+// otherwise makes a post-quantum hybrid key share for every handshake,
+// a third of a relay's handshake work, which a server that chose plain
+// X25519 for the control connection (OpenSSL 3.0, vsftpd's and
+// ProFTPD's on Debian 12) discards; one that chose the hybrid gets it
+// again.
+func upstreamDataTLS(up *tls.Config, control tls.ConnectionState) *tls.Config {
+	d := up.Clone()
+	if control.CurveID != 0 {
+		d.CurvePreferences = []tls.CurveID{control.CurveID}
+	}
+	return d
+}

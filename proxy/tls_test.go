@@ -28,7 +28,7 @@ const (
 	serverCN  = "test ftpd"
 )
 
-func newPKI(t *testing.T) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	ca, err := probetest.NewCA("pasvgate test CA")
 	if err != nil {
