@@ -308,14 +308,12 @@ func TestRelayPortTaken(t *testing.T) {
 	o.ports = nat.PortRange{Low: 20100, High: 20103}
 	h := newHarness(t, o)
 	plant(t, h.server.FS(), "f.bin", 1000)
-	var held []net.Listener
-	for port := 20100; port <= 20102; port++ {
+	for port := 20100; port <= 20102; port++ { // held by other sockets
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.9:%d", port))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		held = append(held, ln)
 	}
 	c := h.dial(t)
 	c.startTLS(p)
