@@ -178,28 +178,12 @@ func bench(ctx context.Context, o options, out, progress io.Writer) (retErr erro
 		}
 	}
 
-	binDir, err := os.MkdirTemp("", "pgbench-bin-")
+	bins, dataDir, root, cleanup, err := prepare(ctx, o)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(binDir)
-	bins, err := build(ctx, binDir, o)
-	if err != nil {
-		return err
-	}
-
-	// Served from tmpfs (the server's files live in memory either way) so
-	// the disk never limits a transfer.
-	dataDir, err := os.MkdirTemp("/dev/shm", "pgbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dataDir)
+	defer cleanup()
 	smallSize, bigSize := int64(1024), o.bulkMiB<<20
-	root, err := serverFiles(dataDir, smallSize, bigSize)
-	if err != nil {
-		return fmt.Errorf("writing the server's files: %w", err)
-	}
 
 	l, err := newLab(ctx, o.legacy, o.nsPrefix)
 	if err != nil {
@@ -444,4 +428,32 @@ func isSignalled(err error) bool {
 		}
 	}
 	return false
+}
+
+// prepare builds the binaries and writes the server's files, which both
+// benches need: the files in a directory on tmpfs (the server's files
+// live in memory either way, so the disk never limits a transfer), 1 KiB
+// and -bulk-mib big. cleanup removes both directories.
+func prepare(ctx context.Context, o options) (bins binaries, dataDir, root string, cleanup func(), err error) {
+	binDir, err := os.MkdirTemp("", "pgbench-bin-")
+	if err != nil {
+		return bins, "", "", nil, err
+	}
+	if bins, err = build(ctx, binDir, o); err != nil {
+		os.RemoveAll(binDir)
+		return bins, "", "", nil, err
+	}
+	if dataDir, err = os.MkdirTemp("/dev/shm", "pgbench-"); err != nil {
+		os.RemoveAll(binDir)
+		return bins, "", "", nil, err
+	}
+	cleanup = func() {
+		os.RemoveAll(dataDir)
+		os.RemoveAll(binDir)
+	}
+	if root, err = serverFiles(dataDir, 1024, o.bulkMiB<<20); err != nil {
+		cleanup()
+		return bins, "", "", nil, fmt.Errorf("writing the server's files: %w", err)
+	}
+	return bins, dataDir, root, cleanup, nil
 }

@@ -329,25 +329,12 @@ func benchTLS(ctx context.Context, o options, out, progress io.Writer) (retErr e
 	if o.server != "vsftpd" {
 		return errors.New("-tls measures against vsftpd only")
 	}
-	binDir, err := os.MkdirTemp("", "pgbench-bin-")
+	bins, dataDir, root, cleanup, err := prepare(ctx, o)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(binDir)
-	bins, err := build(ctx, binDir, o)
-	if err != nil {
-		return err
-	}
-	dataDir, err := os.MkdirTemp("/dev/shm", "pgbench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dataDir)
+	defer cleanup()
 	smallSize, bigSize := int64(1024), o.bulkMiB<<20
-	root, err := serverFiles(dataDir, smallSize, bigSize)
-	if err != nil {
-		return fmt.Errorf("writing the server's files: %w", err)
-	}
 	smallSum, err := fileSHA256(filepath.Join(root, smallFile))
 	if err != nil {
 		return err
