@@ -26,6 +26,7 @@ import (
 //	             time, data ports only after login and one at a time
 //	auth.go      FTPS: AUTH, PBSZ, PROT, CCC, and the TLS upgrade of each leg
 //	tls.go       FTPS: the modes, and each leg's TLS configuration
+//	relay.go     FTPS: protected data connections, which pasvgate relays
 
 // pending is one expected reply, in the order the server (or pasvgate) will
 // give it.
