@@ -2,20 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -23,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pasvgate/pasvgate/proxy/probe/probetest"
 	"github.com/pasvgate/pasvgate/test/bench/load"
 )
 
@@ -68,64 +63,36 @@ type benchPKI struct {
 
 // newPKI writes the CA and the two certificates under dir.
 func newPKI(dir string) (*benchPKI, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pgbench CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, err
-	}
-	caCert, err := x509.ParseCertificate(caDER)
+	ca, err := probetest.NewCA("pgbench CA")
 	if err != nil {
 		return nil, err
 	}
 	p := &benchPKI{ca: filepath.Join(dir, "ca.pem"), pool: x509.NewCertPool()}
-	p.pool.AddCert(caCert)
-	if err := writePEM(p.ca, 0o644, "CERTIFICATE", caDER); err != nil {
+	p.pool.AddCert(ca.Cert)
+	if err := os.WriteFile(p.ca, ca.PEM, 0o644); err != nil {
 		return nil, err
 	}
-	leaf := func(serial int64, name string, ips []string, certFile, keyFile *string) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	leaf := func(name string, ips []string, certFile, keyFile *string) error {
+		c, err := ca.Issue(name, append([]string{name}, ips...), now.Add(-time.Hour), now.Add(48*time.Hour))
 		if err != nil {
 			return err
 		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
-			KeyUsage:    x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-			DNSNames:    []string{name},
-		}
-		for _, ip := range ips {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(ip))
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		keyDER, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
 		if err != nil {
 			return err
 		}
 		*certFile, *keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
 		// The chain: the leaf, then the CA, as servers are usually set up.
-		if err := writePEM(*certFile, 0o644, "CERTIFICATE", der, caDER); err != nil {
+		if err := writePEM(*certFile, 0o644, "CERTIFICATE", c.Certificate[0], ca.Cert.Raw); err != nil {
 			return err
 		}
 		return writePEM(*keyFile, 0o600, "PRIVATE KEY", keyDER)
 	}
-	if err := leaf(2, serverTLSName, []string{serverAddr}, &p.serverCert, &p.serverKey); err != nil {
+	if err := leaf(serverTLSName, []string{serverAddr}, &p.serverCert, &p.serverKey); err != nil {
 		return nil, err
 	}
-	if err := leaf(3, gwTLSName, []string{gwPublic, gwPublic2}, &p.gwCert, &p.gwKey); err != nil {
+	if err := leaf(gwTLSName, []string{gwPublic, gwPublic2}, &p.gwCert, &p.gwKey); err != nil {
 		return nil, err
 	}
 	return p, nil
