@@ -164,6 +164,11 @@ type Request struct {
 	// Config.MaxPerClient. It is not always Source: in active mode the
 	// data connection comes from the server. Invalid means Source.
 	Client netip.Addr
+	// Ports, if not zero, is the range the public port is drawn from in
+	// place of Config.Ports: a route's own (one public service of
+	// several). Ranges of different routes must not overlap: a port is
+	// busy in the table whichever range it was drawn for.
+	Ports PortRange
 	// Relay asks for the port alone: the caller relays the data
 	// connection itself (a protected FTPS transfer, which it must decrypt)
 	// and listens on Public. Nothing is installed in the kernel; the port
@@ -382,7 +387,11 @@ func (t *Table) Open(ctx context.Context, req Request) (*Mapping, error) {
 		client = req.Source
 	}
 	key := ClientKey(client)
-	port, err := t.allocate(ctx, key)
+	ports := req.Ports
+	if ports.Low == 0 || ports.Low > ports.High {
+		ports = t.cfg.Ports
+	}
+	port, err := t.allocate(ctx, key, ports)
 	if err != nil {
 		t.log.Warn("mapping refused", "session", req.Session, "source", req.Source, "client", client,
 			"target", req.Target, "reason", err.Error())
@@ -562,9 +571,9 @@ func (t *Table) SetMaxPerClient(n int) {
 }
 
 // allocate charges a mapping to client, waiting at its limit while one of
-// its mappings is leaving, then draws a free port at random from the
-// range and marks it busy.
-func (t *Table) allocate(ctx context.Context, client netip.Prefix) (uint16, error) {
+// its mappings is leaving, then draws a free port at random from ports
+// and marks it busy.
+func (t *Table) allocate(ctx context.Context, client netip.Prefix, ports PortRange) (uint16, error) {
 	var wait <-chan time.Time
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -599,16 +608,12 @@ func (t *Table) allocate(ctx context.Context, client netip.Prefix) (uint16, erro
 			return 0, err
 		}
 	}
-	size := t.cfg.Ports.Size()
-	if len(t.busy) >= size {
-		t.exhaust++
-		return 0, ErrExhausted
-	}
+	size := ports.Size()
 	// Probe from a random start: with the range mostly free the first try
 	// wins; when it is nearly full the scan is bounded by its size.
 	start := t.rnd.IntN(size)
 	for i := 0; i < size; i++ {
-		p := t.cfg.Ports.Low + uint16((start+i)%size)
+		p := ports.Low + uint16((start+i)%size)
 		if !t.busy[p] {
 			t.busy[p] = true
 			t.installing++

@@ -371,3 +371,36 @@ func TestRelayPorts(t *testing.T) {
 		t.Fatalf("after the timeout: %+v", st)
 	}
 }
+
+// TestRequestPorts: a request with its own range (a route's) draws from
+// it alone, is exhausted on its own, and leaves the table's range to
+// the others.
+func TestRequestPorts(t *testing.T) {
+	tb, _ := newTable(t, "40000-40003", time.Minute)
+	own := PortRange{Low: 41000, High: 41001}
+	for i := 0; i < 2; i++ {
+		r := req()
+		r.Ports = own
+		m, err := tb.Open(context.Background(), r)
+		if err != nil {
+			t.Fatalf("Open %d of the route's range: %v", i, err)
+		}
+		if p := m.Public.Port(); p < own.Low || p > own.High {
+			t.Fatalf("port %d outside the request's range %v", p, own)
+		}
+	}
+	r := req()
+	r.Ports = own
+	if _, err := tb.Open(context.Background(), r); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("a third Open of a two-port range = %v, want ErrExhausted", err)
+	}
+	for i := 0; i < 4; i++ {
+		m, err := tb.Open(context.Background(), req())
+		if err != nil {
+			t.Fatalf("Open %d of the table's range, with the route's full: %v", i, err)
+		}
+		if p := m.Public.Port(); p < 40000 || p > 40003 {
+			t.Fatalf("port %d outside the table's range", p)
+		}
+	}
+}
