@@ -57,7 +57,7 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 	}
 	// The control client is charged for the mapping, though the server
 	// makes its data connection.
-	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client, Client: s.peer}
+	req := nat.Request{Session: s.id, Source: server.Addr(), Public: gw, Target: client, Client: s.peer, Ports: s.currentRoute().Ports}
 	var m *nat.Mapping
 	var err error
 	if clientProt, serverProt := s.protectedLegs(); clientProt || serverProt {
@@ -89,11 +89,16 @@ func (s *session) openActive(ctx context.Context, verb ftp.Verb, client netip.Ad
 }
 
 // clientSideAddr is the gateway's address as the client sees it: the
-// public address if it is set, local and of the client's family, otherwise
-// the address the client's control connection arrived at.
+// address announced to the client's network, or the public address, if it
+// is set, local and of the client's family; otherwise the address the
+// client's control connection arrived at.
 func (s *session) clientSideAddr() netip.Addr {
 	local := addrPortOf(s.rawClient.LocalAddr()).Addr()
-	pub := s.srv.publicAddr()
+	rt := s.currentRoute()
+	pub, ok := rt.announced(s.peer)
+	if !ok {
+		pub = rt.publicAddr()
+	}
 	if pub.IsValid() && pub.Is4() == local.Is4() && (s.srv.IsLocal == nil || s.srv.IsLocal(pub)) {
 		return pub
 	}

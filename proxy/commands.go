@@ -15,11 +15,22 @@ import (
 // goes away, and returns why.
 func (s *session) commands(ctx context.Context) string {
 	conn := s.client
-	r := ftp.NewReader(conn, s.maxLine())
+	r := s.cr
+	if r == nil {
+		r = ftp.NewReader(conn, s.maxLine())
+	}
 	lastLine := time.Now()
 	s.mu.Lock()
 	s.loginFrom = s.start
 	s.mu.Unlock()
+	if s.first != nil {
+		// The USER that picked the server (the user policy, preLogin):
+		// the server's first command.
+		s.unread = r.Buffered()
+		if reason := s.command(ctx, ftp.ParseLine(s.first, s.firstText)); reason != "" {
+			return reason
+		}
+	}
 	for {
 		st := s.srv.settings()
 		deadline, loginBy := s.readDeadline(st, lastLine)

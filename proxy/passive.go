@@ -93,17 +93,22 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 	// public address, which arrives as the local address when the gateway
 	// is itself behind a 1:1 NAT.
 	st := s.srv.settings()
-	if st.PublicAddrFunc != nil && !st.PublicAddrFunc().IsValid() {
-		// Following an interface that has no usable address right now:
-		// nothing to advertise until it has one.
-		s.srv.stats.refuse("no-public-address")
-		s.log.Warn("passive reply refused: the public interface has no usable address")
-		return cant(), nil
+	rt := s.currentRoute()
+	pub, announced := rt.announced(s.peer)
+	if !announced {
+		if rt.PublicAddrFunc != nil && !rt.PublicAddrFunc().IsValid() {
+			// Following an interface that has no usable address right
+			// now: nothing to advertise until it has one.
+			s.srv.stats.refuse("no-public-address")
+			s.log.Warn("passive reply refused: the public interface has no usable address")
+			return cant(), nil
+		}
+		pub = rt.publicAddr()
 	}
 	public := local.Addr()
 	match := local.Addr()
 	var dialed netip.Addr
-	if pub := s.srv.publicAddr(); code == ftp.CodeEnteringPassive && pub.IsValid() {
+	if code == ftp.CodeEnteringPassive && pub.IsValid() {
 		public = pub
 		if s.srv.IsLocal == nil || s.srv.IsLocal(public) {
 			match = public
@@ -120,7 +125,7 @@ func (s *session) openPassive(ctx context.Context, code int, want ftp.Verb, text
 		s.log.Warn("passive reply refused: no IPv4 public address for 227", "public", public)
 		return cant(), nil
 	}
-	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Dialed: dialed, Target: backend, Client: s.peer}
+	req := nat.Request{Session: s.id, Source: s.peer, Public: match, Dialed: dialed, Target: backend, Client: s.peer, Ports: rt.Ports}
 	var m *nat.Mapping
 	var err error
 	if clientProt, serverProt := s.protectedLegs(); clientProt || serverProt {

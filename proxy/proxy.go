@@ -19,11 +19,11 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/pasvgate/pasvgate/nat"
 	"github.com/pasvgate/pasvgate/proxy/ftp"
+	"github.com/pasvgate/pasvgate/proxy/pool"
 	"github.com/pasvgate/pasvgate/proxy/rawio"
 )
 
@@ -49,12 +49,26 @@ const (
 // change applies to the next PASV, the next login and the next session,
 // without dropping anything established.
 type Settings struct {
-	// Upstream is the FTP server's control address, "host:port". Empty
-	// means transparent mode (which cannot be switched by Reload).
+	// Upstream is the FTP server's control address, "host:port": a pool
+	// of that one server when Pool is nil. With neither, nor Routes, the
+	// Server is in transparent mode (which Reload cannot switch).
 	Upstream string
 	// Upstream6, if set, is used instead of Upstream for IPv6 clients, so
 	// that their data connections can be mapped within one family.
 	Upstream6 string
+	// Pool and Pool6, if set, are the default route's servers in place of
+	// Upstream and Upstream6 (see Route). Each session's server is picked
+	// from them by their policy when it starts.
+	Pool, Pool6 *pool.Pool
+	// Announce is the default route's addresses per client network (see
+	// Route.Announce).
+	Announce []Announce
+	// Ports is the default route's data port range; zero means the NAT
+	// table's own.
+	Ports nat.PortRange
+	// Routes are the named routes, each served by the listeners given to
+	// ServeRoute with its name.
+	Routes map[string]Route
 	// PublicAddr is the address written into 227 replies. If invalid, the
 	// local address the client connected to is used.
 	PublicAddr netip.Addr
@@ -166,6 +180,7 @@ type Server struct {
 func (s *Server) settings() *Settings {
 	s.once.Do(func() {
 		st := s.Settings
+		staticPools(&st)
 		s.cur.CompareAndSwap(nil, &st)
 	})
 	return s.cur.Load()
@@ -175,22 +190,15 @@ func (s *Server) settings() *Settings {
 // Established sessions keep their connections and mappings.
 func (s *Server) Reload(st Settings) {
 	s.once.Do(func() {}) // the initial settings must not overwrite these
+	staticPools(&st)
 	s.cur.Store(&st)
-}
-
-// publicAddr is the address to advertise in 227 replies now: the
-// followed interface's, or the static one (either may be invalid).
-func (s *Server) publicAddr() netip.Addr {
-	st := s.settings()
-	if st.PublicAddrFunc != nil {
-		return st.PublicAddrFunc()
-	}
-	return st.PublicAddr
 }
 
 // transparent reports whether the Server runs in transparent mode. The mode
 // is fixed by the initial settings.
-func (s *Server) transparent() bool { return s.Settings.Upstream == "" }
+func (s *Server) transparent() bool {
+	return s.Settings.Upstream == "" && s.Settings.Pool == nil && len(s.Settings.Routes) == 0
+}
 
 // Serve accepts sessions on ln until ctx is cancelled, Shutdown is called,
 // or ln is closed; then it ends its own sessions (at once if ctx was
@@ -198,7 +206,19 @@ func (s *Server) transparent() bool { return s.Settings.Upstream == "" }
 // accept errors are retried with a backoff. It returns an error only for a
 // Server that is not usable.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return s.serve(ctx, ln, false)
+	return s.serve(ctx, ln, "", false)
+}
+
+// ServeRoute is Serve (or ServeTLS, if implicit) for a listener of a named
+// route (Settings.Routes): its sessions go to that route's servers.
+func (s *Server) ServeRoute(ctx context.Context, ln net.Listener, route string, implicit bool) error {
+	if implicit && s.settings().Certificate == nil {
+		return errors.New("proxy: ServeRoute with implicit TLS needs a Certificate")
+	}
+	if _, ok := s.settings().route(route); !ok {
+		return fmt.Errorf("proxy: no route %q", route)
+	}
+	return s.serve(ctx, ln, route, implicit)
 }
 
 // ServeTLS is Serve for an implicit-FTPS listener (port 990 by
@@ -207,10 +227,10 @@ func (s *Server) ServeTLS(ctx context.Context, ln net.Listener) error {
 	if s.settings().Certificate == nil {
 		return errors.New("proxy: ServeTLS needs a Certificate")
 	}
-	return s.serve(ctx, ln, true)
+	return s.serve(ctx, ln, "", true)
 }
 
-func (s *Server) serve(ctx context.Context, ln net.Listener, implicit bool) error {
+func (s *Server) serve(ctx context.Context, ln net.Listener, route string, implicit bool) error {
 	if s.NAT == nil {
 		return errors.New("proxy: Server needs NAT")
 	}
@@ -261,7 +281,7 @@ func (s *Server) serve(ctx context.Context, ln net.Listener, implicit bool) erro
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.serveConn(ctx, c, implicit)
+			s.serveConn(ctx, c, route, implicit)
 		}()
 	}
 	wg.Wait()
@@ -395,9 +415,9 @@ func durationOr(d, def time.Duration) time.Duration {
 	return d
 }
 
-// serveConn runs one session to its end. implicit says c is TLS from its
-// first byte (ServeTLS).
-func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
+// serveConn runs one session of route to its end. implicit says c is TLS
+// from its first byte (ServeTLS).
+func (s *Server) serveConn(ctx context.Context, c net.Conn, route string, implicit bool) {
 	id := fmt.Sprintf("s%d", s.ids.Add(1))
 	log := s.logger().With("session", id, "client", c.RemoteAddr().String())
 	client := addrPortOf(c.RemoteAddr())
@@ -443,71 +463,16 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, implicit bool) {
 	}
 
 	st := s.settings()
-	upstream, err := s.upstreamFor(st, c, client)
-	if errors.Is(err, errDestNotAllowed) {
-		s.stats.refuseSession("dest-policy")
-		log.Warn("session refused", "reason", err.Error())
-		s.sayAndClose(c, "Service not available: that server is not allowed through this gateway.")
-		return
-	}
-	if err != nil {
-		s.stats.refuseSession("loop")
-		log.Warn("session refused", "reason", err.Error())
-		s.sayAndClose(c, "Service not available: "+err.Error()+".")
-		return
-	}
-	d := net.Dialer{Timeout: durationOr(st.DialTimeout, 10*time.Second), KeepAlive: st.Keepalive}
-	u, err := d.DialContext(ctx, "tcp", upstream)
-	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-		// pasvgate's own limit, not the server's fault: say so, to the
-		// client and in the metrics.
-		s.stats.refuseSession("fd-limit")
-		log.Warn("session refused: out of file descriptors (raise LimitNOFILE, or lower --max-sessions)",
-			"upstream", upstream, "err", err)
-		s.sayAndClose(c, "Too many connections; try again later.")
-		return
-	}
-	if err != nil {
-		s.stats.refuseSession("upstream-unreachable")
-		log.Warn("session refused: upstream unreachable", "upstream", upstream, "err", err)
-		s.sayAndClose(c, "Service not available: the FTP server cannot be reached.")
+	sess.routeName = route
+	sess.rt, _ = st.route(route)
+	if !s.connect(ctx, sess, st, c, client) {
 		return
 	}
 	setKeepalive(tcp, st.Keepalive)
-	var server net.Conn = rawio.Wrap(u)
-	sess.upstream = upstream
-	if st.UpstreamTLS == UpstreamTLSAlways || (st.UpstreamTLS == UpstreamTLSAuto && implicit) {
-		sess.upTLS = upstreamTLS(st, upstream)
-		greeting, tc, protected, why, err := startServerTLS(ctx, server, st, sess.upTLS, sess.maxLine())
-		if err != nil {
-			s.stats.tlsFailed(why)
-			s.stats.refuseSession("upstream-tls")
-			log.Warn("session refused: TLS to the server failed", "upstream", upstream, "reason", why, "err", err)
-			u.Close()
-			s.sayAndClose(c, "Service not available: TLS to the FTP server failed.")
-			return
-		}
-		s.stats.tlsHandshake("server")
-		sess.greeting, sess.serverTLS, sess.serverProt = greeting, true, protected
-		sess.upDataTLS = upstreamDataTLS(sess.upTLS, tc.ConnectionState())
-		sess.mu.Lock()
-		sess.server = tc
-		sess.mu.Unlock()
-	}
-	sess.mu.Lock()
-	if sess.server == nil {
-		sess.server = server
-	}
-	sess.rawServer = server
-	ended := sess.ended
-	sess.mu.Unlock()
-	if ended { // Shutdown came while the server was being dialed
-		u.Close()
-		return
-	}
-	log.Info("session started", "backend", u.RemoteAddr().String(), "local", c.LocalAddr().String())
+	log.Info("session started", "route", route, "pool", sess.poolName, "backend", sess.rawServer.RemoteAddr().String(),
+		"local", c.LocalAddr().String())
 	reason := sess.run(ctx)
-	log.Info("session ended", "backend", u.RemoteAddr().String(), "reason", reason,
+	log.Info("session ended", "backend", sess.rawServer.RemoteAddr().String(), "reason", reason,
 		"duration_ms", time.Since(sess.start).Milliseconds())
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -27,6 +28,10 @@ import (
 //	auth.go      FTPS: AUTH, PBSZ, PROT, CCC, and the TLS upgrade of each leg
 //	tls.go       FTPS: the modes, and each leg's TLS configuration
 //	relay.go     FTPS: protected data connections, which pasvgate relays
+//	route.go     routes: a listener's pools, public address, announced
+//	             addresses and data ports
+//	upstream.go  the session's server: picked from its pool and connected
+//	prelogin.go  the user policy: pasvgate greets, and waits for USER
 
 // pending is one expected reply, in the order the server (or pasvgate) will
 // give it.
@@ -75,6 +80,25 @@ type session struct {
 	client, rawClient net.Conn
 	server, rawServer net.Conn   // set under mu once dialed: Shutdown may end the session first
 	upstream          string     // the server's address as dialed, for its TLS name
+	// routeName is the route of the listener the session came in on, and
+	// rt that route as it was when the session started: its pool is the
+	// session's for good, its addresses are read anew (currentRoute).
+	routeName string
+	rt        Route
+	// poolName and member name the pool and the server the session went
+	// to, for logs; poolConn, closed when the session ends, ends its count
+	// in the pool (least-conn).
+	poolName, member string
+	poolConn         io.Closer
+	// greeted says the client has had its 220 already (from pasvgate,
+	// under the user policy): the server's greeting is not expected.
+	// first is the command that made pasvgate pick the server (USER),
+	// handled before any other.
+	greeted          bool
+	first, firstText []byte
+	// cr, if set, is the reader of the client's commands that preLogin
+	// used, which may hold commands the client sent after USER.
+	cr *ftp.Reader
 	peer              netip.Addr // the client's address: the only source a data mapping admits
 	start             time.Time
 	canon             []byte // the commands goroutine's buffer for canonical lines
@@ -146,9 +170,12 @@ func (s *session) run(ctx context.Context) string {
 	setOOBInline(s.rawClient)
 	setOOBInline(s.rawServer)
 	s.queue = make([]pending, 0, 8)
-	if s.greeting == nil {
+	switch {
+	case s.greeted:
+		// pasvgate's own 220 has gone; the server's was read (upstream.go).
+	case s.greeting == nil:
 		s.queue = append(s.queue, pending{}) // the server's greeting
-	} else {
+	default:
 		s.mu.Lock()
 		s.writeClientLocked(s.greeting)
 		s.mu.Unlock()
@@ -166,6 +193,9 @@ func (s *session) run(ctx context.Context) string {
 	s.end(s.commands(ctx))
 	<-done
 	s.relays.Wait() // each ends on s.over
+	if s.poolConn != nil {
+		s.poolConn.Close() // the socket is closed already: this ends its count
+	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -234,6 +264,16 @@ func (s *session) endLocked(reason string) {
 	}
 }
 
+// currentRoute is the session's route as the settings now have it (a
+// reload may have changed its addresses), or as it was when the session
+// started if a reload has removed it.
+func (s *session) currentRoute() *Route {
+	if rt, ok := s.srv.settings().route(s.routeName); ok {
+		return &rt
+	}
+	return &s.rt
+}
+
 // replaceMapping makes m the session's current data mapping and releases
 // the one it replaces: a client that asks for a new data port is done with
 // the old one.
@@ -266,7 +306,9 @@ func (s *session) writeClientLocked(b []byte) {
 		// Closing both sockets ends both relay loops; the command loop
 		// then reports the client as gone.
 		s.rawClient.Close()
-		s.rawServer.Close()
+		if s.rawServer != nil { // nil before the server is connected (preLogin)
+			s.rawServer.Close()
+		}
 	}
 }
 
