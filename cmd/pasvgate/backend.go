@@ -37,19 +37,20 @@ type choice struct {
 }
 
 // newHostFW makes the host-firewall manager for cfg.
-func newHostFW(cfg Config, log *slog.Logger) *hostfw.Manager {
-	return hostfw.New(hostfw.Config{Mark: cfg.ConnMark, Timeout: cfg.RuleTimeout, Logger: log})
+func newHostFW(be backendSpec, log *slog.Logger) *hostfw.Manager {
+	return hostfw.New(hostfw.Config{Mark: be.connMark, Timeout: be.ruleTimeout, Logger: log})
 }
 
 // newBackend makes the kernel backend the config names; for "auto" it
 // lets rules/hostfw choose, and logs the choice. With the nftables
 // backend and --host-firewall auto, the choice carries the manager that
 // keeps pasvgate's accept in the host's forward chains; run adds it.
-func newBackend(ctx context.Context, cfg Config, log *slog.Logger) (rules.Backend, choice, error) {
+// intercept says transparent mode intercepts, by method.
+func newBackend(ctx context.Context, cfg backendSpec, intercept bool, method string, log *slog.Logger) (rules.Backend, choice, error) {
 	var ch choice
 	fw := newHostFW(cfg, log)
-	manage := cfg.HostFirewall == hostFirewallAuto
-	switch cfg.Backend {
+	manage := cfg.manageHostFW
+	switch cfg.name {
 	case backendNftables:
 		ch = choice{name: backendNftables, reason: "--backend nftables"}
 		if err := nftables.Available(); err != nil {
@@ -61,15 +62,14 @@ func newBackend(ctx context.Context, cfg Config, log *slog.Logger) (rules.Backen
 			if b := fw.Blocking(ctx); len(b) > 0 {
 				log.Warn("the host firewall's forward chains drop by default and accept nothing of pasvgate's, and --host-firewall is leave: "+
 					"data connections will be dropped until they accept its conntrack mark (README, \"The nftables backend\")",
-					"chains", b, "ctmark", fmt.Sprintf("0x%x", cfg.ConnMark))
+					"chains", b, "ctmark", fmt.Sprintf("0x%x", cfg.connMark))
 			}
 		}
 	case backendIptables:
 		ch = choice{name: backendIptables, reason: "--backend iptables"}
 	default:
-		method := ""
-		if cfg.Intercept != "" {
-			method = cfg.InterceptMethod
+		if !intercept {
+			method = ""
 		}
 		d := fw.Choose(ctx, method, manage)
 		ch = choice{name: d.Backend, reason: d.Reason}
@@ -90,13 +90,12 @@ func newBackend(ctx context.Context, cfg Config, log *slog.Logger) (rules.Backen
 }
 
 // makeBackend makes the named backend.
-func makeBackend(cfg Config, log *slog.Logger, name string) (rules.Backend, error) {
+func makeBackend(cfg backendSpec, log *slog.Logger, name string) (rules.Backend, error) {
 	if name == backendNftables {
 		b, err := nftables.New(nftables.Config{
-			// An element lives as long as a mapping may wait for its
-			// data connection; established flows outlive it in conntrack.
-			Timeout: cfg.DataConnectTimeout,
-			CtMark:  cfg.ConnMark,
+			// The mapping's own timeout (backendSpec.mappingTimeout).
+			Timeout: cfg.mappingTimeout,
+			CtMark:  cfg.connMark,
 			Logger:  log,
 		})
 		if err != nil {
@@ -105,14 +104,14 @@ func makeBackend(cfg Config, log *slog.Logger, name string) (rules.Backend, erro
 		return b, nil
 	}
 	b, err := iptables.New(iptables.Config{
-		Path:          cfg.IptablesPath,
-		LockTimeout:   cfg.RuleTimeout,
-		ConnMark:      cfg.ConnMark,
-		CheckInterval: cfg.JumpCheckInterval,
+		Path:          cfg.iptablesPath,
+		LockTimeout:   cfg.ruleTimeout,
+		ConnMark:      cfg.connMark,
+		CheckInterval: cfg.jumpCheck,
 		Logger:        log,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("--iptables-path %s: %w", cfg.IptablesPath, err)
+		return nil, fmt.Errorf("--iptables-path %s: %w", cfg.iptablesPath, err)
 	}
 	return b, nil
 }
@@ -120,11 +119,11 @@ func makeBackend(cfg Config, log *slog.Logger, name string) (rules.Backend, erro
 // rulesBackends are the backends `pasvgate rules list|flush` acts on: the
 // one --backend names, or for auto each of the two this host can run, so
 // that whatever the service chose (or an earlier version left) is found.
-func rulesBackends(cfg Config, log *slog.Logger) ([]rules.Backend, error) {
-	if cfg.Backend != backendAuto {
+func rulesBackends(cfg backendSpec, log *slog.Logger) ([]rules.Backend, error) {
+	if cfg.name != backendAuto {
 		// No forward check: listing and flushing need no warning about
 		// data connections.
-		b, err := makeBackend(cfg, log, cfg.Backend)
+		b, err := makeBackend(cfg, log, cfg.name)
 		if err != nil {
 			return nil, err
 		}
@@ -156,7 +155,7 @@ func rulesBackends(cfg Config, log *slog.Logger) ([]rules.Backend, error) {
 // the default, a changed --backend): they would admit their clients until
 // someone flushed them. It is best effort and only logs; a backend that
 // cannot run here has nothing to sweep.
-func sweepOther(ctx context.Context, cfg Config, chosen string, log *slog.Logger) {
+func sweepOther(ctx context.Context, cfg backendSpec, chosen string, log *slog.Logger) {
 	other := backendIptables
 	if chosen == backendIptables {
 		other = backendNftables

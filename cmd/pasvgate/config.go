@@ -7,15 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/pasvgate/pasvgate/nat"
-	"github.com/pasvgate/pasvgate/proxy"
 	"github.com/pasvgate/pasvgate/proxy/ftp"
 	"github.com/pasvgate/pasvgate/rules"
 	"github.com/pasvgate/pasvgate/rules/iptables"
@@ -28,7 +24,15 @@ import (
 type Config struct {
 	Config             string        `yaml:"-"`
 	Listen             []string      `yaml:"listen"`
-	Upstream           stringList    `yaml:"upstream"`
+	Upstream           upstreamList  `yaml:"upstream"`
+	Balance            string        `yaml:"balance"`
+	ProxyProtocol      string        `yaml:"proxy-protocol"`
+	HealthInterval     time.Duration `yaml:"health-interval"`
+	HealthTimeout      time.Duration `yaml:"health-timeout"`
+	HealthFall         int           `yaml:"health-fall"`
+	HealthRise         int           `yaml:"health-rise"`
+	Announce           announceList  `yaml:"announce"`
+	Routes             []routeConfig `yaml:"routes"`
 	Intercept          string        `yaml:"intercept"`
 	InterceptMethod    string        `yaml:"intercept-method"`
 	AllowDest          stringList    `yaml:"allow-dest"`
@@ -65,15 +69,156 @@ type Config struct {
 	UpstreamServerName string        `yaml:"upstream-server-name"`
 	UpstreamInsecure   bool          `yaml:"upstream-insecure"`
 	TLSRequireReuse    bool          `yaml:"tls-require-reuse"`
+}
 
-	// tls is what the TLS keys name, read and parsed by loadTLS.
-	tls tlsMaterial
+// routeConfig is one entry of the `routes` key: a public FTP service of
+// its own (see README, "Routes"). Unset keys take the top-level value,
+// but for listen, listen-tls and upstream, which every route names.
+type routeConfig struct {
+	Name          string       `yaml:"name"`
+	Listen        []string     `yaml:"listen"`
+	ListenTLS     []string     `yaml:"listen-tls"`
+	Upstream      upstreamList `yaml:"upstream"`
+	Balance       string       `yaml:"balance"`
+	ProxyProtocol string       `yaml:"proxy-protocol"`
+	PublicAddr    string       `yaml:"public-addr"`
+	DataPorts     string       `yaml:"data-ports"`
+	Announce      announceList `yaml:"announce"`
+}
+
+// upstreamEntry is one server of an upstream list: `ADDR:PORT`, or in
+// YAML `{addr: ADDR:PORT, weight: N}`.
+type upstreamEntry struct {
+	Addr   string `yaml:"addr"`
+	Weight *int   `yaml:"weight"` // nil: 1
+}
+
+// upstreamList is the `upstream` key: one entry or a list of them.
+type upstreamList []upstreamEntry
+
+// UnmarshalYAML accepts `upstream: ADDR`, `upstream: [ADDR, ...]` and
+// lists whose items are maps with addr and weight.
+func (l *upstreamList) UnmarshalYAML(n *yaml.Node) error {
+	one := func(n *yaml.Node) (upstreamEntry, error) {
+		if n.Kind == yaml.ScalarNode {
+			return upstreamEntry{Addr: n.Value}, nil
+		}
+		var e upstreamEntry
+		dec := *n
+		if err := decodeKnown(&dec, &e); err != nil {
+			return e, err
+		}
+		return e, nil
+	}
+	if n.Kind != yaml.SequenceNode {
+		e, err := one(n)
+		*l = upstreamList{e}
+		return err
+	}
+	*l = nil
+	for _, item := range n.Content {
+		e, err := one(item)
+		if err != nil {
+			return err
+		}
+		*l = append(*l, e)
+	}
+	return nil
+}
+
+// decodeKnown decodes a mapping node into v, refusing keys v does not
+// have, as the file's decoder does (yaml.Node.Decode would not).
+func decodeKnown(n *yaml.Node, v any) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: want an address or a map", n.Line)
+	}
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	return nil
+}
+
+// announceEntry is one `announce` item: clients from network are told
+// addr. The flag form is NETWORK=ADDR.
+type announceEntry struct {
+	Network string `yaml:"network"`
+	Addr    string `yaml:"addr"`
+}
+
+// announceList is the `announce` key.
+type announceList []announceEntry
+
+// upstreamFlag is the repeatable --upstream: each use one server of
+// weight 1. The first use replaces the config file's list.
+type upstreamFlag struct {
+	list *upstreamList
+	set  bool
+}
+
+// String implements flag.Value.
+func (f *upstreamFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	var a []string
+	for _, e := range *f.list {
+		a = append(a, e.Addr)
+	}
+	return strings.Join(a, ",")
+}
+
+// Set implements flag.Value.
+func (f *upstreamFlag) Set(v string) error {
+	if !f.set {
+		*f.list = nil
+		f.set = true
+	}
+	*f.list = append(*f.list, upstreamEntry{Addr: v})
+	return nil
+}
+
+// announceFlag is the repeatable --announce NETWORK=ADDR. The first use
+// replaces the config file's list.
+type announceFlag struct {
+	list *announceList
+	set  bool
+}
+
+// String implements flag.Value.
+func (f *announceFlag) String() string {
+	if f.list == nil {
+		return ""
+	}
+	var a []string
+	for _, e := range *f.list {
+		a = append(a, e.Network+"="+e.Addr)
+	}
+	return strings.Join(a, ",")
+}
+
+// Set implements flag.Value.
+func (f *announceFlag) Set(v string) error {
+	network, addr, ok := strings.Cut(v, "=")
+	if !ok {
+		return errors.New("want NETWORK=ADDR, such as 198.51.100.0/24=198.51.100.1")
+	}
+	if !f.set {
+		*f.list = nil
+		f.set = true
+	}
+	*f.list = append(*f.list, announceEntry{Network: network, Addr: addr})
+	return nil
 }
 
 // defaults are the values README.md promises.
 func defaults() Config {
 	return Config{
-		Listen:             []string{":21"},
 		InterceptMethod:    rules.Redirect,
 		DataPorts:          "40000-40999",
 		DataConnectTimeout: 30 * time.Second,
@@ -112,8 +257,22 @@ func defaults() Config {
 		ConnMark:         iptables.DefaultConnMark,
 		HostFirewall:     hostFirewallAuto,
 		UpstreamTLS:      "auto",
+		Balance:          "round-robin",
+		ProxyProtocol:    "off",
+		// Down after two missed checks 2 s apart, each given 2 s: a
+		// server that stops answering is out within about 6 s, and one
+		// that recovers back within about 4 s, both inside the 10 s an
+		// operator can expect, without a flap on one lost check.
+		HealthInterval: 2 * time.Second,
+		HealthTimeout:  2 * time.Second,
+		HealthFall:     2,
+		HealthRise:     2,
 	}
 }
+
+// defaultListen is where the default route listens when --listen is not
+// given.
+var defaultListen = []string{":21"}
 
 // stringList is a YAML value that may be one string or a list of them.
 type stringList []string
@@ -162,7 +321,14 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.StringVar(&c.Config, "config", c.Config, "YAML config `file`; flags override its keys")
 	fs.Var(&listFlag{list: &c.Listen}, "listen", "`ADDR:PORT` to accept FTP control connections on (repeatable)")
-	fs.Var(&listFlag{list: (*[]string)(&c.Upstream)}, "upstream", "the FTP server's control `ADDR:PORT` (reverse mode); give it twice, once per family, for IPv4 and IPv6 clients")
+	fs.Var(&upstreamFlag{list: &c.Upstream}, "upstream", "an FTP server's control `ADDR:PORT` (reverse mode; repeatable: servers of one family make a pool, and IPv6 clients go to the IPv6 servers if any)")
+	fs.StringVar(&c.Balance, "balance", c.Balance, "how a session's server is picked from a pool: round-robin, least-conn, source (sticky by client address) or user (sticky by login name)")
+	fs.StringVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send the servers a PROXY protocol header with the client's address: off, v1 or v2")
+	fs.DurationVar(&c.HealthInterval, "health-interval", c.HealthInterval, "how often each server of a pool is checked (connect, read its 220); 0: no checks")
+	fs.DurationVar(&c.HealthTimeout, "health-timeout", c.HealthTimeout, "bound on one health check")
+	fs.IntVar(&c.HealthFall, "health-fall", c.HealthFall, "failed checks in a row that take a server out of rotation")
+	fs.IntVar(&c.HealthRise, "health-rise", c.HealthRise, "passed checks in a row that put it back")
+	fs.Var(&announceFlag{list: &c.Announce}, "announce", "`NETWORK=ADDR`: tell clients from NETWORK the gateway address ADDR in 227 replies (repeatable)")
 	fs.StringVar(&c.Intercept, "intercept", c.Intercept, "transparent mode: install interception of FTP arriving on this LAN `interface`")
 	fs.StringVar(&c.InterceptMethod, "intercept-method", c.InterceptMethod, "transparent mode: how connections are intercepted: redirect or tproxy")
 	fs.Var(&listFlag{list: (*[]string)(&c.AllowDest)}, "allow-dest", "transparent mode: servers clients may reach: public, a `NETWORK` or an address (repeatable; default public)")
@@ -216,19 +382,21 @@ type usageError struct{ error }
 func (e usageError) Unwrap() error { return e.error }
 
 // loadConfig parses args for `pasvgate run`: defaults, then the config file,
-// then the flags given, then validation.
-func loadConfig(args []string) (Config, error) {
+// then the flags given, then parse, which validates every value into the
+// typed runConfig that everything after uses; then the TLS files.
+func loadConfig(args []string) (*runConfig, error) {
 	c, err := readConfig(args)
 	if err != nil {
-		return Config{}, err
+		return nil, err
 	}
-	if err := c.validate(); err != nil {
-		return Config{}, err
+	rc, err := c.parse()
+	if err != nil {
+		return nil, err
 	}
-	if err := c.loadTLS(); err != nil {
-		return Config{}, err
+	if err := rc.loadTLS(); err != nil {
+		return nil, err
 	}
-	return c, nil
+	return rc, nil
 }
 
 // readConfig is loadConfig without the validation, for `pasvgate rules`,
@@ -266,249 +434,26 @@ func readConfig(args []string) (Config, error) {
 	return c, nil
 }
 
-// validate checks every value, naming the flag of the first bad one.
-func (c Config) validate() error {
-	bad := func(flag string, format string, a ...any) error {
-		return usageError{fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...))}
-	}
-	if len(c.Listen) == 0 {
-		return bad("listen", "at least one address is needed")
-	}
-	var listenFamilies []netip.Addr
-	specs := make([]listenSpec, 0, len(c.Listen))
-	for _, l := range c.Listen {
-		sp, err := parseListen(l)
-		if err != nil {
-			return bad("listen", "%q: %v", l, err)
-		}
-		specs = append(specs, sp)
-		if !sp.bothFamilies {
-			listenFamilies = append(listenFamilies, sp.sockets[0].addr.Addr())
-		}
-		// The interception leads to one port, in both families.
-		if c.Intercept != "" && sp.sockets[0].addr.Port() != specs[0].sockets[0].addr.Port() {
-			return bad("listen", "with --intercept every --listen address needs the same port (%q and %q differ)", c.Listen[0], l)
-		}
-	}
-	for _, l := range c.ListenTLS {
-		sp, err := parseListen(l)
-		if err != nil {
-			return bad("listen-tls", "%q: %v", l, err)
-		}
-		specs = append(specs, sp)
-	}
-	if err := c.validateTLS(); err != nil {
-		return err
-	}
-	if err := checkListenOverlap(specs); err != nil {
-		return bad("listen", "%v", err)
-	}
-	if err := c.validateUpstream(); err != nil {
-		return err
-	}
-	for _, u := range c.Upstream {
-		if up, err := netip.ParseAddrPort(u); err == nil {
-			if l, loop := upstreamIsListener(specs, up, nil); loop {
-				return bad("upstream", "%s is pasvgate's own --listen %s: every session would dial pasvgate again", u, l)
-			}
-		}
-	}
-	if c.PublicAddr != "" {
-		a, err := netip.ParseAddr(c.PublicAddr)
-		if err != nil {
-			return bad("public-addr", "%q is not an IP address", c.PublicAddr)
-		}
-		if !a.Is4() {
-			// 227 can carry only IPv4 (RFC 959); EPSV clients use the
-			// address they dialed, whatever this says.
-			return bad("public-addr", "%s: 227 replies carry IPv4 only", a)
-		}
-		if !a.IsGlobalUnicast() && !a.IsLoopback() {
-			// 0.0.0.0 in a 227 tells the client nothing it can dial,
-			// and no DNAT can match it; multicast and broadcast neither.
-			return bad("public-addr", "%s is not a unicast address a client can connect to", a)
-		}
-		if len(listenFamilies) == len(c.Listen) {
-			v4 := false
-			for _, l := range listenFamilies {
-				v4 = v4 || l.Is4() // [::]:P is IPv6 only
-			}
-			if !v4 {
-				return bad("public-addr", "%s is IPv4 but every --listen address is IPv6", a)
-			}
-		}
-	}
-	if c.PublicIface != "" {
-		if c.PublicAddr != "" {
-			return bad("public-iface", "give --public-addr or --public-iface, not both")
-		}
-		if !rules.ValidIface(c.PublicIface) {
-			return bad("public-iface", "%q is not an interface name", c.PublicIface)
-		}
-	}
-	if c.MaxSessions < 0 || c.MaxSessionsPerIP < 0 {
-		return bad("max-sessions", "limits must not be negative")
-	}
-	if c.MaxMappingsPerIP < 0 {
-		return bad("max-mappings-per-ip", "must not be negative")
-	}
-	if c.LoginTimeout < 0 {
-		return bad("login-timeout", "must not be negative")
-	}
-	if c.DrainTimeout < 0 {
-		return bad("drain-timeout", "must not be negative")
-	}
-	if c.DebugPprof && c.Metrics == "" {
-		return bad("debug-pprof", "needs --metrics")
-	}
-	if c.Metrics != "" {
-		if _, err := parseListen(c.Metrics); err != nil {
-			return bad("metrics", "%q: %v", c.Metrics, err)
-		}
-	}
-	pr, err := nat.ParsePortRange(c.DataPorts)
-	if err != nil {
-		return bad("data-ports", "%v", err)
-	}
-	if pr.Low < 1024 {
-		return bad("data-ports", "%v reaches below 1024: data ports must be unprivileged", pr)
-	}
-	for name, d := range map[string]time.Duration{
-		"data-connect-timeout": c.DataConnectTimeout, "idle-timeout": c.IdleTimeout,
-		"dial-timeout": c.DialTimeout, "rule-timeout": c.RuleTimeout,
-	} {
-		if d <= 0 {
-			return bad(name, "must be positive, got %v", d)
-		}
-	}
-	if c.MaxLine < 512 || c.MaxLine > 1<<20 {
-		// RFC 959 replies and commands fit in far less, but RFC 1123
-		// asks for at least 512 bytes of tolerance.
-		return bad("max-line", "%d is outside 512-1048576", c.MaxLine)
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return bad("log-format", "%q: want text or json", c.LogFormat)
-	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
-		return bad("log-level", "%v", err)
-	}
-	if c.Backend != backendAuto && c.Backend != backendIptables && c.Backend != backendNftables {
-		return bad("backend", "%q: want auto, iptables or nftables", c.Backend)
-	}
-	if c.IptablesPath == "" {
-		return bad("iptables-path", "must not be empty")
-	}
-	if c.ConnMark == 0 {
-		return bad("connmark", "must have at least one bit set")
-	}
-	if c.JumpCheckInterval < 0 {
-		return bad("jump-check-interval", "must not be negative")
-	}
-	if c.HostFirewall != hostFirewallAuto && c.HostFirewall != hostFirewallLeave {
-		return bad("host-firewall", "%q: want auto or leave", c.HostFirewall)
-	}
-	return nil
-}
-
-// validateUpstream checks the mode: reverse (one upstream, or one per
-// family) or transparent (none, with an interception method).
-func (c Config) validateUpstream() error {
-	bad := func(flag string, format string, a ...any) error {
-		return usageError{fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...))}
-	}
-	if c.InterceptMethod != rules.Redirect && c.InterceptMethod != rules.TProxy {
-		return bad("intercept-method", "%q: want redirect or tproxy", c.InterceptMethod)
-	}
-	if len(c.Upstream) == 0 {
-		// Transparent mode: each session's server is where the intercepted
-		// connection was going.
-		if c.Intercept != "" && !rules.ValidIface(c.Intercept) {
-			return bad("intercept", "%q is not an interface name", c.Intercept)
-		}
-		if _, err := proxy.ParseDestPolicy(c.AllowDest); err != nil {
-			return bad("allow-dest", "%v", err)
-		}
-		return nil
-	}
-	if c.Intercept != "" {
-		return bad("intercept", "transparent mode takes no --upstream")
-	}
-	if len(c.AllowDest) > 0 {
-		return bad("allow-dest", "transparent mode only: in reverse mode the server is --upstream")
-	}
-	if len(c.Upstream) > 2 {
-		return bad("upstream", "at most two: one IPv4 and one IPv6 server")
-	}
-	var fams []bool
-	for _, u := range c.Upstream {
-		host, port, err := net.SplitHostPort(u)
-		if err != nil {
-			return bad("upstream", "%q: %v", u, err)
-		}
-		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-			return bad("upstream", "%q: bad port", u)
-		}
-		a, err := netip.ParseAddr(host)
-		if err != nil {
-			if len(c.Upstream) > 1 {
-				return bad("upstream", "%q: with two upstreams each must be an IP address", u)
-			}
-			continue
-		}
-		fams = append(fams, a.Unmap().Is4())
-	}
-	if len(fams) == 2 && fams[0] == fams[1] {
-		return bad("upstream", "two upstreams of one family: give one IPv4 and one IPv6")
-	}
-	return nil
-}
-
-// upstreams splits the configured upstreams into the IPv4 one (or the only
-// one) and the IPv6 one.
-func (c Config) upstreams() (main, v6 string) {
-	for _, u := range c.Upstream {
-		host, _, _ := net.SplitHostPort(u)
-		if a, err := netip.ParseAddr(host); err == nil && a.Is6() && !a.Is4In6() && len(c.Upstream) == 2 {
-			v6 = u
-		} else {
-			main = u
-		}
-	}
-	if main == "" {
-		main = v6
-	}
-	return main, v6
-}
-
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
-	}
-	return l, nil
-}
-
-// newLogger makes the process logger from the config. Its level can be
-// changed later through level (SIGHUP).
-func newLogger(c Config, level *slog.LevelVar) *slog.Logger {
-	return slog.New(newHandler(c, level, os.Stderr))
+// newLogger makes the process logger. Its level can be changed later
+// through level (SIGHUP).
+func newLogger(l logSpec, level *slog.LevelVar) *slog.Logger {
+	return slog.New(newHandler(l, level, os.Stderr))
 }
 
 // newServiceLogger is newLogger for `pasvgate run`, whose info lines are
 // held and written out together (logWriter). The caller must Close the
 // logWriter before it exits.
-func newServiceLogger(c Config, level *slog.LevelVar) (*slog.Logger, *logWriter) {
+func newServiceLogger(l logSpec, level *slog.LevelVar) (*slog.Logger, *logWriter) {
 	w := newLogWriter(os.Stderr)
-	return slog.New(bufferedHandler{newHandler(c, level, w), w}), w
+	return slog.New(bufferedHandler{newHandler(l, level, w), w}), w
 }
 
 // newHandler is the handler of --log-format and --log-level, writing to
 // out.
-func newHandler(c Config, level *slog.LevelVar, out io.Writer) slog.Handler {
-	l, _ := parseLevel(c.LogLevel)
-	level.Set(l)
+func newHandler(l logSpec, level *slog.LevelVar, out io.Writer) slog.Handler {
+	level.Set(l.level)
 	opts := &slog.HandlerOptions{Level: level}
-	if c.LogFormat == "json" {
+	if l.json {
 		return slog.NewJSONHandler(out, opts)
 	}
 	return slog.NewTextHandler(out, opts)

@@ -2,12 +2,15 @@ package main
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pasvgate/pasvgate/nat"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -34,17 +37,17 @@ host-firewall: leave
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DataPorts != "41000-41999" {
-		t.Errorf("data-ports = %q: the flag must win over the file", c.DataPorts)
+	if c.lim.dataPorts != (nat.PortRange{Low: 41000, High: 41999}) {
+		t.Errorf("data-ports = %v: the flag must win over the file", c.lim.dataPorts)
 	}
-	if !reflect.DeepEqual(c.Listen, []string{"203.0.113.1:2100"}) {
-		t.Errorf("listen = %v: a --listen flag replaces the file's list", c.Listen)
+	if !reflect.DeepEqual(c.listenAddrs(), []string{" 203.0.113.1:2100"}) {
+		t.Errorf("listen = %v: a --listen flag replaces the file's list", c.listenAddrs())
 	}
-	if len(c.Upstream) != 1 || c.Upstream[0] != "192.0.2.10:21" || c.PublicAddr != "203.0.113.2" || c.DataConnectTimeout != 15*time.Second ||
-		c.SNAT || c.LogFormat != "json" || c.HostFirewall != "leave" {
+	if !reflect.DeepEqual(c.members(), []string{"192.0.2.10:21"}) || c.routes[0].publicAddr != netip.MustParseAddr("203.0.113.2") ||
+		c.be.mappingTimeout != 15*time.Second || c.snat || !c.log.json || c.be.manageHostFW {
 		t.Errorf("file values lost: %+v", c)
 	}
-	if c.IdleTimeout != 10*time.Minute || c.MaxLine != 4096 {
+	if c.lim.idle != 10*time.Minute || c.lim.maxLine != 4096 {
 		t.Errorf("defaults lost: %+v", c)
 	}
 }
@@ -65,7 +68,14 @@ func TestBadConfigNamesTheFlag(t *testing.T) {
 		{[]string{"--intercept", "bad/name"}, "--intercept"},
 		{[]string{"--intercept-method", "magic"}, "--intercept-method"},
 		{append([]string{"--intercept", "eth1"}, up...), "--intercept"},
-		{[]string{"--upstream", "192.0.2.10:21", "--upstream", "192.0.2.11:21"}, "--upstream"},
+		{[]string{"--upstream", "192.0.2.10:21", "--balance", "random"}, "--balance"},
+		{[]string{"--upstream", "192.0.2.10:21", "--proxy-protocol", "v3"}, "--proxy-protocol"},
+		{[]string{"--upstream", "192.0.2.10:21", "--health-timeout", "0s"}, "--health-timeout"},
+		{[]string{"--upstream", "192.0.2.10:21", "--health-fall", "0"}, "--health-fall"},
+		{[]string{"--upstream", "192.0.2.10:21", "--announce", "198.51.100.0/24=2001:db8::1"}, "--announce"},
+		{[]string{"--upstream", "192.0.2.10:21", "--announce", "198.51.100.0/33=198.51.100.1"}, "--announce"},
+		{[]string{"--upstream", "192.0.2.10:21", "--announce", "198.51.100.1"}, "announce"},
+		{[]string{"--announce", "198.51.100.0/24=198.51.100.1"}, "--announce"},
 		{[]string{"--upstream", "ftp.example:21", "--upstream", "[2001:db8::10]:21"}, "--upstream"},
 		{append([]string{"--data-ports", "5000-4000"}, up...), "--data-ports"},
 		{append([]string{"--data-ports", "0-100"}, up...), "--data-ports"},
@@ -99,20 +109,21 @@ func TestUpstreamsPerFamily(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m, v6 := c.upstreams(); m != "192.0.2.10:21" || v6 != "[2001:db8:2::10]:21" {
-		t.Fatalf("upstreams() = %q, %q", m, v6)
+	if r := c.routes[0]; r.pool == nil || r.pool6 == nil || r.pool.Members[0].Addr != "192.0.2.10:21" || r.pool6.Members[0].Addr != "[2001:db8:2::10]:21" ||
+		r.pool.Name != "default" || r.pool6.Name != "default6" {
+		t.Fatalf("pools per family: %+v %+v", r.pool, r.pool6)
 	}
 	p := writeConfig(t, "upstream: 192.0.2.10:21\n")
-	if c, err := loadConfig([]string{"--config", p}); err != nil || len(c.Upstream) != 1 {
-		t.Fatalf("a scalar upstream in YAML: %v, %v", c.Upstream, err)
+	if c, err := loadConfig([]string{"--config", p}); err != nil || len(c.members()) != 1 {
+		t.Fatalf("a scalar upstream in YAML: %v, %v", c, err)
 	}
 	// No upstream is transparent mode.
-	if c, err := loadConfig([]string{"--intercept", "eth1", "--intercept-method", "tproxy"}); err != nil || c.Intercept != "eth1" {
+	if c, err := loadConfig([]string{"--intercept", "eth1", "--intercept-method", "tproxy"}); err != nil || c.intercept != "eth1" || c.reverse {
 		t.Fatalf("transparent mode: %+v, %v", c, err)
 	}
 	// Both backends intercept.
 	for _, backend := range []string{"iptables", "nftables"} {
-		if c, err := loadConfig([]string{"--backend", backend, "--intercept", "eth1", "--intercept-method", "tproxy"}); err != nil || c.Backend != backend {
+		if c, err := loadConfig([]string{"--backend", backend, "--intercept", "eth1", "--intercept-method", "tproxy"}); err != nil || c.be.name != backend {
 			t.Fatalf("transparent mode with --backend %s: %+v, %v", backend, c, err)
 		}
 	}
@@ -149,18 +160,18 @@ func TestLimitDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxSessions != 1000 || c.MaxSessionsPerIP != 20 || c.MaxMappingsPerIP != 50 {
+	if c.lim.maxSessions != 1000 || c.lim.maxSessionsPerIP != 20 || c.lim.maxMappingsPerIP != 50 {
 		t.Fatalf("limits by default: max-sessions %d, max-sessions-per-ip %d, max-mappings-per-ip %d; want 1000, 20, 50",
-			c.MaxSessions, c.MaxSessionsPerIP, c.MaxMappingsPerIP)
+			c.lim.maxSessions, c.lim.maxSessionsPerIP, c.lim.maxMappingsPerIP)
 	}
 	p := writeConfig(t, "upstream: 192.0.2.10:21\nmax-mappings-per-ip: 7\nmax-sessions: 0\n")
 	if c, err = loadConfig([]string{"--config", p}); err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxMappingsPerIP != 7 || c.MaxSessions != 0 {
-		t.Fatalf("from the file: max-mappings-per-ip %d, max-sessions %d; want 7, 0", c.MaxMappingsPerIP, c.MaxSessions)
+	if c.lim.maxMappingsPerIP != 7 || c.lim.maxSessions != 0 {
+		t.Fatalf("from the file: max-mappings-per-ip %d, max-sessions %d; want 7, 0", c.lim.maxMappingsPerIP, c.lim.maxSessions)
 	}
-	if c, err = loadConfig([]string{"--config", p, "--max-mappings-per-ip", "0"}); err != nil || c.MaxMappingsPerIP != 0 {
-		t.Fatalf("the flag over the file: %d, %v; want 0", c.MaxMappingsPerIP, err)
+	if c, err = loadConfig([]string{"--config", p, "--max-mappings-per-ip", "0"}); err != nil || c.lim.maxMappingsPerIP != 0 {
+		t.Fatalf("the flag over the file: %d, %v; want 0", c.lim.maxMappingsPerIP, err)
 	}
 }

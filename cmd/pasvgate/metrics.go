@@ -58,8 +58,8 @@ func newCollector(p *proxy.Server, t *nat.Table) *collector {
 		removeFailed:    d("mapping_remove_failures_total", "Mapping removals given up after their last retry (their rules may be left until the next start; their ports stay out of the pool)."),
 		removeRetries:   d("mapping_remove_retries_total", "Retries of failed mapping removals."),
 		flowsFlushed:    d("conntrack_flows_flushed_total", "Conntrack entries deleted after abnormal ends."),
-		portsBusy:       d("data_ports_in_use", "Data ports out of the pool: mapped, being removed or flushed, or held by a removal given up."),
-		portsTotal:      d("data_ports", "Size of the data-port range."),
+		portsBusy:       d("data_ports_in_use", "Data ports out of the pool: mapped, being removed or flushed, or held by a removal given up (every route's range together)."),
+		portsTotal:      d("data_ports", "Size of the --data-ports range (routes with their own range not counted)."),
 	}
 }
 

@@ -38,7 +38,7 @@ func cmdRun(args []string) error {
 		return err
 	}
 	level := new(slog.LevelVar)
-	log, lw := newServiceLogger(cfg, level)
+	log, lw := newServiceLogger(cfg.log, level)
 	defer lw.Close()
 	procs := setProcs(os.Getenv)
 	// Before anything touches the kernel: the backend's start-up sweep
@@ -68,21 +68,27 @@ type runEnv struct {
 }
 
 // settings turns the config into the proxy's reloadable settings. pub, if
-// not nil, follows --public-iface.
-func (c Config) settings(pub func() netip.Addr) proxy.Settings {
-	up, up6 := c.upstreams()
-	dest, _ := proxy.ParseDestPolicy(c.AllowDest) // validated
+// not nil, follows --public-iface; pools gives each route's pools.
+func (rc *runConfig) settings(pub func() netip.Addr, pools *poolSet) proxy.Settings {
 	st := proxy.Settings{
-		DestPolicy: dest,
-		Upstream:   up, Upstream6: up6, SNAT: c.SNAT, PublicAddrFunc: pub,
-		DialTimeout: c.DialTimeout, IdleTimeout: c.IdleTimeout, LoginTimeout: c.LoginTimeout,
-		Keepalive: c.Keepalive, MaxLine: c.MaxLine,
-		MaxSessions: c.MaxSessions, MaxSessionsPerIP: c.MaxSessionsPerIP,
+		DestPolicy: rc.dest, SNAT: rc.snat, PublicAddrFunc: pub,
+		DialTimeout: rc.lim.dial, IdleTimeout: rc.lim.idle, LoginTimeout: rc.lim.login,
+		Keepalive: rc.lim.keepalive, MaxLine: rc.lim.maxLine,
+		MaxSessions: rc.lim.maxSessions, MaxSessionsPerIP: rc.lim.maxSessionsPerIP,
 	}
-	if c.PublicAddr != "" {
-		st.PublicAddr = netip.MustParseAddr(c.PublicAddr) // validated
+	for _, r := range rc.routes {
+		rt := proxy.Route{Pool: pools.get(r.pool), Pool6: pools.get(r.pool6), PublicAddr: r.publicAddr,
+			Announce: r.announce, Ports: r.ports}
+		if r.name == "" {
+			st.Pool, st.Pool6, st.PublicAddr, st.Announce, st.Ports = rt.Pool, rt.Pool6, rt.PublicAddr, rt.Announce, rt.Ports
+			continue
+		}
+		if st.Routes == nil {
+			st.Routes = map[string]proxy.Route{}
+		}
+		st.Routes[r.name] = rt
 	}
-	c.tlsSettings(&st)
+	rc.tls.settings(&st)
 	return st
 }
 
@@ -122,7 +128,7 @@ func (p *publicSource) stop() {
 
 // gateway is a running pasvgate: what run starts and must stop.
 type gateway struct {
-	cfg     Config
+	cfg     *runConfig
 	log     *slog.Logger
 	backend rules.Backend
 	// backendName is the backend in use: --backend, or what auto chose.
@@ -132,6 +138,8 @@ type gateway struct {
 	// pub is read by /healthz while a reload replaces it.
 	pub atomic.Pointer[publicSource]
 	ic  *rules.Interception
+	// pools are the routes' server pools, each with its health checks.
+	pools *poolSet
 
 	serveCtx context.Context // sessions end at once when it is cancelled
 	wg       sync.WaitGroup
@@ -143,20 +151,20 @@ type gateway struct {
 // backend (sweeping an earlier process's leftovers), listen, tell systemd
 // it is ready, then serve until ctx ends (drain) or a listener fails,
 // reloading on SIGHUP, and remove every mapping on the way out.
-func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err error) {
+func run(ctx context.Context, env runEnv, cfg *runConfig, log *slog.Logger) (err error) {
 	g := &gateway{cfg: cfg, log: log, errs: make(chan error, 16), lns: map[string][]net.Listener{}}
 	var ch choice
-	setupCtx, cancel := context.WithTimeout(ctx, 4*cfg.RuleTimeout)
-	g.backend, ch, err = newBackend(setupCtx, cfg, log)
+	setupCtx, cancel := context.WithTimeout(ctx, 4*cfg.be.ruleTimeout)
+	g.backend, ch, err = newBackend(setupCtx, cfg.be, cfg.intercept != "", cfg.interceptMethod, log)
 	cancel()
 	if err != nil {
 		return err
 	}
 	g.backendName = ch.name
-	setupCtx, cancel = context.WithTimeout(ctx, 4*cfg.RuleTimeout)
+	setupCtx, cancel = context.WithTimeout(ctx, 4*cfg.be.ruleTimeout)
 	err = g.backend.Setup(setupCtx)
 	if err == nil {
-		sweepOther(setupCtx, cfg, ch.name, log)
+		sweepOther(setupCtx, cfg.be, ch.name, log)
 	}
 	if err == nil && ch.hostFW != nil {
 		if _, herr := ch.hostFW.Ensure(setupCtx); herr != nil {
@@ -199,15 +207,14 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		flows = f
 	}
 	hist := installLatency()
-	ports, _ := nat.ParsePortRange(cfg.DataPorts) // validated
 	g.table, err = nat.New(g.backend, nat.Config{
-		Ports:          ports,
-		ConnectTimeout: cfg.DataConnectTimeout,
-		InstallTimeout: cfg.RuleTimeout,
-		RemoveTimeout:  cfg.RuleTimeout,
+		Ports:          cfg.lim.dataPorts,
+		ConnectTimeout: cfg.be.mappingTimeout,
+		InstallTimeout: cfg.be.ruleTimeout,
+		RemoveTimeout:  cfg.be.ruleTimeout,
 		Logger:         log,
 		Flows:          flows,
-		MaxPerClient:   cfg.MaxMappingsPerIP,
+		MaxPerClient:   cfg.lim.maxMappingsPerIP,
 		ObserveInstall: func(d time.Duration, err error) {
 			result := "ok"
 			if err != nil {
@@ -235,7 +242,7 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		}
 	}()
 
-	pub, err := startPublicSource(runCtx, cfg.PublicIface, log)
+	pub, err := startPublicSource(runCtx, cfg.publicIface, log)
 	if err != nil {
 		return err
 	}
@@ -243,9 +250,12 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	if local, err = nat.WatchLocal(runCtx, log); err != nil {
 		return err
 	}
+	g.pools = newPoolSet(runCtx, log)
+	defer g.pools.stop()
+	g.pools.sync(cfg)
 	g.srv = &proxy.Server{
-		Settings:  cfg.settings(pub.current()),
-		Intercept: cfg.InterceptMethod,
+		Settings:  cfg.settings(pub.current(), g.pools),
+		Intercept: cfg.interceptMethod,
 		NAT:       g.table,
 		IsLocal:   local.Has,
 		Logger:    log,
@@ -253,7 +263,7 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	serveCtx, cancelServe := context.WithCancel(context.Background())
 	defer cancelServe()
 	g.serveCtx = serveCtx
-	for _, l := range cfg.listeners() {
+	for _, l := range cfg.listeners {
 		if err := g.listen(ctx, l); err != nil {
 			g.srv.Shutdown(canceled())
 			g.wg.Wait()
@@ -266,16 +276,14 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 		return err
 	}
 	var stopMetrics func()
-	if cfg.Metrics != "" {
+	if spec := cfg.lim.metrics; spec != nil {
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(newCollector(g.srv, g.table), hist)
+		reg.MustRegister(newCollector(g.srv, g.table), newPoolCollector(g.pools.list), hist)
 		healthy := func() error { return g.healthy(ctx) }
-		if spec, err := parseListen(cfg.Metrics); err == nil {
-			if w := metricsExposure(spec, cfg.DebugPprof); w != "" {
-				log.Warn(w, "metrics", cfg.Metrics)
-			}
+		if w := metricsExposure(*spec, cfg.lim.pprof); w != "" {
+			log.Warn(w, "metrics", spec.text)
 		}
-		if stopMetrics, err = serveMetrics(cfg.Metrics, reg, healthy, cfg.DebugPprof, log); err != nil {
+		if stopMetrics, err = serveMetrics(spec.text, reg, healthy, cfg.lim.pprof, log); err != nil {
 			g.srv.Shutdown(canceled())
 			g.wg.Wait()
 			return err
@@ -284,14 +292,15 @@ func run(ctx context.Context, env runEnv, cfg Config, log *slog.Logger) (err err
 	}
 
 	mode := "reverse"
-	if len(cfg.Upstream) == 0 {
+	if !cfg.reverse {
 		mode = "transparent"
 	}
-	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.Listen, "upstream", []string(cfg.Upstream),
-		"public_addr", cfg.PublicAddr, "public_iface", cfg.PublicIface, "data_ports", cfg.DataPorts,
-		"backend", g.backendName, "snat", cfg.SNAT, "metrics", cfg.Metrics, "gomaxprocs", env.procs,
-		"tls", cfg.tls.mode.String(), "listen_tls", cfg.ListenTLS, "upstream_tls", cfg.tls.upstream.String())
-	warnInsecure(cfg, log)
+	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.listenAddrs(),
+		"routes", len(cfg.routes), "pools", cfg.poolSummary(), "public_iface", cfg.publicIface,
+		"data_ports", cfg.lim.dataPorts.String(), "backend", g.backendName, "snat", cfg.snat,
+		"metrics", cfg.metricsAddr(), "gomaxprocs", env.procs,
+		"tls", cfg.tls.mode.String(), "upstream_tls", cfg.tls.upstream.String())
+	warnInsecure(cfg.tls, log)
 	checkFDLimit(cfg, log)
 	notify(log, daemon.SdNotifyReady)
 
@@ -310,8 +319,8 @@ loop:
 	}
 
 	notify(log, daemon.SdNotifyStopping)
-	log.Info("stopping: draining sessions", "drain_timeout", g.cfg.DrainTimeout)
-	drainCtx, cancelDrain := context.WithTimeout(context.Background(), g.cfg.DrainTimeout)
+	log.Info("stopping: draining sessions", "drain_timeout", g.cfg.lim.drain)
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), g.cfg.lim.drain)
 	g.srv.Shutdown(drainCtx)
 	cancelDrain()
 	cancelServe()
@@ -323,21 +332,19 @@ loop:
 // checkUpstreamLoop refuses an upstream that is one of this host's
 // addresses at the port of a wildcard listener: validate could only catch
 // loopback and literal matches, without the host's address list.
-func checkUpstreamLoop(cfg Config) error {
+func checkUpstreamLoop(cfg *runConfig) error {
 	local, err := interfaceAddrs()
 	if err != nil {
-		return nil // validate has caught the literal cases
+		return nil // parse has caught the literal cases
 	}
 	var specs []listenSpec
-	for _, l := range cfg.Listen {
-		if sp, err := parseListen(l); err == nil {
-			specs = append(specs, sp)
-		}
+	for _, l := range cfg.listeners {
+		specs = append(specs, l.spec)
 	}
-	for _, u := range cfg.Upstream {
-		if up, err := netip.ParseAddrPort(u); err == nil {
+	for _, m := range cfg.members() {
+		if up, err := netip.ParseAddrPort(m); err == nil {
 			if l, loop := upstreamIsListener(specs, up, func(a netip.Addr) bool { return local[a] }); loop {
-				return usageError{fmt.Errorf("--upstream: %s is an address of this host at the port of --listen %s: every session would dial pasvgate again", u, l)}
+				return usageError{fmt.Errorf("--upstream: %s is an address of this host at the port of --listen %s: every session would dial pasvgate again", m, l)}
 			}
 		}
 	}
@@ -380,66 +387,23 @@ func canceled() context.Context {
 	return ctx
 }
 
-// listener is one --listen or --listen-tls address.
-type listener struct {
-	addr     string
-	implicit bool // --listen-tls: TLS from the first byte
-}
-
-// key names the listener in gateway.lns: an address may move from one
-// flag to the other across a reload.
-func (l listener) key() string {
-	if l.implicit {
-		return "tls " + l.addr
-	}
-	return l.addr
-}
-
-func (l listener) flag() string {
-	if l.implicit {
-		return "--listen-tls"
-	}
-	return "--listen"
-}
-
-// listeners are the --listen and then the --listen-tls addresses.
-func (c Config) listeners() []listener {
-	ls := make([]listener, 0, len(c.Listen)+len(c.ListenTLS))
-	for _, a := range c.Listen {
-		ls = append(ls, listener{addr: a})
-	}
-	for _, a := range c.ListenTLS {
-		ls = append(ls, listener{addr: a, implicit: true})
-	}
-	return ls
-}
-
 // listen opens one --listen or --listen-tls address (one socket per
 // family it covers, see listen.go) and serves it.
 func (g *gateway) listen(ctx context.Context, l listener) error {
-	addr := l.addr
-	spec, err := parseListen(addr)
-	if err != nil { // validated already; a reload re-validates
-		return fmt.Errorf("%s %s: %w", l.flag(), addr, err)
-	}
 	var control func(string, string, syscall.RawConn) error
-	if len(g.cfg.Upstream) == 0 && g.cfg.InterceptMethod == rules.TProxy {
+	if !g.cfg.reverse && g.cfg.interceptMethod == rules.TProxy {
 		control = transparentControl
 	}
-	lns, err := openListeners(ctx, spec, control, g.log)
+	lns, err := openListeners(ctx, l.spec, control, g.log)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", l.flag(), addr, err)
+		return fmt.Errorf("%s %s: %w", l.flag(), l.addr, err)
 	}
 	g.lns[l.key()] = lns
-	serve := g.srv.Serve
-	if l.implicit {
-		serve = g.srv.ServeTLS
-	}
 	for _, ln := range lns {
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			if err := serve(g.serveCtx, ln); err != nil {
+			if err := g.srv.ServeRoute(g.serveCtx, ln, l.route, l.implicit); err != nil {
 				select {
 				case g.errs <- err:
 				default:
@@ -452,21 +416,21 @@ func (g *gateway) listen(ctx context.Context, l listener) error {
 
 // intercept installs --intercept, if given.
 func (g *gateway) intercept(ctx context.Context) error {
-	if g.cfg.Intercept == "" {
+	if g.cfg.intercept == "" {
 		return nil
 	}
 	icpt, ok := g.backend.(rules.Interceptor)
 	if !ok {
 		return fmt.Errorf("--intercept: the %s backend cannot intercept", g.backendName)
 	}
-	// validate made every --listen port the same under --intercept: the
+	// parse made every --listen port the same under --intercept: the
 	// first listener's port is the one the interception leads to.
-	port := uint16(g.lns[g.cfg.Listen[0]][0].Addr().(*net.TCPAddr).Port)
-	ic := rules.Interception{Iface: g.cfg.Intercept, Port: 21, Method: g.cfg.InterceptMethod, ListenPort: port}
-	ictx, cancel := context.WithTimeout(ctx, 4*g.cfg.RuleTimeout)
+	port := uint16(g.lns[g.cfg.listeners[0].key()][0].Addr().(*net.TCPAddr).Port)
+	ic := rules.Interception{Iface: g.cfg.intercept, Port: 21, Method: g.cfg.interceptMethod, ListenPort: port}
+	ictx, cancel := context.WithTimeout(ctx, 4*g.cfg.be.ruleTimeout)
 	defer cancel()
 	if err := icpt.Intercept(ictx, ic); err != nil {
-		return fmt.Errorf("--intercept %s: %w", g.cfg.Intercept, err)
+		return fmt.Errorf("--intercept %s: %w", g.cfg.intercept, err)
 	}
 	g.ic = &ic
 	g.log.Info("intercepting FTP", "iface", ic.Iface, "method", ic.Method, "listen_port", ic.ListenPort)
@@ -476,37 +440,33 @@ func (g *gateway) intercept(ctx context.Context) error {
 // restartOnly lists the settings a reload cannot change: they shape kernel
 // state or the process itself. Each knows how to tell a change and how to
 // keep the running value, so that a reload keeps exactly the keys that
-// changed and applies every other change in the same file.
+// changed and applies every other change in the same file. They compare
+// parsed values: "40000-40999" and "40000-040999" are no change.
 var restartOnly = []struct {
 	key     string
-	changed func(old, new *Config) bool
-	keep    func(old, new *Config)
+	changed func(old, new *runConfig) bool
+	keep    func(old, new *runConfig)
 }{
-	{"upstream (reverse vs transparent mode)",
-		func(o, n *Config) bool { return (len(o.Upstream) == 0) != (len(n.Upstream) == 0) },
-		func(o, n *Config) { n.Upstream = o.Upstream }},
-	{"data-ports", func(o, n *Config) bool { return o.DataPorts != n.DataPorts }, func(o, n *Config) { n.DataPorts = o.DataPorts }},
-	{"data-connect-timeout", func(o, n *Config) bool { return o.DataConnectTimeout != n.DataConnectTimeout }, func(o, n *Config) { n.DataConnectTimeout = o.DataConnectTimeout }},
-	{"backend", func(o, n *Config) bool { return o.Backend != n.Backend }, func(o, n *Config) { n.Backend = o.Backend }},
-	{"iptables-path", func(o, n *Config) bool { return o.IptablesPath != n.IptablesPath }, func(o, n *Config) { n.IptablesPath = o.IptablesPath }},
-	{"rule-timeout", func(o, n *Config) bool { return o.RuleTimeout != n.RuleTimeout }, func(o, n *Config) { n.RuleTimeout = o.RuleTimeout }},
-	{"connmark", func(o, n *Config) bool { return o.ConnMark != n.ConnMark }, func(o, n *Config) { n.ConnMark = o.ConnMark }},
-	{"jump-check-interval", func(o, n *Config) bool { return o.JumpCheckInterval != n.JumpCheckInterval }, func(o, n *Config) { n.JumpCheckInterval = o.JumpCheckInterval }},
-	{"host-firewall", func(o, n *Config) bool { return o.HostFirewall != n.HostFirewall }, func(o, n *Config) { n.HostFirewall = o.HostFirewall }},
-	{"intercept", func(o, n *Config) bool { return o.Intercept != n.Intercept }, func(o, n *Config) { n.Intercept = o.Intercept }},
-	{"intercept-method", func(o, n *Config) bool { return o.InterceptMethod != n.InterceptMethod }, func(o, n *Config) { n.InterceptMethod = o.InterceptMethod }},
-	{"metrics", func(o, n *Config) bool { return o.Metrics != n.Metrics }, func(o, n *Config) { n.Metrics = o.Metrics }},
-	{"debug-pprof", func(o, n *Config) bool { return o.DebugPprof != n.DebugPprof }, func(o, n *Config) { n.DebugPprof = o.DebugPprof }},
-	{"log-format", func(o, n *Config) bool { return o.LogFormat != n.LogFormat }, func(o, n *Config) { n.LogFormat = o.LogFormat }},
+	{"upstream and routes (reverse vs transparent mode)",
+		func(o, n *runConfig) bool { return o.reverse != n.reverse },
+		func(o, n *runConfig) { n.reverse, n.routes, n.dest = o.reverse, o.routes, o.dest }},
+	{"data-ports", func(o, n *runConfig) bool { return o.lim.dataPorts != n.lim.dataPorts }, func(o, n *runConfig) { n.lim.dataPorts = o.lim.dataPorts }},
+	{"backend, iptables-path, rule-timeout, connmark, jump-check-interval, host-firewall, data-connect-timeout",
+		func(o, n *runConfig) bool { return o.be != n.be }, func(o, n *runConfig) { n.be = o.be }},
+	{"intercept", func(o, n *runConfig) bool { return o.intercept != n.intercept }, func(o, n *runConfig) { n.intercept = o.intercept }},
+	{"intercept-method", func(o, n *runConfig) bool { return o.interceptMethod != n.interceptMethod }, func(o, n *runConfig) { n.interceptMethod = o.interceptMethod }},
+	{"metrics", func(o, n *runConfig) bool { return o.metricsAddr() != n.metricsAddr() }, func(o, n *runConfig) { n.lim.metrics = o.lim.metrics }},
+	{"debug-pprof", func(o, n *runConfig) bool { return o.lim.pprof != n.lim.pprof }, func(o, n *runConfig) { n.lim.pprof = o.lim.pprof }},
+	{"log-format", func(o, n *runConfig) bool { return o.log.json != n.log.json }, func(o, n *runConfig) { n.log.json = o.log.json }},
 }
 
 // keepRestartOnly puts back, in new, the running value of every
 // restart-only key that changed, and returns those keys.
-func keepRestartOnly(old Config, new *Config) []string {
+func keepRestartOnly(old *runConfig, new *runConfig) []string {
 	var keys []string
 	for _, k := range restartOnly {
-		if k.changed(&old, new) {
-			k.keep(&old, new)
+		if k.changed(old, new) {
+			k.keep(old, new)
 			keys = append(keys, k.key)
 		}
 	}
@@ -526,51 +486,57 @@ func (g *gateway) reload(ctx context.Context, env runEnv, log *slog.Logger) {
 		log.Error("reload refused: the configuration is invalid; keeping the running one", "err", err)
 		return
 	}
-	if keys := keepRestartOnly(g.cfg, &cfg); len(keys) > 0 {
+	if keys := keepRestartOnly(g.cfg, cfg); len(keys) > 0 {
 		log.Warn("reload: these settings need a restart and keep their running values", "keys", keys)
 	}
-	if l, err := parseLevel(cfg.LogLevel); err == nil {
-		env.level.Set(l)
-	}
+	env.level.Set(cfg.log.level)
 	old := g.pub.Load()
 	pub := old
-	if cfg.PublicIface != g.cfg.PublicIface {
-		np, err := startPublicSource(context.Background(), cfg.PublicIface, log)
+	if cfg.publicIface != g.cfg.publicIface {
+		np, err := startPublicSource(context.Background(), cfg.publicIface, log)
 		if err != nil {
 			log.Error("reload: keeping the running public address", "err", err)
-			cfg.PublicIface, cfg.PublicAddr = g.cfg.PublicIface, g.cfg.PublicAddr
+			cfg.publicIface = g.cfg.publicIface
+			if len(cfg.routes) > 0 && len(g.cfg.routes) > 0 && cfg.routes[0].name == "" && g.cfg.routes[0].name == "" {
+				cfg.routes[0].publicAddr = g.cfg.routes[0].publicAddr
+			}
 		} else {
 			pub = np
 		}
 	}
-	g.srv.Reload(cfg.settings(pub.current()))
-	g.table.SetMaxPerClient(cfg.MaxMappingsPerIP)
+	g.pools.sync(cfg)
+	g.srv.Reload(cfg.settings(pub.current(), g.pools))
+	g.table.SetMaxPerClient(cfg.lim.maxMappingsPerIP)
 	if pub != old {
 		g.pub.Store(pub)
 		old.stop()
 	}
 	want := map[string]bool{}
-	for _, l := range cfg.listeners() {
+	for _, l := range cfg.listeners {
 		want[l.key()] = true
+	}
+	// Removed listeners close first: an address that moved to another
+	// route, or between --listen and --listen-tls, opens again below.
+	for key, lns := range g.lns {
+		if !want[key] {
+			for _, ln := range lns {
+				ln.Close() // its sessions go on until they end
+			}
+			delete(g.lns, key)
+			log.Info("reload: stopped listening", "listener", key)
+		}
+	}
+	for _, l := range cfg.listeners {
 		if _, ok := g.lns[l.key()]; !ok {
 			if err := g.listen(ctx, l); err != nil {
 				log.Error("reload: cannot open a new listener", "err", err)
 				continue
 			}
-			log.Info("reload: listening", "addr", l.addr, "implicit_tls", l.implicit)
-		}
-	}
-	for addr, lns := range g.lns {
-		if !want[addr] {
-			for _, ln := range lns {
-				ln.Close() // its sessions go on until they end
-			}
-			delete(g.lns, addr)
-			log.Info("reload: stopped listening", "addr", addr)
+			log.Info("reload: listening", "addr", l.addr, "route", l.route, "implicit_tls", l.implicit)
 		}
 	}
 	g.cfg = cfg
-	log.Info("reloaded", "config", cfg.Config)
+	log.Info("reloaded", "config", cfg.file)
 }
 
 // notify tells systemd about the service state; outside systemd it does
@@ -620,19 +586,29 @@ func cmdRules(args []string) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, new(slog.LevelVar))
-	backends, err := rulesBackends(cfg, log)
+	// Only what the command uses is parsed: the backend's keys, and the
+	// log's. The rest of the file need not be valid to flush.
+	ls, err := cfg.parseLog()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.RuleTimeout)
+	be, err := cfg.parseBackend()
+	if err != nil {
+		return err
+	}
+	log := newLogger(ls, new(slog.LevelVar))
+	backends, err := rulesBackends(be, log)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*be.ruleTimeout)
 	defer cancel()
 	var ms []rules.Mapping
 	var errs []error
 	if args[0] == "flush" {
 		// pasvgate's accept in the host's forward chains, whichever
 		// backend and --host-firewall: it is pasvgate's own.
-		_, err := newHostFW(cfg, log).Remove(ctx)
+		_, err := newHostFW(be, log).Remove(ctx)
 		errs = append(errs, err)
 	}
 	for _, b := range backends {
@@ -678,7 +654,7 @@ func writeMappings(w io.Writer, ms []rules.Mapping, now time.Time) {
 // each session takes two descriptors (client and server), and a session
 // that finds none left is refused with 421 and counted as fd-limit. Go
 // has already raised the soft limit to the hard one at start-up.
-func checkFDLimit(cfg Config, log *slog.Logger) {
+func checkFDLimit(cfg *runConfig, log *slog.Logger) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return
@@ -686,9 +662,9 @@ func checkFDLimit(cfg Config, log *slog.Logger) {
 	// Listeners, the netlink and metrics sockets, logs: a few dozen.
 	const reserve = 64
 	sessions := (int64(lim.Cur) - reserve) / 2
-	if cfg.MaxSessions > 0 && int64(cfg.MaxSessions) > sessions {
+	if cfg.lim.maxSessions > 0 && int64(cfg.lim.maxSessions) > sessions {
 		log.Warn("the open-file limit holds fewer sessions than --max-sessions allows: raise LimitNOFILE",
-			"nofile", lim.Cur, "sessions_it_holds", sessions, "max_sessions", cfg.MaxSessions)
+			"nofile", lim.Cur, "sessions_it_holds", sessions, "max_sessions", cfg.lim.maxSessions)
 		return
 	}
 	log.Info("open-file limit", "nofile", lim.Cur, "sessions_it_holds", sessions)

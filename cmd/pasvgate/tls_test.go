@@ -50,7 +50,7 @@ func TestTLSConfig(t *testing.T) {
 		t.Fatalf("require with implicit TLS and a CA: %+v (%v)", c.tls, err)
 	}
 	var st proxy.Settings
-	c.tlsSettings(&st)
+	c.tls.settings(&st)
 	if st.Certificate != c.tls.cert || st.TLS != proxy.TLSRequire || st.UpstreamRoots != c.tls.roots || !st.RequireReuse {
 		t.Fatalf("settings do not carry the TLS material: %+v", st)
 	}
