@@ -57,6 +57,7 @@ func (s *session) commands(ctx context.Context) string {
 		}
 		lastLine = time.Now()
 		s.srv.stats.fromClient.Add(uint64(len(raw)))
+		s.fromClient.Add(uint64(len(raw)))
 		s.unread = r.Buffered()
 		if reason := s.command(ctx, ftp.ParseLine(raw, text)); reason != "" {
 			return reason

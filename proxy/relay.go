@@ -340,7 +340,7 @@ func (rl *relay) copy(ctx context.Context, cc, sc, client, server net.Conn) {
 	var wg sync.WaitGroup
 	direction := func(dst, src, dstTCP, srcTCP net.Conn) {
 		defer wg.Done()
-		n := relayCopy(&s.srv.relayBufs, dst, src, dstTCP, srcTCP, idle, &lingering)
+		n := relayCopy(&s.srv.relayBufs, dst, src, dstTCP, srcTCP, idle, &lingering, &s.relayed)
 		s.srv.stats.relayed.Add(uint64(n))
 		closeWrite(dst, dstTCP)
 		linger()
@@ -368,8 +368,9 @@ func (rl *relay) copy(ctx context.Context, cc, sc, client, server net.Conn) {
 // deadline of the TCP connection under src before each read (until the
 // linger deadline replaces it), and under dst before each write, so that
 // a peer that stops reading cannot pin the relay. It returns the bytes
-// copied.
-func relayCopy(pool *bufPool, dst, src, dstTCP, srcTCP net.Conn, idle time.Duration, lingering *atomic.Bool) int64 {
+// copied, and adds them to live as they go, so that the live view shows
+// a long transfer moving (or not) while it runs.
+func relayCopy(pool *bufPool, dst, src, dstTCP, srcTCP net.Conn, idle time.Duration, lingering *atomic.Bool, live *atomic.Uint64) int64 {
 	bp := pool.get()
 	defer pool.put(bp)
 	buf := bp[:]
@@ -387,6 +388,7 @@ func relayCopy(pool *bufPool, dst, src, dstTCP, srcTCP net.Conn, idle time.Durat
 			_ = dstTCP.SetWriteDeadline(time.Now().Add(idle))
 			w, werr := dst.Write(buf[:r])
 			n += int64(w)
+			live.Add(uint64(w))
 			if werr != nil {
 				return n
 			}

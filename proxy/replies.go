@@ -116,6 +116,7 @@ func (s *session) replies(ctx context.Context) string {
 			return endServerClosed
 		}
 		s.srv.stats.fromServer.Add(uint64(len(raw)))
+		s.fromServer.Add(uint64(len(raw)))
 		code, last, err := st.Feed(text)
 		if err != nil {
 			s.log.Warn("malformed reply line from server, dropped", "err", err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,7 +70,10 @@ type pending struct {
 type session struct {
 	srv *Server
 	id  string
-	log *slog.Logger
+	// route is the name of the route the session came in on, for the
+	// live view (view.go); "" for the default route.
+	route string
+	log   *slog.Logger
 	// client and server are what the session reads and writes: the TCP
 	// connections, or the TLS connections over them once a leg is
 	// upgraded. Each is replaced, under mu, only while the goroutine that
@@ -121,6 +125,12 @@ type session struct {
 	// relays are the session's protected data connections (relay.go),
 	// waited for when it ends.
 	relays sync.WaitGroup
+	// fromClient, fromServer and relayed count this session's bytes for
+	// the live view (view.go): control bytes each way, as the server's
+	// counters do, and the data bytes of its protected transfers that
+	// pasvgate relayed. Atomics: they move on every line and every
+	// relayed read, and a snapshot must not wait for either.
+	fromClient, fromServer, relayed atomic.Uint64
 	// loginFrom is when the login window (--login-timeout) opened: the
 	// session's start, or the REIN of a logged-in session. Written by the
 	// commands goroutine under mu.
@@ -169,6 +179,9 @@ const (
 func (s *session) run(ctx context.Context) string {
 	setOOBInline(s.rawClient)
 	setOOBInline(s.rawServer)
+	// Under mu: the live view (view.go) reads the queue from the moment
+	// the session has its server.
+	s.mu.Lock()
 	s.queue = make([]pending, 0, 8)
 	switch {
 	case s.greeted:
@@ -176,10 +189,9 @@ func (s *session) run(ctx context.Context) string {
 	case s.greeting == nil:
 		s.queue = append(s.queue, pending{}) // the server's greeting
 	default:
-		s.mu.Lock()
 		s.writeClientLocked(s.greeting)
-		s.mu.Unlock()
 	}
+	s.mu.Unlock()
 	s.popped = make(chan struct{}, 1)
 	stop := context.AfterFunc(ctx, func() {
 		s.say421AndEnd("Service closing: pasvgate is shutting down.", endShutdown)
