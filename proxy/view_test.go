@@ -15,19 +15,6 @@ import (
 	"github.com/spf13/afero"
 )
 
-// viewOf returns the live view's line for the session of the client
-// connection c, failing the test if there is none.
-func viewOf(t *testing.T, p *proxy.Server, c net.Conn) proxy.SessionInfo {
-	t.Helper()
-	for _, si := range p.Sessions() {
-		if si.Client == c.LocalAddr().String() {
-			return si
-		}
-	}
-	t.Fatalf("no session for client %s in the view", c.LocalAddr())
-	return proxy.SessionInfo{}
-}
-
 // waitView polls the view of c's session until ok accepts it, and
 // returns it: the session may not be admitted yet, and the view of a
 // reply the client has read can lag by the few instructions that follow
