@@ -169,15 +169,16 @@ func upstreamIsListener(specs []listenSpec, up netip.AddrPort, isLocal func(neti
 
 // metricsExposure is the warning for a --metrics address reachable from
 // beyond this host, or "" for a loopback one. /metrics and /healthz show
-// session counts and refusals; with --debug-pprof, profiles show the
-// command line and every session's addresses.
+// session counts and refusals, and /sessions every open session's client
+// address, user name and file; with --debug-pprof, profiles show the
+// command line too.
 func metricsExposure(spec listenSpec, pprof bool) string {
 	for _, so := range spec.sockets {
 		if !so.addr.Addr().IsLoopback() {
 			if pprof {
-				return "--debug-pprof serves Go's profiles, which show the command line and every session's addresses, on a non-loopback address: bind --metrics to 127.0.0.1 or firewall it"
+				return "--debug-pprof serves Go's profiles, which show the command line and every session's addresses, on a non-loopback address, beside /sessions: bind --metrics to 127.0.0.1 or firewall it"
 			}
-			return "--metrics listens beyond loopback: firewall it so that only your monitoring reaches it"
+			return "--metrics listens beyond loopback, and its /sessions shows every client's address and user name: firewall it so that only your monitoring reaches it"
 		}
 	}
 	return ""

@@ -217,7 +217,7 @@ func TestMetricsListenBothFamilies(t *testing.T) {
 	var stop func()
 	err := ns.Do(func() error {
 		var err error
-		stop, err = serveMetrics(":9121", nil, func() error { return nil }, false, slog.New(slog.DiscardHandler))
+		stop, err = serveMetrics(":9121", nil, func() error { return nil }, nil, false, slog.New(slog.DiscardHandler))
 		return err
 	})
 	if err != nil {

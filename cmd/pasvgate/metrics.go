@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -128,11 +129,12 @@ func installLatency() *prometheus.HistogramVec {
 	}, []string{"result"})
 }
 
-// serveMetrics serves /metrics and /healthz on addr until the returned stop
-// is called (it shuts the server down and waits for it), and with pprof
-// Go's profiles under /debug/pprof/ too. It returns once the listener is
-// open, so a bad address fails start-up.
-func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, pprof bool, log *slog.Logger) (stop func(), err error) {
+// serveMetrics serves /metrics, /healthz and, when sessions is not nil,
+// /sessions on addr until the returned stop is called (it shuts the
+// server down and waits for it), and with pprof Go's profiles under
+// /debug/pprof/ too. It returns once the listener is open, so a bad
+// address fails start-up.
+func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, sessions func() []proxy.SessionInfo, pprof bool, log *slog.Logger) (stop func(), err error) {
 	spec, err := parseListen(addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics %s: %w", addr, err)
@@ -150,6 +152,9 @@ func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, p
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if sessions != nil {
+		mux.Handle("GET /sessions", sessionsHandler(sessions))
+	}
 	if pprof {
 		// Off by default: a profile shows addresses and timings of every
 		// session, and a CPU profile costs while it runs.
@@ -176,4 +181,26 @@ func serveMetrics(addr string, reg *prometheus.Registry, healthy func() error, p
 		_ = srv.Shutdown(ctx)
 		wg.Wait()
 	}, nil
+}
+
+// sessionsHandler serves the live view (proxy.Server.Sessions) as a JSON
+// array, oldest session first; `pasvgate sessions` reads it. Every field
+// a peer chose is a JSON string, so the encoder escapes whatever it
+// holds.
+func sessionsHandler(sessions func() []proxy.SessionInfo) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		list := sessions()
+		if list == nil {
+			list = []proxy.SessionInfo{} // "[]", not "null", when none is open
+		}
+		b, err := json.Marshal(list)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		// A view of now: no proxy or client may serve it again later.
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(append(b, '\n'))
+	})
 }

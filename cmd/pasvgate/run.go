@@ -283,7 +283,7 @@ func run(ctx context.Context, env runEnv, cfg *runConfig, log *slog.Logger) (err
 		if w := metricsExposure(*spec, cfg.lim.pprof); w != "" {
 			log.Warn(w, "metrics", spec.text)
 		}
-		if stopMetrics, err = serveMetrics(spec.text, reg, healthy, cfg.lim.pprof, log); err != nil {
+		if stopMetrics, err = serveMetrics(spec.text, reg, healthy, g.srv.Sessions, cfg.lim.pprof, log); err != nil {
 			g.srv.Shutdown(canceled())
 			g.wg.Wait()
 			return err
