@@ -20,6 +20,7 @@ const usage = `usage: pasvgate <command> [flags]
 commands:
   run       run the proxy (see pasvgate run -h)
   rules     list or flush pasvgate's kernel rules: pasvgate rules list|flush
+  sessions  print the sessions a running pasvgate has open: pasvgate sessions [--metrics ADDR:PORT | --config FILE] [--json]
   probe     check an FTP server's passive set-up: pasvgate probe ftp://[user[:pass]@]host[:port]
   audit     report FTP control sessions in a capture: pasvgate audit FILE.pcap | --iface IFACE --duration D
   demo      run the built-in demonstration
@@ -55,6 +56,8 @@ func realMain(args []string) int {
 		err = cmdRun(args[1:])
 	case "rules":
 		err = cmdRules(args[1:])
+	case "sessions":
+		err = cmdSessions(args[1:])
 	case "demo":
 		err = cmdDemo(args[1:])
 	case "probe":
