@@ -15,6 +15,16 @@ import (
 	"github.com/spf13/afero"
 )
 
+// viewNow is c's session in the view now, if it is there.
+func viewNow(p *proxy.Server, c net.Conn) (proxy.SessionInfo, bool) {
+	for _, si := range p.Sessions() {
+		if si.Client == c.LocalAddr().String() {
+			return si, true
+		}
+	}
+	return proxy.SessionInfo{}, false
+}
+
 // waitView polls the view of c's session until ok accepts it, and
 // returns it: the session may not be admitted yet, and the view of a
 // reply the client has read can lag by the few instructions that follow
@@ -23,12 +33,9 @@ func waitView(t *testing.T, p *proxy.Server, c net.Conn, what string, ok func(pr
 	t.Helper()
 	var si proxy.SessionInfo
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		for _, s := range p.Sessions() {
-			if s.Client == c.LocalAddr().String() {
-				if si = s; ok(si) {
-					return si
-				}
-			}
+		var there bool
+		if si, there = viewNow(p, c); there && ok(si) {
+			return si
 		}
 	}
 	t.Fatalf("session never showed %s: %+v", what, si)
@@ -320,7 +327,20 @@ func TestSessionsViewStates(t *testing.T) {
 	flood := h.dial(t)
 	flood.login()
 	flood.send("SITE FLOOD") // and never read again
-	si = waitView(t, h.proxy, flood.c, "busy", func(si proxy.SessionInfo) bool { return si.State == proxy.StateBusy })
+	// Busy for good once the socket buffers are full: no byte has moved
+	// for a while (until then writes go through now and then, as the
+	// kernel grows the buffers, and the lock is free between them).
+	var last uint64
+	si = waitView(t, h.proxy, flood.c, "busy", func(si proxy.SessionInfo) bool {
+		moved := si.Bytes.FromServer != last
+		last = si.Bytes.FromServer
+		if si.State != proxy.StateBusy || moved {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+		now, ok := viewNow(h.proxy, flood.c)
+		return ok && now.State == proxy.StateBusy && now.Bytes.FromServer == last
+	})
 	if si.User != "" || si.Server != "" || si.Mapping != nil || si.Bytes.FromServer == 0 || si.ID == "" {
 		t.Errorf("busy: %+v, want only the fields that need no lock", si)
 	}
