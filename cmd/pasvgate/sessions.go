@@ -225,7 +225,8 @@ func age(sec float64) string {
 	return (time.Duration(sec * float64(time.Second))).Truncate(time.Second).String()
 }
 
-// detail is the DETAIL column: what a transfer or a command awaits.
+// detail is the DETAIL column: what a transfer or a command awaits, or
+// "-" (not "", which would leave blanks at the line's end).
 func detail(si proxy.SessionInfo) string {
 	if tr := si.Transfer; tr != nil {
 		data := "no 150 yet"
@@ -235,10 +236,8 @@ func detail(si proxy.SessionInfo) string {
 		return fmt.Sprintf("%s %s for %s, %s", word(tr.Command), strconv.QuoteToGraphic(tr.Arg), age(tr.Seconds), data)
 	}
 	switch {
-	case si.State != proxy.StateCommand && si.State != proxy.StateLogin:
-		return ""
-	case si.Awaiting == "":
-		return ""
+	case si.State != proxy.StateCommand && si.State != proxy.StateLogin, si.Awaiting == "":
+		return "-"
 	case si.Awaiting == "OTHER":
 		return "awaiting a reply"
 	}

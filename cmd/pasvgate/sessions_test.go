@@ -19,8 +19,8 @@ import (
 )
 
 // snapshot is a fixed view: a session logging in, one in a protected
-// upload that has had its 150, and one whose user name holds a blank and
-// an escape sequence.
+// upload that has had its 150, one whose user name holds a blank and an
+// escape sequence, and a busy one, which shows little.
 func snapshot() []proxy.SessionInfo {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	return []proxy.SessionInfo{{
@@ -41,6 +41,8 @@ func snapshot() []proxy.SessionInfo {
 		Mapping: &proxy.MappingInfo{ID: "m-3", Public: "203.0.113.2:41005", Source: "198.51.100.7",
 			Target: "192.0.2.11:30001", Path: "kernel", AgeSeconds: 1},
 		Bytes: proxy.ByteInfo{FromClient: 50, FromServer: 20 << 10},
+	}, {
+		ID: "s4", Client: "198.51.100.8:50001", State: proxy.StateBusy, Started: t0.Add(3 * time.Second),
 	}}
 }
 
@@ -65,6 +67,10 @@ func TestWriteSessions(t *testing.T) {
 			"[2001:db8::1]:41004->[2001:db8::2]:30000,relay,claimed,13s", "412/1500,3.0M", "1m4s"}, `STOR "big file.iso" for 12s, data open`},
 		{[]string{"s3", "-", "198.51.100.7:50000", "192.0.2.11:21", "bob?smith?[2J", "command",
 			"203.0.113.2:41005->192.0.2.11:30001,kernel,unclaimed,1s", "50/20.0K,0", "1s"}, "awaiting a reply"},
+		{[]string{"s4", "-", "198.51.100.8:50001", "-", "-", "busy", "-", "0/0,0", "0s"}, "-"},
+	}
+	if strings.Contains(b.String(), " \n") {
+		t.Errorf("blanks at a line's end:\n%q", b.String())
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), b.String())
@@ -174,7 +180,7 @@ func TestSessionsConfig(t *testing.T) {
 			t.Errorf("metrics %s: %v", metrics, err)
 			continue
 		}
-		if !strings.HasPrefix(out.String(), "ID ") || strings.Count(out.String(), "\n") != 4 {
+		if !strings.HasPrefix(out.String(), "ID ") || strings.Count(out.String(), "\n") != 5 {
 			t.Errorf("metrics %s: printed\n%s", metrics, out.String())
 		}
 	}
