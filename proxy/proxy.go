@@ -430,6 +430,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, route string, implic
 		client:    raw,
 		rawClient: raw,
 		peer:      client.Addr(),
+		routeName: route,
 		start:     time.Now(),
 		over:      make(chan struct{}),
 	}
@@ -463,7 +464,6 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, route string, implic
 	}
 
 	st := s.settings()
-	sess.routeName = route
 	sess.rt, _ = st.route(route)
 	if !s.connect(ctx, sess, st, c, client) {
 		return

@@ -70,10 +70,7 @@ type pending struct {
 type session struct {
 	srv *Server
 	id  string
-	// route is the name of the route the session came in on, for the
-	// live view (view.go); "" for the default route.
-	route string
-	log   *slog.Logger
+	log *slog.Logger
 	// client and server are what the session reads and writes: the TCP
 	// connections, or the TLS connections over them once a leg is
 	// upgraded. Each is replaced, under mu, only while the goroutine that
@@ -82,11 +79,13 @@ type session struct {
 	// read, write or handshake at once, where closing a TLS connection
 	// would first try to send its close_notify.
 	client, rawClient net.Conn
-	server, rawServer net.Conn   // set under mu once dialed: Shutdown may end the session first
-	upstream          string     // the server's address as dialed, for its TLS name
-	// routeName is the route of the listener the session came in on, and
-	// rt that route as it was when the session started: its pool is the
-	// session's for good, its addresses are read anew (currentRoute).
+	server, rawServer net.Conn // set under mu once dialed: Shutdown may end the session first
+	upstream          string   // the server's address as dialed, for its TLS name
+	// routeName is the route of the listener the session came in on (set
+	// before the session is registered, then read only: the live view
+	// reads it), and rt that route as it was when the session started:
+	// its pool is the session's for good, its addresses are read anew
+	// (currentRoute).
 	routeName string
 	rt        Route
 	// poolName and member name the pool and the server the session went
@@ -102,10 +101,10 @@ type session struct {
 	first, firstText []byte
 	// cr, if set, is the reader of the client's commands that preLogin
 	// used, which may hold commands the client sent after USER.
-	cr *ftp.Reader
-	peer              netip.Addr // the client's address: the only source a data mapping admits
-	start             time.Time
-	canon             []byte // the commands goroutine's buffer for canonical lines
+	cr    *ftp.Reader
+	peer  netip.Addr // the client's address: the only source a data mapping admits
+	start time.Time
+	canon []byte // the commands goroutine's buffer for canonical lines
 	// unread is how many bytes of the client's followed the command being
 	// handled, already read: after AUTH they would be cleartext where TLS
 	// must come. Commands goroutine only.

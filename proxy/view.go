@@ -213,7 +213,7 @@ const (
 func (s *session) unlockedInfo(now time.Time) SessionInfo {
 	return SessionInfo{
 		ID:         s.id,
-		Route:      s.route,
+		Route:      s.routeName,
 		Client:     addrPortOf(s.rawClient.RemoteAddr()).String(),
 		Started:    s.start,
 		AgeSeconds: seconds(now.Sub(s.start)),
