@@ -47,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -812,4 +813,26 @@ func tail(s string, n int) string {
 		return "..." + s[len(s)-n:]
 	}
 	return s
+}
+
+// AddServerAddr adds addr (an IPv4 or IPv6 address, without a prefix
+// length) to the server namespace's interface, in the server's own network
+// (/24, or /64 for IPv6), so that a server started with ServerOptions.Addr
+// can bind it and the gw reaches it on the link. Like the neighbour's, the
+// address is secondary: the namespace's own connections keep the server
+// address as their source. An IPv6 address skips duplicate address
+// detection, as the lab's own do, so that it is usable at once.
+func (l *Lab) AddServerAddr(ctx context.Context, addr string) error {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return fmt.Errorf("lab: server address %q: %w", addr, err)
+	}
+	args := []string{"-n", l.Server, "addr", "add", a.String() + "/24", "dev", ServerIface}
+	if a.Is6() {
+		args = []string{"-n", l.Server, "addr", "add", a.String() + "/64", "dev", ServerIface, "nodad", "preferred_lft", "0"}
+	}
+	if err := ipCmd(ctx, args...); err != nil {
+		return fmt.Errorf("lab: adding %s to %s: %w", addr, l.Server, err)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/user"
@@ -110,11 +111,21 @@ type ServerOptions struct {
 	// also require, by their defaults, that a protected data connection
 	// resume the control connection's TLS session.
 	TLSRequireData bool
+	// Addr, if set, is the IPv4 address of the server namespace the
+	// server binds instead of the lab's server address (ServerAddr,
+	// WANServerAddr), such as "192.0.2.12": several servers then run side
+	// by side on port 21, as a pool behind one gateway. Add the address
+	// first (Lab.AddServerAddr). Such a server listens on that address
+	// only, IPv4 only, even in a lab with IPv6: the other kinds' IPv6
+	// socket would take the wildcard address and collide with the
+	// lab's usual server.
+	Addr string
 }
 
 // Server is an FTP server running in the lab's server namespace, on
-// ServerAddr:21 (WANServerAddr:21 in a router lab), advertising its own
-// address in 227 replies unless ServerOptions.PublicAddr says otherwise.
+// ServerAddr:21 (WANServerAddr:21 in a router lab, ServerOptions.Addr:21
+// if given), advertising its own address in 227 replies unless
+// ServerOptions.PublicAddr says otherwise.
 type Server struct {
 	// Kind is one of the kind constants.
 	Kind string
@@ -143,7 +154,8 @@ func (s *Server) UploadedSHA256(name string) (string, error) {
 
 // StartServer launches a server of the given kind inside the server
 // namespace and waits (up to 15 s) until it sends its 220 greeting on
-// ServerAddr:21 (WANServerAddr:21 in a router lab). Each kind runs in the
+// ServerAddr:21 (WANServerAddr:21 in a router lab, ServerOptions.Addr:21
+// if given). Each kind runs in the
 // foreground with a configuration written for this lab and keeps its
 // security defaults, in particular the check that a passive data
 // connection comes from the control connection's address (vsftpd
@@ -159,18 +171,26 @@ func (l *Lab) StartServer(ctx context.Context, kind string, opt ServerOptions) (
 	if opt.PassivePorts == [2]int{} {
 		opt.PassivePorts = [2]int{30000, 30099}
 	}
+	host, host6 := l.serverAddr, l.serverAddr6
+	if opt.Addr != "" {
+		a, err := netip.ParseAddr(opt.Addr)
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("lab: %s: ServerOptions.Addr %q: not an IPv4 address", kind, opt.Addr)
+		}
+		host, host6 = opt.Addr, ""
+	}
 	// A directory per launch: a kind started again (with other options)
 	// must not meet the previous instance's pid file or user database.
 	dir := filepath.Join(l.Dir, fmt.Sprintf("%s-%d", kind, l.seq.Add(1)))
 	s := &Server{
 		Kind:     kind,
-		Addr:     net.JoinHostPort(l.serverAddr, "21"),
+		Addr:     net.JoinHostPort(host, "21"),
 		User:     TestUser,
 		Password: TestPassword,
 		Root:     filepath.Join(dir, "root"),
 	}
-	if l.serverAddr6 != "" && kind != BuiltIn {
-		s.Addr6 = net.JoinHostPort(l.serverAddr6, "21")
+	if host6 != "" && kind != BuiltIn {
+		s.Addr6 = net.JoinHostPort(host6, "21")
 	}
 	uid, gid := nobodyUID, nogroupGID
 	if kind == Vsftpd {
@@ -194,17 +214,17 @@ func (l *Lab) StartServer(ctx context.Context, kind string, opt ServerOptions) (
 	)
 	switch kind {
 	case Vsftpd:
-		bin, args, err = vsftpdSetup(s, dir, l.serverAddr, opt)
+		bin, args, err = vsftpdSetup(s, dir, host, opt)
 	case PureFTPd:
-		bin, args, err = pureFTPdSetup(ctx, s, dir, l.serverAddr, opt)
+		bin, args, err = pureFTPdSetup(ctx, s, dir, host, opt)
 	case ProFTPD:
-		bin, args, err = proFTPDSetup(s, dir, l.serverAddr, l.serverAddr6, opt)
+		bin, args, err = proFTPDSetup(s, dir, host, host6, opt)
 	case BuiltIn:
 		bin = opt.Binary
 		if bin == "" {
 			return nil, fmt.Errorf("lab: %s: no binary given (build test/ftpd/cmd/testftpd with BuildGo): %w", kind, ErrMissing)
 		}
-		public := l.serverAddr
+		public := host
 		if opt.PublicAddr != "" {
 			public = opt.PublicAddr
 		}
