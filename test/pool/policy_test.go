@@ -364,15 +364,16 @@ func (p *poolLab) userSession(ctx context.Context, src, name string) (srv *lab.S
 
 // killed stops one server's process and at once runs sessions: a killed
 // server refuses connections, and pasvgate must skip it at connect time,
-// so every session succeeds and none is served by it. The state change
-// is logged.
+// so every session succeeds and none is served by it. Health checks are
+// off, so that nothing but the connect-time skip can keep the clients
+// from it; the failed connect alone must log the state change.
 func (p *poolLab) killed(t *testing.T) {
-	p.start(t, append(upstreamArgs(), "--balance", "round-robin")...)
+	p.start(t, append(upstreamArgs(), "--balance", "round-robin", "--health-interval", "0")...)
 	dead := p.servers[1]
 	down := len(stateLines(p.pg.Output(), "upstream server down", hostOf(dead.Addr)))
 	dead.Proc.Stop()
-	// One at a time, so the dead server's turn in the rotation comes up
-	// (three of nine picks) before health checks can notice.
+	// One at a time: the dead server's turn in the rotation comes up
+	// three times in nine picks.
 	const m = 9
 	counts, _ := p.checkDownloads(t, p.downloads(t.Context(), m, 1, []string{lab.ClientAddr}))
 	t.Logf("distribution round-robin, %s killed: %s", dead.Kind, p.countBy(counts))

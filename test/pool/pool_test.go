@@ -436,15 +436,19 @@ func logLines(out, msg string) []logLine {
 func (p *poolLab) backendOf(client netip.AddrPort) (string, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
+		var seen logLine
 		for _, ll := range logLines(p.pg.Output(), "session started") {
 			if ll.str("client") == client.String() {
 				if b := ll.str("backend"); b != "" {
 					return b, nil
 				}
-				return "", fmt.Errorf("session start line of %v names no backend: %v", client, ll)
+				seen = ll
 			}
 		}
 		if time.Now().After(deadline) {
+			if seen != nil {
+				return "", fmt.Errorf("the session start line of %v names no backend: %v", client, seen)
+			}
 			return "", fmt.Errorf("no session start line for client %v in pasvgate's log", client)
 		}
 		time.Sleep(20 * time.Millisecond)
