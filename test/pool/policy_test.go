@@ -244,11 +244,14 @@ func (p *poolLab) leastConnHeld(t *testing.T) {
 	}
 	for i := range 2 {
 		h := p.openHeld(t)
+		hs = append(hs, h)
 		if h.server != emptied {
 			t.Errorf("least-conn: new session %d with %s emptied and the others holding 2 went to %s, want %s",
 				i+1, emptied.Kind, h.server.Kind, emptied.Kind)
 		}
 	}
+	// All closed here, not at the end of the test, so that the next
+	// step starts with no session open.
 	for _, h := range hs {
 		h.s.close()
 	}

@@ -98,7 +98,11 @@ type poolLab struct {
 func newPoolLab(t *testing.T, opt lab.Options) *poolLab {
 	t.Helper()
 	lab.RequireRoot(t)
-	bin, _ := bins.Build(t)
+	// $PASVGATE_BIN runs a given binary, as the interop suite does.
+	bin := os.Getenv("PASVGATE_BIN")
+	if bin == "" {
+		bin, _ = bins.Build(t)
+	}
 	opt.NSPrefix = nsPrefix
 	p := &poolLab{l: lab.New(t, opt), bin: bin}
 	for _, m := range members {
