@@ -23,7 +23,7 @@ type download struct {
 
 // downloads runs n sessions, at most workers at a time, session i from
 // srcs[i%len(srcs)]: each logs in with the account of the server that
-// greets it, downloads lab.DataFile and quits. The whole run is bounded
+// greets it, downloads lab.DataFile twice and quits. The whole run is bounded
 // by 2 minutes.
 func (p *poolLab) downloads(ctx context.Context, n, workers int, srcs []string) []download {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -57,9 +57,19 @@ func (p *poolLab) downloadOnce(ctx context.Context, src string) download {
 	}
 	defer s.close()
 	d.client, d.greeter = s.client, p.greeter(s.greet)
-	if d.err = s.login(); d.err == nil {
-		d.sum, d.err = s.retr(ctx)
+	if d.err = s.login(); d.err != nil {
+		return d
 	}
+	if d.sum, d.err = s.retr(ctx); d.err != nil {
+		return d
+	}
+	// A second data connection of the same session must reach the same
+	// server: pasvgate maps each to the server whose 227 it rewrote.
+	again, err := s.retr(ctx)
+	if err == nil && again != d.sum {
+		err = fmt.Errorf("the session's second download has sha256 %s, its first %s", again, d.sum)
+	}
+	d.err = err
 	return d
 }
 
