@@ -17,6 +17,7 @@ type download struct {
 	src     string // the client address it came from
 	client  netip.AddrPort
 	greeter *lab.Server // the server whose greeting the client got
+	backend string      // the server pasvgate's log names for the session
 	sum     string
 	err     error
 }
@@ -60,6 +61,9 @@ func (p *poolLab) downloadOnce(ctx context.Context, src string) download {
 	if d.err = s.login(); d.err != nil {
 		return d
 	}
+	if d.backend, d.err = p.backendOf(d.client); d.err != nil {
+		return d
+	}
 	if d.sum, d.err = s.retr(ctx); d.err != nil {
 		return d
 	}
@@ -91,11 +95,7 @@ func (p *poolLab) checkDownloads(t *testing.T, ds []download) (map[*lab.Server]i
 			t.Errorf("session %d from %s: downloaded sha256 %s, no server's file", i, d.src, d.sum)
 			continue
 		}
-		backend, err := p.backendOf(d.client)
-		if err != nil {
-			t.Errorf("session %d: %v", i, err)
-			continue
-		}
+		backend := d.backend
 		if own := p.serverAt(backend); own != from || d.greeter != from {
 			t.Errorf("session %d from %v: data from %s, greeting from %v, pasvgate's log says backend=%s: want one server",
 				i, d.client, from.Kind, kindOf(d.greeter), backend)

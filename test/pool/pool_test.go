@@ -436,18 +436,22 @@ func logLines(out, msg string) []logLine {
 
 // backendOf waits (up to 5 s: info lines are held up to 50 ms, and with
 // the user policy the line comes after USER) for pasvgate's session start
-// line of the client and returns its backend, "ADDR:PORT".
+// line of the client and returns its backend, "ADDR:PORT". Call it while
+// the session is open: the client's port may have served an earlier
+// session, whose line comes first, but no other open one; so the last
+// line of the client's address is this session's.
 func (p *poolLab) backendOf(client netip.AddrPort) (string, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var seen logLine
+		backend := ""
 		for _, ll := range logLines(p.pg.Output(), "session started") {
 			if ll.str("client") == client.String() {
-				if b := ll.str("backend"); b != "" {
-					return b, nil
-				}
-				seen = ll
+				backend, seen = ll.str("backend"), ll
 			}
+		}
+		if backend != "" {
+			return backend, nil
 		}
 		if time.Now().After(deadline) {
 			if seen != nil {
