@@ -76,6 +76,7 @@ func TestBadConfigNamesTheFlag(t *testing.T) {
 		{[]string{"--upstream", "192.0.2.10:21", "--announce", "198.51.100.0/33=198.51.100.1"}, "--announce"},
 		{[]string{"--upstream", "192.0.2.10:21", "--announce", "198.51.100.1"}, "announce"},
 		{[]string{"--announce", "198.51.100.0/24=198.51.100.1"}, "--announce"},
+		{[]string{"--balance", "user"}, "--balance"},
 		{[]string{"--upstream", "ftp.example:21", "--upstream", "[2001:db8::10]:21"}, "--upstream"},
 		{append([]string{"--data-ports", "5000-4000"}, up...), "--data-ports"},
 		{append([]string{"--data-ports", "0-100"}, up...), "--data-ports"},

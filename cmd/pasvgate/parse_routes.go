@@ -88,6 +88,11 @@ func (c Config) parseRoutes(rc *runConfig) error {
 		if len(c.Announce) > 0 {
 			return badFlag("announce", "reverse mode only")
 		}
+		// Transparent mode has no pools: a policy given for them would
+		// silently do nothing.
+		if d := defaults(); c.Balance != d.Balance || c.ProxyProtocol != d.ProxyProtocol {
+			return badFlag("balance", "--balance and --proxy-protocol are for reverse mode's pools (--upstream)")
+		}
 		rc.intercept = c.Intercept
 		// The default route carries the public address for PORT/EPRT.
 		rc.routes = []routeSpec{{publicAddr: pub, listen: c.Listen}}

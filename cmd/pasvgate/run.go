@@ -449,7 +449,9 @@ var restartOnly = []struct {
 }{
 	{"upstream and routes (reverse vs transparent mode)",
 		func(o, n *runConfig) bool { return o.reverse != n.reverse },
-		func(o, n *runConfig) { n.reverse, n.routes, n.dest = o.reverse, o.routes, o.dest }},
+		func(o, n *runConfig) {
+			n.reverse, n.routes, n.dest, n.listeners = o.reverse, o.routes, o.dest, o.listeners
+		}},
 	{"data-ports", func(o, n *runConfig) bool { return o.lim.dataPorts != n.lim.dataPorts }, func(o, n *runConfig) { n.lim.dataPorts = o.lim.dataPorts }},
 	{"backend, iptables-path, rule-timeout, connmark, jump-check-interval, host-firewall, data-connect-timeout",
 		func(o, n *runConfig) bool { return o.be != n.be }, func(o, n *runConfig) { n.be = o.be }},
