@@ -50,6 +50,7 @@ func (s *session) preLogin(ctx context.Context) (raw, text []byte, r *ftp.Reader
 	defer stop()
 	s.mu.Lock()
 	s.loginFrom = s.start
+	s.greeted = true // under mu: the live view reads it
 	s.writeClientLocked(linePreGreeting)
 	s.mu.Unlock()
 	conn := s.client

@@ -35,6 +35,10 @@ func TestUserPolicyGreetsAndWaitsForUSER(t *testing.T) {
 	if sent := h.tap.sent(); sent != "" {
 		t.Fatalf("the server was reached before USER: %q", sent)
 	}
+	// The live view: a session that awaits its USER, with no server yet.
+	if ss := h.proxy.Sessions(); len(ss) != 1 || ss[0].State != proxy.StateLogin || ss[0].Server != "" {
+		t.Fatalf("live view before USER: %+v, want one session in state login with no server", ss)
+	}
 	// USER and PASS in one write: the PASS that came with USER is
 	// read after the server is connected.
 	c.send("USER anonymous\r\nPASS test@")

@@ -95,6 +95,7 @@ type session struct {
 	poolConn         io.Closer
 	// greeted says the client has had its 220 already (from pasvgate,
 	// under the user policy): the server's greeting is not expected.
+	// Set under mu (preLogin).
 	// first is the command that made pasvgate pick the server (USER),
 	// handled before any other.
 	greeted          bool

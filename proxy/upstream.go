@@ -65,7 +65,7 @@ func (s *Server) connect(ctx context.Context, sess *session, st *Settings, c net
 				log.Info("session ended before login", "reason", reason, "duration_ms", time.Since(sess.start).Milliseconds())
 				return false
 			}
-			sess.greeted, sess.first, sess.firstText, sess.cr = true, raw, text, r
+			sess.first, sess.firstText, sess.cr = raw, text, r
 			key.User = sess.user
 			c = sess.client // the refusals below go through TLS if the client made it
 		}

@@ -244,8 +244,9 @@ func (s *session) info(now time.Time) (SessionInfo, bool) {
 		si.TLS = TLSInfo{Client: s.clientTLS, Server: s.serverTLS, ClientData: s.clientProt, ServerData: s.serverProt}
 	}
 	// The greeting is owed until the server's first byte, unless
-	// startServerTLS read it already.
-	greeted := up && (s.greeting != nil || si.Bytes.FromServer > 0)
+	// startServerTLS read it already, or pasvgate greeted the client
+	// itself (the user policy: preLogin), which then awaits USER.
+	greeted := s.greeted || up && (s.greeting != nil || si.Bytes.FromServer > 0)
 	var transfer *pending
 	for i := range s.queue {
 		p := &s.queue[i]
