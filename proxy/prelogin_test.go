@@ -1,6 +1,8 @@
 package proxy_test
 
 import (
+	"crypto/tls"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -102,5 +104,41 @@ func TestUserPolicyServerDown(t *testing.T) {
 	c := h.dial(t)
 	if r := c.cmd("USER anonymous"); !strings.HasPrefix(r, "421") {
 		t.Fatalf("USER with the server down: %q, want 421", r)
+	}
+}
+
+// TestUserPolicyTLS: under the user policy a client's AUTH TLS, PBSZ and
+// PROT before USER are answered by pasvgate; at USER the server's leg is
+// upgraded before anything of the login reaches it, and protected data
+// then flows as it does for any TLS session.
+func TestUserPolicyTLS(t *testing.T) {
+	p := newPKI(t)
+	h := newHarness(t, p.options(userPolicy))
+	want := plant(t, h.server.FS(), "f.txt", 32<<10)
+	c := h.dial(t)
+	c.startTLS(p)
+	c.protect("P")
+	if sent := h.tap.sent(); sent != "" {
+		t.Fatalf("the server was reached before USER: %q", sent)
+	}
+	c.login()
+	h.expectServerTLSFirst(t)
+	r := c.expectAfter("PASV", "227")
+	ap := parse227(t, r)
+	d, err := net.DialTimeout("tcp", ap.String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	c.expectAfter("RETR f.txt", "150")
+	td := tls.Client(d, c.tls)
+	_ = td.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(td)
+	if err != nil {
+		t.Fatalf("protected download: %v", err)
+	}
+	c.expect("226")
+	if string(got) != string(want) {
+		t.Fatalf("downloaded %d bytes, not the file's %d", len(got), len(want))
 	}
 }
