@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -144,5 +145,32 @@ func TestMappingTimeoutOneField(t *testing.T) {
 	}
 	if c.be.mappingTimeout.Seconds() != 17 {
 		t.Fatalf("mapping timeout %v, want 17s", c.be.mappingTimeout)
+	}
+}
+
+// TestREADMEApplianceExample: README's complete configuration for an
+// appliance with two services is one that pasvgate takes, as it says.
+func TestREADMEApplianceExample(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "```yaml\n# /etc/pasvgate/pasvgate.yaml\n")
+	if !ok {
+		t.Fatal("README has no YAML block starting # /etc/pasvgate/pasvgate.yaml")
+	}
+	body, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("the README's example block does not end")
+	}
+	cert, key := writeCert(t, "gw", time.Now().Add(24*time.Hour))
+	body = strings.NewReplacer("/etc/pasvgate/tls/fullchain.pem", cert, "/etc/pasvgate/tls/key.pem", key).Replace(body)
+	c, err := loadConfig([]string{"--config", writeConfig(t, body)})
+	if err != nil {
+		t.Fatalf("README's example: %v", err)
+	}
+	if len(c.routes) != 2 || c.routes[0].name != "files" || c.routes[1].name != "partners" ||
+		c.routes[0].pool.Members[2].Weight != 0 || c.routes[1].pool.Policy != pool.User || len(c.routes[0].announce) != 1 {
+		t.Fatalf("README's example parsed as %+v", c.routes)
 	}
 }
