@@ -9,7 +9,7 @@
 // the upstream behind the proxy, the netns lab (through cmd/testftpd)
 // inside its server namespace. It is not meant to serve real users: TLS is
 // off, anonymous users may write, and the data connections are not checked
-// against the control connection's address.
+// against the control connection's address unless Config.PasvSameIP asks.
 package demoftpd
 
 import (
@@ -77,6 +77,24 @@ type Config struct {
 	// may stay clear (PROT C). Default false.
 	RequireTLS bool
 
+	// ProxyProtocol makes the control listener require a PROXY protocol
+	// header (v1 or v2) at the start of every connection, as a server
+	// behind a load balancer or pasvgate --proxy-protocol does, and take
+	// the header's source as the client's address everywhere the server
+	// uses one: its log line per session ("client connected") and the
+	// same-address check of PasvSameIP. A connection without a valid
+	// header within 5 s is closed without a greeting. A LOCAL (v2) or
+	// UNKNOWN (v1) header, what health checks send, is accepted, and the
+	// connection's own address is used. Default false: no header expected.
+	ProxyProtocol bool
+
+	// PasvSameIP refuses a passive data connection that does not come
+	// from the control connection's client address (with ProxyProtocol:
+	// the header's source), as vsftpd (pasv_promiscuous=NO) and ProFTPD
+	// (AllowForeignAddress off) do by default. Default false: any
+	// source, so that a gateway that does not SNAT works too.
+	PasvSameIP bool
+
 	// Logger receives the library's and the server's logs. Default nil:
 	// discard.
 	Logger *slog.Logger
@@ -134,6 +152,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ap := tcpAddr.AddrPort()
 
+	if cfg.ProxyProtocol {
+		inner = newProxyListener(inner, logger)
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	s := &Server{
 		fs:     fs,
@@ -147,7 +169,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		settings.PublicIPResolver = controlLocalIPv4
 	}
 
-	s.ftp = ftpserver.NewFtpServer(&driver{settings: settings, fs: fs, user: cfg.User, password: cfg.Password, clients: &s.clients, tls: cfg.TLS, requireTLS: cfg.RequireTLS})
+	s.ftp = ftpserver.NewFtpServer(&driver{settings: settings, fs: fs, user: cfg.User, password: cfg.Password,
+		clients: &s.clients, tls: cfg.TLS, requireTLS: cfg.RequireTLS, logger: logger})
 	s.ftp.Logger = logger
 	if err := s.ftp.Listen(); err != nil {
 		cancel()
@@ -168,7 +191,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.stop()
 	}()
 	logger.Info("ftpd listening", "addr", s.addr, "publicHost", settings.PublicHost,
-		"passivePorts", settings.PassiveTransferPortRange)
+		"passivePorts", settings.PassiveTransferPortRange, "proxyProtocol", cfg.ProxyProtocol,
+		"pasvSameIP", cfg.PasvSameIP)
 	return s, nil
 }
 
@@ -218,16 +242,21 @@ func (cfg Config) settings() (*ftpserver.Settings, error) {
 		}
 		public = addr.Unmap().String()
 	}
+	pasvCheck := ftpserver.IPMatchDisabled
+	if cfg.PasvSameIP {
+		pasvCheck = ftpserver.IPMatchRequired
+	}
 	return &ftpserver.Settings{
 		PublicHost:               public,
 		Banner:                   "pasvgate test ftpd",
 		PassiveTransferPortRange: ftpserver.PortRange{Start: low, End: high},
 		// The gateway's data connections may come from a different address
-		// than its control connection, and active mode must be able to
-		// dial the client from any local port without CAP_NET_BIND_SERVICE.
+		// than its control connection (unless PasvSameIP), and active mode
+		// must be able to dial the client from any local port without
+		// CAP_NET_BIND_SERVICE.
 		ActiveTransferPortNon20: true,
 		ActiveConnectionsCheck:  ftpserver.IPMatchDisabled,
-		PasvConnectionsCheck:    ftpserver.IPMatchDisabled,
+		PasvConnectionsCheck:    pasvCheck,
 		DisableActiveMode:       cfg.DisableActive,
 		DefaultTransferType:     ftpserver.TransferTypeBinary,
 		TLSRequired:             ftpserver.ClearOrEncrypted,
@@ -275,11 +304,16 @@ type driver struct {
 	clients        *sync.WaitGroup
 	tls            *tls.Config // Config.TLS
 	requireTLS     bool        // Config.RequireTLS
+	logger         *slog.Logger
 }
 
 func (d *driver) GetSettings() (*ftpserver.Settings, error) { return d.settings, nil }
 
-func (d *driver) ClientConnected(ftpserver.ClientContext) (string, error) {
+// ClientConnected logs the session's client as the server sees it (with
+// Config.ProxyProtocol, the PROXY header's source), so that a test can
+// tell whose address reached the server.
+func (d *driver) ClientConnected(cc ftpserver.ClientContext) (string, error) {
+	d.logger.Info("client connected", "client", cc.RemoteAddr(), "id", cc.ID())
 	return d.settings.Banner, nil
 }
 

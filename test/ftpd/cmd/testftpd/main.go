@@ -41,6 +41,8 @@ func run() error {
 	flag.StringVar(&cfg.User, "user", "", "account name, besides anonymous")
 	flag.StringVar(&cfg.Password, "password", "", "account password")
 	flag.BoolVar(&cfg.DisableActive, "disable-active", false, "refuse PORT and EPRT")
+	flag.BoolVar(&cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol header (v1 or v2) on every control connection and take its source as the client's address; LOCAL/UNKNOWN headers use the connection's own")
+	flag.BoolVar(&cfg.PasvSameIP, "pasv-same-ip", false, "refuse passive data connections from another address than the control connection's client (with --proxy-protocol: the header's source)")
 	flag.BoolVar(&debug, "debug", false, "log at debug level")
 	flag.StringVar(&tlsCert, "tls-cert", "", "PEM `file` of the certificate (with its chain) for AUTH TLS; with it, TLS is required on the control channel (data may stay clear)")
 	flag.StringVar(&tlsKey, "tls-key", "", "PEM `file` of the --tls-cert's private key")
