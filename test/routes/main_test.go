@@ -12,7 +12,6 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -338,9 +337,6 @@ func readLines(s string) []string {
 	}
 	return out
 }
-
-// itoa is strconv.Itoa for a port.
-func itoa(p uint16) string { return strconv.Itoa(int(p)) }
 
 // TestRoutes runs the package's tests on one lab: building it and starting
 // the servers is most of the cost of each.

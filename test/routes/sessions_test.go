@@ -84,11 +84,14 @@ func (e *env) testSessions(t *testing.T) {
 			t.Errorf("session %s: no row with CLIENT %s:\n%s", h.name, client, out)
 			continue
 		}
+		// The cell names the public ADDR:PORT first (then the target,
+		// the path, ...): the whole address is what must be there.
 		wantMapping := ""
 		if h.mapping.IsValid() {
-			wantMapping = itoa(h.mapping.Port())
+			wantMapping = h.mapping.String()
 		}
-		for col, want := range map[string]string{"SERVER": e.plain.addr, "USER": h.user, "STATE": h.state} {
+		// ROUTE is empty ("-"): the default route has no name.
+		for col, want := range map[string]string{"ROUTE": "", "SERVER": e.plain.addr, "USER": h.user, "STATE": h.state} {
 			if row[col] != want {
 				t.Errorf("session %s: %s %q, want %q", h.name, col, row[col], want)
 			}
@@ -129,6 +132,10 @@ func (e *env) testSessions(t *testing.T) {
 			t.Errorf("--json: session %s: mapping %+v, want public %v", h.name, got.Mapping, h.mapping)
 		case !h.mapping.IsValid() && got.Mapping != nil:
 			t.Errorf("--json: session %s: mapping %+v, want none", h.name, got.Mapping)
+		case h == upload && (got.Transfer == nil || got.Transfer.Command != "STOR" || !got.Transfer.Started):
+			t.Errorf("--json: the stalled upload's transfer is %+v, want STOR with its 150 come", got.Transfer)
+		case h != upload && got.Transfer != nil:
+			t.Errorf("--json: session %s: transfer %+v, want none", h.name, got.Transfer)
 		}
 	}
 	if t.Failed() {
@@ -209,6 +216,10 @@ type sessionJSON struct {
 	Mapping *struct {
 		Public string `json:"public"`
 	} `json:"mapping"`
+	Transfer *struct {
+		Command string `json:"command"`
+		Started bool   `json:"started"`
+	} `json:"transfer"`
 }
 
 // decodeSessions reads `pasvgate sessions --json`: a list of sessions, or
