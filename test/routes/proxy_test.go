@@ -18,9 +18,11 @@ import (
 // The cells also answer how PROXY protocol combines with --snat. A server
 // that checks that a passive data connection comes from its control
 // connection's client compares it with the header's source once it takes
-// PROXY protocol (ftpserverlib compares with conn.RemoteAddr(), which
-// go-proxyproto makes the header's source; ProFTPD's mod_proxy_protocol
-// does the same to the session's address). So:
+// PROXY protocol: ftpserverlib compares with conn.RemoteAddr(), which
+// go-proxyproto makes the header's source. (A server that replaces the
+// session's client address with the header's, as ProFTPD's
+// mod_proxy_protocol is meant to, should behave alike; the lab's ProFTPD
+// has no mod_proxy_protocol, so only test/ftpd is measured here.) So:
 //
 //   - PROXY + --snat (default): the data connection comes from the
 //     gateway, not the header's source: a checking server refuses it
