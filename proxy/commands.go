@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"time"
 
@@ -32,33 +33,10 @@ func (s *session) commands(ctx context.Context) string {
 		}
 	}
 	for {
-		st := s.srv.settings()
-		deadline, loginBy := s.readDeadline(st, lastLine)
-		_ = conn.SetReadDeadline(deadline)
-		raw, text, err := r.ReadLine()
-		switch {
-		case err == nil:
-		case errors.Is(err, ftp.ErrLineTooLong):
-			s.lineTooLong()
-			continue
-		case errors.Is(err, ftp.ErrLineEndless):
-			return s.lineEndless()
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			reason, busy := s.timeout(st, lastLine, loginBy)
-			if reason != "" {
-				return reason
-			}
-			if busy {
-				lastLine = time.Now()
-			}
-			continue
-		default:
-			return endClientClosed
+		raw, text, reason := s.readCommand(conn, r, &lastLine)
+		if reason != "" {
+			return reason
 		}
-		lastLine = time.Now()
-		s.srv.stats.fromClient.Add(uint64(len(raw)))
-		s.fromClient.Add(uint64(len(raw)))
-		s.unread = r.Buffered()
 		if reason := s.command(ctx, ftp.ParseLine(raw, text)); reason != "" {
 			return reason
 		}
@@ -73,6 +51,41 @@ func (s *session) commands(ctx context.Context) string {
 			// Ended by a reply that could not be queued: the lines still
 			// buffered are not read.
 			return reason
+		}
+	}
+}
+
+// readCommand reads the client's next line through r (which reads conn)
+// within the idle and login deadlines, and returns it, or a reason to end
+// the session. A line over --max-line is refused and skipped. lastLine is
+// when the client last sent a line; a transfer in progress moves it too.
+func (s *session) readCommand(conn net.Conn, r *ftp.Reader, lastLine *time.Time) (raw, text []byte, reason string) {
+	for {
+		st := s.srv.settings()
+		deadline, loginBy := s.readDeadline(st, *lastLine)
+		_ = conn.SetReadDeadline(deadline)
+		raw, text, err := r.ReadLine()
+		switch {
+		case err == nil:
+			*lastLine = time.Now()
+			s.srv.stats.fromClient.Add(uint64(len(raw)))
+			s.fromClient.Add(uint64(len(raw)))
+			s.unread = r.Buffered()
+			return raw, text, ""
+		case errors.Is(err, ftp.ErrLineTooLong):
+			s.lineTooLong()
+		case errors.Is(err, ftp.ErrLineEndless):
+			return nil, nil, s.lineEndless()
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			reason, busy := s.timeout(st, *lastLine, loginBy)
+			if reason != "" {
+				return nil, nil, reason
+			}
+			if busy {
+				*lastLine = time.Now()
+			}
+		default:
+			return nil, nil, endClientClosed
 		}
 	}
 }

@@ -3,8 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"errors"
-	"os"
 	"time"
 
 	"github.com/pasvgate/pasvgate/proxy/ftp"
@@ -62,31 +60,13 @@ func (s *session) preLogin(ctx context.Context) (raw, text []byte, r *ftp.Reader
 			s.log.Warn("session closed: too many commands before USER", "max", maxPreLogin)
 			return nil, nil, nil, s.closeWith("Too many commands before login: closing control connection.", endTooMany)
 		}
-		st := s.srv.settings()
-		deadline, loginBy := s.readDeadline(st, lastLine)
-		_ = conn.SetReadDeadline(deadline)
-		lraw, ltext, err := r.ReadLine()
-		switch {
-		case err == nil:
-		case errors.Is(err, ftp.ErrLineTooLong):
-			s.lineTooLong()
-			continue
-		case errors.Is(err, ftp.ErrLineEndless):
-			return nil, nil, nil, s.lineEndless()
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if reason, _ := s.timeout(st, lastLine, loginBy); reason != "" {
-				return nil, nil, nil, reason
+		lraw, ltext, reason := s.readCommand(conn, r, &lastLine)
+		if reason != "" {
+			if ended := s.endedWith(); ended != "" {
+				reason = ended // ended by pasvgate (a drain), not the client
 			}
-			continue
-		default:
-			if reason := s.endedWith(); reason != "" {
-				return nil, nil, nil, reason
-			}
-			return nil, nil, nil, endClientClosed
+			return nil, nil, nil, reason
 		}
-		lastLine = time.Now()
-		s.srv.stats.fromClient.Add(uint64(len(lraw)))
-		s.unread = r.Buffered()
 		c := ftp.ParseLine(lraw, ltext)
 		if rf, ok := s.refusal(c); ok {
 			s.refuse(c.Verb, rf)
@@ -122,7 +102,7 @@ func (s *session) preLogin(ctx context.Context) (raw, text []byte, r *ftp.Reader
 			s.reply(ftp.CodeOK, "NOOP ok.")
 		case ftp.VerbFEAT:
 			s.mu.Lock()
-			if st.TLS != TLSOff {
+			if s.srv.settings().TLS != TLSOff {
 				s.writeClientLocked(featHeadPre)
 				s.writeClientLocked(tlsFeatures)
 				s.writeClientLocked(featEnd)

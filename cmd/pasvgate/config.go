@@ -154,66 +154,17 @@ type announceEntry struct {
 // announceList is the `announce` key.
 type announceList []announceEntry
 
-// upstreamFlag is the repeatable --upstream: each use one server of
-// weight 1. The first use replaces the config file's list.
-type upstreamFlag struct {
-	list *upstreamList
-	set  bool
-}
+// parseUpstreamFlag is one --upstream: a server of weight 1.
+func parseUpstreamFlag(v string) (upstreamEntry, error) { return upstreamEntry{Addr: v}, nil }
 
-// String implements flag.Value.
-func (f *upstreamFlag) String() string {
-	if f.list == nil {
-		return ""
-	}
-	var a []string
-	for _, e := range *f.list {
-		a = append(a, e.Addr)
-	}
-	return strings.Join(a, ",")
-}
-
-// Set implements flag.Value.
-func (f *upstreamFlag) Set(v string) error {
-	if !f.set {
-		*f.list = nil
-		f.set = true
-	}
-	*f.list = append(*f.list, upstreamEntry{Addr: v})
-	return nil
-}
-
-// announceFlag is the repeatable --announce NETWORK=ADDR. The first use
-// replaces the config file's list.
-type announceFlag struct {
-	list *announceList
-	set  bool
-}
-
-// String implements flag.Value.
-func (f *announceFlag) String() string {
-	if f.list == nil {
-		return ""
-	}
-	var a []string
-	for _, e := range *f.list {
-		a = append(a, e.Network+"="+e.Addr)
-	}
-	return strings.Join(a, ",")
-}
-
-// Set implements flag.Value.
-func (f *announceFlag) Set(v string) error {
+// parseAnnounceFlag is one --announce NETWORK=ADDR; parseRoutes checks
+// both halves.
+func parseAnnounceFlag(v string) (announceEntry, error) {
 	network, addr, ok := strings.Cut(v, "=")
 	if !ok {
-		return errors.New("want NETWORK=ADDR, such as 198.51.100.0/24=198.51.100.1")
+		return announceEntry{}, errors.New("want NETWORK=ADDR, such as 198.51.100.0/24=198.51.100.1")
 	}
-	if !f.set {
-		*f.list = nil
-		f.set = true
-	}
-	*f.list = append(*f.list, announceEntry{Network: network, Addr: addr})
-	return nil
+	return announceEntry{Network: network, Addr: addr}, nil
 }
 
 // defaults are the values README.md promises.
@@ -291,28 +242,44 @@ func (l *stringList) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// listFlag is a repeatable flag. The first use on the command line replaces
-// the list from the config file instead of adding to it.
-type listFlag struct {
-	list *[]string
-	set  bool
+// listFlag is a repeatable flag whose every use parses into one more
+// item. The first use on the command line replaces the list from the
+// config file instead of adding to it.
+type listFlag[T any] struct {
+	list  *[]T
+	set   bool
+	parse func(string) (T, error)
+	show  func(T) string
+}
+
+// stringsFlag is a repeatable flag of plain strings.
+func stringsFlag(list *[]string) *listFlag[string] {
+	return &listFlag[string]{list: list, parse: func(v string) (string, error) { return v, nil }, show: func(v string) string { return v }}
 }
 
 // String implements flag.Value.
-func (l *listFlag) String() string {
+func (l *listFlag[T]) String() string {
 	if l.list == nil {
 		return ""
 	}
-	return strings.Join(*l.list, ",")
+	var a []string
+	for _, v := range *l.list {
+		a = append(a, l.show(v))
+	}
+	return strings.Join(a, ",")
 }
 
 // Set implements flag.Value.
-func (l *listFlag) Set(v string) error {
+func (l *listFlag[T]) Set(v string) error {
+	item, err := l.parse(v)
+	if err != nil {
+		return err
+	}
 	if !l.set {
 		*l.list = nil
 		l.set = true
 	}
-	*l.list = append(*l.list, v)
+	*l.list = append(*l.list, item)
 	return nil
 }
 
@@ -320,18 +287,20 @@ func (l *listFlag) Set(v string) error {
 func runFlags(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.StringVar(&c.Config, "config", c.Config, "YAML config `file`; flags override its keys")
-	fs.Var(&listFlag{list: &c.Listen}, "listen", "`ADDR:PORT` to accept FTP control connections on (repeatable)")
-	fs.Var(&upstreamFlag{list: &c.Upstream}, "upstream", "an FTP server's control `ADDR:PORT` (reverse mode; repeatable: servers of one family make a pool, and IPv6 clients go to the IPv6 servers if any)")
+	fs.Var(stringsFlag(&c.Listen), "listen", "`ADDR:PORT` to accept FTP control connections on (repeatable)")
+	fs.Var(&listFlag[upstreamEntry]{list: (*[]upstreamEntry)(&c.Upstream), parse: parseUpstreamFlag,
+		show: func(e upstreamEntry) string { return e.Addr }}, "upstream", "an FTP server's control `ADDR:PORT` (reverse mode; repeatable: servers of one family make a pool, and IPv6 clients go to the IPv6 servers if any)")
 	fs.StringVar(&c.Balance, "balance", c.Balance, "how a session's server is picked from a pool: round-robin, least-conn, source (sticky by client address) or user (sticky by login name)")
 	fs.StringVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send the servers a PROXY protocol header with the client's address: off, v1 or v2")
 	fs.DurationVar(&c.HealthInterval, "health-interval", c.HealthInterval, "how often each server of a pool is checked (connect, read its 220); 0: no checks")
 	fs.DurationVar(&c.HealthTimeout, "health-timeout", c.HealthTimeout, "bound on one health check")
 	fs.IntVar(&c.HealthFall, "health-fall", c.HealthFall, "failed checks in a row that take a server out of rotation")
 	fs.IntVar(&c.HealthRise, "health-rise", c.HealthRise, "passed checks in a row that put it back")
-	fs.Var(&announceFlag{list: &c.Announce}, "announce", "`NETWORK=ADDR`: tell clients from NETWORK the gateway address ADDR in 227 replies (repeatable)")
+	fs.Var(&listFlag[announceEntry]{list: (*[]announceEntry)(&c.Announce), parse: parseAnnounceFlag,
+		show: func(e announceEntry) string { return e.Network + "=" + e.Addr }}, "announce", "`NETWORK=ADDR`: tell clients from NETWORK the gateway address ADDR in 227 replies (repeatable)")
 	fs.StringVar(&c.Intercept, "intercept", c.Intercept, "transparent mode: install interception of FTP arriving on this LAN `interface`")
 	fs.StringVar(&c.InterceptMethod, "intercept-method", c.InterceptMethod, "transparent mode: how connections are intercepted: redirect or tproxy")
-	fs.Var(&listFlag{list: (*[]string)(&c.AllowDest)}, "allow-dest", "transparent mode: servers clients may reach: public, a `NETWORK` or an address (repeatable; default public)")
+	fs.Var(stringsFlag((*[]string)(&c.AllowDest)), "allow-dest", "transparent mode: servers clients may reach: public, a `NETWORK` or an address (repeatable; default public)")
 	fs.StringVar(&c.PublicAddr, "public-addr", c.PublicAddr, "`IP` written into 227 replies (default: the address the client connected to)")
 	fs.StringVar(&c.PublicIface, "public-iface", c.PublicIface, "take the 227 address from this `interface`, following its changes (instead of --public-addr)")
 	fs.DurationVar(&c.LoginTimeout, "login-timeout", c.LoginTimeout, "end a session not logged in this long after it started (0: no limit)")
@@ -366,7 +335,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM `file` of the certificate clients are shown, with its chain (re-read on SIGHUP)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM `file` of --tls-cert's private key (re-read on SIGHUP)")
 	fs.BoolVar(&c.TLSRequireReuse, "tls-require-reuse", c.TLSRequireReuse, "refuse a client's protected data connection whose TLS session does not resume its control connection's")
-	fs.Var(&listFlag{list: &c.ListenTLS}, "listen-tls", "`ADDR:PORT` to accept implicit FTPS on, TLS from the first byte (port 990 by convention; repeatable)")
+	fs.Var(stringsFlag(&c.ListenTLS), "listen-tls", "`ADDR:PORT` to accept implicit FTPS on, TLS from the first byte (port 990 by convention; repeatable)")
 	fs.StringVar(&c.UpstreamTLS, "upstream-tls", c.UpstreamTLS, "TLS towards the server: auto (when the client's control channel is TLS), always, or never (offload)")
 	fs.StringVar(&c.UpstreamCA, "upstream-ca", c.UpstreamCA, "PEM `file` of the CAs that verify the server's certificate (default: the system's)")
 	fs.StringVar(&c.UpstreamServerName, "upstream-server-name", c.UpstreamServerName, "`name` the server's certificate must carry (default: the host of --upstream)")
