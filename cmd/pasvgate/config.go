@@ -69,6 +69,10 @@ type Config struct {
 	UpstreamServerName string        `yaml:"upstream-server-name"`
 	UpstreamInsecure   bool          `yaml:"upstream-insecure"`
 	TLSRequireReuse    bool          `yaml:"tls-require-reuse"`
+
+	// healthSet says health-interval was given, as a flag or a key: a
+	// pool of one server is checked only then (parseRoute).
+	healthSet bool
 }
 
 // routeConfig is one entry of the `routes` key: a public FTP service of
@@ -292,7 +296,7 @@ func runFlags(c *Config) *flag.FlagSet {
 		show: func(e upstreamEntry) string { return e.Addr }}, "upstream", "an FTP server's control `ADDR:PORT` (reverse mode; repeatable: servers of one family make a pool, and IPv6 clients go to the IPv6 servers if any)")
 	fs.StringVar(&c.Balance, "balance", c.Balance, "how a session's server is picked from a pool: round-robin, least-conn, source (sticky by client address) or user (sticky by login name)")
 	fs.StringVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send the servers a PROXY protocol header with the client's address: off, v1 or v2")
-	fs.DurationVar(&c.HealthInterval, "health-interval", c.HealthInterval, "how often each server of a pool is checked (connect, read its 220); 0: no checks")
+	fs.DurationVar(&c.HealthInterval, "health-interval", c.HealthInterval, "how often each server of a pool is checked (connect, read its 220); 0: no checks; a pool of one server is checked only when this is given")
 	fs.DurationVar(&c.HealthTimeout, "health-timeout", c.HealthTimeout, "bound on one health check")
 	fs.IntVar(&c.HealthFall, "health-fall", c.HealthFall, "failed checks in a row that take a server out of rotation")
 	fs.IntVar(&c.HealthRise, "health-rise", c.HealthRise, "passed checks in a row that put it back")
@@ -380,7 +384,12 @@ func readConfig(args []string) (Config, error) {
 	if fs.NArg() > 0 {
 		return Config{}, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
+	flagged := func(fs *flag.FlagSet) (set bool) {
+		fs.Visit(func(f *flag.Flag) { set = set || f.Name == "health-interval" })
+		return set
+	}
 	if first.Config == "" {
+		first.healthSet = flagged(fs)
 		return first, nil
 	}
 	c := defaults()
@@ -394,12 +403,16 @@ func readConfig(args []string) (Config, error) {
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, usageError{fmt.Errorf("--config %s: %w", first.Config, err)}
 	}
+	var keys map[string]any
+	_ = yaml.Unmarshal(data, &keys) // decoded above: it parses
+	_, c.healthSet = keys["health-interval"]
 	// The flags again, over the file's values: a flag always wins.
 	fs = runFlags(&c)
 	fs.SetOutput(new(bytes.Buffer))
 	if err := fs.Parse(args); err != nil {
 		return Config{}, usageError{err}
 	}
+	c.healthSet = c.healthSet || flagged(fs)
 	return c, nil
 }
 

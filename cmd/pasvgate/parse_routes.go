@@ -107,7 +107,7 @@ func (c Config) parseRoutes(rc *runConfig) error {
 	defaults := routeConfig{Balance: c.Balance, ProxyProtocol: c.ProxyProtocol}
 	if len(c.Upstream) > 0 {
 		r := routeConfig{Listen: c.Listen, ListenTLS: c.ListenTLS, Upstream: c.Upstream, Announce: c.Announce}
-		spec, err := parseRoute(r, defaults, rc.health, func(key string) string { return key })
+		spec, err := parseRoute(r, defaults, rc.health, c.healthSet, func(key string) string { return key })
 		if err != nil {
 			return err
 		}
@@ -137,7 +137,7 @@ func (c Config) parseRoutes(rc *runConfig) error {
 			return badFlag(key("upstream"), "route %q needs at least one server", r.Name)
 		}
 		names[r.Name] = true
-		spec, err := parseRoute(r, defaults, rc.health, key)
+		spec, err := parseRoute(r, defaults, rc.health, c.healthSet, key)
 		if err != nil {
 			return err
 		}
@@ -166,7 +166,12 @@ func (c Config) parseRoutes(rc *runConfig) error {
 }
 
 // parseRoute parses one route's keys; key names a key for errors.
-func parseRoute(r routeConfig, defaults routeConfig, health pool.Health, key func(string) string) (routeSpec, error) {
+//
+// A pool of one server gets no active health checks unless
+// health-interval was given (healthSet): it has nowhere else to send
+// sessions, so checks would only add a connection every few seconds to
+// its server's log, a change an operator of one server did not ask for.
+func parseRoute(r routeConfig, defaults routeConfig, health pool.Health, healthSet bool, key func(string) string) (routeSpec, error) {
 	spec := routeSpec{name: r.Name, listen: r.Listen, listenTLS: r.ListenTLS}
 	balance, pp := r.Balance, r.ProxyProtocol
 	if balance == "" {
@@ -204,7 +209,11 @@ func parseRoute(r routeConfig, defaults routeConfig, health pool.Health, key fun
 		return spec, badFlag(key("upstream"), "with servers of both families, give each as an IP address")
 	}
 	mk := func(members []pool.Member, v6 bool) *pool.Config {
-		return &pool.Config{Name: poolName(r.Name, v6), Members: members, Policy: policy, ProxyProtocol: proto, Health: health}
+		h := health
+		if len(members) < 2 && !healthSet {
+			h.Interval = 0
+		}
+		return &pool.Config{Name: poolName(r.Name, v6), Members: members, Policy: policy, ProxyProtocol: proto, Health: h}
 	}
 	switch {
 	case len(main) > 0 && len(v6) > 0:

@@ -155,9 +155,9 @@ func TestREADMEApplianceExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rest, ok := strings.Cut(string(b), "```yaml\n# /etc/pasvgate/pasvgate.yaml\n")
+	_, rest, ok := strings.Cut(string(b), "```text\n# /etc/pasvgate/pasvgate.yaml\n")
 	if !ok {
-		t.Fatal("README has no YAML block starting # /etc/pasvgate/pasvgate.yaml")
+		t.Fatal("README has no block starting # /etc/pasvgate/pasvgate.yaml")
 	}
 	body, _, ok := strings.Cut(rest, "```")
 	if !ok {
@@ -172,5 +172,27 @@ func TestREADMEApplianceExample(t *testing.T) {
 	if len(c.routes) != 2 || c.routes[0].name != "files" || c.routes[1].name != "partners" ||
 		c.routes[0].pool.Members[2].Weight != 0 || c.routes[1].pool.Policy != pool.User || len(c.routes[0].announce) != 1 {
 		t.Fatalf("README's example parsed as %+v", c.routes)
+	}
+}
+
+// TestPoolOfOneUnchecked: a pool of one server gets no health checks
+// unless health-interval is given; pools of more get the default.
+func TestPoolOfOneUnchecked(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{[]string{"--upstream", "192.0.2.10:21"}, 0},
+		{[]string{"--upstream", "192.0.2.10:21", "--health-interval", "2s"}, 2 * time.Second},
+		{[]string{"--upstream", "192.0.2.10:21", "--config", writeConfig(t, "health-interval: 3s\n")}, 3 * time.Second},
+		{[]string{"--upstream", "192.0.2.10:21", "--upstream", "192.0.2.12:21"}, 2 * time.Second},
+	} {
+		c, err := loadConfig(tc.args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.routes[0].pool.Health.Interval; got != tc.want {
+			t.Errorf("%v: health interval %v, want %v", tc.args, got, tc.want)
+		}
 	}
 }
