@@ -361,9 +361,12 @@ func Stream(pkts []Packet, src, dst netip.AddrPort) string {
 // StreamOnce is the bytes one TCP connection carried from src to dst (both
 // exact), in sequence order, each byte once: a retransmitted segment,
 // which Stream would append again, adds only what was not there before.
-// A segment past a hole (one the capture lost) is appended after it all
-// the same. Reading a byte stream as records (TLS) needs this; a search
-// for text does not.
+// A hole (a segment the capture lost: a busy machine's packet socket
+// drops some) ends it there: the bytes past it could not be placed, and
+// records read across it would be misread (a TLS check failed so, on a
+// transfer that was whole). So the stream may be a prefix of what the
+// connection carried. Reading a byte stream as records (TLS) needs this;
+// a search for text does not.
 func StreamOnce(pkts []Packet, src, dst netip.AddrPort) string {
 	var (
 		b       strings.Builder
@@ -386,8 +389,15 @@ func StreamOnce(pkts []Packet, src, dst netip.AddrPort) string {
 		}
 		data := p.Payload
 		// Serial-number arithmetic (RFC 1982): behind is how far the
-		// segment starts before next, modulo 2^32.
-		if behind := int32(next - p.Seq); behind > 0 {
+		// segment starts before next, modulo 2^32; negative, after it.
+		behind := int32(next - p.Seq)
+		if behind < 0 {
+			// Later packets of the capture may fill the hole (a
+			// retransmission), but the stream would then be out of
+			// order: stop at it.
+			break
+		}
+		if behind > 0 {
 			if int(behind) >= len(data) {
 				continue // all of it seen already
 			}

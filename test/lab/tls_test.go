@@ -9,7 +9,8 @@ import (
 )
 
 // TestStreamOnce: a retransmitted segment, whole or overlapping, adds no
-// byte twice; sequence numbers wrap; other connections are left out.
+// byte twice; sequence numbers wrap; other connections are left out; a
+// hole ends the stream.
 func TestStreamOnce(t *testing.T) {
 	a, b := netip.MustParseAddrPort("203.0.113.10:5000"), netip.MustParseAddrPort("203.0.113.1:21")
 	seg := func(seq uint32, s string) Packet { return Packet{Src: a, Dst: b, Seq: seq, Payload: []byte(s)} }
@@ -20,11 +21,17 @@ func TestStreamOnce(t *testing.T) {
 		seg(base, "hello "), // retransmitted whole
 		{Src: b, Dst: a, Seq: 7, Payload: []byte("other way")},
 		seg(base+3, "lo world"), // overlapping the first
-		seg(base+14, "!"),       // after the overlap
+		seg(base+11, "!"),       // after the overlap
 		{Src: netip.MustParseAddrPort("203.0.113.10:5001"), Dst: b, Payload: []byte("another connection")},
 	}
 	if got := StreamOnce(pkts, a, b); got != "hello world!" {
 		t.Errorf("StreamOnce = %q, want %q", got, "hello world!")
+	}
+	// A segment the capture lost ends the stream: what follows cannot be
+	// placed, even when a retransmission fills the hole later.
+	holed := append(pkts[:len(pkts):len(pkts)], seg(base+20, "past a hole"), seg(base+12, "filled"))
+	if got := StreamOnce(holed, a, b); got != "hello world!" {
+		t.Errorf("StreamOnce with a hole = %q, want %q", got, "hello world!")
 	}
 	if got := Stream(pkts, a, b); got != "hello hello lo world!" {
 		t.Errorf("Stream = %q: the case does not retransmit", got)
