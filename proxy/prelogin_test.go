@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -82,6 +83,16 @@ func TestUserPolicyBounds(t *testing.T) {
 	}
 	if _, err := q.r.ReadByte(); err == nil {
 		t.Fatal("the connection stayed open after 221")
+	}
+	// A client that ends its half before USER has its connection closed
+	// by pasvgate in turn, not left open.
+	e := h.dial(t)
+	if err := e.c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = e.c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := e.r.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the client's FIN before USER: %v, want pasvgate's FIN (EOF)", err)
 	}
 	if sent := h.tap.sent(); sent != "" {
 		t.Fatalf("the server was reached: %q", sent)

@@ -61,6 +61,7 @@ func (s *Server) connect(ctx context.Context, sess *session, st *Settings, c net
 		if cfg.Policy == pool.User {
 			raw, text, r, reason := sess.preLogin(ctx)
 			if reason != "" {
+				sess.end(reason) // closes the client's connection, if preLogin did not
 				s.stats.endSession(reason)
 				log.Info("session ended before login", "reason", reason, "duration_ms", time.Since(sess.start).Milliseconds())
 				return false
