@@ -24,6 +24,7 @@ import (
 type Config struct {
 	Config             string        `yaml:"-"`
 	Listen             []string      `yaml:"listen"`
+	Freebind           bool          `yaml:"freebind"`
 	Upstream           upstreamList  `yaml:"upstream"`
 	Balance            string        `yaml:"balance"`
 	ProxyProtocol      string        `yaml:"proxy-protocol"`
@@ -292,6 +293,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.StringVar(&c.Config, "config", c.Config, "YAML config `file`; flags override its keys")
 	fs.Var(stringsFlag(&c.Listen), "listen", "`ADDR:PORT` to accept FTP control connections on (repeatable)")
+	fs.BoolVar(&c.Freebind, "freebind", c.Freebind, "listen on addresses this host does not hold yet (IP_FREEBIND), such as a VRRP address on the backup node")
 	fs.Var(&listFlag[upstreamEntry]{list: (*[]upstreamEntry)(&c.Upstream), parse: parseUpstreamFlag,
 		show: func(e upstreamEntry) string { return e.Addr }}, "upstream", "an FTP server's control `ADDR:PORT` (reverse mode; repeatable: servers of one family make a pool, and IPv6 clients go to the IPv6 servers if any)")
 	fs.StringVar(&c.Balance, "balance", c.Balance, "how a session's server is picked from a pool: round-robin, least-conn, source (sticky by client address) or user (sticky by login name)")

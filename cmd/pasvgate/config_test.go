@@ -47,6 +47,9 @@ host-firewall: leave
 		c.be.mappingTimeout != 15*time.Second || c.snat || !c.log.json || c.be.manageHostFW {
 		t.Errorf("file values lost: %+v", c)
 	}
+	if c.freebind {
+		t.Errorf("freebind is on by default")
+	}
 	if c.lim.idle != 10*time.Minute || c.lim.maxLine != 4096 {
 		t.Errorf("defaults lost: %+v", c)
 	}

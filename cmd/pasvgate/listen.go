@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // A --listen or --metrics address names one socket per family it covers:
@@ -182,4 +184,29 @@ func metricsExposure(spec listenSpec, pprof bool) string {
 		}
 	}
 	return ""
+}
+
+// freebindControl lets a listener bind an address this host does not hold
+// (IP_FREEBIND, IPV6_FREEBIND; the option is per family): the virtual
+// address of a VRRP pair on the node that is backup now, whose pasvgate
+// must already listen there when the address moves to it. Off by default:
+// without it a --listen address that is no address of this host (a typo)
+// fails the start, where with it the listener would wait for connections
+// that never come.
+func freebindControl(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		level, opt := unix.SOL_IP, unix.IP_FREEBIND
+		if network == "tcp6" {
+			level, opt = unix.SOL_IPV6, unix.IPV6_FREEBIND
+		}
+		serr = unix.SetsockoptInt(int(fd), level, opt, 1)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("setting IP_FREEBIND: %w", serr)
+	}
+	return nil
 }

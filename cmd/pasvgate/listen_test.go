@@ -312,3 +312,53 @@ func TestMetricsExposure(t *testing.T) {
 		}
 	}
 }
+
+// TestFreebind: without --freebind a listen address the host does not hold
+// fails (a typo shows at start); with it the listener opens, and accepts
+// once the address arrives, as a VRRP address does on the node that
+// becomes master. Both families.
+func TestFreebind(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t, "pgfb")
+	ns.MustRun(t, "ip", "link", "set", "lo", "up")
+	for _, tc := range []struct{ network, listen, prefix string }{
+		{"tcp4", "203.0.113.99:2121", "203.0.113.99/32"},
+		{"tcp6", "[2001:db8:1::99]:2121", "2001:db8:1::99/128"},
+	} {
+		sp, err := parseListen(tc.listen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log := slog.New(slog.DiscardHandler)
+		var plain, free []net.Listener
+		err = ns.Do(func() (err error) {
+			plain, err = openListeners(context.Background(), sp, nil, log)
+			return err
+		})
+		if err == nil {
+			for _, ln := range plain {
+				ln.Close()
+			}
+			t.Fatalf("%s: opened without --freebind on an address the host does not hold", tc.listen)
+		}
+		if err := ns.Do(func() (err error) {
+			free, err = openListeners(context.Background(), sp, freebindControl, log)
+			return err
+		}); err != nil {
+			t.Fatalf("%s with --freebind: %v", tc.listen, err)
+		}
+		opened := [][]net.Listener{free}
+		if got := whichAccepts(t, ns, opened, tc.network, tc.listen); got != -1 {
+			t.Fatalf("%s: a connection reached an address the host does not hold", tc.listen)
+		}
+		if err := ns.AddAddr("lo", netip.MustParsePrefix(tc.prefix)); err != nil {
+			t.Fatal(err)
+		}
+		if got := whichAccepts(t, ns, opened, tc.network, tc.listen); got != 0 {
+			t.Fatalf("%s: once the address arrived, the freebind listener did not accept (%d)", tc.listen, got)
+		}
+		for _, ln := range free {
+			ln.Close()
+		}
+	}
+}

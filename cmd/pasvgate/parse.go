@@ -45,12 +45,15 @@ type runConfig struct {
 	publicIface string
 	health      pool.Health
 	snat        bool
+	// freebind is --freebind: listeners bind addresses the host does not
+	// hold (yet).
+	freebind bool
 }
 
 // parse validates c into a runConfig, naming the flag (or route key) of
 // the first bad value.
 func (c Config) parse() (*runConfig, error) {
-	rc := &runConfig{file: c.Config, snat: c.SNAT}
+	rc := &runConfig{file: c.Config, snat: c.SNAT, freebind: c.Freebind}
 	var err error
 	if rc.log, err = c.parseLog(); err != nil {
 		return nil, err

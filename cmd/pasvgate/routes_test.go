@@ -196,3 +196,17 @@ func TestPoolOfOneUnchecked(t *testing.T) {
 		}
 	}
 }
+
+// TestFreebindKey: --freebind and the freebind key reach the parsed
+// config.
+func TestFreebindKey(t *testing.T) {
+	for _, args := range [][]string{
+		{"--upstream", "192.0.2.10:21", "--freebind"},
+		{"--upstream", "192.0.2.10:21", "--config", writeConfig(t, "freebind: true\n")},
+	} {
+		c, err := loadConfig(args)
+		if err != nil || !c.freebind {
+			t.Fatalf("%v: freebind %v (%v), want on", args, c != nil && c.freebind, err)
+		}
+	}
+}

@@ -297,7 +297,7 @@ func run(ctx context.Context, env runEnv, cfg *runConfig, log *slog.Logger) (err
 	}
 	log.Info("pasvgate started", "version", version, "mode", mode, "listen", cfg.listenAddrs(),
 		"routes", len(cfg.routes), "pools", cfg.poolSummary(), "public_iface", cfg.publicIface,
-		"data_ports", cfg.lim.dataPorts.String(), "backend", g.backendName, "snat", cfg.snat,
+		"data_ports", cfg.lim.dataPorts.String(), "backend", g.backendName, "snat", cfg.snat, "freebind", cfg.freebind,
 		"metrics", cfg.metricsAddr(), "gomaxprocs", env.procs,
 		"tls", cfg.tls.mode.String(), "upstream_tls", cfg.tls.upstream.String())
 	warnInsecure(cfg.tls, log)
@@ -390,9 +390,20 @@ func canceled() context.Context {
 // listen opens one --listen or --listen-tls address (one socket per
 // family it covers, see listen.go) and serves it.
 func (g *gateway) listen(ctx context.Context, l listener) error {
-	var control func(string, string, syscall.RawConn) error
+	var controls []func(string, string, syscall.RawConn) error
 	if !g.cfg.reverse && g.cfg.interceptMethod == rules.TProxy {
-		control = transparentControl
+		controls = append(controls, transparentControl)
+	}
+	if g.cfg.freebind {
+		controls = append(controls, freebindControl)
+	}
+	control := func(network, address string, c syscall.RawConn) error {
+		for _, f := range controls {
+			if err := f(network, address, c); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	lns, err := openListeners(ctx, l.spec, control, g.log)
 	if err != nil {
