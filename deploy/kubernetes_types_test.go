@@ -138,3 +138,42 @@ func TestStrictDecodingCatchesMisspelling(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonSetAnnouncesItsNode: the DaemonSet's pasvgate announces its
+// own node's address (the downward API's status.hostIP), so that each data
+// connection comes back to the node that holds its mapping, whatever
+// address a load balancer in front of port 21 has.
+func TestDaemonSetAnnouncesItsNode(t *testing.T) {
+	var ds *appsv1.DaemonSet
+	for name, doc := range manifestDocs(t) {
+		if !strings.HasPrefix(name, "kubernetes/daemonset.yaml#") {
+			continue
+		}
+		var d appsv1.DaemonSet
+		if err := sigsyaml.Unmarshal(doc, &d); err == nil && d.Kind == "DaemonSet" {
+			ds = &d
+		}
+	}
+	if ds == nil {
+		t.Fatal("no DaemonSet in kubernetes/daemonset.yaml")
+	}
+	c := ds.Spec.Template.Spec.Containers[0]
+	announced := ""
+	for i, a := range c.Args {
+		if a == "--public-addr" && i+1 < len(c.Args) {
+			announced = c.Args[i+1]
+		}
+	}
+	if announced != "$(HOST_IP)" {
+		t.Fatalf("the DaemonSet announces %q, want --public-addr $(HOST_IP)", announced)
+	}
+	for _, e := range c.Env {
+		if e.Name == "HOST_IP" {
+			if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "status.hostIP" {
+				t.Fatalf("HOST_IP is %+v, want the downward API's status.hostIP", e)
+			}
+			return
+		}
+	}
+	t.Fatal("the DaemonSet's container has no HOST_IP")
+}
