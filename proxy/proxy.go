@@ -83,6 +83,12 @@ type Settings struct {
 	SNAT bool
 	// DialTimeout bounds connecting to the upstream. Default 10 s.
 	DialTimeout time.Duration
+	// UpstreamSource, in reverse mode, are the addresses sessions dial
+	// their server from, at most one per family; none means the kernel's
+	// choice. A gateway pair gives its VRRP address on the servers' side,
+	// so that what a server sees of pasvgate, and the SNAT source of data
+	// connections, move with the master and stay valid across a failover.
+	UpstreamSource []netip.Addr
 	// IdleTimeout ends a session whose client sends nothing for this long,
 	// unless a transfer is in progress (from its 150 or 125 reply to its
 	// final one). Default 10 min.

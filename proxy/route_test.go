@@ -76,3 +76,20 @@ func TestRouteOwnPoolAndPorts(t *testing.T) {
 	}
 	h.waitLog(t, "route=r1 pool=r1")
 }
+
+// TestUpstreamSource: sessions dial their server from UpstreamSource, so
+// the server sees that address, and a data mapping's SNAT source is it
+// too.
+func TestUpstreamSource(t *testing.T) {
+	src := netip.MustParseAddr("127.0.0.5")
+	h := newHarness(t, options{settings: func(st *proxy.Settings) {
+		st.UpstreamSource = []netip.Addr{netip.MustParseAddr("2001:db8::5"), src}
+	}})
+	c := h.dial(t)
+	c.login()
+	parse227(t, c.cmd("PASV"))
+	ms, _ := h.backend.List(t.Context())
+	if len(ms) != 1 || ms[0].SNAT != src {
+		t.Fatalf("mappings %v, want one with SNAT source %v", ms, src)
+	}
+}

@@ -70,6 +70,9 @@ func (s *Server) connect(ctx context.Context, sess *session, st *Settings, c net
 			key.User = sess.user
 			c = sess.client // the refusals below go through TLS if the client made it
 		}
+		if src, ok := sourceFor(st.UpstreamSource, cfg); ok {
+			d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+		}
 		var pc *pool.Conn
 		pc, err = p.Dial(ctx, &d, key)
 		if err == nil {
@@ -179,4 +182,23 @@ func (s *Server) dropGreeting(sess *session, server net.Conn, st *Settings, c ne
 	s.stats.refuseSession("upstream-greeting")
 	s.sayAndClose(c, "Service not available: the FTP server did not greet.")
 	return false
+}
+
+// sourceFor picks the UpstreamSource of a pool's family: that of its first
+// server given as an address, or IPv4 for a pool of host names (a dial
+// from an IPv4 source reaches only IPv4 addresses).
+func sourceFor(sources []netip.Addr, cfg pool.Config) (netip.Addr, bool) {
+	v4 := true
+	for _, m := range cfg.Members {
+		if ap, err := netip.ParseAddrPort(m.Addr); err == nil {
+			v4 = ap.Addr().Unmap().Is4()
+			break
+		}
+	}
+	for _, a := range sources {
+		if a.Is4() == v4 {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
 }

@@ -26,6 +26,7 @@ type Config struct {
 	Listen             []string      `yaml:"listen"`
 	Freebind           bool          `yaml:"freebind"`
 	Upstream           upstreamList  `yaml:"upstream"`
+	UpstreamSource     []string      `yaml:"upstream-source"`
 	Balance            string        `yaml:"balance"`
 	ProxyProtocol      string        `yaml:"proxy-protocol"`
 	HealthInterval     time.Duration `yaml:"health-interval"`
@@ -296,6 +297,7 @@ func runFlags(c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.Freebind, "freebind", c.Freebind, "listen on addresses this host does not hold yet (IP_FREEBIND), such as a VRRP address on the backup node")
 	fs.Var(&listFlag[upstreamEntry]{list: (*[]upstreamEntry)(&c.Upstream), parse: parseUpstreamFlag,
 		show: func(e upstreamEntry) string { return e.Addr }}, "upstream", "an FTP server's control `ADDR:PORT` (reverse mode; repeatable: servers of one family make a pool, and IPv6 clients go to the IPv6 servers if any)")
+	fs.Var(stringsFlag(&c.UpstreamSource), "upstream-source", "`ADDR` sessions dial their server from, one per family (repeatable): a gateway pair's VRRP address on the servers' side")
 	fs.StringVar(&c.Balance, "balance", c.Balance, "how a session's server is picked from a pool: round-robin, least-conn, source (sticky by client address) or user (sticky by login name)")
 	fs.StringVar(&c.ProxyProtocol, "proxy-protocol", c.ProxyProtocol, "send the servers a PROXY protocol header with the client's address: off, v1 or v2")
 	fs.DurationVar(&c.HealthInterval, "health-interval", c.HealthInterval, "how often each server of a pool is checked (connect, read its 220); 0: no checks; a pool of one server is checked only when this is given")

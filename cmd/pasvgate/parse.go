@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/pasvgate/pasvgate/proxy"
@@ -48,6 +49,8 @@ type runConfig struct {
 	// freebind is --freebind: listeners bind addresses the host does not
 	// hold (yet).
 	freebind bool
+	// upstreamSource is --upstream-source: at most one address per family.
+	upstreamSource []netip.Addr
 }
 
 // parse validates c into a runConfig, naming the flag (or route key) of

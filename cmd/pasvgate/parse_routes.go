@@ -88,6 +88,11 @@ func (c Config) parseRoutes(rc *runConfig) error {
 		if len(c.Announce) > 0 {
 			return badFlag("announce", "reverse mode only")
 		}
+		if len(c.UpstreamSource) > 0 {
+			// Transparent mode dials where the client was going, from the
+			// router's own address towards it.
+			return badFlag("upstream-source", "reverse mode only")
+		}
 		// Transparent mode has no pools: a policy given for them would
 		// silently do nothing.
 		if d := defaults(); c.Balance != d.Balance || c.ProxyProtocol != d.ProxyProtocol {
@@ -100,6 +105,19 @@ func (c Config) parseRoutes(rc *runConfig) error {
 	}
 	if c.Intercept != "" {
 		return badFlag("intercept", "transparent mode takes no --upstream or routes")
+	}
+	for _, u := range c.UpstreamSource {
+		a, err := netip.ParseAddr(u)
+		if err != nil || !(a.IsGlobalUnicast() || a.IsLoopback()) {
+			return badFlag("upstream-source", "%q is not a unicast address", u)
+		}
+		a = a.Unmap()
+		for _, b := range rc.upstreamSource {
+			if b.Is4() == a.Is4() {
+				return badFlag("upstream-source", "%s and %s: one address per family", b, a)
+			}
+		}
+		rc.upstreamSource = append(rc.upstreamSource, a)
 	}
 	if len(c.AllowDest) > 0 {
 		return badFlag("allow-dest", "transparent mode only: in reverse mode the servers are --upstream")

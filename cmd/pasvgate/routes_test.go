@@ -210,3 +210,22 @@ func TestFreebindKey(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamSourceParsed: --upstream-source takes one address per
+// family, in reverse mode only.
+func TestUpstreamSourceParsed(t *testing.T) {
+	c, err := loadConfig([]string{"--upstream", "192.0.2.10:21", "--upstream-source", "192.0.2.254", "--upstream-source", "2001:db8:2::fe"})
+	if err != nil || len(c.upstreamSource) != 2 || c.upstreamSource[0] != netip.MustParseAddr("192.0.2.254") {
+		t.Fatalf("parsed %v (%v)", c, err)
+	}
+	for _, args := range [][]string{
+		{"--upstream", "192.0.2.10:21", "--upstream-source", "192.0.2.254", "--upstream-source", "192.0.2.253"},
+		{"--upstream", "192.0.2.10:21", "--upstream-source", "0.0.0.0"},
+		{"--upstream", "192.0.2.10:21", "--upstream-source", "gw"},
+		{"--upstream-source", "192.0.2.254"},
+	} {
+		if _, err := loadConfig(args); err == nil || !strings.Contains(err.Error(), "--upstream-source") {
+			t.Errorf("%v: %v, want a usage error naming --upstream-source", args, err)
+		}
+	}
+}

@@ -72,7 +72,7 @@ type runEnv struct {
 func (rc *runConfig) settings(pub func() netip.Addr, pools *poolSet) proxy.Settings {
 	st := proxy.Settings{
 		DestPolicy: rc.dest, SNAT: rc.snat, PublicAddrFunc: pub,
-		DialTimeout: rc.lim.dial, IdleTimeout: rc.lim.idle, LoginTimeout: rc.lim.login,
+		DialTimeout: rc.lim.dial, UpstreamSource: rc.upstreamSource, IdleTimeout: rc.lim.idle, LoginTimeout: rc.lim.login,
 		Keepalive: rc.lim.keepalive, MaxLine: rc.lim.maxLine,
 		MaxSessions: rc.lim.maxSessions, MaxSessionsPerIP: rc.lim.maxSessionsPerIP,
 	}
