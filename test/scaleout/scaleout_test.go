@@ -331,3 +331,49 @@ func TestDrain(t *testing.T) {
 		t.Errorf("node0's pasvgate still running 15s after its last transfer ended")
 	}
 }
+
+// TestNexthopRemovalBreaksSessions is why TestDrain drains through the
+// balancer and not by removing a node's ECMP nexthop: the router's ECMP
+// route is stateless, so once node0's nexthop is gone every packet to the
+// service address, those of node0's open control connections too, goes
+// to node1, which holds no such connection and resets it. The transfer's
+// data still arrives (PASV named node0's own address, which keeps its
+// host route), but the session it belongs to is lost.
+func TestNexthopRemovalBreaksSessions(t *testing.T) {
+	l := newLab(t, options{nodes: 2, routing: ecmpL3, fileSize: 1 << 20, slow: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n0 := l.nodes[0]
+	a := l.onNode(ctx, t, n0, map[netip.Addr]bool{})
+	defer a.close()
+	to, err := a.passive(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := a.dialData(ctx, to, 16<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	if _, err := a.cmd("RETR "+fileName, 150, 125); err != nil {
+		t.Fatal(err)
+	}
+	_ = dc.SetReadDeadline(time.Now().Add(opTimeout))
+	if _, err := io.CopyN(io.Discard, dc, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	l.router.MustRun(t, "ip", "route", "replace", serviceAddr+"/32", "via", nodeSide(1))
+	got, err := io.Copy(io.Discard, dc)
+	if err != nil || 64<<10+got != int64(len(l.file)) {
+		t.Errorf("data connection after the nexthop removal: %d bytes, %v; want all %d (its route did not change)", 64<<10+got, err, len(l.file))
+	}
+	line, err226 := a.expect(226)
+	_, errQuit := a.cmd("QUIT", 221)
+	t.Logf("after node0's nexthop was removed: data %d of %d bytes; final reply %q %v; QUIT: %v", 64<<10+got, len(l.file), line, err226, errQuit)
+	if err226 == nil && errQuit == nil {
+		t.Errorf("the session on node0 survived the removal of its nexthop; the stateless route should have sent its packets to node1")
+	}
+	if errQuit != nil && !errors.Is(errQuit, syscall.ECONNRESET) && !errors.Is(errQuit, syscall.EPIPE) {
+		t.Errorf("QUIT after the nexthop removal: %v, want a reset (node1 holds no such connection)", errQuit)
+	}
+}
