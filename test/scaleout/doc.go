@@ -44,6 +44,7 @@
 //   - TestNexthopRemovalBreaksSessions: why the drain goes through the
 //     balancer: removing a node's ECMP nexthop moves its open control
 //     connections to another node, which resets them.
+//
 //   - TestDuplicatePublicAddr: both nodes announce the service address
 //     itself under the L4 hash: data connections reach the wrong node,
 //     counted and asserted.
