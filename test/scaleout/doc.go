@@ -31,25 +31,23 @@
 //   - TestSpread: sessions from 32 client addresses spread across the
 //     nodes, PASV and EPSV, every download byte-exact, under the
 //     source-hash balancer (three nodes) and under ECMP with the L3 hash.
-//
 //   - TestEPSVUnderL4Hash: ECMP with the L4 hash: every PASV transfer
 //     works, and EPSV data connections reach the wrong node a measured
 //     fraction of the time, which is why the design needs a hash on the
 //     source address.
-//
 //   - TestDrain: a node taken out of the balancer and sent SIGTERM: its
 //     transfer in progress completes byte-exact, its idle session gets
 //     421, new sessions all go to the other node.
-//
 //   - TestNexthopRemovalBreaksSessions: why the drain goes through the
 //     balancer: removing a node's ECMP nexthop moves its open control
 //     connections to another node, which resets them.
-//
 //   - TestDuplicatePublicAddr: both nodes announce the service address
 //     itself under the L4 hash: data connections reach the wrong node,
 //     counted and asserted.
 //
-//     go test -count=1 -v ./test/scaleout
+// Run them with
+//
+//	go test -count=1 -v ./test/scaleout
 //
 // Everything needs root; without it the tests skip.
 package scaleout
