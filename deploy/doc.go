@@ -12,6 +12,9 @@
 //	kubernetes/*.yaml          sidecar (host network, pod network) and gateway
 //	                           DaemonSet
 //	examples/*.yaml            configs for the three kinds of user
+//	ha/keepalived.conf         VRRP for an active/backup pair of gateways
+//	                           (one file, both nodes, by --config-id)
+//	ha/conntrackd.conf         connection table sync (FTFW) for that pair
 //
 // The tests prove, on a real kernel in throw-away network namespaces, that
 // the privileges these files grant are enough and that each one is needed:
@@ -21,5 +24,7 @@
 // the binary built the way the Dockerfile builds it: each flag and config
 // key used must be one that `pasvgate run -h` prints, and each config must
 // start. Kernel tests need root and skip without it; tests that need a tool
-// (setpriv, setcap, strace, systemd-analyze) skip without it.
+// (setpriv, setcap, strace, systemd-analyze, keepalived) skip without it.
+// keepalived --config-test checks ha/keepalived.conf; test/ha runs both
+// ha/ files in a failover lab.
 package deploy

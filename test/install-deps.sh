@@ -14,7 +14,8 @@
 #
 # No FTP service may run on the host itself: the tests start every server
 # inside a network namespace. So maintainer scripts are kept from starting
-# daemons (policy-rc.d), vsftpd's boot-time start is disabled, and the script
+# daemons (policy-rc.d), the boot-time start of vsftpd, keepalived and
+# conntrackd is disabled, and the script
 # fails if anything listens on port 21 of the host afterwards.
 set -euo pipefail
 
@@ -29,7 +30,10 @@ CACHE=${PASVGATE_TEST_CACHE:-/var/cache/pasvgate-test}
 # Packages installed normally. python3 is Debian's (/usr/bin/python3): the
 # interop suite calls it by that path so a pyenv or venv on PATH cannot change
 # which ftplib runs.
-PKGS=(iptables nftables conntrack curl lftp vsftpd python3 tcpdump iproute2 strace libcap2-bin util-linux)
+# keepalived and conntrackd are for test/ha (an active/backup pair of
+# gateways): the tests start both inside namespaces, never on the host.
+PKGS=(iptables nftables conntrack curl lftp vsftpd python3 tcpdump iproute2 strace libcap2-bin util-linux
+	keepalived conntrackd)
 
 # Runtime libraries of the unpacked pure-ftpd, proftpd-core and mod_proxy (their
 # Depends lines, less the packaging helpers they only need to install).
@@ -86,14 +90,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# vsftpd's postinst enables the service for the next boot; the host must not
-# serve FTP, so turn that off (both init systems; harmless when already off).
-if command -v deb-systemd-helper >/dev/null 2>&1; then
-	deb-systemd-helper disable vsftpd.service >/dev/null 2>&1 || true
-fi
-if command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/vsftpd ]; then
-	update-rc.d vsftpd disable >/dev/null 2>&1 || true
-fi
+# The postinsts of vsftpd, keepalived and conntrackd enable their services
+# for the next boot. The host must not serve FTP, and must not speak VRRP or
+# sync its connection table with anyone either (the tests run their own
+# instances in namespaces), so turn that off (both init systems; harmless
+# when already off).
+for svc in vsftpd keepalived conntrackd; do
+	if command -v deb-systemd-helper >/dev/null 2>&1; then
+		deb-systemd-helper disable "$svc.service" >/dev/null 2>&1 || true
+	fi
+	if command -v update-rc.d >/dev/null 2>&1 && [ -e "/etc/init.d/$svc" ]; then
+		update-rc.d "$svc" disable >/dev/null 2>&1 || true
+	fi
+done
 
 mkdir -p "$CACHE"
 for u in "${UNPACK[@]}"; do

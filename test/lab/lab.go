@@ -158,6 +158,9 @@ type Lab struct {
 	IP6Tables string
 	// IPv6 reports whether the lab has IPv6 addresses (Options.IPv6).
 	IPv6 bool
+	// Extra holds the names of a custom lab's further namespaces
+	// (NewCustom), by role. Close deletes them with the other three.
+	Extra map[string]string
 
 	// serverAddr and serverAddr6 are where StartServer's servers listen:
 	// they differ between a gateway lab and a router lab.
@@ -264,7 +267,7 @@ func (l *Lab) create(tb testing.TB) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, ns := range []string{l.Client, l.GW, l.Server} {
+	for _, ns := range l.namespaces() {
 		if err := ipCmd(ctx, "netns", "add", ns); err != nil {
 			tb.Fatalf("lab: building topology: %v", err)
 		}
@@ -662,7 +665,7 @@ func (l *Lab) Close() error {
 		wg.Go(p.Stop)
 	}
 	wg.Wait()
-	for _, ns := range []string{l.Client, l.GW, l.Server} {
+	for _, ns := range l.namespaces() {
 		if err := removeNS(ns); err != nil {
 			errs = append(errs, err)
 		}
