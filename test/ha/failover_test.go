@@ -3,6 +3,8 @@ package ha
 import (
 	"fmt"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -88,4 +90,48 @@ func (p *pair) newSession(start time.Time, name string) (done, greet time.Durati
 		}
 	}
 	return 0, 0, fmt.Errorf("no new session served in 10 s: last error: %v", err)
+}
+
+// TestPasvgateDiesAlone kills only the master's pasvgate: keepalived's
+// check of /healthz (deploy/ha/keepalived.conf, chk_pasvgate: every 1 s,
+// 2 failures) must move the address to the backup, whose pasvgate serves.
+// Bounded by the check's own timing: 2 failed checks plus VRRP's
+// transition, within 5 s. Then pasvgate starts again and the node
+// returns to BACKUP once its check passes twice.
+func TestPasvgateDiesAlone(t *testing.T) {
+	p := newPair(t, 0)
+	m := p.master()
+	if m < 0 {
+		t.Fatal("no master")
+	}
+	n := p.nodes[m]
+	n.mu.Lock()
+	backups := strings.Count(n.ka.Output(), "Entering BACKUP STATE")
+	pg := n.pg
+	n.mu.Unlock()
+	start := time.Now()
+	_ = syscall.Kill(pg.Pid(), syscall.SIGKILL)
+	<-pg.Done()
+	d, _, err := p.newSession(start, "alone.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pasvgate alone killed on %s: new session served through %s after %v", n.id, p.nodes[1-m].id, d.Round(time.Millisecond))
+	if d > 5*time.Second {
+		t.Errorf("new session served after %v, want within 5 s", d)
+	}
+	if p.holds(m) {
+		t.Errorf("%s still holds %s with its pasvgate dead", n.id, publicVIP)
+	}
+	p.startPasvgate(n)
+	if !waitFor(10*time.Second, func() bool {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return strings.Count(n.ka.Output(), "Entering BACKUP STATE") > backups
+	}) {
+		t.Fatalf("%s not backup again after pasvgate came back:\n%s", n.id, tail(n.ka.Output(), 2000))
+	}
+	if !p.holds(1 - m) {
+		t.Errorf("%s took the address back (nopreempt)", n.id)
+	}
 }

@@ -180,9 +180,10 @@ func build(ctx context.Context, l *lab.Lab, rate int) error {
 		own := strconv.Itoa(i + 1)
 		steps = append(steps,
 			[]string{"-n", g, "addr", "add", "203.0.113." + own + "/24", "dev", "pub0"},
-			// noprefixroute: the prefix route comes with the private
-			// virtual address (src 192.0.2.100) on the master, and the
-			// fallback below on the backup (see deploy/ha/keepalived.conf).
+			// noprefixroute: the route to 192.0.2.0/24 is keepalived's
+			// virtual route (src 192.0.2.100, metric 50) on the master,
+			// and the fallback below (metric 100) on the backup; see
+			// deploy/ha/keepalived.conf.
 			[]string{"-n", g, "addr", "add", "192.0.2." + own + "/24", "dev", "priv0", "noprefixroute"},
 			[]string{"-n", g, "addr", "add", "198.51.100." + own + "/24", "dev", "sync0"},
 			[]string{"-n", g, "link", "set", "lo", "up"},
@@ -202,12 +203,10 @@ func build(ctx context.Context, l *lab.Lab, rate int) error {
 		if _, err := l.Exec(ctx, g, iptablesNFT, "-w", "5", "-P", "FORWARD", "DROP"); err != nil {
 			return err
 		}
-		// be_liberal: conntrackd does not sync TCP window tracking (see
-		// deploy/ha/conntrackd.conf).
-		for _, kv := range []string{"net.ipv4.ip_forward=1", "net.netfilter.nf_conntrack_tcp_be_liberal=1"} {
-			if _, err := l.Exec(ctx, g, "sysctl", "-qw", kv); err != nil {
-				return err
-			}
+		// No nf_conntrack_tcp_be_liberal: the new master accepts the
+		// synced flows without it (see deploy/ha/conntrackd.conf).
+		if _, err := l.Exec(ctx, g, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+			return err
 		}
 	}
 	if rate > 0 {
