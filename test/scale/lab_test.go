@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -16,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -109,7 +107,7 @@ func maxSessions(want int) (n int, why string) {
 // testftpd on the server, serving one file of random bytes.
 type lab struct {
 	client, gw, server *netns.NS
-	pasvgate, ftpd     *proc
+	pasvgate, ftpd     *netns.Proc
 	pasvgateBin        string
 	file               []byte
 	http               *http.Client
@@ -163,7 +161,7 @@ func newLab(tb testing.TB) *lab {
 
 	// 2,000 passive ports, so that 1,000 held at once leave the library's
 	// random search plenty of free ones.
-	l.ftpd = startProc(tb, l.server, "listening on", ftpdBin,
+	l.ftpd = netns.StartProc(tb, l.server, maxTail, "listening on", ftpdBin,
 		"--listen", serverAddr+":21", "--passive-ports", "30000-31999", "--root", root)
 
 	l.http = &http.Client{
@@ -177,7 +175,7 @@ func newLab(tb testing.TB) *lab {
 	}
 	// A data-connect timeout far beyond the barrier's wait keeps every
 	// mapping alive until its transfer, however slow the set-up is.
-	l.pasvgate = startProc(tb, l.gw, "", pgBin, "run",
+	l.pasvgate = netns.StartProc(tb, l.gw, maxTail, "", pgBin, "run",
 		"--listen", listenAddr+":21",
 		"--upstream", serverAddr+":21",
 		"--public-addr", publicAddr,
@@ -206,12 +204,12 @@ func (l *lab) waitHealthy(tb testing.TB) {
 			err = fmt.Errorf("/healthz: %s", resp.Status)
 		}
 		select {
-		case <-l.pasvgate.done:
-			tb.Fatalf("pasvgate exited: %v\n%s", l.pasvgate.err, l.pasvgate.output())
+		case <-l.pasvgate.Done():
+			tb.Fatalf("pasvgate exited: %v\n%s", l.pasvgate.Err(), l.pasvgate.Output())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	tb.Fatalf("pasvgate not healthy after 15s: %v\n%s", err, l.pasvgate.output())
+	tb.Fatalf("pasvgate not healthy after 15s: %v\n%s", err, l.pasvgate.Output())
 }
 
 // metrics scrapes pasvgate's /metrics into series (name with labels) and
@@ -341,109 +339,28 @@ func readMem(pid int) (mem, error) {
 	return m, nil
 }
 
-// proc is a process started inside a namespace, stopped by its PID when
-// the test ends. Its output is kept only as a bounded tail: the servers
-// log a line per session, and there are thousands.
-type proc struct {
-	cmd  *exec.Cmd
-	name string
-	done chan struct{}
-	err  error
-
-	mu   sync.Mutex
-	tail []string
-}
-
-// maxTail bounds the output lines a proc keeps.
+// maxTail bounds the output lines a process keeps: the servers log a
+// line per session, and there are thousands.
 const maxTail = 200
-
-// startProc starts name inside ns (forked from a thread that entered the
-// namespace, so the PID is the program's own, not ip(8)'s) and, if ready
-// is not empty, waits for a line of output containing it.
-func startProc(tb testing.TB, ns *netns.NS, ready, name string, args ...string) *proc {
-	tb.Helper()
-	p := &proc{cmd: exec.Command(name, args...), name: filepath.Base(name), done: make(chan struct{})}
-	pr, pw := io.Pipe()
-	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := ns.Do(p.cmd.Start); err != nil {
-		tb.Fatalf("starting %s in %s: %v", name, ns.Name, err)
-	}
-	seen := make(chan struct{})
-	var once sync.Once
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			if p.tail = append(p.tail, line); len(p.tail) > maxTail {
-				p.tail = p.tail[len(p.tail)-maxTail:]
-			}
-			p.mu.Unlock()
-			if ready != "" && strings.Contains(line, ready) {
-				once.Do(func() { close(seen) })
-			}
-		}
-		// Keep draining if a line was too long, so the child never blocks.
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	go func() { p.err = p.cmd.Wait(); pw.Close(); close(p.done) }()
-	tb.Cleanup(p.stop)
-	if ready == "" {
-		return p
-	}
-	select {
-	case <-seen:
-	case <-p.done:
-		tb.Fatalf("%s exited before it was ready: %v\n%s", name, p.err, p.output())
-	case <-time.After(15 * time.Second):
-		tb.Fatalf("%s not ready after 15s:\n%s", name, p.output())
-	}
-	return p
-}
-
-// stop asks the process to end (SIGTERM: pasvgate then removes its tables)
-// and kills it if it has not within ten seconds.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-func (p *proc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return strings.Join(p.tail, "\n")
-}
 
 // logOutput logs what the process printed, if anything: pasvgate runs at
 // level warn, so any line is worth reading.
-func (p *proc) logOutput(tb testing.TB) {
+func logOutput(tb testing.TB, p *netns.Proc) {
 	tb.Helper()
-	if out := p.output(); out != "" {
-		tb.Logf("%s output (last %d lines at most):\n%s", p.name, maxTail, out)
+	if out := p.Output(); out != "" {
+		tb.Logf("%s output (last %d lines at most):\n%s", p.Name(), maxTail, out)
 	}
 }
 
 // expectPID checks that the PID is the program itself, whose memory is
 // measured.
-func (p *proc) expectPID(tb testing.TB) {
+func expectPID(tb testing.TB, p *netns.Proc) {
 	tb.Helper()
-	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.pid()))
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", p.Pid()))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if got := string(bytes.TrimSpace(comm)); got != p.name {
-		tb.Fatalf("PID %d is %q, want %q", p.pid(), got, p.name)
+	if got := string(bytes.TrimSpace(comm)); got != p.Name() {
+		tb.Fatalf("PID %d is %q, want %q", p.Pid(), got, p.Name())
 	}
 }

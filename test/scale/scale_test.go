@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pasvgate/pasvgate/test/ftpctl"
 )
 
 // setupWorkers bounds the sessions being opened at once (connect, greeting,
@@ -25,7 +27,7 @@ const setupWorkers = 200
 func TestConcurrentTransfers(t *testing.T) {
 	const n = 1000
 	l := newLab(t)
-	t.Cleanup(func() { l.pasvgate.logOutput(t) })
+	t.Cleanup(func() { logOutput(t, l.pasvgate) })
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
@@ -59,15 +61,15 @@ func TestConcurrentTransfers(t *testing.T) {
 			bad.add(i, err)
 			return
 		}
-		if _, err := f.cmd("TYPE I", 200); err != nil {
+		if _, err := f.Cmd("TYPE I", 200); err != nil {
 			bad.add(i, err)
 			return
 		}
 		if i%4 == 3 {
-			line, err := f.cmd("EPSV", 229)
+			line, err := f.Cmd("EPSV", 229)
 			if err == nil {
 				var p uint16
-				p, err = parse229(line)
+				p, err = ftpctl.Parse229(line)
 				// EPSV clients connect back to the address they dialed.
 				data[i] = netip.AddrPortFrom(listen, p)
 			}
@@ -76,9 +78,9 @@ func TestConcurrentTransfers(t *testing.T) {
 			}
 			return
 		}
-		line, err := f.cmd("PASV", 227)
+		line, err := f.Cmd("PASV", 227)
 		if err == nil {
-			data[i], err = parse227(line)
+			data[i], err = ftpctl.Parse227(line)
 		}
 		if err == nil && data[i].Addr() != public {
 			err = fmt.Errorf("227 names %s, want the public address %s", data[i].Addr(), public)
@@ -195,9 +197,9 @@ func TestConcurrentTransfers(t *testing.T) {
 	}
 
 	// After all that, a stop is still clean: SIGTERM, exit status 0.
-	l.pasvgate.stop()
-	if l.pasvgate.err != nil {
-		t.Errorf("pasvgate did not stop cleanly: %v", l.pasvgate.err)
+	l.pasvgate.Stop()
+	if l.pasvgate.Err() != nil {
+		t.Errorf("pasvgate did not stop cleanly: %v", l.pasvgate.Err())
 	}
 }
 
@@ -210,7 +212,7 @@ func transfer(ctx context.Context, f *ftpConn, addr netip.AddrPort, want []byte)
 		return fmt.Errorf("connecting to %s: %w", addr, err)
 	}
 	defer dc.Close()
-	if _, err := f.cmd("RETR /"+fileName, 150, 125); err != nil {
+	if _, err := f.Cmd("RETR /"+fileName, 150, 125); err != nil {
 		return err
 	}
 	_ = dc.SetReadDeadline(time.Now().Add(opTimeout))
@@ -222,10 +224,10 @@ func transfer(ctx context.Context, f *ftpConn, addr netip.AddrPort, want []byte)
 	if !bytes.Equal(got, want) {
 		return fmt.Errorf("got %d bytes sha256 %x, want %d bytes sha256 %x", len(got), sha256.Sum256(got), len(want), sha256.Sum256(want))
 	}
-	if _, err := f.expect(226, 250); err != nil {
+	if _, err := f.Expect(226, 250); err != nil {
 		return fmt.Errorf("after the data: %w", err)
 	}
-	if _, err := f.cmd("QUIT", 221); err != nil {
+	if _, err := f.Cmd("QUIT", 221); err != nil {
 		return err
 	}
 	return f.c.Close()
@@ -245,7 +247,7 @@ func TestIdleSessions(t *testing.T) {
 		t.Log(why)
 	}
 	l := newLab(t)
-	t.Cleanup(func() { l.pasvgate.logOutput(t) })
+	t.Cleanup(func() { logOutput(t, l.pasvgate) })
 	r := idleSessions(t, l, n)
 	t.Logf("%d sessions opened and logged in in %v, NOOP on all in %v", n, r.open.Round(time.Millisecond), r.noop.Round(time.Millisecond))
 	t.Logf("pasvgate memory: baseline %v; with %d sessions %v; after they ended %v", r.base, n, r.with, r.after)
@@ -287,7 +289,7 @@ func (r idleResult) anonPerSession() float64 {
 // them; then it closes them and checks pasvgate lets them all go.
 func idleSessions(tb testing.TB, l *lab, n int) idleResult {
 	tb.Helper()
-	l.pasvgate.expectPID(tb)
+	expectPID(tb, l.pasvgate)
 	r := idleResult{n: n}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -329,7 +331,7 @@ func idleSessions(tb testing.TB, l *lab, n int) idleResult {
 	closeAll()
 	l.waitSessions(tb, 0)
 	var err error
-	if r.base, err = readMem(l.pasvgate.pid()); err != nil {
+	if r.base, err = readMem(l.pasvgate.Pid()); err != nil {
 		tb.Fatal(err)
 	}
 
@@ -356,7 +358,7 @@ func idleSessions(tb testing.TB, l *lab, n int) idleResult {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				if _, err := sessions[i].cmd("NOOP", 200); err != nil {
+				if _, err := sessions[i].Cmd("NOOP", 200); err != nil {
 					bad.add(i, err)
 				}
 			}
@@ -378,13 +380,13 @@ func idleSessions(tb testing.TB, l *lab, n int) idleResult {
 	if bad := failures(m); len(bad) > 0 {
 		tb.Errorf("pasvgate counted failures: %v", bad)
 	}
-	if r.with, err = readMem(l.pasvgate.pid()); err != nil {
+	if r.with, err = readMem(l.pasvgate.Pid()); err != nil {
 		tb.Fatal(err)
 	}
 
 	closeAll()
 	l.waitSessions(tb, 0)
-	if r.after, err = readMem(l.pasvgate.pid()); err != nil {
+	if r.after, err = readMem(l.pasvgate.Pid()); err != nil {
 		tb.Fatal(err)
 	}
 	return r

@@ -1,21 +1,18 @@
 package scaleout
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"regexp"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pasvgate/pasvgate/test/ftpctl"
 )
 
 // opTimeout bounds every read and write of the test's client: an answer
@@ -26,9 +23,9 @@ const opTimeout = 10 * time.Second
 // exactly the address a 227 names, so a gateway that announced an
 // address the client could not use fails the test instead of passing.
 type session struct {
-	l     *lab
-	c     net.Conn
-	r     *bufio.Reader
+	l *lab
+	c net.Conn
+	*ftpctl.Conn
 	local netip.AddrPort // the control connection's source
 }
 
@@ -39,75 +36,24 @@ func (l *lab) dial(ctx context.Context, src netip.Addr) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting from %s: %w", src, err)
 	}
-	s := &session{l: l, c: c, r: bufio.NewReader(c), local: netip.MustParseAddrPort(c.LocalAddr().String())}
-	if _, err := s.expect(220); err != nil {
+	s := &session{l: l, c: c, Conn: ftpctl.New(c, 4096, opTimeout), local: netip.MustParseAddrPort(c.LocalAddr().String())}
+	if _, err := s.Expect(220); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("greeting: %w", err)
 	}
-	if _, err := s.cmd("USER anonymous", 331); err != nil {
+	if _, err := s.Cmd("USER anonymous", 331); err != nil {
 		c.Close()
 		return nil, err
 	}
-	if _, err := s.cmd("PASS scaleout@", 230); err != nil {
+	if _, err := s.Cmd("PASS scaleout@", 230); err != nil {
 		c.Close()
 		return nil, err
 	}
-	if _, err := s.cmd("TYPE I", 200); err != nil {
+	if _, err := s.Cmd("TYPE I", 200); err != nil {
 		c.Close()
 		return nil, err
 	}
 	return s, nil
-}
-
-// reply reads one reply, multi-line ones whole, and returns its code and
-// its last line.
-func (s *session) reply() (int, string, error) {
-	_ = s.c.SetReadDeadline(time.Now().Add(opTimeout))
-	for range 100 {
-		line, err := s.r.ReadString('\n')
-		if err != nil {
-			return 0, "", fmt.Errorf("reading a reply: %w", err)
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if len(line) < 4 {
-			return 0, "", fmt.Errorf("short reply line %q", line)
-		}
-		code, err := strconv.Atoi(line[:3])
-		if err != nil {
-			return 0, "", fmt.Errorf("reply line %q has no code", line)
-		}
-		if line[3] == ' ' {
-			return code, line, nil
-		}
-	}
-	return 0, "", errors.New("reply of more than 100 lines")
-}
-
-// expect reads a reply and checks its code is one of want.
-func (s *session) expect(want ...int) (string, error) {
-	code, line, err := s.reply()
-	if err != nil {
-		return "", err
-	}
-	for _, w := range want {
-		if code == w {
-			return line, nil
-		}
-	}
-	return line, fmt.Errorf("got %q, want %v", line, want)
-}
-
-// cmd sends a command and checks the reply's code.
-func (s *session) cmd(line string, want ...int) (string, error) {
-	_ = s.c.SetWriteDeadline(time.Now().Add(opTimeout))
-	if _, err := fmt.Fprintf(s.c, "%s\r\n", line); err != nil {
-		return "", fmt.Errorf("sending %s: %w", line, err)
-	}
-	r, err := s.expect(want...)
-	if err != nil {
-		return r, fmt.Errorf("%s: %w", line, err)
-	}
-	return r, nil
 }
 
 func (s *session) close() {
@@ -116,59 +62,22 @@ func (s *session) close() {
 	s.c.Close()
 }
 
-var (
-	pasvRE = regexp.MustCompile(`\((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)`)
-	epsvRE = regexp.MustCompile(`\(\|\|\|(\d+)\|\)`)
-)
-
-// parse227 reads the data address of a 227 reply: the test's own parser,
-// so that it does not share a bug with pasvgate's.
-func parse227(line string) (netip.AddrPort, error) {
-	m := pasvRE.FindStringSubmatch(line)
-	if m == nil {
-		return netip.AddrPort{}, fmt.Errorf("no address in %q", line)
-	}
-	var n [6]int
-	for i := range n {
-		v, err := strconv.Atoi(m[i+1])
-		if err != nil || v > 255 {
-			return netip.AddrPort{}, fmt.Errorf("bad number %q in %q", m[i+1], line)
-		}
-		n[i] = v
-	}
-	a := netip.AddrFrom4([4]byte{byte(n[0]), byte(n[1]), byte(n[2]), byte(n[3])})
-	return netip.AddrPortFrom(a, uint16(n[4]<<8|n[5])), nil
-}
-
-// parse229 reads the port of a 229 reply.
-func parse229(line string) (uint16, error) {
-	m := epsvRE.FindStringSubmatch(line)
-	if m == nil {
-		return 0, fmt.Errorf("no port in %q", line)
-	}
-	p, err := strconv.ParseUint(m[1], 10, 16)
-	if err != nil || p == 0 {
-		return 0, fmt.Errorf("bad port in %q", line)
-	}
-	return uint16(p), nil
-}
-
 // passive asks for a data port, PASV or EPSV, and returns where the
 // client must connect: the 227's address, or for EPSV (RFC 2428: the
 // address of the control connection) the service address.
 func (s *session) passive(epsv bool) (netip.AddrPort, error) {
 	if !epsv {
-		line, err := s.cmd("PASV", 227)
+		line, err := s.Cmd("PASV", 227)
 		if err != nil {
 			return netip.AddrPort{}, err
 		}
-		return parse227(line)
+		return ftpctl.Parse227(line)
 	}
-	line, err := s.cmd("EPSV", 229)
+	line, err := s.Cmd("EPSV", 229)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	p, err := parse229(line)
+	p, err := ftpctl.Parse229(line)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
@@ -232,7 +141,7 @@ func (l *lab) download(ctx context.Context, src netip.Addr, epsv bool) outcome {
 		return o
 	}
 	defer dc.Close()
-	if _, err := s.cmd("RETR "+fileName, 150, 125); err != nil {
+	if _, err := s.Cmd("RETR "+fileName, 150, 125); err != nil {
 		o.err = err
 		return o
 	}
@@ -246,7 +155,7 @@ func (l *lab) download(ctx context.Context, src netip.Addr, epsv bool) outcome {
 		o.err = fmt.Errorf("got %d bytes sha256 %x, want %d bytes sha256 %x", len(got), sha256.Sum256(got), len(l.file), sha256.Sum256(l.file))
 		return o
 	}
-	if _, err := s.expect(226, 250); err != nil {
+	if _, err := s.Expect(226, 250); err != nil {
 		o.err = fmt.Errorf("after the data: %w", err)
 	}
 	return o

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -15,8 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -116,14 +113,14 @@ type lab struct {
 	server         *netns.NS
 	nodes          []*node
 	file           []byte
-	ftpd           *proc
+	ftpd           *netns.Proc
 }
 
 // node is one pasvgate node.
 type node struct {
 	i      int
 	ns     *netns.NS
-	pg     *proc
+	pg     *netns.Proc
 	public string
 	http   *http.Client
 }
@@ -232,7 +229,7 @@ func newLab(t *testing.T, opt options) *lab {
 	// --pasv-same-ip: the server refuses a data connection from another
 	// address than its control connection's, so every transfer proves
 	// the node's SNAT made the server see that node.
-	l.ftpd = startProc(t, l.server, "listening on", ftpdBin,
+	l.ftpd = netns.StartProc(t, l.server, 0, "listening on", ftpdBin,
 		"--listen", serverAddr+":21", "--passive-ports", "30000-31999", "--root", root, "--pasv-same-ip")
 
 	for _, n := range l.nodes {
@@ -245,7 +242,7 @@ func newLab(t *testing.T, opt options) *lab {
 				DisableKeepAlives: true,
 			},
 		}
-		n.pg = startProc(t, n.ns, "", pgBin, "run",
+		n.pg = netns.StartProc(t, n.ns, 0, "", pgBin, "run",
 			"--listen", serviceAddr+":21",
 			"--upstream", serverAddr+":21",
 			"--public-addr", n.public,
@@ -337,12 +334,12 @@ func (n *node) waitHealthy(t *testing.T) {
 			err = fmt.Errorf("/healthz: %d", code)
 		}
 		select {
-		case <-n.pg.done:
-			t.Fatalf("%s: pasvgate exited: %v\n%s", n, n.pg.err, n.pg.output())
+		case <-n.pg.Done():
+			t.Fatalf("%s: pasvgate exited: %v\n%s", n, n.pg.Err(), n.pg.Output())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	t.Fatalf("%s: pasvgate not healthy after 15s: %v\n%s", n, err, n.pg.output())
+	t.Fatalf("%s: pasvgate not healthy after 15s: %v\n%s", n, err, n.pg.Output())
 }
 
 // healthz returns the status code of the node's /healthz.
@@ -384,7 +381,7 @@ var startedRE = regexp.MustCompile(`msg="session started".* client=(\S+)`)
 func (l *lab) sessionsByClient() map[netip.AddrPort]*node {
 	m := map[netip.AddrPort]*node{}
 	for _, n := range l.nodes {
-		for _, line := range strings.Split(n.pg.output(), "\n") {
+		for _, line := range strings.Split(n.pg.Output(), "\n") {
 			if sm := startedRE.FindStringSubmatch(line); sm != nil {
 				if ap, err := netip.ParseAddrPort(sm[1]); err == nil {
 					m[ap] = n
@@ -405,85 +402,4 @@ func (l *lab) nodeOf(client netip.AddrPort) *node {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil
-}
-
-// proc is a process started inside a namespace, stopped by its PID when
-// the test ends; its output is kept whole (a test here runs at most a few
-// hundred sessions).
-type proc struct {
-	cmd  *exec.Cmd
-	name string
-	done chan struct{}
-	err  error
-
-	mu  sync.Mutex
-	out strings.Builder
-}
-
-// startProc starts name inside ns (forked from a thread inside it, so the
-// PID is the program's own) and, if ready is not empty, waits for a line
-// of output containing it.
-func startProc(t *testing.T, ns *netns.NS, ready, name string, args ...string) *proc {
-	t.Helper()
-	p := &proc{cmd: exec.Command(name, args...), name: filepath.Base(name), done: make(chan struct{})}
-	pr, pw := io.Pipe()
-	p.cmd.Stdout, p.cmd.Stderr = pw, pw
-	if err := ns.Do(p.cmd.Start); err != nil {
-		t.Fatalf("starting %s in %s: %v", name, ns.Name, err)
-	}
-	seen := make(chan struct{})
-	var once sync.Once
-	go func() {
-		sc := bufio.NewScanner(pr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			p.mu.Lock()
-			p.out.WriteString(line + "\n")
-			p.mu.Unlock()
-			if ready != "" && strings.Contains(line, ready) {
-				once.Do(func() { close(seen) })
-			}
-		}
-		_, _ = io.Copy(io.Discard, pr)
-	}()
-	go func() { p.err = p.cmd.Wait(); pw.Close(); close(p.done) }()
-	t.Cleanup(p.stop)
-	if ready == "" {
-		return p
-	}
-	select {
-	case <-seen:
-	case <-p.done:
-		t.Fatalf("%s exited before it was ready: %v\n%s", name, p.err, p.output())
-	case <-time.After(15 * time.Second):
-		t.Fatalf("%s not ready after 15s:\n%s", name, p.output())
-	}
-	return p
-}
-
-// signal sends sig to the process by its PID.
-func (p *proc) signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
-
-// stop asks the process to end (SIGTERM) and kills it if it has not
-// within ten seconds.
-func (p *proc) stop() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
 }

@@ -244,7 +244,7 @@ func TestDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dc.Close()
-	if _, err := a.cmd("RETR "+fileName, 150, 125); err != nil {
+	if _, err := a.Cmd("RETR "+fileName, 150, 125); err != nil {
 		t.Fatal(err)
 	}
 	h := sha256.New()
@@ -266,10 +266,10 @@ func TestDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	drainStart := time.Now()
-	if err := n0.pg.signal(syscall.SIGTERM); err != nil {
+	if err := n0.pg.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if line, err := idle.expect(421); err != nil {
+	if line, err := idle.Expect(421); err != nil {
 		t.Errorf("idle session on node0 after SIGTERM: %v", err)
 	} else {
 		t.Logf("idle session on node0 got %q after %v", line, time.Since(drainStart).Round(time.Millisecond))
@@ -301,8 +301,8 @@ func TestDrain(t *testing.T) {
 		}
 	}
 	select {
-	case <-n0.pg.done:
-		t.Fatalf("node0's pasvgate exited while its transfer was in progress: %v", n0.pg.err)
+	case <-n0.pg.Done():
+		t.Fatalf("node0's pasvgate exited while its transfer was in progress: %v", n0.pg.Err())
 	default:
 	}
 
@@ -315,15 +315,15 @@ func TestDrain(t *testing.T) {
 	if got, want := hex.EncodeToString(h.Sum(nil)), fmt.Sprintf("%x", sha256.Sum256(l.file)); got != want || head+rest != int64(len(l.file)) {
 		t.Errorf("transfer through the draining node: %d bytes sha256 %s, want %d bytes sha256 %s", head+rest, got, len(l.file), want)
 	}
-	if line, err := a.expect(226, 250); err != nil {
+	if line, err := a.Expect(226, 250); err != nil {
 		t.Errorf("transfer through the draining node, final reply: %v", err)
 	} else {
 		t.Logf("transfer through the draining node: %d bytes byte-exact, %q", head+rest, line)
 	}
 	select {
-	case <-n0.pg.done:
-		if n0.pg.err != nil {
-			t.Errorf("node0's pasvgate after the drain: %v", n0.pg.err)
+	case <-n0.pg.Done():
+		if n0.pg.Err() != nil {
+			t.Errorf("node0's pasvgate after the drain: %v", n0.pg.Err())
 		}
 		t.Logf("node0's pasvgate exited %v after SIGTERM; new sessions during the drain: %s",
 			time.Since(drainStart).Round(time.Millisecond), spreadString(newCounts))
@@ -355,7 +355,7 @@ func TestNexthopRemovalBreaksSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dc.Close()
-	if _, err := a.cmd("RETR "+fileName, 150, 125); err != nil {
+	if _, err := a.Cmd("RETR "+fileName, 150, 125); err != nil {
 		t.Fatal(err)
 	}
 	_ = dc.SetReadDeadline(time.Now().Add(opTimeout))
@@ -367,8 +367,8 @@ func TestNexthopRemovalBreaksSessions(t *testing.T) {
 	if err != nil || 64<<10+got != int64(len(l.file)) {
 		t.Errorf("data connection after the nexthop removal: %d bytes, %v; want all %d (its route did not change)", 64<<10+got, err, len(l.file))
 	}
-	line, err226 := a.expect(226)
-	_, errQuit := a.cmd("QUIT", 221)
+	line, err226 := a.Expect(226)
+	_, errQuit := a.Cmd("QUIT", 221)
 	t.Logf("after node0's nexthop was removed: data %d of %d bytes; final reply %q %v; QUIT: %v", 64<<10+got, len(l.file), line, err226, errQuit)
 	if err226 == nil && errQuit == nil {
 		t.Errorf("the session on node0 survived the removal of its nexthop; the stateless route should have sent its packets to node1")
