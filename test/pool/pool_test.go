@@ -41,6 +41,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,7 +92,18 @@ type poolLab struct {
 	bin     string
 	servers []*lab.Server // in members order; an entry is replaced on restart
 	pg      *lab.Proc
+
+	// lastPort is the client port the last session was given. Each
+	// session has its own, below the kernel's ephemeral range (32768 on),
+	// so that pasvgate's log names each session's client once: with
+	// ports the kernel picks, a later session may reuse an earlier one's,
+	// and its log line may come after the earlier one's was read.
+	lastPort atomic.Uint32
 }
+
+// firstPort is the client port of the first session of a lab; a run opens
+// a few hundred sessions, far fewer than 32768-firstPort.
+const firstPort = 20000
 
 // newPoolLab builds a lab with opt (NSPrefix set here) and starts the
 // three servers. It skips t if a server kind is not installed.
@@ -105,6 +117,7 @@ func newPoolLab(t *testing.T, opt lab.Options) *poolLab {
 	}
 	opt.NSPrefix = nsPrefix
 	p := &poolLab{l: lab.New(t, opt), bin: bin}
+	p.lastPort.Store(firstPort - 1)
 	for _, m := range members {
 		if m.addr != lab.ServerAddr {
 			if err := p.l.AddServerAddr(t.Context(), m.addr); err != nil {
@@ -206,7 +219,17 @@ type session struct {
 // lab.IntruderAddr) and reads the greeting. The connection's deadline is
 // ctx's, or 60 s.
 func (p *poolLab) dial(ctx context.Context, src string) (*session, error) {
-	nc, err := p.l.Dial(ctx, p.l.Client, src, listenAddr)
+	port := p.lastPort.Add(1)
+	if port >= 32768 {
+		return nil, fmt.Errorf("dial from %s: the test ran out of client ports", src)
+	}
+	var nc net.Conn
+	err := p.l.Do(p.l.Client, func() error {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src), Port: int(port)}}
+		var err error
+		nc, err = d.DialContext(ctx, "tcp", listenAddr)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", listenAddr, src, err)
 	}
@@ -436,27 +459,23 @@ func logLines(out, msg string) []logLine {
 
 // backendOf waits (up to 5 s: info lines are held up to 50 ms, and with
 // the user policy the line comes after USER) for pasvgate's session start
-// line of the client and returns its backend, "ADDR:PORT". Call it while
-// the session is open: the client's port may have served an earlier
-// session, whose line comes first, but no other open one; so the last
-// line of the client's address is this session's.
+// line of the client and returns its backend, "ADDR:PORT". Each session
+// of the test has its own client port (dial), so the client's line is its
+// session's.
 func (p *poolLab) backendOf(client netip.AddrPort) (string, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		var seen logLine
-		backend := ""
-		for _, ll := range logLines(p.pg.Output(), "session started") {
-			if ll.str("client") == client.String() {
-				backend, seen = ll.str("backend"), ll
-			}
+		ll, err := clientLine(p.pg.Output(), "session started", client)
+		if err != nil {
+			return "", err
 		}
-		if backend != "" {
-			return backend, nil
+		if ll != nil {
+			if backend := ll.str("backend"); backend != "" {
+				return backend, nil
+			}
+			return "", fmt.Errorf("the session start line of %v names no backend: %v", client, ll)
 		}
 		if time.Now().After(deadline) {
-			if seen != nil {
-				return "", fmt.Errorf("the session start line of %v names no backend: %v", client, seen)
-			}
 			return "", fmt.Errorf("no session start line for client %v in pasvgate's log", client)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -468,16 +487,30 @@ func (p *poolLab) backendOf(client netip.AddrPort) (string, error) {
 func (p *poolLab) waitEnded(client netip.AddrPort) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		for _, ll := range logLines(p.pg.Output(), "session ended") {
-			if ll.str("client") == client.String() {
-				return nil
-			}
+		ll, err := clientLine(p.pg.Output(), "session ended", client)
+		if err != nil || ll != nil {
+			return err
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("pasvgate logged no end of the session of %v", client)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// clientLine returns the line msg of client in out, or nil. Two are an
+// error: the test gave one client port to two sessions.
+func clientLine(out, msg string, client netip.AddrPort) (logLine, error) {
+	var found logLine
+	for _, ll := range logLines(out, msg) {
+		if ll.str("client") == client.String() {
+			if found != nil {
+				return nil, fmt.Errorf("pasvgate logged %q twice for client %v: the test gave its port to two sessions", msg, client)
+			}
+			found = ll
+		}
+	}
+	return found, nil
 }
 
 // stateLines returns pasvgate's pool state change lines (msg "upstream
