@@ -621,16 +621,21 @@ func doInNS(ns string, fn func() error) error {
 }
 
 // Dial opens a TCP connection from inside namespace ns, from local (an IP
-// address, or "" for the kernel's choice) to remote ("ip:port"). Binding
-// local is how a test speaks as the intruder address.
+// address, "ip:port", or "" for the kernel's choice) to remote
+// ("ip:port"). Binding local is how a test speaks as the intruder
+// address; binding a port, how it tells its sessions apart in a log.
 func (l *Lab) Dial(ctx context.Context, ns, local, remote string) (net.Conn, error) {
 	d := net.Dialer{}
 	if local != "" {
-		ip := net.ParseIP(local)
-		if ip == nil {
-			return nil, fmt.Errorf("lab: bad local address %q", local)
+		ap, err := netip.ParseAddrPort(local)
+		if err != nil {
+			ip, perr := netip.ParseAddr(local)
+			if perr != nil {
+				return nil, fmt.Errorf("lab: bad local address %q", local)
+			}
+			ap = netip.AddrPortFrom(ip, 0)
 		}
-		d.LocalAddr = &net.TCPAddr{IP: ip}
+		d.LocalAddr = net.TCPAddrFromAddrPort(ap)
 	}
 	var c net.Conn
 	err := l.Do(ns, func() error {

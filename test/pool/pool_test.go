@@ -40,6 +40,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -223,13 +224,7 @@ func (p *poolLab) dial(ctx context.Context, src string) (*session, error) {
 	if port >= 32768 {
 		return nil, fmt.Errorf("dial from %s: the test ran out of client ports", src)
 	}
-	var nc net.Conn
-	err := p.l.Do(p.l.Client, func() error {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src), Port: int(port)}}
-		var err error
-		nc, err = d.DialContext(ctx, "tcp", listenAddr)
-		return err
-	})
+	nc, err := p.l.Dial(ctx, p.l.Client, net.JoinHostPort(src, strconv.Itoa(int(port))), listenAddr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s from %s: %w", listenAddr, src, err)
 	}
