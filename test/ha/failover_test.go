@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pasvgate/pasvgate/test/lab"
 )
 
 // runs is how many failovers of each kind are measured (the issue asks for
@@ -124,7 +126,7 @@ func TestPasvgateDiesAlone(t *testing.T) {
 		t.Errorf("%s still holds %s with its pasvgate dead", n.id, publicVIP)
 	}
 	p.startPasvgate(n)
-	if !waitFor(10*time.Second, func() bool {
+	if !lab.WaitFor(10*time.Second, func() bool {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		return strings.Count(n.ka.Output(), "Entering BACKUP STATE") > backups

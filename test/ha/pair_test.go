@@ -248,7 +248,7 @@ func (p *pair) startConntrackd(n *node) {
 	n.mu.Unlock()
 	// Its UNIX socket appears once it has started.
 	sock := filepath.Join(n.dir, "conntrackd.ctl")
-	if !waitFor(5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil }) {
+	if !lab.WaitFor(5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil }) {
 		p.t.Fatalf("%s: conntrackd did not start:\n%s", n.id, pr.Output())
 	}
 }
@@ -275,7 +275,7 @@ func (p *pair) startPasvgate(n *node) {
 	n.mu.Lock()
 	n.pg = pr
 	n.mu.Unlock()
-	if !waitFor(10*time.Second, func() bool {
+	if !lab.WaitFor(10*time.Second, func() bool {
 		_, err := p.l.Exec(context.Background(), n.ns, "curl", "-fsS", "-o", "/dev/null", "-m", "1", "http://"+metricsAddr+"/healthz")
 		return err == nil
 	}) {
@@ -328,7 +328,7 @@ func (p *pair) master() int {
 }
 
 func (p *pair) waitMaster(i int, d time.Duration) error {
-	if !waitFor(d, func() bool { return p.holds(i) }) {
+	if !lab.WaitFor(d, func() bool { return p.holds(i) }) {
 		return fmt.Errorf("%s did not become master in %v:\n%s", p.nodes[i].id, d, tail(p.nodes[i].ka.Output(), 2000))
 	}
 	return nil
@@ -338,7 +338,7 @@ func (p *pair) waitMaster(i int, d time.Duration) error {
 // state (once its peer's adverts are heard) and holds no address.
 func (p *pair) waitBackup(i int, d time.Duration) error {
 	n := p.nodes[i]
-	if !waitFor(d, func() bool {
+	if !lab.WaitFor(d, func() bool {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		return strings.Contains(n.ka.Output(), "Entering BACKUP STATE") && !p.holds(i)
@@ -366,7 +366,7 @@ func (p *pair) restoreLinks(i int) {
 	if out, err := exec.Command("ip", "-n", n.ns, "link", "set", "pub0", "up").CombinedOutput(); err != nil {
 		p.t.Fatalf("%s: %v", out, err)
 	}
-	if !waitFor(10*time.Second, func() bool {
+	if !lab.WaitFor(10*time.Second, func() bool {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		return strings.Count(n.ka.Output(), "Entering BACKUP STATE") > before
@@ -448,20 +448,6 @@ func (p *pair) download(timeout time.Duration, name string) error {
 		return fmt.Errorf("%s: checksum differs", name)
 	}
 	return nil
-}
-
-// waitFor polls cond every 20 ms for up to d.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func tail(s string, n int) string {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pasvgate/pasvgate/test/lab"
 )
 
 // TestStaleState leaves a pending mapping (a PASV whose data connection
@@ -48,7 +50,7 @@ func TestStaleState(t *testing.T) {
 		if !restartAtOnce {
 			// pasvgate is dead here: only the kernel timeout can help.
 			start := time.Now()
-			if !waitFor(pendingTimeout+3*time.Second, func() bool { return p.rules(m) == "" }) {
+			if !lab.WaitFor(pendingTimeout+3*time.Second, func() bool { return p.rules(m) == "" }) {
 				t.Errorf("round %d: %s's pending mapping did not expire in %v:\n%s", round, p.nodes[m].id, pendingTimeout+3*time.Second, p.rules(m))
 			}
 			t.Logf("round %d: %s's pending mapping expired %v after the kill (timeout %v), pasvgate dead", round, p.nodes[m].id, time.Since(start).Round(100*time.Millisecond), pendingTimeout)
@@ -67,7 +69,7 @@ func TestStaleState(t *testing.T) {
 		}
 		p.nodes[other].pg.WaitSessions(1, 5*time.Second)
 		for i := range p.nodes {
-			if !waitFor(2*time.Second, func() bool { return p.rules(i) == "" }) {
+			if !lab.WaitFor(2*time.Second, func() bool { return p.rules(i) == "" }) {
 				t.Errorf("round %d: %s: rules list not empty after the sessions ended:\n%s", round, p.nodes[i].id, p.rules(i))
 			}
 		}

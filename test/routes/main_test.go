@@ -142,24 +142,10 @@ func (e *env) startFTPD(bin, name, listen, passive string, flags ...string) (*ft
 	}
 	// It prints this once bound; a greeting check would need a PROXY
 	// header for some of them.
-	if !waitFor(15*time.Second, func() bool { return strings.Contains(p.Output(), "listening on") }) {
+	if !lab.WaitFor(15*time.Second, func() bool { return strings.Contains(p.Output(), "listening on") }) {
 		return nil, fmt.Errorf("ftpd %s did not come up:\n%s", name, p.Output())
 	}
 	return &ftpd{name: name, addr: listen, sha: sum, proc: p}, nil
-}
-
-// waitFor polls cond every 20 ms until it holds or d has passed.
-func waitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // startPasvgate runs `pasvgate run` in the gw with args (JSON logs, the

@@ -112,7 +112,7 @@ func (e *env) testProxyProtocol(t *testing.T) {
 			}
 			var out string
 			for _, re := range want {
-				ok := waitFor(5*time.Second, func() bool {
+				ok := lab.WaitFor(5*time.Second, func() bool {
 					out = c.srv.proc.Output()[since:]
 					return re.MatchString(out)
 				})

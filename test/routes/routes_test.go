@@ -63,7 +63,7 @@ func (e *env) testRoutes(t *testing.T) {
 	}
 	for _, want := range []struct{ route, backend string }{{"alpha", e.plain.addr}, {"beta", e.second.addr}} {
 		// pasvgate holds info lines up to 50 ms before writing them.
-		if !waitFor(2*time.Second, func() bool { return hasSession(p.Output(), want.route, want.backend) }) {
+		if !lab.WaitFor(2*time.Second, func() bool { return hasSession(p.Output(), want.route, want.backend) }) {
 			t.Errorf("no session started on route %s with backend %s in pasvgate's log:\n%s",
 				want.route, want.backend, tailLines(p.Output(), 20))
 		}
@@ -75,7 +75,7 @@ func (e *env) testRoutes(t *testing.T) {
 	if err := syscall.Kill(p.Pid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	if !waitFor(10*time.Second, func() bool { return len(logLines(p.Output(), "reloaded")) > reloads }) {
+	if !lab.WaitFor(10*time.Second, func() bool { return len(logLines(p.Output(), "reloaded")) > reloads }) {
 		t.Fatalf("no reload logged within 10 s:\n%s", tailLines(p.Output(), 20))
 	}
 	fresh := dial(t, e.l, e.l.Client, lab.ClientAddr, lab.GWPublicAddr2)
@@ -90,7 +90,7 @@ func (e *env) testRoutes(t *testing.T) {
 	if got := download(t, e.l, e.l.Client, lab.GWPublicAddr, "alpha-2.bin"); got != e.plain.sha {
 		t.Errorf("route alpha after the reload: sha256 %s, want %s", got, e.plain.sha)
 	}
-	if !waitFor(2*time.Second, func() bool { return hasSession(p.Output(), "beta", e.third.addr) }) {
+	if !lab.WaitFor(2*time.Second, func() bool { return hasSession(p.Output(), "beta", e.third.addr) }) {
 		t.Errorf("no session started on route beta with backend %s after the reload:\n%s", e.third.addr, tailLines(p.Output(), 20))
 	}
 
